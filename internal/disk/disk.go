@@ -1,0 +1,56 @@
+// Package disk owns the block devices that diskless exports as SCSI logical
+// units: raw image files now, copy-on-write overlays and snapshots later,
+// other back ends (Ceph RBD) behind the same interface.
+//
+// It knows nothing of SCSI or networking: offsets and lengths are in bytes.
+package disk
+
+import "errors"
+
+// Device is a fixed-size, random-access block store.
+//
+// Implementations must be safe for concurrent use: the target issues many
+// reads and writes at once, from several sessions.
+type Device interface {
+	// ReadAt and WriteAt follow io.ReaderAt / io.WriterAt. A short
+	// transfer always comes with a non-nil error.
+	ReadAt(p []byte, off int64) (int, error)
+	WriteAt(p []byte, off int64) (int, error)
+	// Size is the capacity in bytes.
+	Size() int64
+	// Flush makes every write that has completed durable (fdatasync).
+	Flush() error
+	Close() error
+}
+
+// Unmapper is a Device that can deallocate byte ranges (thin provisioning).
+// After Unmap the range reads back as zeros.
+type Unmapper interface {
+	Unmap(off, length int64) error
+}
+
+// Zeroer is a Device that can zero a range without transferring the zeros,
+// keeping it allocated (fallocate ZERO_RANGE or an equivalent).
+type Zeroer interface {
+	WriteZeroes(off, length int64) error
+}
+
+// AllocationReporter is a Device that can tell mapped ranges from holes.
+// Mapped reports whether the byte at off is mapped and how many bytes from
+// off share that state (at least 1, at most Size()-off).
+type AllocationReporter interface {
+	Mapped(off int64) (mapped bool, n int64, err error)
+}
+
+// Prefetcher is a Device that can start reading a range into its cache
+// ahead of use (posix_fadvise WILLNEED or an equivalent). It is a hint:
+// nothing guarantees the data is still cached when it is read.
+type Prefetcher interface {
+	Prefetch(off, length int64) error
+}
+
+// ErrReadOnly is returned by writes to a device opened read-only.
+var ErrReadOnly = errors.New("disk: device is read-only")
+
+// ErrNoSpace is returned (wrapped) when the backing store is full.
+var ErrNoSpace = errors.New("disk: no space left on backing store")

@@ -1,0 +1,269 @@
+package disk
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// File is a raw image (a regular file or a block device) used as a Device.
+// Every operation is a positional system call, so File is safe for
+// concurrent use.
+//
+// Besides Device it implements Unmapper (FALLOC_FL_PUNCH_HOLE), Zeroer
+// (FALLOC_FL_ZERO_RANGE), AllocationReporter (SEEK_DATA/SEEK_HOLE) and
+// Prefetcher (POSIX_FADV_WILLNEED). Where the file system lacks one of the
+// fallocate modes the operation falls back to writing zeros, so its
+// contract (the range reads back as zeros) always holds.
+type File struct {
+	f        *os.File
+	fd       int
+	path     string
+	readOnly bool
+	blockDev bool
+	size     atomic.Int64 // last size seen; Size refreshes it
+
+	// Cleared the first time the kernel says a mode is unsupported, so
+	// the fallback is taken directly from then on.
+	punchOK atomic.Bool
+	zeroOK  atomic.Bool
+	seekOK  atomic.Bool
+}
+
+// zeroChunk is written where fallocate cannot zero a range.
+var zeroChunk = make([]byte, 1<<20)
+
+// OpenFile opens path as a Device. With readOnly the file is opened
+// O_RDONLY and every modifying call returns ErrReadOnly.
+func OpenFile(path string, readOnly bool) (*File, error) {
+	flag := os.O_RDWR
+	if readOnly {
+		flag = os.O_RDONLY
+	}
+	f, err := os.OpenFile(path, flag, 0)
+	if err != nil {
+		return nil, fmt.Errorf("disk: open: %w", err)
+	}
+	d := &File{f: f, fd: int(f.Fd()), path: path, readOnly: readOnly}
+	var st unix.Stat_t
+	if err := unix.Fstat(d.fd, &st); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("disk: stat %s: %w", path, err)
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+	case unix.S_IFBLK:
+		d.blockDev = true
+	default:
+		f.Close()
+		return nil, fmt.Errorf("disk: %s: not a regular file or block device", path)
+	}
+	d.punchOK.Store(true)
+	d.zeroOK.Store(true)
+	d.seekOK.Store(!d.blockDev)
+	size, err := d.stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	d.size.Store(size)
+	return d, nil
+}
+
+// stat reads the current size from the kernel.
+func (d *File) stat() (int64, error) {
+	if d.blockDev {
+		n, err := unix.IoctlGetUint64(d.fd, unix.BLKGETSIZE64)
+		if err != nil {
+			return 0, fmt.Errorf("disk: BLKGETSIZE64 %s: %w", d.path, err)
+		}
+		return int64(n), nil
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(d.fd, &st); err != nil {
+		return 0, fmt.Errorf("disk: stat %s: %w", d.path, err)
+	}
+	return st.Size, nil
+}
+
+// Path is the file the device was opened from.
+func (d *File) Path() string { return d.path }
+
+// ReadAt reads len(p) bytes at off. Reading past the end is an error
+// (io.ErrUnexpectedEOF), never a silent short read.
+func (d *File) ReadAt(p []byte, off int64) (int, error) {
+	n, err := d.f.ReadAt(p, off)
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return n, fmt.Errorf("disk: read %s at %d: %w", d.path, off, err)
+	}
+	return n, nil
+}
+
+// WriteAt writes p at off. ENOSPC and EDQUOT come back wrapping ErrNoSpace.
+func (d *File) WriteAt(p []byte, off int64) (int, error) {
+	if d.readOnly {
+		return 0, ErrReadOnly
+	}
+	n, err := d.f.WriteAt(p, off)
+	if err != nil {
+		return n, d.wrap("write", off, err)
+	}
+	return n, nil
+}
+
+// wrap adds context and maps out-of-space errnos to ErrNoSpace.
+func (d *File) wrap(op string, off int64, err error) error {
+	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+		return fmt.Errorf("disk: %s %s at %d: %w (%w)", op, d.path, off, ErrNoSpace, err)
+	}
+	return fmt.Errorf("disk: %s %s at %d: %w", op, d.path, off, err)
+}
+
+// Size returns the current size in bytes. It asks the kernel each time, so
+// a grown image is seen; if that fails the last known size is returned.
+func (d *File) Size() int64 {
+	if n, err := d.stat(); err == nil {
+		d.size.Store(n)
+		return n
+	}
+	return d.size.Load()
+}
+
+// Flush makes completed writes durable (fdatasync(2)).
+func (d *File) Flush() error {
+	if err := unix.Fdatasync(d.fd); err != nil {
+		return d.wrap("fdatasync", 0, err)
+	}
+	return nil
+}
+
+// Close closes the file.
+func (d *File) Close() error { return d.f.Close() }
+
+// Unmap deallocates [off, off+length): fallocate PUNCH_HOLE|KEEP_SIZE, so
+// the range reads back as zeros and its blocks return to the file system.
+// Partial file system blocks at either end are zeroed by the kernel.
+func (d *File) Unmap(off, length int64) error {
+	if d.readOnly {
+		return ErrReadOnly
+	}
+	if length <= 0 {
+		return nil
+	}
+	if d.punchOK.Load() {
+		err := fallocate(d.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+		if err == nil {
+			return nil
+		}
+		if !unsupported(err) {
+			return d.wrap("punch hole", off, err)
+		}
+		d.punchOK.Store(false)
+	}
+	return d.WriteZeroes(off, length)
+}
+
+// WriteZeroes zeroes [off, off+length) and keeps it allocated:
+// fallocate ZERO_RANGE|KEEP_SIZE, or written zeros where that mode is
+// missing.
+func (d *File) WriteZeroes(off, length int64) error {
+	if d.readOnly {
+		return ErrReadOnly
+	}
+	if length <= 0 {
+		return nil
+	}
+	if d.zeroOK.Load() {
+		err := fallocate(d.fd, unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+		if err == nil {
+			return nil
+		}
+		if !unsupported(err) {
+			return d.wrap("zero range", off, err)
+		}
+		d.zeroOK.Store(false)
+	}
+	for length > 0 {
+		n := min(length, int64(len(zeroChunk)))
+		if _, err := d.WriteAt(zeroChunk[:n], off); err != nil {
+			return err
+		}
+		off += n
+		length -= n
+	}
+	return nil
+}
+
+// Mapped reports whether the byte at off is allocated and how many bytes
+// from off share that state, using SEEK_DATA/SEEK_HOLE. The answer has
+// file system block granularity. Where the file system (or a block device)
+// cannot tell, everything is reported mapped.
+func (d *File) Mapped(off int64) (bool, int64, error) {
+	size := d.Size()
+	if off < 0 || off >= size {
+		return false, 0, fmt.Errorf("disk: mapped %s: offset %d outside [0,%d)", d.path, off, size)
+	}
+	if !d.seekOK.Load() {
+		return true, size - off, nil
+	}
+	data, err := unix.Seek(d.fd, off, unix.SEEK_DATA)
+	switch {
+	case errors.Is(err, unix.ENXIO):
+		// No data at or after off: a hole up to the end.
+		return false, size - off, nil
+	case err != nil && unsupported(err):
+		d.seekOK.Store(false)
+		return true, size - off, nil
+	case err != nil:
+		return false, 0, d.wrap("seek data", off, err)
+	case data > off:
+		return false, min(data, size) - off, nil
+	}
+	hole, err := unix.Seek(d.fd, off, unix.SEEK_HOLE)
+	if err != nil {
+		return false, 0, d.wrap("seek hole", off, err)
+	}
+	return true, min(hole, size) - off, nil
+}
+
+// Prefetch asks the kernel to read [off, off+length) into the page cache.
+func (d *File) Prefetch(off, length int64) error {
+	if length <= 0 {
+		return nil
+	}
+	if err := unix.Fadvise(d.fd, off, length, unix.FADV_WILLNEED); err != nil {
+		return d.wrap("fadvise", off, err)
+	}
+	return nil
+}
+
+// fallocate retries on EINTR, which large operations can see.
+func fallocate(fd int, mode uint32, off, length int64) error {
+	for {
+		err := unix.Fallocate(fd, mode, off, length)
+		if err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+// unsupported reports an errno meaning "this file system cannot do that".
+func unsupported(err error) bool {
+	return errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) ||
+		errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOTTY)
+}
+
+var (
+	_ Device             = (*File)(nil)
+	_ Unmapper           = (*File)(nil)
+	_ Zeroer             = (*File)(nil)
+	_ AllocationReporter = (*File)(nil)
+	_ Prefetcher         = (*File)(nil)
+)
