@@ -1,0 +1,79 @@
+// Package scsi implements the SCSI target device that diskless exports:
+// SPC-4 primary commands and SBC-3 block commands, executed on disk.Device
+// logical units. It decodes CDBs, builds sense data, mode and VPD pages, and
+// keeps reservations and unit attentions per I_T nexus.
+//
+// It does no networking: a transport (internal/iscsi) hands it complete
+// commands with their Data-Out and sends back what it returns.
+//
+// A Target routes commands to its LogicalUnits; both are safe for
+// concurrent use. Which commands exist, which CDB bits they take and how
+// they fare under reservations is one table (opcodes.go) that dispatch,
+// CDB checking and REPORT SUPPORTED OPERATION CODES all read.
+package scsi
+
+// Status is a SCSI status byte (SAM-5 5.3).
+type Status byte
+
+const (
+	StatusGood                Status = 0x00
+	StatusCheckCondition      Status = 0x02
+	StatusConditionMet        Status = 0x04
+	StatusBusy                Status = 0x08
+	StatusReservationConflict Status = 0x18
+	StatusTaskSetFull         Status = 0x28
+	StatusACAActive           Status = 0x30
+	StatusTaskAborted         Status = 0x40
+)
+
+// Nexus identifies the I_T nexus a command arrived on: the initiator port
+// (iSCSI name + ISID, SAM-5 / RFC 7143 section 4.4.1) and the relative target
+// port. Reservations and unit attentions are kept per Nexus. It is comparable
+// and usable as a map key.
+type Nexus struct {
+	InitiatorName string // e.g. iqn.2010-04.org.ipxe:00000000-...
+	ISID          uint64 // 48-bit ISID of the session
+	RelTargetPort uint16 // relative target port identifier, 1-based
+}
+
+// TaskAttribute is the SAM task attribute of a command.
+type TaskAttribute uint8
+
+const (
+	TaskSimple TaskAttribute = iota
+	TaskOrdered
+	TaskHeadOfQueue
+	TaskACA
+)
+
+// Command is one SCSI command, with all its Data-Out already received.
+type Command struct {
+	Nexus Nexus
+	LUN   uint64 // flat LUN number (SAM-5 4.7), decoded by the transport
+	CDB   []byte
+	Attr  TaskAttribute
+	// DataOut holds what the initiator sent (exactly the iSCSI
+	// ExpectedDataTransferLength). It may be shorter or longer than the
+	// CDB implies; the command decides what that means.
+	DataOut []byte
+	// DataIn is the buffer for Data-In, of length ExpectedDataTransferLength
+	// for read-direction commands (nil otherwise). The command fills a prefix.
+	DataIn []byte
+}
+
+// Result is the outcome of a Command.
+type Result struct {
+	Status Status
+	// Sense is fixed-format sense data (SPC-4 4.5.3) when Status is
+	// CHECK CONDITION, nil otherwise.
+	Sense []byte
+	// N is the number of bytes of DataIn filled.
+	N int
+	// Wanted is the number of bytes the command would have transferred
+	// (Data-In or Data-Out) had the buffers been big enough; the transport
+	// derives the residual overflow/underflow from it (RFC 7143 11.4.5).
+	// For commands with an ALLOCATION LENGTH it is at most that length:
+	// truncation there is not an overflow (SPC-4 4.2.5.6). It is set on
+	// CHECK CONDITION too.
+	Wanted int
+}
