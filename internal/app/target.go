@@ -1,0 +1,190 @@
+// Package app wires diskless' services together: it opens devices and
+// listeners, starts servers and shuts them down in order. It holds no
+// protocol logic.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/diskless-boot/diskless/internal/disk"
+	"github.com/diskless-boot/diskless/internal/iscsi"
+	"github.com/diskless-boot/diskless/internal/scsi"
+)
+
+// LUNSpec is one --lun N=PATH[:ro] option.
+type LUNSpec struct {
+	LUN      uint64
+	Path     string
+	ReadOnly bool
+}
+
+// ParseLUNSpecs parses --lun values: "N=PATH", "N=PATH:ro" or "N=PATH:rw".
+func ParseLUNSpecs(specs []string) ([]LUNSpec, error) {
+	seen := map[uint64]bool{}
+	var out []LUNSpec
+	for _, s := range specs {
+		num, path, ok := strings.Cut(s, "=")
+		if !ok || path == "" {
+			return nil, fmt.Errorf("--lun %q: want N=PATH[:ro]", s)
+		}
+		n, err := strconv.ParseUint(num, 10, 14)
+		if err != nil {
+			return nil, fmt.Errorf("--lun %q: LUN number must be 0-16383", s)
+		}
+		spec := LUNSpec{LUN: n, Path: path}
+		if p, ok := strings.CutSuffix(path, ":ro"); ok {
+			spec.Path, spec.ReadOnly = p, true
+		} else if p, ok := strings.CutSuffix(path, ":rw"); ok {
+			spec.Path = p
+		}
+		if seen[n] {
+			return nil, fmt.Errorf("--lun %q: LUN %d given twice", s, n)
+		}
+		seen[n] = true
+		out = append(out, spec)
+	}
+	return out, nil
+}
+
+// ParseCredentials parses USER:SECRET ("" means none).
+func ParseCredentials(flag, v string) (*iscsi.Credentials, error) {
+	if v == "" {
+		return nil, nil
+	}
+	user, secret, ok := strings.Cut(v, ":")
+	if !ok || user == "" || secret == "" {
+		return nil, fmt.Errorf("%s: want USER:SECRET", flag)
+	}
+	return &iscsi.Credentials{User: user, Secret: secret}, nil
+}
+
+// TargetOptions configures RunTarget.
+type TargetOptions struct {
+	Listen            string
+	IQN               string
+	Alias             string
+	LUNs              []LUNSpec
+	CHAP, MutualCHAP  *iscsi.Credentials
+	AllowedInitiators []string
+	PortalGroupTag    uint16
+	Logger            *slog.Logger
+}
+
+// RunTarget serves opts.LUNs as one iSCSI target until ctx is done, then
+// shuts down: connections closed, every device flushed and closed.
+func RunTarget(ctx context.Context, opts TargetOptions) (err error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if !validIQN(opts.IQN) {
+		return fmt.Errorf("--iqn %q: not an iSCSI name (iqn.YYYY-MM.reverse.domain[:id], eui.<16 hex> or naa.<hex>)", opts.IQN)
+	}
+	if len(opts.LUNs) == 0 {
+		return errors.New("no --lun given")
+	}
+	if opts.MutualCHAP != nil && opts.CHAP == nil {
+		return errors.New("--mutual-chap needs --chap")
+	}
+	st := scsi.NewTarget(scsi.TargetConfig{Name: opts.IQN, RelTargetPort: 1, TargetPortGroup: 1})
+	var devices []disk.Device
+	defer func() {
+		for _, d := range devices {
+			if cerr := d.Close(); cerr != nil {
+				err = errors.Join(err, cerr)
+			}
+		}
+	}()
+	for _, l := range opts.LUNs {
+		dev, err := disk.OpenFile(l.Path, l.ReadOnly)
+		if err != nil {
+			return fmt.Errorf("--lun %d: %w", l.LUN, err)
+		}
+		devices = append(devices, dev)
+		lu, err := scsi.NewLogicalUnit(dev, scsi.LUConfig{
+			ReadOnly: l.ReadOnly,
+			Serial:   fmt.Sprintf("%s/%d", opts.IQN, l.LUN),
+		})
+		if err != nil {
+			return fmt.Errorf("--lun %d: %w", l.LUN, err)
+		}
+		if err := st.AddLU(l.LUN, lu); err != nil {
+			return err
+		}
+		log.Info("lun", "lun", l.LUN, "image", l.Path, "bytes", dev.Size(), "ro", l.ReadOnly)
+	}
+	srv := iscsi.New(iscsi.Config{PortalGroupTag: opts.PortalGroupTag, Logger: log})
+	if err := srv.AddTarget(&iscsi.Target{
+		Name: opts.IQN, Alias: opts.Alias, SCSI: st,
+		CHAP: opts.CHAP, MutualCHAP: opts.MutualCHAP, AllowedInitiators: opts.AllowedInitiators,
+	}); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", opts.Listen)
+	if err != nil {
+		return err
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ctx, ln) }()
+	select {
+	case <-ctx.Done():
+	case err := <-serveErr:
+		if err != nil {
+			return err
+		}
+	}
+	log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("iscsi shutdown incomplete", "err", err)
+	}
+	for _, d := range devices {
+		if ferr := d.Flush(); ferr != nil {
+			err = errors.Join(err, ferr)
+		}
+	}
+	return err
+}
+
+// validIQN checks the iSCSI name formats of RFC 7143 4.2.7.
+func validIQN(s string) bool {
+	if len(s) > 223 {
+		return false
+	}
+	switch {
+	case strings.HasPrefix(s, "iqn."):
+		// iqn.YYYY-MM.naming-authority[:unique]
+		return len(s) > 12 && s[8] == '-' && s[11] == '.' && isDigits(s[4:8]) && isDigits(s[9:11])
+	case strings.HasPrefix(s, "eui."):
+		return len(s) == 20 && isHex(s[4:])
+	case strings.HasPrefix(s, "naa."):
+		return (len(s) == 20 || len(s) == 36) && isHex(s[4:])
+	}
+	return false
+}
+
+func isDigits(s string) bool {
+	for _, r := range s {
+		if r < '0' || r > '9' {
+			return false
+		}
+	}
+	return s != ""
+}
+
+func isHex(s string) bool {
+	for _, r := range s {
+		if !strings.ContainsRune("0123456789abcdefABCDEF", r) {
+			return false
+		}
+	}
+	return s != ""
+}

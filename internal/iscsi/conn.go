@@ -1,0 +1,525 @@
+package iscsi
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/diskless-boot/diskless/internal/iscsi/pdu"
+)
+
+// loginMaxData is the MaxRecvDataSegmentLength in force during login
+// (RFC 7143 13.12: the default applies until negotiated).
+const loginMaxData = 8192
+
+// conn is one TCP connection: its reader goroutine (serve) decodes PDUs,
+// one writer goroutine (writeLoop) owns every write and assigns StatSN in
+// the order responses go out, and each SCSI command executes in a goroutine
+// of its own.
+type conn struct {
+	srv *Server
+	nc  net.Conn
+	log *slog.Logger
+	rd  pdu.Reader
+
+	sess    *session
+	sessCID uint16
+	params  Params // as negotiated at login
+	// sendSeg is the initiator's MaxRecvDataSegmentLength, which it may
+	// declare anew in the full feature phase (RFC 7143 13.12).
+	sendSeg atomic.Uint32
+	ffpNeg  *Negotiator
+
+	// Login-phase StatSN; writeLoop owns it after login.
+	statSN uint32
+
+	out        chan *outItem
+	writerDone chan struct{}
+
+	// CmdSN window (RFC 7143 4.2.2.1). expCmdSN is advanced by the
+	// reader only; maxCmdSN also moves as tasks complete.
+	expCmdSN atomic.Uint32
+	maxCmdSN atomic.Uint32
+
+	mu       sync.Mutex
+	tasks    map[uint32]*task    // by ITT, until the response is queued
+	queued   map[uint32]func()   // commands that arrived ahead of ExpCmdSN
+	active   int                 // tasks delivered and not yet answered
+	memUsed  int64               // bytes of data buffers held by tasks
+	nextTTT  uint32              // Target Transfer Tags for R2T
+	aborted  map[uint32]struct{} // CmdSNs aborted before they arrived
+	running  sync.WaitGroup      // executing commands
+	closed   chan struct{}       // closed by abort
+	closeErr error
+
+	// Text response still to be fetched with continuation requests.
+	textPending []byte
+	textTTT     uint32
+
+	// NOP-In pings (Config.NOPInterval).
+	lastRecv    atomic.Int64 // unix nanoseconds of the last PDU received
+	pingPending atomic.Uint32
+	pingDone    chan struct{}
+
+	closeOnce sync.Once
+	finished  chan struct{} // closed when the connection has cleaned up
+}
+
+func newConn(s *Server, nc net.Conn) *conn {
+	if tc, ok := nc.(*net.TCPConn); ok {
+		// Sessions sit idle for long stretches (GRUB menu, iPXE
+		// console); TCP keepalive finds dead peers without iSCSI pings
+		// that iPXE would ignore.
+		tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: 30 * time.Second, Interval: 10 * time.Second, Count: 6})
+		tc.SetNoDelay(true)
+	}
+	c := &conn{
+		srv:      s,
+		nc:       nc,
+		log:      s.log.With("remote", nc.RemoteAddr().String()),
+		tasks:    make(map[uint32]*task),
+		queued:   make(map[uint32]func()),
+		aborted:  make(map[uint32]struct{}),
+		closed:   make(chan struct{}),
+		finished: make(chan struct{}),
+	}
+	c.rd = pdu.Reader{R: bufio.NewReaderSize(nc, 64<<10), MaxData: loginMaxData}
+	return c
+}
+
+// abort closes the connection; the reader notices and cleans up.
+func (c *conn) abort(reason error) {
+	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		c.closeErr = reason
+		c.mu.Unlock()
+		close(c.closed)
+		c.nc.Close()
+	})
+}
+
+func (c *conn) serve() {
+	defer close(c.finished)
+	defer func() {
+		if r := recover(); r != nil {
+			c.srv.panics.Add(1)
+			c.log.Error("iscsi connection handler panicked", "panic", r, "stack", string(debug.Stack()))
+			c.abort(fmt.Errorf("panic: %v", r))
+			c.teardown()
+		}
+	}()
+	c.nc.SetDeadline(time.Now().Add(c.srv.cfg.LoginTimeout))
+	if err := c.login(); err != nil {
+		if !errors.Is(err, io.EOF) {
+			c.log.Info("iscsi login failed", "err", err)
+		}
+		c.abort(err)
+		return
+	}
+	c.nc.SetDeadline(time.Time{})
+	c.out = make(chan *outItem, 256)
+	c.writerDone = make(chan struct{})
+	go c.writeLoop()
+	if iv := c.srv.cfg.NOPInterval; iv > 0 {
+		c.pingDone = make(chan struct{})
+		go c.pingLoop(iv)
+	}
+	err := c.readLoop()
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, errLogout) {
+		c.log.Info("iscsi connection closed", "tsih", c.sess.tsih, "err", err)
+	}
+	c.abort(err)
+	c.teardown()
+}
+
+// teardown ends every task of the connection, stops the writer and
+// releases the session (I_T nexus loss for the SCSI target).
+func (c *conn) teardown() {
+	if c.sess == nil {
+		return
+	}
+	c.mu.Lock()
+	for _, t := range c.tasks {
+		c.dropTaskLocked(t)
+	}
+	c.mu.Unlock()
+	c.running.Wait()
+	if c.pingDone != nil {
+		<-c.pingDone
+	}
+	if c.out != nil {
+		close(c.out)
+		<-c.writerDone
+	}
+	if !c.sess.discovery {
+		c.srv.unbindSession(c.sess)
+		c.sess.target.SCSI.NexusLost(c.sess.nexus)
+		c.log.Info("iscsi session ended", "tsih", c.sess.tsih)
+	}
+	c.sess = nil
+}
+
+var errLogout = errors.New("logged out")
+
+// readLoop is the full feature phase: one PDU at a time.
+func (c *conn) readLoop() error {
+	var p pdu.PDU
+	for {
+		err := c.rd.ReadHeader(&p)
+		c.lastRecv.Store(time.Now().UnixNano())
+		if err != nil {
+			if errors.Is(err, pdu.ErrTooLong) {
+				c.reject(&p.BHS, pdu.RejectProtocolError)
+			}
+			return err
+		}
+		switch op := p.BHS.Opcode(); op {
+		case pdu.OpSCSICommand:
+			err = c.handleSCSICommand(&p)
+		case pdu.OpDataOut:
+			err = c.handleDataOut(&p)
+		default:
+			n := p.BHS.DataSegmentLength()
+			if cap(p.Data) < n {
+				p.Data = make([]byte, n)
+			}
+			p.Data = p.Data[:n]
+			if err = c.rd.ReadData(p.Data); err != nil {
+				if errors.Is(err, pdu.ErrDataDigest) {
+					c.reject(&p.BHS, pdu.RejectDataDigestError)
+					continue
+				}
+				return err
+			}
+			err = c.handleControl(&p)
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// admit applies the CmdSN rules to a non-immediate command (RFC 7143
+// 4.2.2.1): outside [ExpCmdSN, MaxCmdSN] it is silently ignored; at
+// ExpCmdSN it is delivered now; ahead of it, it waits for the gap to fill.
+// deliver runs in CmdSN order on the reader goroutine.
+func (c *conn) admit(cmdSN uint32, immediate bool, deliver func()) {
+	if immediate {
+		deliver()
+		return
+	}
+	exp, max := c.expCmdSN.Load(), c.maxCmdSN.Load()
+	if !snLessEq(exp, cmdSN) || !snLessEq(cmdSN, max) {
+		c.log.Debug("iscsi command outside the CmdSN window dropped", "cmdsn", cmdSN, "exp", exp, "max", max)
+		return
+	}
+	c.mu.Lock()
+	if _, dup := c.queued[cmdSN]; dup {
+		c.mu.Unlock()
+		return
+	}
+	if cmdSN != exp {
+		c.queued[cmdSN] = deliver
+		c.mu.Unlock()
+		return
+	}
+	c.mu.Unlock()
+	for {
+		c.mu.Lock()
+		_, skip := c.aborted[exp]
+		delete(c.aborted, exp)
+		c.mu.Unlock()
+		exp++
+		c.expCmdSN.Store(exp)
+		c.updateMaxCmdSN()
+		if !skip {
+			deliver()
+		}
+		c.mu.Lock()
+		next, ok := c.queued[exp]
+		delete(c.queued, exp)
+		c.mu.Unlock()
+		if !ok {
+			return
+		}
+		deliver = next
+	}
+}
+
+// updateMaxCmdSN recomputes MaxCmdSN from the commands in progress, so a
+// session never has more than QueueDepth of them. It never moves back.
+func (c *conn) updateMaxCmdSN() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.updateMaxCmdSNLocked()
+}
+
+func (c *conn) updateMaxCmdSNLocked() {
+	room := max(c.srv.cfg.QueueDepth-c.active, 1)
+	m := c.expCmdSN.Load() + uint32(room) - 1
+	if snLess(c.maxCmdSN.Load(), m) {
+		c.maxCmdSN.Store(m)
+	}
+}
+
+// handleControl dispatches every PDU but SCSI Command and Data-Out; its
+// data segment has been read into p.Data.
+func (c *conn) handleControl(p *pdu.PDU) error {
+	h := &p.BHS
+	switch h.Opcode() {
+	case pdu.OpNOPOut:
+		m, _ := pdu.ParseNOPOut(h)
+		if m.ITT == pdu.ReservedTag {
+			// Answer to a NOP-In ping of ours: nothing to send (11.18.1).
+			c.pingPending.CompareAndSwap(m.TTT, 0)
+			return nil
+		}
+		if len(p.Data) > int(c.params.MaxRecvDataSegmentLength) {
+			c.reject(h, pdu.RejectProtocolError)
+			return nil
+		}
+		data := append([]byte(nil), p.Data...)
+		c.admit(m.CmdSN, m.Immediate, func() {
+			r := pdu.NOPIn{LUN: m.LUN, ITT: m.ITT, TTT: pdu.ReservedTag}
+			item := &outItem{pdus: []outPDU{{data: data, sn: snAdvance}}}
+			r.Marshal(&item.pdus[0].bhs)
+			c.send(item)
+		})
+	case pdu.OpTextReq:
+		m, _ := pdu.ParseTextRequest(h)
+		data := append([]byte(nil), p.Data...)
+		c.admit(m.CmdSN, m.Immediate, func() { c.handleText(m, data) })
+	case pdu.OpTaskMgmtReq:
+		m, _ := pdu.ParseTaskMgmtRequest(h)
+		c.admit(m.CmdSN, m.Immediate, func() { c.handleTaskMgmt(m) })
+	case pdu.OpLogoutReq:
+		m, _ := pdu.ParseLogoutRequest(h)
+		var done bool
+		c.admit(m.CmdSN, m.Immediate, func() { done = c.handleLogout(m) })
+		if done {
+			return errLogout
+		}
+	case pdu.OpSNACKReq:
+		// ErrorRecoveryLevel 0: SNACK is not supported (RFC 7143 11.16).
+		c.reject(h, pdu.RejectSNACKReject)
+	case pdu.OpLoginReq:
+		// A login on a logged-in connection is a protocol error (6.1).
+		c.reject(h, pdu.RejectProtocolError)
+	default:
+		c.reject(h, pdu.RejectCmdNotSupported)
+	}
+	return nil
+}
+
+func (c *conn) handleLogout(m pdu.LogoutRequest) bool {
+	resp := pdu.LogoutResponse{ITT: m.ITT, Response: pdu.LogoutSuccess}
+	switch m.Reason {
+	case pdu.LogoutCloseSession:
+	case pdu.LogoutCloseConnection:
+		if m.CID != c.cid() {
+			resp.Response = pdu.LogoutCIDNotFound
+		}
+	case pdu.LogoutRemoveForRecov:
+		resp.Response = pdu.LogoutRecoveryNotSupp
+	default:
+		c.reject(nil, pdu.RejectInvalidPDUField)
+		return false
+	}
+	// Let commands in progress finish so their responses precede ours.
+	c.running.Wait()
+	item := &outItem{pdus: []outPDU{{sn: snAdvance}}}
+	resp.Marshal(&item.pdus[0].bhs)
+	if resp.Response != pdu.LogoutSuccess {
+		c.send(item)
+		return false
+	}
+	flushed := make(chan struct{})
+	item.release = func() { close(flushed) }
+	c.send(item)
+	<-flushed
+	c.log.Info("iscsi logout", "tsih", c.sess.tsih)
+	return true
+}
+
+func (c *conn) cid() uint16 { return c.sessCID }
+
+// reject sends a Reject PDU carrying the offending header (RFC 7143 11.17).
+func (c *conn) reject(h *pdu.BHS, reason uint8) {
+	c.log.Warn("iscsi PDU rejected", "reason", reason, "op", opName(h))
+	item := &outItem{pdus: []outPDU{{sn: snAdvance}}}
+	r := pdu.Reject{Reason: reason, DataSN: 0}
+	r.Marshal(&item.pdus[0].bhs)
+	if h != nil {
+		item.pdus[0].data = append([]byte(nil), h[:]...)
+	}
+	if c.out == nil {
+		return
+	}
+	c.send(item)
+}
+
+func opName(h *pdu.BHS) string {
+	if h == nil {
+		return ""
+	}
+	return h.Opcode().String()
+}
+
+// snMode says how the writer fills the sequence-number fields of a PDU.
+type snMode uint8
+
+const (
+	snNone    snMode = iota // Data-In without status: ExpCmdSN/MaxCmdSN only
+	snPeek                  // R2T, NOP-In ping: current StatSN, not advanced
+	snAdvance               // responses carrying status: next StatSN
+)
+
+type outPDU struct {
+	bhs  pdu.BHS
+	data []byte
+	sn   snMode
+}
+
+// outItem is a group of PDUs written in order, then released.
+type outItem struct {
+	pdus    []outPDU
+	release func() // after the write (success or not)
+}
+
+// send queues item for the writer.
+func (c *conn) send(item *outItem) {
+	c.out <- item
+}
+
+// writeLoop owns the socket's write side. It takes whatever is queued,
+// stamps StatSN/ExpCmdSN/MaxCmdSN in transmission order, and writes the
+// batch with one writev. After a write error it keeps draining (releasing
+// buffers) until the queue is closed.
+func (c *conn) writeLoop() {
+	defer close(c.writerDone)
+	var (
+		failed bool
+		batch  []*outItem
+		frames []byte
+		iov    [][]byte
+		bufs   net.Buffers
+		zeros  [4]byte
+	)
+	hd, dd := c.params.HeaderDigest, c.params.DataDigest
+	for item := range c.out {
+		batch = append(batch[:0], item)
+	drain:
+		for len(batch) < 128 {
+			select {
+			case it, ok := <-c.out:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, it)
+			default:
+				break drain
+			}
+		}
+		if !failed {
+			n := 0
+			for _, it := range batch {
+				n += len(it.pdus)
+			}
+			// Each PDU needs at most 48+4 header bytes and 3+4 trailer
+			// bytes; frames must not grow while bufs points into it.
+			if cap(frames) < n*64 {
+				frames = make([]byte, 0, n*64)
+			}
+			frames = frames[:0]
+			iov = iov[:0]
+			exp, max := c.expCmdSN.Load(), c.maxCmdSN.Load()
+			for _, it := range batch {
+				for i := range it.pdus {
+					op := &it.pdus[i]
+					h := &op.bhs
+					switch op.sn {
+					case snAdvance:
+						binary.BigEndian.PutUint32(h[24:], c.statSN)
+						c.statSN++
+					case snPeek:
+						binary.BigEndian.PutUint32(h[24:], c.statSN)
+					}
+					binary.BigEndian.PutUint32(h[28:], exp)
+					binary.BigEndian.PutUint32(h[32:], max)
+					dl := len(op.data)
+					h[4], h[5], h[6], h[7] = 0, byte(dl>>16), byte(dl>>8), byte(dl)
+					start := len(frames)
+					frames = append(frames, h[:]...)
+					if hd {
+						frames = binary.LittleEndian.AppendUint32(frames, pdu.Digest(h[:]))
+					}
+					iov = append(iov, frames[start:len(frames):len(frames)])
+					if dl > 0 {
+						iov = append(iov, op.data)
+						pad := pdu.Pad(dl)
+						tstart := len(frames)
+						frames = append(frames, zeros[:pad]...)
+						if dd {
+							frames = binary.LittleEndian.AppendUint32(frames, pdu.Digest(op.data, zeros[:pad]))
+						}
+						if len(frames) > tstart {
+							iov = append(iov, frames[tstart:len(frames):len(frames)])
+						}
+					}
+				}
+			}
+			c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
+			bufs = net.Buffers(iov)
+			if _, err := bufs.WriteTo(c.nc); err != nil {
+				failed = true
+				c.abort(err)
+			}
+		}
+		for _, it := range batch {
+			if it.release != nil {
+				it.release()
+			}
+		}
+	}
+}
+
+// pingLoop sends a NOP-In ping (RFC 7143 11.19) when the connection has
+// been idle for an interval, and drops the connection when a ping goes
+// unanswered for another.
+func (c *conn) pingLoop(interval time.Duration) {
+	defer close(c.pingDone)
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	var ttt uint32
+	for {
+		select {
+		case <-c.closed:
+			return
+		case <-tick.C:
+		}
+		if c.pingPending.Load() != 0 {
+			c.abort(fmt.Errorf("no answer to NOP-In within %v", interval))
+			return
+		}
+		if time.Since(time.Unix(0, c.lastRecv.Load())) < interval {
+			continue
+		}
+		ttt++
+		if ttt == pdu.ReservedTag || ttt == 0 {
+			ttt = 1
+		}
+		c.pingPending.Store(ttt)
+		m := pdu.NOPIn{ITT: pdu.ReservedTag, TTT: ttt}
+		item := &outItem{pdus: []outPDU{{sn: snPeek}}}
+		m.Marshal(&item.pdus[0].bhs)
+		c.send(item)
+	}
+}

@@ -1,0 +1,284 @@
+// Package iscsi is the iSCSI target of diskless (RFC 7143): login with
+// CHAP, parameter negotiation, discovery, sessions with their CmdSN window,
+// Data-In/Data-Out/R2T flow, task management and logout. It moves SCSI
+// commands between the wire and internal/scsi; it knows nothing of how
+// commands execute or where blocks live.
+//
+// Only ErrorRecoveryLevel 0 is implemented: any connection error ends the
+// session, and the initiator recovers by logging in again (session
+// reinstatement), as iPXE, GRUB via iPXE, and the initramfs all do.
+package iscsi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/diskless-boot/diskless/internal/scsi"
+)
+
+// Config is the configuration of a Server. The zero value is usable.
+type Config struct {
+	// PortalGroupTag is the TargetPortalGroupTag of every portal (default 1).
+	// It must match what initiators are configured with (the initramfs'
+	// ISCSI_TARGET_GROUP).
+	PortalGroupTag uint16
+	// Limits bound what the target accepts in negotiation (default DefaultLimits()).
+	Limits *Limits
+	// QueueDepth is the CmdSN window: how many commands a session may have
+	// outstanding (default 64).
+	QueueDepth int
+	// SessionMemory bounds the data buffers one session may hold at once;
+	// a command that would exceed it gets TASK SET FULL (default 256 MiB).
+	SessionMemory int64
+	// MaxTransferLength caps the ExpectedDataTransferLength of one command
+	// (default 16 MiB); larger commands fail with INVALID FIELD IN CDB.
+	MaxTransferLength uint32
+	// NOPInterval, when positive, makes the target ping idle connections
+	// with NOP-In and drop those that do not answer within another
+	// interval. Off by default: iPXE does not answer while GRUB or the OS
+	// loader sits idle, and dropping it would kill the boot.
+	NOPInterval time.Duration
+	// LoginTimeout bounds the whole login phase (default 30 s).
+	LoginTimeout time.Duration
+	// WriteTimeout bounds each write to a connection (default 60 s).
+	WriteTimeout time.Duration
+	// Logger receives the target's logs (default: discard).
+	Logger *slog.Logger
+}
+
+func (c *Config) withDefaults() Config {
+	d := *c
+	if d.PortalGroupTag == 0 {
+		d.PortalGroupTag = 1
+	}
+	if d.Limits == nil {
+		l := DefaultLimits()
+		d.Limits = &l
+	}
+	if d.QueueDepth <= 0 {
+		d.QueueDepth = 64
+	}
+	if d.SessionMemory <= 0 {
+		d.SessionMemory = 256 << 20
+	}
+	if d.MaxTransferLength == 0 {
+		d.MaxTransferLength = 16 << 20
+	}
+	if d.LoginTimeout <= 0 {
+		d.LoginTimeout = 30 * time.Second
+	}
+	if d.WriteTimeout <= 0 {
+		d.WriteTimeout = 60 * time.Second
+	}
+	if d.Logger == nil {
+		d.Logger = slog.New(slog.DiscardHandler)
+	}
+	return d
+}
+
+// Target is one iSCSI target node exported by the Server.
+type Target struct {
+	Name  string // iSCSI qualified name, e.g. iqn.2026-11.org.example:disk1
+	Alias string // optional TargetAlias
+	SCSI  *scsi.Target
+	// CHAP, when set, requires initiators to authenticate with these
+	// credentials.
+	CHAP *Credentials
+	// MutualCHAP, when set, are the credentials the target answers the
+	// initiator's challenge with (mutual CHAP). Requires CHAP.
+	MutualCHAP *Credentials
+	// AllowedInitiators, when not empty, lists the only initiator names
+	// that may log in or discover this target.
+	AllowedInitiators []string
+}
+
+func (t *Target) allows(initiator string) bool {
+	if len(t.AllowedInitiators) == 0 {
+		return true
+	}
+	for _, n := range t.AllowedInitiators {
+		if n == initiator {
+			return true
+		}
+	}
+	return false
+}
+
+// Server is an iSCSI target server. It is safe for concurrent use.
+type Server struct {
+	cfg Config
+	log *slog.Logger
+
+	mu        sync.Mutex
+	targets   map[string]*Target
+	sessions  map[sessionKey]*session
+	nextTSIH  uint16
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	closing   bool
+
+	wg           sync.WaitGroup
+	shutdownOnce sync.Once
+	panics       atomic.Int64
+}
+
+// sessionKey identifies a session by its I_T nexus (RFC 7143 4.4.3).
+type sessionKey struct {
+	initiator string
+	isid      uint64
+	target    string
+}
+
+// New returns a Server with no targets.
+func New(cfg Config) *Server {
+	c := cfg.withDefaults()
+	return &Server{
+		cfg:       c,
+		log:       c.Logger,
+		targets:   make(map[string]*Target),
+		sessions:  make(map[sessionKey]*session),
+		listeners: make(map[net.Listener]struct{}),
+		conns:     make(map[*conn]struct{}),
+	}
+}
+
+// AddTarget exports t. Names are unique.
+func (s *Server) AddTarget(t *Target) error {
+	if t.Name == "" || t.SCSI == nil {
+		return errors.New("iscsi: target needs a name and a SCSI target")
+	}
+	if t.MutualCHAP != nil && t.CHAP == nil {
+		return fmt.Errorf("iscsi: target %s: mutual CHAP needs CHAP", t.Name)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.targets[t.Name]; ok {
+		return fmt.Errorf("iscsi: target %s already exists", t.Name)
+	}
+	s.targets[t.Name] = t
+	return nil
+}
+
+// RemoveTarget stops exporting the named target and drops its sessions.
+func (s *Server) RemoveTarget(name string) error {
+	s.mu.Lock()
+	if _, ok := s.targets[name]; !ok {
+		s.mu.Unlock()
+		return fmt.Errorf("iscsi: no target %s", name)
+	}
+	delete(s.targets, name)
+	var drop []*session
+	for k, ss := range s.sessions {
+		if k.target == name {
+			drop = append(drop, ss)
+		}
+	}
+	s.mu.Unlock()
+	for _, ss := range drop {
+		ss.close(errors.New("target removed"))
+	}
+	return nil
+}
+
+func (s *Server) target(name string) *Target {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.targets[name]
+}
+
+// Serve accepts connections on l until Shutdown is called or l fails.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return net.ErrClosed
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+	}()
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+	s.log.Info("iscsi target listening", "addr", l.Addr().String())
+	var backoff time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing || ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		c := newConn(s, nc)
+		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			nc.Close()
+			return nil
+		}
+		s.conns[c] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.wg.Done()
+			c.serve()
+			s.mu.Lock()
+			delete(s.conns, c)
+			s.mu.Unlock()
+		}()
+	}
+}
+
+// Shutdown stops accepting, closes every connection (their sessions end, as
+// on connection loss) and waits for the connection goroutines, or for ctx.
+// It is idempotent.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.shutdownOnce.Do(func() {
+		s.mu.Lock()
+		s.closing = true
+		for l := range s.listeners {
+			l.Close()
+		}
+		for c := range s.conns {
+			c.nc.Close()
+		}
+		s.mu.Unlock()
+	})
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Panics reports how many connection handlers recovered from a panic.
+func (s *Server) Panics() int64 { return s.panics.Load() }
+
+// SessionCount reports the number of logged-in sessions.
+func (s *Server) SessionCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}

@@ -1,0 +1,109 @@
+package iscsi
+
+import (
+	"errors"
+	"time"
+
+	"github.com/diskless-boot/diskless/internal/iscsi/pdu"
+	"github.com/diskless-boot/diskless/internal/scsi"
+)
+
+// session is one logged-in iSCSI session. diskless negotiates
+// MaxConnections=1, so a session has exactly one connection; the session
+// exists for the registry (TSIH, reinstatement) and outlives nothing.
+type session struct {
+	key       sessionKey
+	tsih      uint16
+	discovery bool
+	target    *Target // nil for discovery sessions
+	nexus     scsi.Nexus
+	conn      *conn
+}
+
+// close ends the session by closing its connection, and waits (bounded)
+// until the connection has cleaned up its tasks.
+func (ss *session) close(reason error) {
+	ss.conn.abort(reason)
+	select {
+	case <-ss.conn.finished:
+	case <-time.After(10 * time.Second):
+	}
+}
+
+// bindSession registers the session a login is about to complete
+// (RFC 7143 6.3.5). With TSIH 0 it is a new session, reinstating (closing)
+// any older session of the same I_T nexus. With a non-zero TSIH the
+// initiator asks to add or reinstate a connection; a session has one
+// connection only and ends with it (ErrorRecoveryLevel 0), so the old
+// session is closed and the initiator told it does not exist, upon which
+// initiators log in again with TSIH 0.
+func (s *Server) bindSession(c *conn, key sessionKey, tsih uint16, discovery bool, t *Target) (*session, uint16) {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return nil, pdu.LoginServiceUnavailable
+	}
+	if tsih != 0 {
+		var old *session
+		for _, ss := range s.sessions {
+			if ss.tsih == tsih {
+				old = ss
+			}
+		}
+		s.mu.Unlock()
+		if old != nil && old.key == key {
+			old.close(errors.New("connection reinstated"))
+		}
+		return nil, pdu.LoginSessionDoesNotExist
+	}
+	old := s.sessions[key]
+	s.mu.Unlock()
+	if old != nil && !discovery {
+		s.log.Info("iscsi session reinstatement", "iqn", key.initiator, "isid", isidString(key.isid), "tsih", old.tsih)
+		old.close(errors.New("session reinstated"))
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cur := s.sessions[key]; cur != nil && cur != old {
+		// Two logins of the same nexus raced; the later one loses.
+		return nil, pdu.LoginCantIncludeInSession
+	}
+	if old != nil && s.sessions[key] == old {
+		delete(s.sessions, key)
+	}
+	ss := &session{key: key, tsih: s.allocTSIH(), discovery: discovery, target: t, conn: c}
+	ss.nexus = scsi.Nexus{InitiatorName: key.initiator, ISID: key.isid, RelTargetPort: 1}
+	if !discovery {
+		s.sessions[key] = ss
+	}
+	return ss, pdu.LoginSuccess
+}
+
+// allocTSIH returns an unused non-zero TSIH. Called with s.mu held.
+func (s *Server) allocTSIH() uint16 {
+	for {
+		s.nextTSIH++
+		if s.nextTSIH == 0 {
+			continue
+		}
+		used := false
+		for _, ss := range s.sessions {
+			if ss.tsih == s.nextTSIH {
+				used = true
+				break
+			}
+		}
+		if !used {
+			return s.nextTSIH
+		}
+	}
+}
+
+// unbindSession removes ss from the registry when its connection ends.
+func (s *Server) unbindSession(ss *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sessions[ss.key] == ss {
+		delete(s.sessions, ss.key)
+	}
+}
