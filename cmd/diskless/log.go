@@ -8,6 +8,8 @@ import (
 	"github.com/spf13/cobra"
 )
 
+// newLogger builds the logger from the global flags and starts the debug
+// server when asked: both are process-wide set-up every subcommand needs.
 func newLogger(cmd *cobra.Command) (*slog.Logger, error) {
 	levelName, _ := cmd.Flags().GetString("log-level")
 	format, _ := cmd.Flags().GetString("log-format")
@@ -16,11 +18,19 @@ func newLogger(cmd *cobra.Command) (*slog.Logger, error) {
 		return nil, fmt.Errorf("--log-level: %w", err)
 	}
 	o := &slog.HandlerOptions{Level: level}
+	var log *slog.Logger
 	switch format {
 	case "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, o)), nil
+		log = slog.New(slog.NewTextHandler(os.Stderr, o))
 	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, o)), nil
+		log = slog.New(slog.NewJSONHandler(os.Stderr, o))
+	default:
+		return nil, fmt.Errorf("--log-format %q: want text or json", format)
 	}
-	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+	if addr, _ := cmd.Flags().GetString("debug-listen"); addr != "" {
+		if err := startDebugServer(addr, log); err != nil {
+			return nil, fmt.Errorf("--debug-listen: %w", err)
+		}
+	}
+	return log, nil
 }

@@ -11,9 +11,12 @@ import (
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
+	"github.com/diskless-boot/diskless/internal/disk"
 	"github.com/diskless-boot/diskless/internal/iscsi/pdu"
+	"golang.org/x/sys/unix"
 )
 
 // loginMaxData is the MaxRecvDataSegmentLength in force during login
@@ -29,6 +32,9 @@ type conn struct {
 	nc  net.Conn
 	log *slog.Logger
 	rd  pdu.Reader
+
+	// rawConn is set when the socket can take sendfile(2).
+	rawConn syscall.RawConn
 
 	sess    *session
 	sessCID uint16
@@ -92,6 +98,11 @@ func newConn(s *Server, nc net.Conn) *conn {
 		finished: make(chan struct{}),
 	}
 	c.rd = pdu.Reader{R: bufio.NewReaderSize(nc, 64<<10), MaxData: loginMaxData}
+	if tc, ok := nc.(*net.TCPConn); ok {
+		if rc, err := tc.SyscallConn(); err == nil {
+			c.rawConn = rc
+		}
+	}
 	return c
 }
 
@@ -385,6 +396,7 @@ const (
 type outPDU struct {
 	bhs  pdu.BHS
 	data []byte
+	file disk.FileRange // data to send from a file instead, if Len > 0
 	sn   snMode
 }
 
@@ -410,7 +422,6 @@ func (c *conn) writeLoop() {
 		batch  []*outItem
 		frames []byte
 		iov    [][]byte
-		bufs   net.Buffers
 		zeros  [4]byte
 	)
 	hd, dd := c.params.HeaderDigest, c.params.DataDigest
@@ -441,6 +452,7 @@ func (c *conn) writeLoop() {
 			frames = frames[:0]
 			iov = iov[:0]
 			exp, max := c.expCmdSN.Load(), c.maxCmdSN.Load()
+			var err error
 			for _, it := range batch {
 				for i := range it.pdus {
 					op := &it.pdus[i]
@@ -455,6 +467,9 @@ func (c *conn) writeLoop() {
 					binary.BigEndian.PutUint32(h[28:], exp)
 					binary.BigEndian.PutUint32(h[32:], max)
 					dl := len(op.data)
+					if op.file.Len > 0 {
+						dl = int(op.file.Len)
+					}
 					h[4], h[5], h[6], h[7] = 0, byte(dl>>16), byte(dl>>8), byte(dl)
 					start := len(frames)
 					frames = append(frames, h[:]...)
@@ -462,23 +477,31 @@ func (c *conn) writeLoop() {
 						frames = binary.LittleEndian.AppendUint32(frames, pdu.Digest(h[:]))
 					}
 					iov = append(iov, frames[start:len(frames):len(frames)])
-					if dl > 0 {
+					if op.file.Len > 0 && err == nil {
+						// Headers so far go out first, then the
+						// kernel sends the data from the page cache.
+						err = c.writeIOV(iov)
+						iov = iov[:0]
+						if err == nil {
+							err = c.sendFile(op.file)
+						}
+					} else if dl > 0 {
 						iov = append(iov, op.data)
-						pad := pdu.Pad(dl)
+					}
+					if pad := pdu.Pad(dl); dl > 0 && (pad > 0 || dd) {
 						tstart := len(frames)
 						frames = append(frames, zeros[:pad]...)
 						if dd {
 							frames = binary.LittleEndian.AppendUint32(frames, pdu.Digest(op.data, zeros[:pad]))
 						}
-						if len(frames) > tstart {
-							iov = append(iov, frames[tstart:len(frames):len(frames)])
-						}
+						iov = append(iov, frames[tstart:len(frames):len(frames)])
 					}
 				}
 			}
-			c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
-			bufs = net.Buffers(iov)
-			if _, err := bufs.WriteTo(c.nc); err != nil {
+			if err == nil {
+				err = c.writeIOV(iov)
+			}
+			if err != nil {
 				failed = true
 				c.abort(err)
 			}
@@ -522,4 +545,50 @@ func (c *conn) pingLoop(interval time.Duration) {
 		m.Marshal(&item.pdus[0].bhs)
 		c.send(item)
 	}
+}
+
+// writeIOV writes the buffers with one writev.
+func (c *conn) writeIOV(iov [][]byte) error {
+	if len(iov) == 0 {
+		return nil
+	}
+	c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
+	bufs := net.Buffers(iov)
+	_, err := bufs.WriteTo(c.nc)
+	return err
+}
+
+// sendFile sends a file range on the socket with sendfile(2), waiting on
+// the poller while the socket buffer is full. Data digests need the bytes
+// in user space, so this path is only taken without them.
+func (c *conn) sendFile(fr disk.FileRange) error {
+	c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
+	off, remain := fr.Off, fr.Len
+	var serr error
+	err := c.rawConn.Write(func(fd uintptr) bool {
+		for remain > 0 {
+			n, err := unix.Sendfile(int(fd), fr.FD, &off, int(min(remain, 1<<30)))
+			if n > 0 {
+				remain -= int64(n)
+			}
+			switch {
+			case err == unix.EAGAIN:
+				return false
+			case err == unix.EINTR:
+			case err != nil:
+				serr = err
+				return true
+			case n == 0:
+				// The file shrank under us: the PDU length is
+				// already on the wire, so the stream is lost.
+				serr = io.ErrUnexpectedEOF
+				return true
+			}
+		}
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	return serr
 }

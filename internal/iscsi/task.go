@@ -358,6 +358,7 @@ func (c *conn) execute(t *task) {
 		sc.DataOut = t.buf
 	} else if t.cmd.Read {
 		sc.DataIn = t.buf
+		sc.FileDataIn = c.rawConn != nil && !c.params.DataDigest
 	}
 	res := c.sess.target.SCSI.Execute(&sc)
 
@@ -419,6 +420,7 @@ func (c *conn) responseItem(t *task, res *scsi.Result) *outItem {
 		underflow, residual = true, t.edtl-wanted
 	}
 	var data []byte
+	fromFile := res.File.Len > 0
 	if t.cmd.Read && !t.write && res.N > 0 {
 		data = t.buf[:min(res.N, len(t.buf))]
 	}
@@ -445,7 +447,14 @@ func (c *conn) responseItem(t *task, res *scsi.Result) *outItem {
 			m.Overflow, m.Underflow, m.ResidualCount = overflow, underflow, residual
 			sn = snAdvance
 		}
-		item.pdus = append(item.pdus, outPDU{data: data[off : off+n], sn: sn})
+		op := outPDU{data: data[off : off+n], sn: sn}
+		if fromFile {
+			op.data = nil
+			op.file = res.File
+			op.file.Off += int64(off)
+			op.file.Len = int64(n)
+		}
+		item.pdus = append(item.pdus, op)
 		m.Marshal(&item.pdus[len(item.pdus)-1].bhs)
 		if inBurst == burst {
 			inBurst = 0

@@ -3,6 +3,8 @@ package scsi
 import (
 	"bytes"
 	"sync"
+
+	"github.com/diskless-boot/diskless/internal/disk"
 )
 
 // READ, WRITE, VERIFY and WRITE AND VERIFY (SBC-3 5.8-5.13, 5.33-5.44).
@@ -64,6 +66,15 @@ func (lu *LogicalUnit) read(c *Command, r *Result) error {
 	dst := c.DataIn
 	if uint64(len(dst)) > size {
 		dst = dst[:size]
+	}
+	if c.FileDataIn && len(dst) > 0 {
+		if fe, ok := lu.dev.(disk.FileExtenter); ok {
+			fr, err := fe.FileExtent(int64(lba<<lu.shift), int64(len(dst)))
+			if err == nil && fr.Len == int64(len(dst)) {
+				r.File, r.N = fr, len(dst)
+				return nil
+			}
+		}
 	}
 	if len(dst) > 0 {
 		if _, err := lu.dev.ReadAt(dst, int64(lba<<lu.shift)); err != nil {

@@ -12,6 +12,8 @@
 // CDB checking and REPORT SUPPORTED OPERATION CODES all read.
 package scsi
 
+import "github.com/diskless-boot/diskless/internal/disk"
+
 // Status is a SCSI status byte (SAM-5 5.3).
 type Status byte
 
@@ -59,6 +61,10 @@ type Command struct {
 	// DataIn is the buffer for Data-In, of length ExpectedDataTransferLength
 	// for read-direction commands (nil otherwise). The command fills a prefix.
 	DataIn []byte
+	// FileDataIn says the transport can send Data-In straight from a host
+	// file (sendfile); READ then answers with Result.File instead of
+	// copying into DataIn when the device allows it.
+	FileDataIn bool
 }
 
 // Result is the outcome of a Command.
@@ -69,6 +75,9 @@ type Result struct {
 	Sense []byte
 	// N is the number of bytes of DataIn filled.
 	N int
+	// File, when Len > 0, holds the Data-In instead of DataIn: N bytes
+	// to send from this file range (see Command.FileDataIn).
+	File disk.FileRange
 	// Wanted is the number of bytes the command would have transferred
 	// (Data-In or Data-Out) had the buffers been big enough; the transport
 	// derives the residual overflow/underflow from it (RFC 7143 11.4.5).

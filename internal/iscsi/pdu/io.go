@@ -108,7 +108,9 @@ func (rd *Reader) DiscardData() error {
 		if _, err := io.ReadFull(rd.R, chunk); err != nil {
 			return err
 		}
-		c = crc32.Update(c, castagnoli, chunk)
+		if rd.DataDigest {
+			c = crc32.Update(c, castagnoli, chunk)
+		}
 		n -= len(chunk)
 	}
 	if total == 0 {
@@ -118,7 +120,11 @@ func (rd *Reader) DiscardData() error {
 }
 
 func (rd *Reader) trailer(data []byte) error {
-	return rd.trailerCRC(crc32.Update(0, castagnoli, data), Pad(len(data)))
+	var c uint32
+	if rd.DataDigest {
+		c = crc32.Update(0, castagnoli, data)
+	}
+	return rd.trailerCRC(c, Pad(len(data)))
 }
 
 func (rd *Reader) trailerCRC(c uint32, pad int) error {

@@ -1,0 +1,29 @@
+package disk
+
+import "fmt"
+
+// FileRange is a byte range of a host file, named by its descriptor. It is
+// valid while the Device it came from is open.
+type FileRange struct {
+	FD  int
+	Off int64
+	Len int64
+}
+
+// FileExtenter is a Device whose bytes live in host files, so a transport
+// can hand a range to the kernel (sendfile) instead of copying it through
+// user space: on loopback and fast NICs that copy is what limits large
+// reads. FileExtent tells where the n bytes at off live; Len of the result
+// is how many of them are contiguous there (at least 1 when n > 0).
+type FileExtenter interface {
+	FileExtent(off, n int64) (FileRange, error)
+}
+
+// FileExtent implements FileExtenter: a raw image holds every byte at its
+// own offset.
+func (f *File) FileExtent(off, n int64) (FileRange, error) {
+	if off < 0 || n < 0 || off+n < off || off+n > f.Size() {
+		return FileRange{}, fmt.Errorf("disk: range %d+%d outside %s", off, n, f.path)
+	}
+	return FileRange{FD: f.fd, Off: off, Len: n}, nil
+}
