@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -420,4 +421,31 @@ type testLogWriter struct{ t *testing.T }
 func (w testLogWriter) Write(b []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(b)))
 	return len(b), nil
+}
+
+// TestConnectionLossCleansUp drops the connection while a write waits for
+// its data: the session, its tasks and its goroutines must all go away.
+func TestConnectionLossCleansUp(t *testing.T) {
+	srv, addr := startTarget(t, nil)
+	before := runtime.NumGoroutine()
+	in := loggedIn(t, addr)
+	in.itt++
+	m := pdu.SCSICommand{Final: true, Write: true, ITT: in.itt, CmdSN: in.cmdSN, ExpectedDataTransferLength: 1 << 20}
+	in.cmdSN++
+	copy(m.CDB[:], rw10(0x2a, 0, 2048))
+	var p pdu.PDU
+	m.Marshal(&p)
+	in.sendPDU(&p)
+	if r := in.readPDU(); r.BHS.Opcode() != pdu.OpR2T {
+		t.Fatalf("got %s, want R2T", r.BHS.Opcode())
+	}
+	in.nc.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for srv.SessionCount() != 0 || runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d sessions, %d goroutines (had %d) after the connection dropped",
+				srv.SessionCount(), runtime.NumGoroutine(), before)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
