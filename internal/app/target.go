@@ -74,6 +74,7 @@ type TargetOptions struct {
 	CHAP, MutualCHAP  *iscsi.Credentials
 	AllowedInitiators []string
 	PortalGroupTag    uint16
+	NOPInterval       time.Duration
 	Logger            *slog.Logger
 }
 
@@ -120,7 +121,7 @@ func RunTarget(ctx context.Context, opts TargetOptions) (err error) {
 		}
 		log.Info("lun", "lun", l.LUN, "image", l.Path, "bytes", dev.Size(), "ro", l.ReadOnly)
 	}
-	srv := iscsi.New(iscsi.Config{PortalGroupTag: opts.PortalGroupTag, Logger: log})
+	srv := iscsi.New(iscsi.Config{PortalGroupTag: opts.PortalGroupTag, NOPInterval: opts.NOPInterval, Logger: log})
 	if err := srv.AddTarget(&iscsi.Target{
 		Name: opts.IQN, Alias: opts.Alias, SCSI: st,
 		CHAP: opts.CHAP, MutualCHAP: opts.MutualCHAP, AllowedInitiators: opts.AllowedInitiators,

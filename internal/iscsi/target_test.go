@@ -28,6 +28,11 @@ const (
 // startTarget serves one LU backed by a temporary 8 MiB image file.
 func startTarget(t *testing.T, mutate func(*Target)) (*Server, string) {
 	t.Helper()
+	return startTargetWith(t, Config{}, mutate)
+}
+
+func startTargetWith(t *testing.T, cfg Config, mutate func(*Target)) (*Server, string) {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "disk.img")
 	if err := os.WriteFile(path, nil, 0o600); err != nil {
 		t.Fatal(err)
@@ -48,7 +53,8 @@ func startTarget(t *testing.T, mutate func(*Target)) (*Server, string) {
 	if err := st.AddLU(0, lu); err != nil {
 		t.Fatal(err)
 	}
-	srv := New(Config{Logger: slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	cfg.Logger = slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	srv := New(cfg)
 	tgt := &Target{Name: testIQN, SCSI: st}
 	if mutate != nil {
 		mutate(tgt)
@@ -448,4 +454,27 @@ func TestConnectionLossCleansUp(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// TestNOPInPing: with pings on, an idle connection gets NOP-In pings; one
+// that answers stays, one that stops answering is dropped.
+func TestNOPInPing(t *testing.T) {
+	srv, addr := startTargetWith(t, Config{NOPInterval: 100 * time.Millisecond}, nil)
+	in := loggedIn(t, addr)
+	for i := 0; i < 2; i++ {
+		r := in.readPDU()
+		ping, err := pdu.ParseNOPIn(&r.BHS)
+		if err != nil || ping.ITT != pdu.ReservedTag || ping.TTT == pdu.ReservedTag {
+			t.Fatalf("got %s %+v, want a NOP-In ping", r.BHS.Opcode(), ping)
+		}
+		var p pdu.PDU
+		(&pdu.NOPOut{Immediate: true, ITT: pdu.ReservedTag, TTT: ping.TTT, CmdSN: in.cmdSN, ExpStatSN: in.expStatSN}).Marshal(&p.BHS)
+		in.sendPDU(&p)
+	}
+	if srv.SessionCount() != 1 {
+		t.Fatal("answering session was dropped")
+	}
+	// Now stay silent: the target gives up on us.
+	in.readPDU()
+	expectClosed(t, in.nc)
 }
