@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Benchmark diskless against Debian's tgt on loopback: both serve a same-sized
+# image file, iperf3 measures the loopback ceiling, then
+# ../shared/tools/iscsi-perf-compare runs qemu-img bench on both (A = tgt,
+# B = diskless; "B/A speed" > 1 means diskless is faster).
+#
+# Usage: scripts/bench-vs-tgt.sh [--size BYTES] [--rounds N] [--scale F]
+#   --size    image size (default 1G, any size truncate(1) takes)
+#   --rounds  and --scale are passed to iscsi-perf-compare
+# Env DISKLESS_BIN: use this diskless binary instead of building ./cmd/diskless.
+# Needs root (tgtd), tgt, iperf3, qemu-utils, qemu-block-extra, python3
+# (scripts/ci-deps.sh installs them).
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+size=1G
+perf_args=()
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--size) size=$2; shift 2 ;;
+	--rounds | --scale) perf_args+=("$1" "$2"); shift 2 ;;
+	*) echo "usage: $0 [--size BYTES] [--rounds N] [--scale F]" >&2; exit 2 ;;
+	esac
+done
+compare=$repo/../shared/tools/iscsi-perf-compare
+[ -x "$compare" ] || { echo "bench: $compare not found" >&2; exit 1; }
+iqn=iqn.2026-11.org.example:disk1
+
+work=$(mktemp -d /var/tmp/diskless-bench.XXXXXX)
+tgt_pid="" diskless_pid="" iperf_pid="" ctl=""
+cleanup() {
+	set +e
+	if [ -n "$tgt_pid" ]; then
+		# tgtd ignores SIGTERM: take the target down, then the daemon.
+		tgtadm -C "$ctl" --lld iscsi --op delete --mode target --tid 1 --force >/dev/null 2>&1
+		tgtadm -C "$ctl" --op delete --mode system >/dev/null 2>&1
+		for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$tgt_pid" 2>/dev/null || break; sleep 0.2; done
+		kill -KILL "$tgt_pid" 2>/dev/null
+		rm -f "/var/run/tgtd/socket.$ctl" "/var/run/tgtd/socket.$ctl.lock"
+	fi
+	[ -n "$diskless_pid" ] && kill -TERM "$diskless_pid" 2>/dev/null
+	[ -n "$iperf_pid" ] && kill -TERM "$iperf_pid" 2>/dev/null
+	wait 2>/dev/null
+	rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { # wait_port PORT PID: until 127.0.0.1:PORT listens, while PID lives
+	for _ in $(seq 100); do
+		# Look, don't connect: iperf3 would count a probe as its client.
+		[ -n "$(ss -Hltn "sport = :$1")" ] && return 0
+		kill -0 "$2" 2>/dev/null || { echo "bench: process $2 died" >&2; return 1; }
+		sleep 0.1
+	done
+	echo "bench: nothing listens on 127.0.0.1:$1" >&2
+	return 1
+}
+
+bin=${DISKLESS_BIN:-}
+if [ -z "$bin" ]; then
+	bin=$work/diskless
+	(cd "$repo" && go build -o "$bin" ./cmd/diskless)
+fi
+
+# Same-sized, fully allocated images, so neither side reads holes.
+for f in tgt.img diskless.img; do
+	truncate -s "$size" "$work/$f"
+	fallocate -l "$(stat -c %s "$work/$f")" "$work/$f" 2>/dev/null || true
+done
+echo "images: $(stat -c %s "$work/tgt.img") bytes each in $work"
+
+tgt_port=$(free_port)
+ctl=$((1 + tgt_port % 32767))
+tgtd -f -C "$ctl" --iscsi "portal=127.0.0.1:$tgt_port" >"$work/tgtd.log" 2>&1 &
+tgt_pid=$!
+for _ in $(seq 100); do tgtadm -C "$ctl" --op show --mode target >/dev/null 2>&1 && break; sleep 0.1; done
+tgtadm -C "$ctl" --lld iscsi --op new --mode target --tid 1 -T "$iqn"
+tgtadm -C "$ctl" --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$work/tgt.img"
+tgtadm -C "$ctl" --lld iscsi --op bind --mode target --tid 1 -I ALL
+wait_port "$tgt_port" "$tgt_pid"
+
+diskless_port=$(free_port)
+"$bin" target --listen "127.0.0.1:$diskless_port" --iqn "$iqn" --lun "0=$work/diskless.img" >"$work/diskless.log" 2>&1 &
+diskless_pid=$!
+wait_port "$diskless_port" "$diskless_pid"
+
+echo "== loopback ceiling (iperf3 -l 1M -t 5)"
+iperf_port=$(free_port)
+iperf3 -s -B 127.0.0.1 -p "$iperf_port" >/dev/null 2>&1 &
+iperf_pid=$!
+wait_port "$iperf_port" "$iperf_pid"
+iperf3 -c 127.0.0.1 -p "$iperf_port" -l 1M -t 5 | grep -E 'sender|receiver'
+
+tgt_url=iscsi://127.0.0.1:$tgt_port/$iqn/1
+diskless_url=iscsi://127.0.0.1:$diskless_port/$iqn/0
+echo "== iscsi-perf-compare A=tgt ($tgt_url) B=diskless ($diskless_url)"
+"$compare" "$tgt_url" "$diskless_url" "${perf_args[@]}"

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install the real peers the interop tests (test/interop) and
+# scripts/bench-vs-tgt.sh run against. Idempotent and quiet: does nothing
+# when everything is present. Needs root (CI runs as root).
+set -euo pipefail
+
+pkgs=(
+	qemu-system-x86 # PC emulator for the iPXE and Linux guests (pulls in SeaBIOS)
+	ipxe-qemu       # iPXE NIC ROMs QEMU loads (efi-e1000.rom)
+	qemu-utils      # qemu-img
+	qemu-block-extra # QEMU's iscsi:// block driver (libiscsi)
+	libiscsi-bin    # iscsi-test-cu, iscsi-inq
+	open-iscsi      # iscsistart, iscsid, iscsiadm copied into the Linux guest
+	busybox-static  # the guest's userland
+	e2fsprogs       # mkfs.ext4/e2fsck in the guest, e2fsck/debugfs on the host
+	cpio            # packs the guest initramfs
+	tgt             # reference target (DISKLESS_INTEROP_TARGET=tgt, benchmark)
+	iperf3          # loopback ceiling in the benchmark
+	python3         # ../shared/tools scripts
+)
+
+missing=()
+for p in "${pkgs[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+# scripts/guest-bundle.sh resolves and downloads the guest kernel through apt.
+if [ ${#missing[@]} -gt 0 ] || ! apt-cache show linux-image-amd64 >/dev/null 2>&1; then
+	apt-get update -qq
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The test command (README): install what the tests need, then check
+# formatting and vet, and run every test with the race detector, including
+# the interop tests against real initiators (test/interop).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH=$PATH:/usr/local/go/bin
+./scripts/ci-deps.sh
+unformatted=$(gofmt -l $(git ls-files '*.go'))
+if [ -n "$unformatted" ]; then
+	echo "gofmt would change: $unformatted" >&2
+	exit 1
+fi
+go vet ./...
+go test -race -count=1 -timeout 28m ./...

@@ -1,0 +1,151 @@
+package interop
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// Set by TestMain.
+var (
+	repoRoot      string // directory holding go.mod
+	disklessBin   string // built ./cmd/diskless, "" when the build failed
+	disklessBuild error  // why disklessBin is "", reported by every test that needs it
+	raceEnabled   bool   // set in race_test.go under -race
+)
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	var err error
+	if repoRoot, err = findRepoRoot(); err != nil {
+		fmt.Fprintln(os.Stderr, "interop:", err)
+		return 1
+	}
+	if testing.Short() || targetKind() != "diskless" {
+		return m.Run()
+	}
+	dir, err := os.MkdirTemp("", "diskless-interop-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "interop:", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	bin := filepath.Join(dir, "diskless")
+	args := []string{"build", "-o", bin}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	cmd := exec.Command("go", append(args, "./cmd/diskless")...)
+	cmd.Dir = repoRoot
+	if out, err := cmd.CombinedOutput(); err != nil {
+		disklessBuild = fmt.Errorf("go build ./cmd/diskless: %v\n%s", err, out)
+	} else {
+		disklessBin = bin
+	}
+	return m.Run()
+}
+
+// findRepoRoot walks up from the working directory (the package directory
+// under go test) to the directory holding go.mod.
+func findRepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("no go.mod above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// needPeers marks t as an interop test: skipped under -short and when one of
+// the named programs is not installed.
+func needPeers(t *testing.T, programs ...string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("interop: skipped in -short mode")
+	}
+	for _, p := range programs {
+		if _, err := exec.LookPath(p); err != nil {
+			t.Skipf("interop peer missing: %s not in PATH (scripts/ci-deps.sh installs it)", p)
+		}
+	}
+}
+
+// needFile skips t when path, part of a peer, does not exist.
+func needFile(t *testing.T, path, pkg string) {
+	t.Helper()
+	if _, err := os.Stat(path); err != nil {
+		t.Skipf("interop peer missing: %s (Debian package %s; scripts/ci-deps.sh installs it)", path, pkg)
+	}
+}
+
+// freePort returns a TCP port on 127.0.0.1 that nothing listens on now.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// waitTCP waits until addr accepts a TCP connection, or until exited is
+// closed (the server died) or the timeout passes.
+func waitTCP(addr string, exited <-chan struct{}, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case <-exited:
+			return fmt.Errorf("exited before accepting connections on %s", addr)
+		case <-ctx.Done():
+			return fmt.Errorf("%s accepts no connection after %v: %v", addr, timeout, err)
+		case <-tick.C:
+		}
+	}
+}
+
+// sharedTool returns the path of a tool in <repo>/../shared/tools, skipping t
+// when it is absent.
+func sharedTool(t *testing.T, name string) string {
+	t.Helper()
+	p := filepath.Join(repoRoot, "..", "shared", "tools", name)
+	if _, err := os.Stat(p); err != nil {
+		t.Skipf("interop peer missing: %s", p)
+	}
+	return p
+}
+
+// tail returns the last n bytes of s, for failure messages.
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return "…" + s[len(s)-n:]
+}

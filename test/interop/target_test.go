@@ -1,0 +1,272 @@
+package interop
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// targetIQN is the name every test target gets.
+const targetIQN = "iqn.2026-11.org.example:disk1"
+
+// creds is a CHAP user name and secret.
+type creds struct{ User, Secret string }
+
+// arg is the USER:SECRET form of the diskless flags. (No String method: a
+// secret must not end up in a log by accident.)
+func (c creds) arg() string { return c.User + ":" + c.Secret }
+
+// targetConfig is what a test asks of the target under test, in the terms of
+// the diskless command line.
+type targetConfig struct {
+	LUNs       []lunConfig // LUNs[i] is LUN i
+	CHAP       *creds      // --chap: what initiators must present
+	MutualCHAP *creds      // --mutual-chap: what the target answers with
+	Allow      []string    // --allow-initiator; empty allows any
+}
+
+type lunConfig struct {
+	Path     string // image file
+	ReadOnly bool
+}
+
+// target is a running iSCSI target on 127.0.0.1.
+type target struct {
+	Port int
+	IQN  string
+	// lunBase is added to a configured LUN number to get the LUN initiators
+	// see: tgt reserves LUN 0 for its controller device, so it serves LUN i
+	// as LUN i+1.
+	lunBase int
+}
+
+// LUN is the LUN number initiators use for configured LUN i.
+func (tg *target) LUN(i int) int { return i + tg.lunBase }
+
+// URL is the libiscsi URL of configured LUN i, with CHAP credentials if c is
+// not nil.
+func (tg *target) URL(i int, c *creds) string {
+	auth := ""
+	if c != nil {
+		auth = c.User + "%" + c.Secret + "@"
+	}
+	return fmt.Sprintf("iscsi://%s127.0.0.1:%d/%s/%d", auth, tg.Port, tg.IQN, tg.LUN(i))
+}
+
+// targetKind is the implementation under test: "diskless" (default) or "tgt"
+// (env DISKLESS_INTEROP_TARGET=tgt), for developing the harness and for
+// comparison.
+func targetKind() string {
+	if k := os.Getenv("DISKLESS_INTEROP_TARGET"); k != "" {
+		return k
+	}
+	return "diskless"
+}
+
+// startTarget starts the target under test serving cfg on a free port and
+// stops it when t ends.
+func startTarget(t *testing.T, cfg targetConfig) *target {
+	t.Helper()
+	switch k := targetKind(); k {
+	case "diskless":
+		return startDiskless(t, cfg)
+	case "tgt":
+		return startTgt(t, cfg)
+	default:
+		t.Fatalf("DISKLESS_INTEROP_TARGET=%q: want diskless or tgt", k)
+		return nil
+	}
+}
+
+// daemon is a target process whose output is kept for failure messages.
+type daemon struct {
+	cmd    *exec.Cmd
+	out    lockedBuffer
+	exited chan struct{} // closed when the process has exited
+}
+
+// startDaemon runs name with args, with env added to the test's environment.
+func startDaemon(t *testing.T, env []string, name string, args ...string) *daemon {
+	t.Helper()
+	d := &daemon{cmd: exec.Command(name, args...), exited: make(chan struct{})}
+	d.cmd.Env = append(os.Environ(), env...)
+	d.cmd.Stdout = &d.out
+	d.cmd.Stderr = &d.out
+	if err := d.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() {
+		d.cmd.Wait()
+		close(d.exited)
+	}()
+	return d
+}
+
+// stop signals the daemon, waits up to grace, then kills it. It reports
+// whether the daemon exited within grace.
+func (d *daemon) stop(sig os.Signal, grace time.Duration) bool {
+	select {
+	case <-d.exited:
+		return true
+	default:
+	}
+	d.cmd.Process.Signal(sig)
+	select {
+	case <-d.exited:
+		return true
+	case <-time.After(grace):
+		d.cmd.Process.Kill()
+		<-d.exited
+		return false
+	}
+}
+
+func startDiskless(t *testing.T, cfg targetConfig) *target {
+	t.Helper()
+	if disklessBin == "" {
+		t.Fatalf("no diskless binary: %v", disklessBuild)
+	}
+	port := freePort(t)
+	args := []string{"target",
+		"--listen", fmt.Sprintf("127.0.0.1:%d", port),
+		"--iqn", targetIQN,
+		"--portal-group-tag", "1",
+	}
+	for i, l := range cfg.LUNs {
+		spec := fmt.Sprintf("%d=%s", i, l.Path)
+		if l.ReadOnly {
+			spec += ":ro"
+		}
+		args = append(args, "--lun", spec)
+	}
+	if cfg.CHAP != nil {
+		args = append(args, "--chap", cfg.CHAP.arg())
+	}
+	if cfg.MutualCHAP != nil {
+		args = append(args, "--mutual-chap", cfg.MutualCHAP.arg())
+	}
+	for _, iqn := range cfg.Allow {
+		args = append(args, "--allow-initiator", iqn)
+	}
+	// A -race build (see race_test.go) writes its reports to race.PID here.
+	raceDir := t.TempDir()
+	d := startDaemon(t, []string{"GORACE=log_path=" + filepath.Join(raceDir, "race")}, disklessBin, args...)
+	t.Cleanup(func() {
+		if !d.stop(syscall.SIGTERM, 10*time.Second) {
+			t.Errorf("diskless did not exit within 10s of SIGTERM; killed")
+		}
+		reports, _ := filepath.Glob(filepath.Join(raceDir, "race.*"))
+		for _, r := range reports {
+			b, _ := os.ReadFile(r)
+			t.Errorf("diskless data race:\n%s", tail(string(b), 8000))
+		}
+		if t.Failed() {
+			t.Logf("diskless output:\n%s", tail(d.out.String(), 8000))
+		}
+	})
+	if err := waitTCP(fmt.Sprintf("127.0.0.1:%d", port), d.exited, 15*time.Second); err != nil {
+		t.Fatalf("diskless %s: %v\n%s", strings.Join(args, " "), err, d.out.String())
+	}
+	return &target{Port: port, IQN: targetIQN}
+}
+
+// startTgt runs a private tgtd (own control port, portal on 127.0.0.1 only)
+// configured like diskless would be for cfg.
+func startTgt(t *testing.T, cfg targetConfig) *target {
+	t.Helper()
+	needPeers(t, "tgtd", "tgtadm")
+	port := freePort(t)
+	// The control "port" names tgtd's management socket; it must differ
+	// between tgtd instances and tgtadm takes at most 32767.
+	ctl := strconv.Itoa(1 + port%32767)
+	d := startDaemon(t, nil, "tgtd", "-f", "-C", ctl, "--iscsi", fmt.Sprintf("portal=127.0.0.1:%d", port))
+	t.Cleanup(func() {
+		// tgtd ignores SIGTERM.
+		d.stop(syscall.SIGKILL, 5*time.Second)
+		os.Remove("/var/run/tgtd/socket." + ctl)
+		os.Remove("/var/run/tgtd/socket." + ctl + ".lock")
+		if t.Failed() {
+			t.Logf("tgtd output:\n%s", tail(d.out.String(), 4000))
+		}
+	})
+	tgtadm := func(args ...string) error {
+		out, err := exec.Command("tgtadm", append([]string{"-C", ctl, "--lld", "iscsi"}, args...)...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("tgtadm %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return nil
+	}
+	// The management socket appears shortly after start.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		err := tgtadm("--op", "show", "--mode", "target")
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("tgtd not ready: %v\n%s", err, d.out.String())
+		}
+	}
+	var cmds [][]string
+	add := func(args ...string) { cmds = append(cmds, args) }
+	add("--op", "new", "--mode", "target", "--tid", "1", "-T", targetIQN)
+	for i, l := range cfg.LUNs {
+		lun := strconv.Itoa(i + 1)
+		add("--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", lun, "-b", l.Path)
+		if l.ReadOnly {
+			add("--op", "update", "--mode", "logicalunit", "--tid", "1", "--lun", lun, "--params", "readonly=1")
+		}
+	}
+	if len(cfg.Allow) == 0 {
+		add("--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL")
+	}
+	for _, iqn := range cfg.Allow {
+		add("--op", "bind", "--mode", "target", "--tid", "1", "--initiator-name", iqn)
+	}
+	if c := cfg.CHAP; c != nil {
+		add("--op", "new", "--mode", "account", "--user", c.User, "--password", c.Secret)
+		add("--op", "bind", "--mode", "account", "--tid", "1", "--user", c.User)
+	}
+	if c := cfg.MutualCHAP; c != nil {
+		add("--op", "new", "--mode", "account", "--user", c.User, "--password", c.Secret)
+		add("--op", "bind", "--mode", "account", "--tid", "1", "--user", c.User, "--outgoing")
+	}
+	for _, c := range cmds {
+		if err := tgtadm(c...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := waitTCP(fmt.Sprintf("127.0.0.1:%d", port), d.exited, 10*time.Second); err != nil {
+		t.Fatalf("tgtd: %v\n%s", err, d.out.String())
+	}
+	return &target{Port: port, IQN: targetIQN, lunBase: 1}
+}
+
+// lockedBuffer keeps the last 1 MiB written to it; safe for one writer and
+// concurrent readers.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.b.Len() > 1<<20 {
+		b.b.Next(b.b.Len() - 1<<19)
+	}
+	return b.b.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
