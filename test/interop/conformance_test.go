@@ -42,8 +42,15 @@ func TestConformance(t *testing.T) {
 		t.Fatalf("no summary line from iscsi-conformance (%v):\n%s", err, tail(string(out), 4000))
 	}
 	for _, l := range lines {
-		if strings.HasPrefix(l, "FAILED ") {
-			t.Log(l)
+		name, ok := strings.CutPrefix(l, "FAILED ")
+		if !ok {
+			continue
+		}
+		t.Log(l)
+		if why, known := scorerArtifacts[name]; known && cunitPasses(t, tg.URL(0, nil), name) {
+			t.Logf("%s: CUnit passes it; the scorer counts it failed because %s", name, why)
+			failed--
+			passed++
 		}
 	}
 	t.Logf("conformance passed=%d skipped=%d failed=%d total=%d", passed, skipped, failed, total)
@@ -53,4 +60,43 @@ func TestConformance(t *testing.T) {
 	if passed < 200 {
 		t.Errorf("only %d conformance tests passed, want at least 200", passed)
 	}
+}
+
+// scorerArtifacts are tests the scoring tool marks failed whatever the
+// target does, because it counts any line holding "FAILED" and libiscsi
+// itself logs one when a command fails as the test requires.
+var scorerArtifacts = map[string]string{
+	// test_iscsi_datasn_invalid.c sends Data-Out with a wrong DataSN
+	// and asserts the WRITE does not succeed; iscsi-support.c's
+	// check_result logs "[FAILED] WRITE10 command failed ..." for every
+	// non-GOOD outcome (Reject, CHECK CONDITION, timeout or a dropped
+	// connection alike).
+	"iSCSIdatasn.iSCSIDataSnInvalid": "libiscsi logs [FAILED] for the WRITE the test expects to fail",
+}
+
+// cunitPasses runs one test alone and reads CUnit's own verdict: it ran,
+// and no test and no assertion failed.
+func cunitPasses(t *testing.T, url, name string) bool {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "iscsi-test-cu", "-d", "-t", "ALL."+name, url)
+	cmd.Dir = t.TempDir()
+	out, _ := cmd.CombinedOutput()
+	var ran, testsFailed, assertsFailed = -1, -1, -1
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) == 6 && f[0] == "tests" {
+			fmt.Sscan(f[2], &ran)
+			fmt.Sscan(f[4], &testsFailed)
+		}
+		if len(f) == 6 && f[0] == "asserts" {
+			fmt.Sscan(f[4], &assertsFailed)
+		}
+	}
+	if ran < 1 || testsFailed != 0 || assertsFailed != 0 {
+		t.Logf("%s alone: ran=%d failed=%d failed asserts=%d\n%s", name, ran, testsFailed, assertsFailed, tail(string(out), 2000))
+		return false
+	}
+	return true
 }
