@@ -309,6 +309,11 @@ func (c *conn) handleControl(p *pdu.PDU) error {
 		data := append([]byte(nil), p.Data...)
 		c.admit(m.CmdSN, m.Immediate, func() { c.handleText(m, data) })
 	case pdu.OpTaskMgmtReq:
+		if c.sess.discovery {
+			// No tasks to manage in a discovery session (RFC 7143 4.3).
+			c.reject(h, pdu.RejectProtocolError)
+			return nil
+		}
 		m, _ := pdu.ParseTaskMgmtRequest(h)
 		c.admit(m.CmdSN, m.Immediate, func() { c.handleTaskMgmt(m) })
 	case pdu.OpLogoutReq:

@@ -36,6 +36,12 @@ type Config struct {
 	// SessionMemory bounds the data buffers one session may hold at once;
 	// a command that would exceed it gets TASK SET FULL (default 256 MiB).
 	SessionMemory int64
+	// TotalMemory bounds the data buffers of all sessions together
+	// (default 1 GiB); beyond it commands get TASK SET FULL too.
+	TotalMemory int64
+	// MaxConnections bounds concurrent connections, logged in or not
+	// (default 1024); more are closed at once.
+	MaxConnections int
 	// MaxTransferLength caps the ExpectedDataTransferLength of one command
 	// (default 16 MiB); larger commands fail with INVALID FIELD IN CDB.
 	MaxTransferLength uint32
@@ -66,6 +72,12 @@ func (c *Config) withDefaults() Config {
 	}
 	if d.SessionMemory <= 0 {
 		d.SessionMemory = 256 << 20
+	}
+	if d.TotalMemory <= 0 {
+		d.TotalMemory = 1 << 30
+	}
+	if d.MaxConnections <= 0 {
+		d.MaxConnections = 1024
 	}
 	if d.MaxTransferLength == 0 {
 		d.MaxTransferLength = 16 << 20
@@ -126,6 +138,16 @@ type Server struct {
 	wg           sync.WaitGroup
 	shutdownOnce sync.Once
 	panics       atomic.Int64
+	memUsed      atomic.Int64 // data buffer bytes held by all sessions
+}
+
+// reserveMem takes n bytes from the server-wide buffer budget.
+func (s *Server) reserveMem(n int64) bool {
+	if s.memUsed.Add(n) > s.cfg.TotalMemory {
+		s.memUsed.Add(-n)
+		return false
+	}
+	return true
 }
 
 // sessionKey identifies a session by its I_T nexus (RFC 7143 4.4.3).
@@ -234,6 +256,12 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			s.mu.Unlock()
 			nc.Close()
 			return nil
+		}
+		if len(s.conns) >= s.cfg.MaxConnections {
+			s.mu.Unlock()
+			s.log.Warn("iscsi connection refused: too many connections", "remote", nc.RemoteAddr().String())
+			nc.Close()
+			continue
 		}
 		s.conns[c] = struct{}{}
 		s.wg.Add(1)

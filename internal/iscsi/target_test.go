@@ -478,3 +478,30 @@ func TestNOPInPing(t *testing.T) {
 	in.readPDU()
 	expectClosed(t, in.nc)
 }
+
+// TestMemoryBudget: a command whose buffer would exceed the session budget
+// is answered TASK SET FULL instead of being allocated.
+func TestMemoryBudget(t *testing.T) {
+	_, addr := startTargetWith(t, Config{SessionMemory: 64 << 10}, nil)
+	in := loggedIn(t, addr)
+	if st, _, _ := in.command(0, rw10(0x28, 0, 128), nil, 64<<10); st != 0 {
+		t.Fatalf("read within the budget: status %#x", st)
+	}
+	if st, _, _ := in.command(0, rw10(0x28, 0, 256), nil, 128<<10); st != uint8(scsi.StatusTaskSetFull) {
+		t.Fatalf("read over the budget: status %#x, want TASK SET FULL", st)
+	}
+}
+
+func TestTaskManagementInDiscoveryRejected(t *testing.T) {
+	_, addr := startTarget(t, nil)
+	in := dialInitiator(t, addr)
+	if st := in.login(loginOpts{initiator: testInitiator1, discovery: true}); st != 0 {
+		t.Fatalf("discovery login 0x%04x", st)
+	}
+	var p pdu.PDU
+	(&pdu.TaskMgmtRequest{Immediate: true, Function: pdu.TMFLogicalUnitReset, ITT: 9, CmdSN: in.cmdSN}).Marshal(&p.BHS)
+	in.sendPDU(&p)
+	if r := in.readPDU(); r.BHS.Opcode() != pdu.OpReject {
+		t.Fatalf("got %s, want Reject", r.BHS.Opcode())
+	}
+}

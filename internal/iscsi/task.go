@@ -97,7 +97,7 @@ func (c *conn) handleSCSICommand(p *pdu.PDU) error {
 	}
 	if t.edtl > 0 && (cmd.Read || cmd.Write) {
 		c.mu.Lock()
-		ok := c.memUsed+int64(t.edtl) <= c.srv.cfg.SessionMemory
+		ok := c.memUsed+int64(t.edtl) <= c.srv.cfg.SessionMemory && c.srv.reserveMem(int64(t.edtl))
 		if ok {
 			c.memUsed += int64(t.edtl)
 		}
@@ -320,6 +320,7 @@ func (c *conn) failTask(t *task, sense []byte) {
 func (c *conn) releaseMemLocked(t *task) {
 	if t.memHeld {
 		c.memUsed -= int64(t.edtl)
+		c.srv.memUsed.Add(-int64(t.edtl))
 		t.memHeld = false
 	}
 }
