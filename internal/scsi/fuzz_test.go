@@ -33,6 +33,11 @@ func FuzzCDB(f *testing.F) {
 		cdb16(opOrWrite16, 0, 0, 1),
 		{opStartStopUnit, 0, 0, 0, 0, 0},
 		{opRequestSense, 1, 0, 0, 255, 0},
+		writeAtomicCDB(0x18, 0, 2),
+		writeAtomicCDB(0, 1<<64-1, 0xffff),
+		rcrCDB(saCopyOpParams, 0, 0xffffffff),
+		rcrCDB(saCopyStatus, 1, 12),
+		rcrCDB(saCopyFailedSeg, 1, 0),
 	}
 	for _, s := range seeds {
 		f.Add(s, []byte{0, 0, 0, 8, 0, 0, 0, 0}, uint16(512), false)
@@ -49,6 +54,20 @@ func FuzzCDB(f *testing.F) {
 	if err := tgt.AddLU(0, lu); err != nil {
 		f.Fatal(err)
 	}
+	// EXTENDED COPY parameter lists naming the LU (copies within it,
+	// one past its end, one with a bad index) and too many descriptors.
+	me := cscdFor(lu)
+	for _, p := range [][]byte{
+		copyParams(1, listIDHold, [][]byte{me}, [][]byte{segB2B(false, 0, 0, 8, 0, 100), segB2B(true, 0, 0, 1, 100, 1)}),
+		copyParams(2, listIDNone, [][]byte{me}, [][]byte{segB2B(false, 0, 0, 0xffff, 0, 0)}),
+		copyParams(0, listIDNoHold, [][]byte{me, me}, [][]byte{segB2B(false, 1, 2, 1, 0, 0)}),
+		copyParams(0, listIDNone, repeatDesc(me, maxCSCDDescs+1), nil),
+	} {
+		f.Add(xcopyCDB(uint32(len(p))), p, uint16(0), false)
+		f.Add(xcopyCDB(0xffffffff), p, uint16(0), false)
+	}
+	f.Add(writeAtomicCDB(0x08, 1, 3), fill(3*512, 0xa6), uint16(0), false)
+
 	f.Fuzz(func(t *testing.T, cdb, out []byte, inLen uint16, otherLUN bool) {
 		cmd := &Command{Nexus: nexusA, CDB: cdb, DataOut: out, DataIn: make([]byte, inLen)}
 		if otherLUN {
@@ -70,7 +89,9 @@ func FuzzCDB(f *testing.F) {
 				t.Fatalf("status %#x with sense data", r.Status)
 			}
 		case StatusCheckCondition:
-			if len(r.Sense) != fixedSenseLen || r.Sense[0]&0x7f != 0x70 || r.N != 0 {
+			s := r.Sense
+			if len(s) < fixedSenseLen || len(s) > maxSenseLen || s[0]&0x7f != 0x70 ||
+				int(s[7])+8 != len(s) || r.N != 0 {
 				t.Fatalf("CHECK CONDITION: sense %x, N %d", r.Sense, r.N)
 			}
 		default:

@@ -37,7 +37,8 @@ func (lu *LogicalUnit) standardInquiry() []byte {
 	b[2] = spcVersion
 	b[3] = 0x12 // HISUP, RESPONSE DATA FORMAT 2
 	b[4] = stdInquiryLen - 5
-	b[5] = inquiryTPGSImp
+	// TPGS; 3PC: the LU is a copy manager for EXTENDED COPY (xcopy.go).
+	b[5] = inquiryTPGSImp | 0x08
 	b[7] = 0x02 // CMDQUE
 	padASCII(b[8:16], lu.cfg.VendorID)
 	padASCII(b[16:32], lu.cfg.ProductID)

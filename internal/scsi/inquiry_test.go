@@ -20,7 +20,7 @@ func inquiryCDB(evpd bool, page byte, alloc uint16) []byte {
 func TestStandardInquiryGolden(t *testing.T) {
 	tl := newMemLU(t, LUConfig{VendorID: "ACME", ProductID: "DISK", Revision: "12"})
 	expectGood(t, "INQUIRY", tl.run(nexusA, inquiryCDB(false, 0, 255), nil, 255))
-	want := "0000061 25b100002" + // PQ/PDT, RMB, VERSION 6, HISUP|RDF 2, ADDITIONAL LENGTH 91, TPGS 01b, CMDQUE
+	want := "0000061 25b180002" + // PQ/PDT, RMB, VERSION 6, HISUP|RDF 2, ADDITIONAL LENGTH 91, TPGS 01b + 3PC, CMDQUE
 		hex.EncodeToString([]byte("ACME    DISK            12  "))
 	got := hex.EncodeToString(tl.lastIn[:36])
 	want = strings.ReplaceAll(want, " ", "")

@@ -66,7 +66,8 @@ const (
 
 // LogicalUnit is a direct-access block device (SBC-3) backed by a
 // disk.Device. It is safe for concurrent use: many commands from many I_T
-// nexuses run at once; only COMPARE AND WRITE excludes other writes.
+// nexuses run at once; only the atomic commands (COMPARE AND WRITE,
+// ORWRITE, WRITE ATOMIC) exclude the others.
 type LogicalUnit struct {
 	dev        disk.Device
 	unmapper   disk.Unmapper
@@ -82,9 +83,16 @@ type LogicalUnit struct {
 
 	blocks atomic.Uint64 // capacity in logical blocks
 
-	// ioMu is held shared by every write and exclusively by COMPARE
-	// AND WRITE, which must be atomic against other writes (SBC-3 5.2).
+	// ioMu is held shared by every read and write of the medium and
+	// exclusively by the read-modify-write and atomic commands (COMPARE
+	// AND WRITE, ORWRITE, WRITE ATOMIC), which no other command may see
+	// half done (SBC-3 5.2; SBC-4 atomic writes). Never taken twice by one
+	// goroutine: a waiting writer would deadlock a nested RLock.
 	ioMu sync.RWMutex
+
+	// copies counts the EXTENDED COPY commands running on this LU as
+	// copy manager (at most maxConcurrentCopies).
+	copies atomic.Int32
 
 	// Attachment to a Target (AddLU).
 	target atomic.Pointer[Target]
@@ -334,6 +342,12 @@ func (lu *LogicalUnit) dispatch(e *opcode, c *Command, r *Result) error {
 		return lu.orWrite(c, r)
 	case hReadDefectData:
 		return lu.readDefectData(c, r)
+	case hExtendedCopy:
+		return lu.extendedCopy(c, r)
+	case hReceiveCopy:
+		return lu.receiveCopyResults(c, r)
+	case hWriteAtomic:
+		return lu.writeAtomic(c, r)
 	}
 	return fmt.Errorf("scsi: no handler for %#02x", e.op)
 }

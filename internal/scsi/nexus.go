@@ -7,11 +7,14 @@ import (
 )
 
 // itNexus is what a logical unit keeps per I_T nexus: its queue of unit
-// attention conditions (SAM-5 5.14).
+// attention conditions (SAM-5 5.14) and the EXTENDED COPY commands it runs
+// or holds results of as copy manager (SPC-4 6.4: list identifiers are
+// per I_T nexus).
 type itNexus struct {
 	pending atomic.Int32 // len(ua), read without the lock on every command
 	mu      sync.Mutex
 	ua      []uint16 // ASC/ASCQ, oldest first
+	copies  []*copyRecord
 }
 
 // add queues a unit attention. A reset-class condition (ASC 29h) replaces
@@ -66,6 +69,15 @@ func (it *itNexus) remove(code uint16) {
 // nexus returns the state of I_T nexus n, creating it on first access
 // with POWER ON, RESET, OR BUS DEVICE RESET OCCURRED pending: to a nexus
 // new to this LU, the LU has just come up.
+//
+// A new nexus also starts a stopped LU. An OS stops its disk with START
+// STOP UNIT at shutdown, and the next boot of that machine comes through
+// PXE firmware (iPXE, a BIOS or UEFI iSCSI initiator) that never sends
+// START UNIT: it would see NOT READY, INITIALIZING COMMAND REQUIRED and
+// fail to boot. A virtual disk has no motor to keep off, so the stopped
+// state only has to last as long as the nexuses that saw it: a new
+// login, told of a power on by its unit attention, finds the unit active
+// as a power on would leave it.
 func (lu *LogicalUnit) nexus(n Nexus) *itNexus {
 	if it := (*lu.nexuses.Load())[n]; it != nil {
 		return it
@@ -81,6 +93,7 @@ func (lu *LogicalUnit) nexus(n Nexus) *itNexus {
 	m = maps.Clone(m)
 	m[n] = it
 	lu.nexuses.Store(&m)
+	lu.stopped.Store(false)
 	return it
 }
 

@@ -34,6 +34,8 @@ const (
 	opModeSense10       = 0x5a
 	opPRIn              = 0x5e
 	opPROut             = 0x5f
+	opExtendedCopy      = 0x83
+	opReceiveCopy       = 0x84
 	opRead16            = 0x88
 	opCompareAndWrite   = 0x89
 	opWrite16           = 0x8a
@@ -43,6 +45,7 @@ const (
 	opPrefetch16        = 0x90
 	opSyncCache16       = 0x91
 	opWriteSame16       = 0x93
+	opWriteAtomic16     = 0x9c
 	opServiceActionIn16 = 0x9e
 	opReportLUNs        = 0xa0
 	opMaintenanceIn     = 0xa3
@@ -60,6 +63,10 @@ const (
 	saReportTPG      = 0x0a // MAINTENANCE IN
 	saReportOpcodes  = 0x0c // MAINTENANCE IN
 	saReportTMFs     = 0x0d // MAINTENANCE IN
+	saXCopyLID1      = 0x00 // EXTENDED COPY
+	saCopyStatus     = 0x00 // RECEIVE COPY RESULTS: COPY STATUS(LID1)
+	saCopyOpParams   = 0x03 // RECEIVE COPY RESULTS: OPERATING PARAMETERS
+	saCopyFailedSeg  = 0x04 // RECEIVE COPY RESULTS: FAILED SEGMENT DETAILS(LID1)
 )
 
 // handler selects the code that carries a command out. Dispatch is a
@@ -97,6 +104,9 @@ const (
 	hReportTMFs
 	hOrWrite
 	hReadDefectData
+	hExtendedCopy
+	hReceiveCopy
+	hWriteAtomic
 )
 
 // Command flags.
@@ -231,6 +241,22 @@ var opcodeTable = []opcode{
 	{op: opPROut, sa: 0x06, hasSA: true, name: "PERSISTENT RESERVE OUT (REGISTER AND IGNORE EXISTING KEY)",
 		h: hPROut, timeout: 10, resv: resvSelf,
 		usage: []byte{0x5f, 0x06, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
+	// EXTENDED COPY and RECEIVE COPY RESULTS conflict with every
+	// reservation type unless registered (SPC-4 table 48: write class);
+	// the copy also checks each copy target LU it reads or writes
+	// (xcopy.go).
+	{op: opExtendedCopy, sa: saXCopyLID1, hasSA: true, name: "EXTENDED COPY(LID1)", h: hExtendedCopy,
+		timeout: 120, resv: resvWrite,
+		usage: []byte{0x83, saXCopyLID1, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0}},
+	{op: opReceiveCopy, sa: saCopyStatus, hasSA: true, name: "RECEIVE COPY STATUS(LID1)", h: hReceiveCopy,
+		timeout: 10, resv: resvWrite,
+		usage: []byte{0x84, saCopyStatus, 0xff, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0}},
+	{op: opReceiveCopy, sa: saCopyOpParams, hasSA: true, name: "RECEIVE COPY OPERATING PARAMETERS",
+		h: hReceiveCopy, timeout: 10, resv: resvWrite,
+		usage: []byte{0x84, saCopyOpParams, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0}},
+	{op: opReceiveCopy, sa: saCopyFailedSeg, hasSA: true, name: "RECEIVE COPY FAILURE DETAILS(LID1)",
+		h: hReceiveCopy, timeout: 10, resv: resvWrite,
+		usage: []byte{0x84, saCopyFailedSeg, 0xff, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0}},
 	{op: opRead16, name: "READ(16)", h: hRead, timeout: 30, resv: resvRead, flags: fMedium,
 		usage: []byte{0x88, rwFlags, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
 			0xff, 0xff, 0xff, 0xff, groupMask, 0}},
@@ -262,6 +288,12 @@ var opcodeTable = []opcode{
 		flags: fMedium | fWrite,
 		usage: []byte{0x93, 0x19, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
 			0xff, 0xff, 0xff, 0xff, groupMask, 0}},
+	// WRITE ATOMIC(16) (SBC-4): DPO and FUA; ATOMIC BOUNDARY must
+	// be zero (MAXIMUM ATOMIC BOUNDARY SIZE is zero), WRPROTECT too.
+	{op: opWriteAtomic16, name: "WRITE ATOMIC(16)", h: hWriteAtomic, timeout: 30, resv: resvWrite,
+		flags: fMedium | fWrite,
+		usage: []byte{0x9c, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+			0, 0, 0xff, 0xff, groupMask, 0}},
 	{op: opServiceActionIn16, sa: saReadCapacity16, hasSA: true, name: "READ CAPACITY(16)",
 		h: hReadCapacity16, timeout: 10, flags: fMedium,
 		usage: []byte{0x9e, saReadCapacity16, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,

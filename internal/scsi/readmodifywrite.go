@@ -1,7 +1,7 @@
 package scsi
 
 // COMPARE AND WRITE and ORWRITE: the read-modify-write commands, atomic
-// against every other write to the LU.
+// against every other read and write of the LU (ioMu).
 
 import "bytes"
 
@@ -14,7 +14,7 @@ func (lu *LogicalUnit) maxCAWBlocks() uint64 {
 // compareAndWrite is COMPARE AND WRITE (SBC-3 5.2): the Data-Out buffer is
 // NUMBER OF LOGICAL BLOCKS blocks to compare, then as many to write. The
 // read, compare and write happen under ioMu held exclusively, so no other
-// write to the LU interleaves.
+// read or write of the LU interleaves.
 func (lu *LogicalUnit) compareAndWrite(c *Command, r *Result) error {
 	lba, n := be64(c.CDB[2:]), uint64(c.CDB[13])
 	if err := lu.checkRange(lba, n); err != nil {

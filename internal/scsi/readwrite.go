@@ -77,11 +77,36 @@ func (lu *LogicalUnit) read(c *Command, r *Result) error {
 		}
 	}
 	if len(dst) > 0 {
-		if _, err := lu.dev.ReadAt(dst, int64(lba<<lu.shift)); err != nil {
-			return diskError(err, lba, false)
+		if err := lu.readBlocks(dst, lba); err != nil {
+			return err
 		}
 	}
 	r.N = len(dst)
+	return nil
+}
+
+// readBlocks reads len(p) bytes at lba with ioMu held shared, so a read
+// sees a WRITE ATOMIC, COMPARE AND WRITE or ORWRITE whole or not at all
+// (SBC-4: an atomic write is indivisible for every other command).
+func (lu *LogicalUnit) readBlocks(p []byte, lba uint64) error {
+	lu.ioMu.RLock()
+	_, err := lu.dev.ReadAt(p, int64(lba<<lu.shift))
+	lu.ioMu.RUnlock()
+	if err != nil {
+		return diskError(err, lba, false)
+	}
+	return nil
+}
+
+// writeBlocks writes whole blocks at lba with ioMu held shared (see ioMu),
+// leaving durability to the caller.
+func (lu *LogicalUnit) writeBlocks(p []byte, lba uint64) error {
+	lu.ioMu.RLock()
+	_, err := lu.dev.WriteAt(p, int64(lba<<lu.shift))
+	lu.ioMu.RUnlock()
+	if err != nil {
+		return diskError(err, lba, true)
+	}
 	return nil
 }
 
@@ -118,11 +143,8 @@ func (lu *LogicalUnit) writeAt(data []byte, lba uint64, force bool) error {
 	if len(data) == 0 {
 		return nil
 	}
-	lu.ioMu.RLock()
-	_, err := lu.dev.WriteAt(data, int64(lba<<lu.shift))
-	lu.ioMu.RUnlock()
-	if err != nil {
-		return diskError(err, lba, true)
+	if err := lu.writeBlocks(data, lba); err != nil {
+		return err
 	}
 	if force || !lu.wce.Load() {
 		return lu.flush()
@@ -146,8 +168,8 @@ func (lu *LogicalUnit) compare(lba, n uint64, want []byte, single bool) error {
 	for done := uint64(0); done < n; {
 		k := min(per, n-done)
 		buf := (*bp)[:k<<lu.shift]
-		if _, err := lu.dev.ReadAt(buf, int64((lba+done)<<lu.shift)); err != nil {
-			return diskError(err, lba+done, false)
+		if err := lu.readBlocks(buf, lba+done); err != nil {
+			return err
 		}
 		for i := uint64(0); i < k; i++ {
 			got := buf[i<<lu.shift : (i+1)<<lu.shift]

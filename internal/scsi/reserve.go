@@ -61,16 +61,6 @@ func (lu *LogicalUnit) release(c *Command) error {
 // fSPC2OK commands pass (SPC-2 5.5.1); under a persistent reservation the
 // SPC-4 table 48 / SBC-3 table 13 rules apply.
 func (lu *LogicalUnit) conflicts(c *Command, e *opcode) bool {
-	n := c.Nexus
-	lu.mu.Lock()
-	defer lu.mu.Unlock()
-	if lu.spc2 != nil && *lu.spc2 != n && e.flags&fSPC2OK == 0 {
-		return true
-	}
-	p := &lu.pr
-	if !p.has || p.isHolder(n) {
-		return false
-	}
 	class := e.resv
 	switch class {
 	case resvStart:
@@ -84,6 +74,22 @@ func (lu *LogicalUnit) conflicts(c *Command, e *opcode) bool {
 		if c.CDB[4]&3 == 0 {
 			class = resvAllowed
 		}
+	}
+	return lu.conflictsAs(c.Nexus, class, e.flags&fSPC2OK != 0)
+}
+
+// conflictsAs reports whether an access of the given class from n
+// conflicts with a reservation another I_T nexus holds; spc2OK lets it
+// through a RESERVE(6/10) reservation.
+func (lu *LogicalUnit) conflictsAs(n Nexus, class resvClass, spc2OK bool) bool {
+	lu.mu.Lock()
+	defer lu.mu.Unlock()
+	if lu.spc2 != nil && *lu.spc2 != n && !spc2OK {
+		return true
+	}
+	p := &lu.pr
+	if !p.has || p.isHolder(n) {
+		return false
 	}
 	registered := p.find(n) >= 0
 	switch class {

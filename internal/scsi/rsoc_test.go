@@ -112,7 +112,7 @@ func TestReportSupportedOpcodesOne(t *testing.T) {
 	}
 	badField("reporting option 3", rsocCDB(false, 3, 0, 0, 512), 2, 2).check(t, tl)
 	// DPO/FUA usage bits the libiscsi DpoFua tests read.
-	for _, op := range []byte{opRead10, opWrite10, opCompareAndWrite} {
+	for _, op := range []byte{opRead10, opWrite10, opCompareAndWrite, opWriteAtomic16} {
 		e := opIndex[op]
 		if e.usage[1]&0x18 != 0x18 {
 			t.Errorf("%s: DPO/FUA not in usage data", e.name)

@@ -17,6 +17,7 @@ const (
 	SenseIllegalRequest SenseKey = 0x5
 	SenseUnitAttention  SenseKey = 0x6
 	SenseDataProtect    SenseKey = 0x7
+	SenseCopyAborted    SenseKey = 0xa
 	SenseAbortedCommand SenseKey = 0xb
 	SenseMiscompare     SenseKey = 0xe
 )
@@ -25,7 +26,11 @@ const (
 // ASC in the high byte.
 const (
 	ascNoAdditionalSense      = 0x0000
+	ascOperationInProgress    = 0x0016
 	ascNotReadyInitRequired   = 0x0402 // LOGICAL UNIT NOT READY, INITIALIZING COMMAND REQUIRED
+	ascUnreachableCopyTarget  = 0x0804
+	ascCopyTargetUnreachable  = 0x0d02 // COPY TARGET DEVICE NOT REACHABLE
+	ascIncorrectCopyTarget    = 0x0d03 // INCORRECT COPY TARGET DEVICE TYPE
 	ascWriteError             = 0x0c00
 	ascInvalidFieldInCmdIU    = 0x0e03 // INVALID FIELD IN COMMAND INFORMATION UNIT
 	ascUnrecoveredReadError   = 0x1100
@@ -37,6 +42,10 @@ const (
 	ascLUNotSupported         = 0x2500
 	ascInvalidFieldInParam    = 0x2600
 	ascInvalidReleaseOfPR     = 0x2604
+	ascTooManyTargetDescs     = 0x2606 // TOO MANY TARGET DESCRIPTORS
+	ascUnsupportedTargetDesc  = 0x2607 // UNSUPPORTED TARGET DESCRIPTOR TYPE CODE
+	ascTooManySegmentDescs    = 0x2608 // TOO MANY SEGMENT DESCRIPTORS
+	ascUnsupportedSegmentDesc = 0x2609 // UNSUPPORTED SEGMENT DESCRIPTOR TYPE CODE
 	ascWriteProtected         = 0x2700
 	ascSoftwareWriteProtected = 0x2702
 	ascSpaceAllocFailedWP     = 0x2707 // SPACE ALLOCATION FAILED WRITE PROTECT (SBC-3 4.7.3.7)
@@ -53,6 +62,7 @@ const (
 	ascSavingNotSupported     = 0x3900
 	ascReportedLUNsChanged    = 0x3f0e
 	ascInternalTargetFailure  = 0x4400
+	ascInsufficientResources  = 0x5503
 )
 
 // SenseError is a command outcome reported as CHECK CONDITION with sense
@@ -73,6 +83,13 @@ type SenseError struct {
 	Field      uint16
 	Bit        uint8
 	BitValid   bool
+	// CmdSpecific is the COMMAND-SPECIFIC INFORMATION field and Extra
+	// the additional sense bytes after byte 17 of fixed-format sense
+	// data: EXTENDED COPY puts a copy target's status and sense data
+	// there (SPC-4 6.4.5). Descriptor format, which only REQUEST SENSE
+	// builds for the LU's own state, carries neither.
+	CmdSpecific uint32
+	Extra       []byte
 	// Err is the underlying cause, for logs.
 	Err error
 }
@@ -87,8 +104,13 @@ func (e *SenseError) Error() string {
 
 func (e *SenseError) Unwrap() error { return e.Err }
 
-// fixedSenseLen is the size of the fixed-format sense data built here.
-const fixedSenseLen = 18
+// fixedSenseLen is the size of the fixed-format sense data built here,
+// without additional sense bytes; maxSenseLen bounds it with them (SPC-4
+// 4.5.1: at most 252 bytes).
+const (
+	fixedSenseLen = 18
+	maxSenseLen   = 252
+)
 
 // AppendFixed appends fixed-format sense data (SPC-4 4.5.3, response code
 // 70h: current error).
@@ -100,10 +122,12 @@ func (e *SenseError) AppendFixed(b []byte) []byte {
 		binary.BigEndian.PutUint32(s[3:], uint32(e.Info))
 	}
 	s[2] = byte(e.Key) & 0x0f
-	s[7] = fixedSenseLen - 8
+	extra := e.Extra[:min(len(e.Extra), maxSenseLen-fixedSenseLen)]
+	s[7] = byte(fixedSenseLen - 8 + len(extra))
+	binary.BigEndian.PutUint32(s[8:], e.CmdSpecific)
 	s[12], s[13] = byte(e.Code>>8), byte(e.Code)
 	e.putSKS(s[15:18])
-	return append(b, s[:]...)
+	return append(append(b, s[:]...), extra...)
 }
 
 // AppendDescriptor appends descriptor-format sense data (SPC-4 4.5.2,

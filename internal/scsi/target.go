@@ -235,7 +235,11 @@ func (t *Target) ClearTaskSet(n Nexus, lun uint64) {
 }
 
 // reset returns an LU to its state after a reset (warm) or power on (cold).
+// Held EXTENDED COPY results are discarded either way.
 func (lu *LogicalUnit) reset(cold bool) {
+	for _, it := range *lu.nexuses.Load() {
+		it.dropCopies()
+	}
 	lu.mu.Lock()
 	defer lu.mu.Unlock()
 	lu.spc2 = nil

@@ -137,3 +137,28 @@ func TestStartStopUnit(t *testing.T) {
 	tl.clearUA(nexusA)
 	badField("PREVENT 10b", []byte{opPreventAllow, 0, 0, 0, 2, 0}, 4, 1).check(t, tl)
 }
+
+// TestStopUntilNewNexus: a stopped LU stays stopped for the I_T nexuses
+// that know it, and a new one (a new login, e.g. iPXE after the OS
+// stopped the disk at shutdown, which never sends START UNIT) finds it
+// started.
+func TestStopUntilNewNexus(t *testing.T) {
+	tl := newMemLU(t, LUConfig{})
+	stop := []byte{opStartStopUnit, 0, 0, 0, 0, 0}
+	expectGood(t, "STOP", tl.run(nexusA, stop, nil, 0))
+	expectSense(t, "TUR on B", tl.run(nexusB, tur, nil, 0), SenseNotReady, ascNotReadyInitRequired)
+
+	// The same initiator logs in again after losing its nexus.
+	tl.tgt.NexusLost(nexusA)
+	expectSense(t, "first command of the new nexus", tl.run(nexusA, tur, nil, 0),
+		SenseUnitAttention, ascPowerOnReset)
+	expectGood(t, "TUR on the new nexus", tl.run(nexusA, tur, nil, 0))
+	expectGood(t, "TUR on B", tl.run(nexusB, tur, nil, 0))
+
+	// A nexus never seen before, its first command an INQUIRY.
+	expectGood(t, "STOP", tl.run(nexusB, stop, nil, 0))
+	nexusC := Nexus{InitiatorName: "iqn.2010-04.org.ipxe:c", ISID: 0x23d000000003, RelTargetPort: 1}
+	expectGood(t, "INQUIRY on C", tl.run(nexusC, inquiryCDB(false, 0, 96), nil, 96))
+	tl.clearUA(nexusC)
+	expectGood(t, "READ on C", tl.run(nexusC, cdb10(opRead10, 0, 0, 1), nil, 512))
+}

@@ -102,7 +102,8 @@ func (lu *LogicalUnit) granularity() uint32 {
 	return uint32(max(optimalGranularityBytes>>lu.shift, 1))
 }
 
-// blockLimits is the Block Limits page (SBC-3 6.5.3), page length 3Ch.
+// blockLimits is the Block Limits page (SBC-3 6.5.3, with the atomic
+// fields of SBC-4), page length 3Ch.
 func (lu *LogicalUnit) blockLimits() []byte {
 	b := make([]byte, 0x3c)
 	// b[0] WSNZ=0: WRITE SAME with zero blocks means "to the end".
@@ -117,6 +118,10 @@ func (lu *LogicalUnit) blockLimits() []byte {
 		b[28] = 0x80 // UGAVALID, alignment 0
 	}
 	binary.BigEndian.PutUint64(b[32:], maxWriteSameBlocks)
+	// MAXIMUM ATOMIC TRANSFER LENGTH (SBC-4); ATOMIC ALIGNMENT,
+	// ATOMIC TRANSFER LENGTH GRANULARITY and the atomic boundary
+	// fields stay zero: no constraints, no boundaries (atomic.go).
+	binary.BigEndian.PutUint32(b[40:], lu.maxAtomicBlocks())
 	return b
 }
 
