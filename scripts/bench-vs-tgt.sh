@@ -63,11 +63,15 @@ if [ -z "$bin" ]; then
 	(cd "$repo" && go build -o "$bin" ./cmd/diskless)
 fi
 
-# Same-sized, fully allocated images, so neither side reads holes.
-for f in tgt.img diskless.img; do
-	truncate -s "$size" "$work/$f"
-	fallocate -l "$(stat -c %s "$work/$f")" "$work/$f" 2>/dev/null || true
-done
+# Same-sized images with written data everywhere. Holes or fallocated
+# (unwritten) extents would not do: diskless reports them deallocated in
+# GET LBA STATUS (thin provisioning, LBPRZ=1) and QEMU then skips reading
+# them, which would measure nothing.
+truncate -s "$size" "$work/tgt.img"
+bytes=$(stat -c %s "$work/tgt.img")
+head -c "$bytes" /dev/urandom >"$work/tgt.img"
+cp "$work/tgt.img" "$work/diskless.img"
+sync
 echo "images: $(stat -c %s "$work/tgt.img") bytes each in $work"
 
 tgt_port=$(free_port)

@@ -28,6 +28,8 @@ type testInitiator struct {
 	tsih      uint16
 	mrdsl     uint32 // the target's declared MaxRecvDataSegmentLength
 	keys      map[string]string
+	// Digests in force after login.
+	headerDigest, dataDigest bool
 }
 
 type loginOpts struct {
@@ -54,7 +56,7 @@ func dialInitiator(t *testing.T, addr string) *testInitiator {
 
 func (in *testInitiator) sendPDU(p *pdu.PDU) {
 	in.t.Helper()
-	if err := p.WriteTo(in.nc, false, false); err != nil {
+	if err := p.WriteTo(in.nc, in.headerDigest, in.dataDigest); err != nil {
 		in.t.Fatal(err)
 	}
 }
@@ -165,6 +167,9 @@ func (in *testInitiator) login(o loginOpts) uint16 {
 	}
 	in.tsih = resp.TSIH
 	fmt.Sscan(in.keys["MaxRecvDataSegmentLength"], &in.mrdsl)
+	in.headerDigest = in.keys["HeaderDigest"] == "CRC32C"
+	in.dataDigest = in.keys["DataDigest"] == "CRC32C"
+	in.rd.HeaderDigest, in.rd.DataDigest = in.headerDigest, in.dataDigest
 	return 0
 }
 
@@ -187,7 +192,9 @@ func (in *testInitiator) command(lun uint64, cdb []byte, dataOut []byte, readLen
 	if dataOut != nil {
 		m.Write = true
 		m.ExpectedDataTransferLength = uint32(len(dataOut))
-		imm := min(len(dataOut), 65536, int(in.mrdsl))
+		fb := 65536
+		fmt.Sscan(in.keys["FirstBurstLength"], &fb)
+		imm := min(len(dataOut), fb, int(in.mrdsl))
 		p.Data = dataOut[:imm]
 	} else if readLen > 0 {
 		m.Read = true

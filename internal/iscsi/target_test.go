@@ -505,3 +505,46 @@ func TestTaskManagementInDiscoveryRejected(t *testing.T) {
 		t.Fatalf("got %s, want Reject", r.BHS.Opcode())
 	}
 }
+
+// TestDigests runs writes and reads with CRC32C header and data digests,
+// and checks that a corrupted data digest is answered with a Reject.
+func TestDigests(t *testing.T) {
+	_, addr := startTarget(t, nil)
+	in := dialInitiator(t, addr)
+	ops := []pdu.KV{{Key: "HeaderDigest", Value: "CRC32C,None"}, {Key: "DataDigest", Value: "CRC32C,None"},
+		{Key: "MaxRecvDataSegmentLength", Value: "65536"}, {Key: "ImmediateData", Value: "Yes"},
+		{Key: "InitialR2T", Value: "No"}, {Key: "FirstBurstLength", Value: "16384"}}
+	if st := in.login(loginOpts{initiator: testInitiator1, target: testIQN, ops: ops}); st != 0 {
+		t.Fatalf("login 0x%04x", st)
+	}
+	if !in.headerDigest || !in.dataDigest {
+		t.Fatalf("digests not negotiated: %v", in.keys)
+	}
+	in.clearUnitAttention()
+	data := make([]byte, 256<<10)
+	rand.Read(data)
+	if st, sense, _ := in.command(0, rw10(0x2a, 8, 512), data, 0); st != 0 {
+		t.Fatalf("WRITE with digests: %#x %x", st, sense)
+	}
+	st, _, got := in.command(0, rw10(0x28, 8, 512), nil, 256<<10)
+	if st != 0 || !bytes.Equal(got, data) {
+		t.Fatalf("READ with digests: status %#x, equal %v", st, bytes.Equal(got, data))
+	}
+	// A NOP-Out whose data digest is wrong: the target rejects it and
+	// the connection stays usable (RFC 7143 7.8).
+	var p pdu.PDU
+	(&pdu.NOPOut{Immediate: true, ITT: 99, TTT: pdu.ReservedTag, CmdSN: in.cmdSN}).Marshal(&p.BHS)
+	p.Data = []byte("ping")
+	var wire bytes.Buffer
+	p.WriteTo(&wire, true, true)
+	b := wire.Bytes()
+	b[len(b)-1] ^= 0xff
+	in.nc.Write(b)
+	r := in.readPDU()
+	if r.BHS.Opcode() != pdu.OpReject || r.BHS[2] != pdu.RejectDataDigestError {
+		t.Fatalf("got %s reason %#x, want Reject 0x02", r.BHS.Opcode(), r.BHS[2])
+	}
+	if st, _, _ := in.command(0, []byte{0, 0, 0, 0, 0, 0}, nil, 0); st != 0 {
+		t.Fatalf("TEST UNIT READY after the digest error: %#x", st)
+	}
+}
