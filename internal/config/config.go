@@ -1,0 +1,277 @@
+// Package config owns the configuration of `diskless serve`: the Config
+// struct with its documented defaults, loading it from YAML (unknown keys
+// are errors), building the same Config from the quick-start flags, and
+// Validate, whose errors name the file and line, the key and the reason so
+// that nothing starts on a bad configuration. It also persists what the
+// configuration leaves to be generated (the install ID behind generated
+// IQNs, generated CHAP secrets) in data_dir.
+//
+// It must not start services or log: the app reads a Config and wires the
+// servers. There are no package globals; a Config is a plain value, not safe
+// for concurrent mutation.
+//
+// docs/config.md is the reference of every key; a test keeps it in step
+// with the yaml tags here.
+package config
+
+import (
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// Defaults of the keys that have one. docs/config.md repeats them.
+const (
+	DefaultDHCPMode       = DHCPProxy
+	DefaultLeaseTime      = time.Hour
+	DefaultTFTPRoot       = "/usr/lib/ipxe"
+	DefaultHTTPListen     = ":8080"
+	DefaultISCSIListen    = ":3260"
+	DefaultPortalGroupTag = 1
+	DefaultDataDir        = "/var/lib/diskless"
+	DefaultUnknownPolicy  = UnknownLocal
+	DefaultBoot           = BootSanboot
+	// LeaseFileName is the default lease file, inside data_dir.
+	LeaseFileName = "dhcp-leases.json"
+)
+
+// DHCP modes (dhcp.mode).
+const (
+	DHCPFull  = "full"
+	DHCPProxy = "proxy"
+	DHCPOff   = "off"
+)
+
+// Unknown host policies (unknown_hosts.policy).
+const (
+	UnknownLocal  = "local"
+	UnknownMenu   = "menu"
+	UnknownRefuse = "refuse"
+)
+
+// Boot modes (hosts[].boot).
+const (
+	BootSanboot = "sanboot"
+	BootKernel  = "kernel"
+)
+
+// Config is the whole configuration of `diskless serve`.
+type Config struct {
+	// Interface is the network interface every service is bound to, e.g.
+	// "br0". Required. DHCP never answers on any other interface.
+	Interface string `yaml:"interface"`
+	// ServerIP is the IPv4 address clients reach the server at, handed out
+	// as next-server and used in boot URLs. Default: the first IPv4 address
+	// of Interface (see ResolveNetwork).
+	ServerIP string `yaml:"server_ip"`
+	// DHCP configures the DHCP / proxyDHCP server.
+	DHCP DHCP `yaml:"dhcp"`
+	// TFTP configures the read-only TFTP server for the iPXE binaries.
+	TFTP TFTP `yaml:"tftp"`
+	// HTTP configures the HTTP server of iPXE scripts, kernels and binaries.
+	HTTP HTTP `yaml:"http"`
+	// ISCSI configures the iSCSI target.
+	ISCSI ISCSI `yaml:"iscsi"`
+	// DataDir holds persistent state: the install ID, generated CHAP
+	// secrets, DHCP leases. Default "/var/lib/diskless".
+	DataDir string `yaml:"data_dir"`
+	// IQNBase is the prefix of generated IQNs. Default
+	// "iqn.2026-01.boot.diskless:" followed by this install's random ID
+	// (kept in data_dir/install-id), so two installs never clash.
+	IQNBase string `yaml:"iqn_base"`
+	// UnknownHosts says what machines not listed in Hosts get.
+	UnknownHosts UnknownHosts `yaml:"unknown_hosts"`
+	// Hosts are the machines diskless boots. Default: none.
+	Hosts []Host `yaml:"hosts"`
+
+	src *source // where each key came from, for errors
+}
+
+// DHCP is the dhcp section.
+type DHCP struct {
+	// Mode is "full" (address pool and reservations), "proxy" (PXE answers
+	// only, beside the site's DHCP server) or "off". Default "proxy".
+	Mode string `yaml:"mode"`
+	// Range is the address pool "FIRST-LAST" (IPv4, inclusive). Required
+	// with mode full.
+	Range string `yaml:"range"`
+	// Netmask is the subnet mask handed out, dotted ("255.255.255.0") or
+	// a prefix length ("24"). Default: the mask of Interface's address.
+	Netmask string `yaml:"netmask"`
+	// Router is the default gateway handed out (IPv4). Default: none.
+	Router string `yaml:"router"`
+	// DNS are the name servers handed out (IPv4). Default: none.
+	DNS []string `yaml:"dns"`
+	// LeaseTime is how long a lease lasts, e.g. "1h". Default 1h; at least 1m.
+	LeaseTime time.Duration `yaml:"lease_time"`
+	// LeaseFile persists leases across restarts. Default
+	// "<data_dir>/dhcp-leases.json".
+	LeaseFile string `yaml:"lease_file"`
+}
+
+// TFTP is the tftp section.
+type TFTP struct {
+	// Root is the directory served (read-only) holding the iPXE binaries
+	// undionly.kpxe, snponly.efi, ipxe.efi. Default "/usr/lib/ipxe"
+	// (Debian's ipxe package).
+	Root string `yaml:"root"`
+	// Enabled turns the TFTP server on. Default true.
+	Enabled bool `yaml:"enabled"`
+}
+
+// HTTP is the http section.
+type HTTP struct {
+	// Listen is the address the HTTP server binds, "[HOST]:PORT". Default
+	// ":8080". Its port goes into the boot URLs.
+	Listen string `yaml:"listen"`
+}
+
+// ISCSI is the iscsi section.
+type ISCSI struct {
+	// Listen is the iSCSI portal, "[HOST]:PORT". Default ":3260".
+	Listen string `yaml:"listen"`
+	// PortalGroupTag is the target portal group tag (1-65535), passed to
+	// the initramfs as ISCSI_TARGET_GROUP. Default 1.
+	PortalGroupTag int `yaml:"portal_group_tag"`
+}
+
+// UnknownHosts is the unknown_hosts section.
+type UnknownHosts struct {
+	// Policy is what a machine not in hosts gets: "local" (boot from its
+	// local disk), "menu" (an iPXE menu: local disk, retry, shell, reboot)
+	// or "refuse" (no boot offer, no script). Default "local". Unknown
+	// machines are recorded either way.
+	Policy string `yaml:"policy"`
+}
+
+// Host is one machine diskless boots.
+type Host struct {
+	// MAC is the host's Ethernet address. Required, unique.
+	MAC string `yaml:"mac"`
+	// Name is a label for logs and the CHAP user name. Default
+	// "host-<mac without colons>". Letters, digits, '-', '_', '.'.
+	Name string `yaml:"name"`
+	// Image is the disk image file (or block device) exported as LUN 0 of
+	// the host's target. Required; two hosts may not share one.
+	Image string `yaml:"image"`
+	// Boot is "sanboot" (iPXE boots the LUN's boot loader) or "kernel"
+	// (iPXE loads Kernel and Initrd over HTTP, the initramfs logs into
+	// the LUN). Default "sanboot".
+	Boot string `yaml:"boot"`
+	// Kernel is the kernel file served to the host; required with boot
+	// kernel, not allowed otherwise.
+	Kernel string `yaml:"kernel"`
+	// Initrd is the initramfs file served to the host (boot kernel only).
+	// Default: none.
+	Initrd string `yaml:"initrd"`
+	// Cmdline is appended to the generated kernel command line (boot
+	// kernel only), e.g. "root=/dev/sda1 console=ttyS0". Default empty.
+	Cmdline string `yaml:"cmdline"`
+	// CHAP is false (default), true (user = Name, secret generated and
+	// kept in data_dir) or {user, secret}.
+	CHAP CHAP `yaml:"chap"`
+	// MutualCHAP makes the target prove itself to the host too; same forms
+	// as CHAP (user default Name + "-target"). Requires chap. Default false.
+	MutualCHAP CHAP `yaml:"mutual_chap"`
+	// InitiatorIQN is the host's iSCSI name. Default
+	// "<iqn_base>.host.<mac hex>".
+	InitiatorIQN string `yaml:"initiator_iqn"`
+	// TargetIQN is the name of the host's target. Default
+	// "<iqn_base>.disk.<mac hex>".
+	TargetIQN string `yaml:"target_iqn"`
+	// IP is a fixed address (reservation) for dhcp mode full. Default: one
+	// from dhcp.range.
+	IP string `yaml:"ip"`
+}
+
+// Default returns the configuration with every default set and no hosts.
+func Default() *Config {
+	return &Config{
+		DHCP:         DHCP{Mode: DefaultDHCPMode, LeaseTime: DefaultLeaseTime},
+		TFTP:         TFTP{Root: DefaultTFTPRoot, Enabled: true},
+		HTTP:         HTTP{Listen: DefaultHTTPListen},
+		ISCSI:        ISCSI{Listen: DefaultISCSIListen, PortalGroupTag: DefaultPortalGroupTag},
+		DataDir:      DefaultDataDir,
+		UnknownHosts: UnknownHosts{Policy: DefaultUnknownPolicy},
+	}
+}
+
+// fillDerived sets the defaults that depend on other keys.
+func (c *Config) fillDerived() {
+	if c.DHCP.LeaseFile == "" && c.DataDir != "" {
+		c.DHCP.LeaseFile = joinPath(c.DataDir, LeaseFileName)
+	}
+	for i := range c.Hosts {
+		h := &c.Hosts[i]
+		if h.Boot == "" {
+			h.Boot = DefaultBoot
+		}
+		if h.MAC != "" {
+			h.MAC = strings.ToLower(h.MAC)
+		}
+		if hw, err := net.ParseMAC(h.MAC); err == nil && len(hw) == 6 {
+			h.MAC = hw.String()
+			if h.Name == "" {
+				h.Name = "host-" + macHex(hw)
+			}
+		}
+	}
+}
+
+// HardwareAddr is the host's MAC (valid after Validate).
+func (h *Host) HardwareAddr() net.HardwareAddr {
+	hw, _ := net.ParseMAC(h.MAC)
+	return hw
+}
+
+// Reservation is the host's fixed address, invalid when none.
+func (h *Host) Reservation() netip.Addr {
+	a, _ := netip.ParseAddr(h.IP)
+	return a
+}
+
+// Server is ServerIP parsed (invalid until set or resolved).
+func (c *Config) Server() netip.Addr {
+	a, _ := netip.ParseAddr(c.ServerIP)
+	return a
+}
+
+// Pool is dhcp.range parsed (both invalid when unset).
+func (d *DHCP) Pool() (first, last netip.Addr) {
+	first, last, _ = parseRange(d.Range)
+	return first, last
+}
+
+// Mask is dhcp.netmask parsed (nil when unset).
+func (d *DHCP) Mask() net.IPMask {
+	m, _ := parseMask(d.Netmask)
+	return m
+}
+
+// Routers and name servers parsed.
+func (d *DHCP) RouterAddr() netip.Addr {
+	a, _ := netip.ParseAddr(d.Router)
+	return a
+}
+
+// DNSAddrs is dhcp.dns parsed.
+func (d *DHCP) DNSAddrs() []netip.Addr {
+	var out []netip.Addr
+	for _, s := range d.DNS {
+		if a, err := netip.ParseAddr(s); err == nil {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// HTTPPort is the port of http.listen (valid after Validate).
+func (c *Config) HTTPPort() uint16 { return listenPort(c.HTTP.Listen) }
+
+// ISCSIPort is the port of iscsi.listen (valid after Validate).
+func (c *Config) ISCSIPort() uint16 { return listenPort(c.ISCSI.Listen) }
+
+func macHex(hw net.HardwareAddr) string {
+	return strings.ReplaceAll(hw.String(), ":", "")
+}

@@ -1,0 +1,419 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// FieldError is one problem of a Config: where the key was set ("file:line"
+// or a flag), the key path ("hosts[1].mac") and why it is wrong. It never
+// holds a secret.
+type FieldError struct {
+	Where, Key, Reason string
+}
+
+func (e *FieldError) Error() string { return e.Where + ": " + e.Key + ": " + e.Reason }
+
+// Limits of values the config accepts.
+const (
+	minSecretLen  = 12 // RFC 7143 12.1.3 / RFC 3723: shorter secrets are brute-forced offline; iPXE and Windows want >= 12
+	maxSecretLen  = 255
+	maxNameLen    = 63
+	maxCmdlineLen = 1024 // leaves room in the kernel's 2048-byte command line for the ISCSI_* values
+	maxIQNLen     = 223  // RFC 7143 4.2.7.1
+)
+
+// Validate checks every key and reports every problem found (joined
+// *FieldError values), so nothing starts on a bad configuration. It reads
+// the file system only to check that image, kernel and initrd files exist.
+func (c *Config) Validate() error {
+	v := validator{c: c}
+	v.check()
+	return errors.Join(v.errs...)
+}
+
+type validator struct {
+	c    *Config
+	errs []error
+}
+
+func (v *validator) fail(key, format string, args ...any) {
+	v.errs = append(v.errs, &FieldError{Where: v.c.src.where(key), Key: key, Reason: fmt.Sprintf(format, args...)})
+}
+
+func (v *validator) check() {
+	c := v.c
+	switch {
+	case c.Interface == "":
+		v.fail("interface", "required: the network interface to serve, e.g. br0")
+	case len(c.Interface) > 15 || strings.ContainsAny(c.Interface, "/ \t\n:"):
+		v.fail("interface", "%q is not a Linux interface name", c.Interface)
+	}
+	if c.ServerIP != "" {
+		v.ipv4("server_ip", c.ServerIP)
+	}
+	v.checkDHCP()
+	if c.TFTP.Enabled && c.TFTP.Root == "" {
+		v.fail("tftp.root", "required when tftp.enabled is true")
+	}
+	v.listen("http.listen", c.HTTP.Listen)
+	v.listen("iscsi.listen", c.ISCSI.Listen)
+	if c.ISCSI.PortalGroupTag < 1 || c.ISCSI.PortalGroupTag > 65535 {
+		v.fail("iscsi.portal_group_tag", "%d is not in 1-65535", c.ISCSI.PortalGroupTag)
+	}
+	if c.DataDir == "" {
+		v.fail("data_dir", "required: where generated secrets and leases are kept")
+	}
+	if c.IQNBase != "" {
+		if why := checkIQN(c.IQNBase); why != "" {
+			v.fail("iqn_base", "%q: %s", c.IQNBase, why)
+		} else if len(c.IQNBase)+len(".host.")+12 > maxIQNLen {
+			v.fail("iqn_base", "too long: generated IQNs would exceed %d bytes", maxIQNLen)
+		}
+	}
+	switch c.UnknownHosts.Policy {
+	case UnknownLocal, UnknownMenu, UnknownRefuse:
+	default:
+		v.fail("unknown_hosts.policy", "%q: want local, menu or refuse", c.UnknownHosts.Policy)
+	}
+	v.checkHosts()
+}
+
+func (v *validator) checkDHCP() {
+	d := &v.c.DHCP
+	switch d.Mode {
+	case DHCPFull, DHCPProxy, DHCPOff:
+	default:
+		v.fail("dhcp.mode", "%q: want full, proxy or off", d.Mode)
+	}
+	var first, last netip.Addr
+	if d.Range != "" {
+		var err error
+		if first, last, err = parseRange(d.Range); err != nil {
+			v.fail("dhcp.range", "%q: %v", d.Range, err)
+		}
+	} else if d.Mode == DHCPFull {
+		v.fail("dhcp.range", "required with dhcp.mode full: the address pool, e.g. 10.77.0.100-10.77.0.200")
+	}
+	var mask net.IPMask
+	if d.Netmask != "" {
+		var err error
+		if mask, err = parseMask(d.Netmask); err != nil {
+			v.fail("dhcp.netmask", "%q: %v", d.Netmask, err)
+		}
+	}
+	if mask != nil && first.IsValid() && !sameSubnet(first, last, mask) {
+		v.fail("dhcp.range", "%s-%s spans more than one subnet of netmask %s", first, last, d.Netmask)
+	}
+	if d.Router != "" {
+		v.ipv4("dhcp.router", d.Router)
+	}
+	for i, s := range d.DNS {
+		v.ipv4(fmt.Sprintf("dhcp.dns[%d]", i), s)
+	}
+	if d.LeaseTime < time.Minute || d.LeaseTime > 365*24*time.Hour {
+		v.fail("dhcp.lease_time", "%s: want between 1m and 8760h", d.LeaseTime)
+	}
+	if d.Mode == DHCPFull && d.LeaseFile == "" {
+		v.fail("dhcp.lease_file", "required with dhcp.mode full (default: data_dir/%s)", LeaseFileName)
+	}
+}
+
+func (v *validator) checkHosts() {
+	c := v.c
+	seen := map[string]string{} // "kind\x00value" -> key path that has it
+	// unique reports a second host with the same id (compared) of a kind;
+	// show is what the message quotes.
+	unique := func(key, kind, id, show string) {
+		if id == "" {
+			return
+		}
+		id = kind + "\x00" + id
+		if prev, ok := seen[id]; ok {
+			v.fail(key, "%q is also the %s of %s (%s)", show, kind, parentPath(prev), c.src.where(prev))
+			return
+		}
+		seen[id] = key
+	}
+	mask := c.DHCP.Mask()
+	first, _ := c.DHCP.Pool()
+	for i := range c.Hosts {
+		h := &c.Hosts[i]
+		p := fmt.Sprintf("hosts[%d]", i)
+		k := func(name string) string { return p + "." + name }
+		if h.MAC == "" {
+			v.fail(k("mac"), "required")
+		} else if hw, err := net.ParseMAC(h.MAC); err != nil || len(hw) != 6 {
+			v.fail(k("mac"), "%q is not an Ethernet address (like 52:54:00:12:34:56)", h.MAC)
+		} else {
+			unique(k("mac"), "mac", hw.String(), h.MAC)
+		}
+		if h.Name != "" && !isName(h.Name) {
+			v.fail(k("name"), "%q: use 1-%d letters, digits, '-', '_' or '.'", h.Name, maxNameLen)
+		}
+		unique(k("name"), "name", h.Name, h.Name)
+		if h.Image == "" {
+			v.fail(k("image"), "required: the disk image file this host boots from")
+		} else {
+			v.file(k("image"), h.Image, true)
+			if abs, err := filepath.Abs(h.Image); err == nil {
+				unique(k("image"), "image", abs, h.Image)
+			}
+		}
+		switch h.Boot {
+		case BootSanboot:
+			for _, f := range []struct{ key, val string }{{"kernel", h.Kernel}, {"initrd", h.Initrd}, {"cmdline", h.Cmdline}} {
+				if f.val != "" {
+					v.fail(k(f.key), "only used with boot: kernel (this host has boot: sanboot)")
+				}
+			}
+		case BootKernel:
+			if h.Kernel == "" {
+				v.fail(k("kernel"), "required with boot: kernel")
+			} else {
+				v.file(k("kernel"), h.Kernel, false)
+			}
+			if h.Initrd != "" {
+				v.file(k("initrd"), h.Initrd, false)
+			}
+			if why := checkCmdline(h.Cmdline); why != "" {
+				v.fail(k("cmdline"), "%s", why)
+			}
+		default:
+			v.fail(k("boot"), "%q: want sanboot or kernel", h.Boot)
+		}
+		v.credentials(k("chap"), h.CHAP)
+		v.credentials(k("mutual_chap"), h.MutualCHAP)
+		if h.MutualCHAP.Enabled && !h.CHAP.Enabled {
+			v.fail(k("mutual_chap"), "needs chap: the target only proves itself after the host has")
+		}
+		if h.MutualCHAP.Secret != "" && h.MutualCHAP.Secret == h.CHAP.Secret {
+			v.fail(k("mutual_chap"), "secret must differ from the chap secret (RFC 7143 12.1.3)")
+		}
+		for _, f := range []struct{ key, val string }{{"initiator_iqn", h.InitiatorIQN}, {"target_iqn", h.TargetIQN}} {
+			if f.val == "" {
+				continue
+			}
+			if why := checkIQN(f.val); why != "" {
+				v.fail(k(f.key), "%q: %s", f.val, why)
+			}
+		}
+		unique(k("target_iqn"), "target_iqn", h.TargetIQN, h.TargetIQN)
+		unique(k("initiator_iqn"), "initiator_iqn", h.InitiatorIQN, h.InitiatorIQN)
+		if h.IP != "" && v.ipv4(k("ip"), h.IP) {
+			a := netip.MustParseAddr(h.IP)
+			unique(k("ip"), "ip", a.String(), h.IP)
+			if mask != nil && first.IsValid() && !sameSubnet(first, a, mask) {
+				v.fail(k("ip"), "%s is outside the subnet of dhcp.range (netmask %s)", a, c.DHCP.Netmask)
+			}
+		}
+	}
+}
+
+func (v *validator) credentials(key string, ch CHAP) {
+	if !ch.Enabled {
+		return
+	}
+	if ch.User != "" && !isCredential(ch.User, 1) {
+		v.fail(key+".user", "use 1-%d of A-Z a-z 0-9 . _ ~ + = : / @ , -", maxSecretLen)
+	}
+	// The secret itself never goes into the message.
+	if ch.Secret != "" && !isCredential(ch.Secret, minSecretLen) {
+		v.fail(key+".secret", "use %d-%d of A-Z a-z 0-9 . _ ~ + = : / @ , - (iPXE and initiators need at least %d)", minSecretLen, maxSecretLen, minSecretLen)
+	}
+}
+
+func (v *validator) ipv4(key, s string) bool {
+	a, err := netip.ParseAddr(s)
+	if err != nil || !a.Is4() {
+		v.fail(key, "%q is not an IPv4 address", s)
+		return false
+	}
+	return true
+}
+
+func (v *validator) listen(key, s string) {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		v.fail(key, "%q: want [HOST]:PORT, e.g. :8080", s)
+		return
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+		v.fail(key, "%q: port must be 1-65535 (clients are told it)", s)
+	}
+	if host != "" {
+		if _, err := netip.ParseAddr(host); err != nil {
+			v.fail(key, "%q: host must be an IP address or empty", s)
+		}
+	}
+}
+
+// file checks that path exists and is a regular file (or, for disk images,
+// a block device).
+func (v *validator) file(key, path string, blockOK bool) {
+	st, err := os.Stat(path)
+	if err != nil {
+		v.fail(key, "%v", err)
+		return
+	}
+	m := st.Mode()
+	if m.IsRegular() || blockOK && m&os.ModeDevice != 0 && m&os.ModeCharDevice == 0 {
+		return
+	}
+	v.fail(key, "%s is not a regular file", path)
+}
+
+func parseRange(s string) (first, last netip.Addr, err error) {
+	a, b, ok := strings.Cut(s, "-")
+	if !ok {
+		return first, last, errors.New("want FIRST-LAST, e.g. 10.77.0.100-10.77.0.200")
+	}
+	first, err1 := netip.ParseAddr(strings.TrimSpace(a))
+	last, err2 := netip.ParseAddr(strings.TrimSpace(b))
+	if err1 != nil || err2 != nil || !first.Is4() || !last.Is4() {
+		return netip.Addr{}, netip.Addr{}, errors.New("both ends must be IPv4 addresses")
+	}
+	if last.Less(first) {
+		return netip.Addr{}, netip.Addr{}, errors.New("the first address is after the last")
+	}
+	return first, last, nil
+}
+
+// parseMask accepts "255.255.255.0", "24" or "/24".
+func parseMask(s string) (net.IPMask, error) {
+	if n, err := strconv.Atoi(strings.TrimPrefix(s, "/")); err == nil {
+		if n < 1 || n > 32 {
+			return nil, errors.New("prefix length must be 1-32")
+		}
+		return net.CIDRMask(n, 32), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil || !a.Is4() {
+		return nil, errors.New("want a dotted mask like 255.255.255.0 or a prefix length like 24")
+	}
+	b := a.As4()
+	m := net.IPMask(b[:])
+	if ones, bits := m.Size(); bits == 0 || ones == 0 {
+		return nil, errors.New("not a contiguous netmask")
+	}
+	return m, nil
+}
+
+func sameSubnet(a, b netip.Addr, mask net.IPMask) bool {
+	x, y := a.As4(), b.As4()
+	for i := range 4 {
+		if x[i]&mask[i] != y[i]&mask[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func listenPort(s string) uint16 {
+	_, port, _ := net.SplitHostPort(s)
+	n, _ := strconv.ParseUint(port, 10, 16)
+	return uint16(n)
+}
+
+func isName(s string) bool {
+	if s == "" || len(s) > maxNameLen {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// isCredential allows only characters that mean nothing to iPXE's script
+// parser (no $, quotes, spaces, # or operators) nor to the initramfs shell
+// that splits /proc/cmdline (no globs), so a secret can never inject a
+// command.
+func isCredential(s string, minLen int) bool {
+	if len(s) < minLen || len(s) > maxSecretLen {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("._~+=:/@,-", r)) {
+			return false
+		}
+	}
+	return true
+}
+
+// checkCmdline rejects what could end the iPXE kernel line or be expanded
+// by iPXE or the initramfs shell.
+func checkCmdline(s string) string {
+	if len(s) > maxCmdlineLen {
+		return fmt.Sprintf("longer than %d bytes", maxCmdlineLen)
+	}
+	for _, r := range s {
+		if r < 0x20 || r > 0x7e {
+			return fmt.Sprintf("character %q not allowed: printable ASCII only", r)
+		}
+		if strings.ContainsRune("$\"'\\`;&|#<>(){}*?[]", r) {
+			return fmt.Sprintf("character %q not allowed: iPXE or the initramfs shell would interpret it", r)
+		}
+	}
+	return ""
+}
+
+// checkIQN checks an iSCSI name (RFC 7143 4.2.7): iqn.YYYY-MM.authority[:x],
+// eui.<16 hex> or naa.<16 or 32 hex>, lowercase, at most 223 bytes.
+func checkIQN(s string) string {
+	if len(s) > maxIQNLen {
+		return fmt.Sprintf("longer than %d bytes", maxIQNLen)
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '.' || r == '-' || r == ':') {
+			return "use lowercase letters, digits, '.', '-' and ':' only"
+		}
+	}
+	switch {
+	case strings.HasPrefix(s, "iqn."):
+		if len(s) > 12 && s[8] == '-' && s[11] == '.' && digits(s[4:8]) && digits(s[9:11]) {
+			return ""
+		}
+		return "want iqn.YYYY-MM.reverse.domain[:unique]"
+	case strings.HasPrefix(s, "eui."):
+		if len(s) == 20 && isHex(s[4:]) {
+			return ""
+		}
+		return "want eui. and 16 hex digits"
+	case strings.HasPrefix(s, "naa."):
+		if (len(s) == 20 || len(s) == 36) && isHex(s[4:]) {
+			return ""
+		}
+		return "want naa. and 16 or 32 hex digits"
+	}
+	return "want iqn., eui. or naa. name"
+}
+
+func digits(s string) bool {
+	for _, r := range s {
+		if r < '0' || r > '9' {
+			return false
+		}
+	}
+	return s != ""
+}
+
+func isHex(s string) bool {
+	for _, r := range s {
+		if !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f') {
+			return false
+		}
+	}
+	return s != ""
+}
+
+func joinPath(dir, name string) string { return filepath.Join(dir, name) }
