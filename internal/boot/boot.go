@@ -1,0 +1,312 @@
+// Package boot owns the per-host boot decisions of diskless: which file or
+// URL a PXE client is offered (DHCPBoot), the iPXE script a host gets
+// (Script: sanboot of its iSCSI LUN, or the kernel + initrd "without GRUB"
+// mode), what unknown machines get, and the registry that records them.
+//
+// It takes plain types (no import of internal/config or internal/dhcp) and
+// does no I/O besides checking which iPXE binaries exist; it never logs. It
+// must not decide who may see a script: internal/web checks that a script
+// holding secrets goes only to the host it belongs to (Script.Secret says
+// when).
+//
+// Every value that ends up in a script is checked against an allowlist when
+// the Booter is built and again when rendering, so nothing in a
+// configuration can inject iPXE commands.
+package boot
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+)
+
+// Mode is how a known host boots.
+type Mode string
+
+const (
+	// Sanboot: iPXE attaches the iSCSI LUN and boots its boot loader.
+	Sanboot Mode = "sanboot"
+	// Kernel: iPXE loads kernel and initrd over HTTP; the initramfs logs
+	// into the LUN from the ISCSI_* values on the command line.
+	Kernel Mode = "kernel"
+)
+
+// Policy is what an unknown MAC gets.
+type Policy string
+
+const (
+	PolicyLocal  Policy = "local"  // boot from the local disk
+	PolicyMenu   Policy = "menu"   // an iPXE menu: local disk, retry, shell, reboot
+	PolicyRefuse Policy = "refuse" // no boot offer, no script
+)
+
+// Credentials are a CHAP user and secret. Printing them, with fmt or slog,
+// shows the user only.
+type Credentials struct {
+	User, Secret string
+}
+
+func (c Credentials) String() string   { return fmt.Sprintf("{User:%q Secret:REDACTED}", c.User) }
+func (c Credentials) GoString() string { return "boot.Credentials" + c.String() }
+
+// LogValue redacts the secret.
+func (c Credentials) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("user", c.User), slog.String("secret", "REDACTED"))
+}
+
+// Host is one machine the Booter knows.
+type Host struct {
+	MAC          net.HardwareAddr
+	Name         string
+	Mode         Mode
+	InitiatorIQN string
+	TargetIQN    string
+	LUN          uint16
+	// CHAP are the credentials the host logs in with; MutualCHAP those
+	// the target answers with (needs CHAP). nil: none.
+	CHAP, MutualCHAP *Credentials
+	// Kernel and Initrd are server-side files served to the host over HTTP
+	// in Kernel mode (Initrd may be empty). Cmdline is appended to the
+	// generated kernel command line.
+	Kernel, Initrd, Cmdline string
+}
+
+// Secret reports whether the host's script carries secrets.
+func (h *Host) Secret() bool { return h.CHAP != nil || h.MutualCHAP != nil }
+
+// Config configures a Booter.
+type Config struct {
+	Hosts []Host
+	// Unknown is the policy for MACs not in Hosts (default PolicyLocal).
+	Unknown Policy
+	// HTTPPort is the port of the HTTP server in boot URLs (required).
+	HTTPPort uint16
+	// ISCSIPort is the iSCSI portal port in SAN URIs (default 3260).
+	ISCSIPort uint16
+	// PortalGroupTag is passed to the initramfs as ISCSI_TARGET_GROUP
+	// (default 1).
+	PortalGroupTag uint16
+	// Binaries is the directory of iPXE binaries (the TFTP root, e.g.
+	// os.DirFS("/usr/lib/ipxe")); DHCPBoot only offers files present in
+	// it. nil: none.
+	Binaries fs.FS
+	// Registry records unknown MACs (default: a new one of 4096 entries).
+	Registry *Registry
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// Booter makes the boot decisions. It is safe for concurrent use; its hosts
+// are fixed at New.
+type Booter struct {
+	cfg      Config
+	hosts    map[string]*Host // by MAC string
+	present  map[string]bool  // binaries found in cfg.Binaries
+	registry *Registry
+}
+
+// ErrRefused is returned for an unknown MAC under PolicyRefuse.
+var ErrRefused = errors.New("boot: unknown host refused by policy")
+
+// New checks every host (unique MACs, safe values) and which iPXE binaries
+// exist.
+func New(cfg Config) (*Booter, error) {
+	if cfg.Unknown == "" {
+		cfg.Unknown = PolicyLocal
+	}
+	switch cfg.Unknown {
+	case PolicyLocal, PolicyMenu, PolicyRefuse:
+	default:
+		return nil, fmt.Errorf("boot: unknown-host policy %q", cfg.Unknown)
+	}
+	if cfg.HTTPPort == 0 {
+		return nil, errors.New("boot: HTTP port required")
+	}
+	if cfg.ISCSIPort == 0 {
+		cfg.ISCSIPort = 3260
+	}
+	if cfg.PortalGroupTag == 0 {
+		cfg.PortalGroupTag = 1
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = NewRegistry(4096, cfg.Now)
+	}
+	b := &Booter{cfg: cfg, hosts: map[string]*Host{}, present: map[string]bool{}, registry: cfg.Registry}
+	for i := range cfg.Hosts {
+		h := cfg.Hosts[i] // copy: the Booter owns its hosts
+		if h.Name == "" && len(h.MAC) == 6 {
+			h.Name = "host-" + strings.ReplaceAll(h.MAC.String(), ":", "")
+		}
+		if err := checkHost(&h); err != nil {
+			return nil, fmt.Errorf("boot: host %d (%s): %w", i, h.MAC, err)
+		}
+		key := h.MAC.String()
+		if _, dup := b.hosts[key]; dup {
+			return nil, fmt.Errorf("boot: host %s given twice", key)
+		}
+		b.hosts[key] = &h
+	}
+	if cfg.Binaries != nil {
+		for _, names := range binaries {
+			for _, n := range names {
+				if st, err := fs.Stat(cfg.Binaries, n); err == nil && st.Mode().IsRegular() {
+					b.present[n] = true
+				}
+			}
+		}
+	}
+	return b, nil
+}
+
+func checkHost(h *Host) error {
+	if len(h.MAC) != 6 {
+		return errors.New("MAC must be 6 bytes")
+	}
+	if h.Name != "" && !safeArg(h.Name, 1) {
+		return fmt.Errorf("name %q has characters unsafe in a script", h.Name)
+	}
+	for _, v := range []struct{ what, val string }{{"initiator IQN", h.InitiatorIQN}, {"target IQN", h.TargetIQN}} {
+		if !validIQN(v.val) {
+			return fmt.Errorf("%s %q is not a valid iSCSI name", v.what, v.val)
+		}
+	}
+	for _, c := range []struct {
+		what string
+		cr   *Credentials
+	}{{"CHAP", h.CHAP}, {"mutual CHAP", h.MutualCHAP}} {
+		if c.cr == nil {
+			continue
+		}
+		// Messages never quote the secret.
+		if !safeArg(c.cr.User, 1) {
+			return fmt.Errorf("%s user %q has characters unsafe in a script", c.what, c.cr.User)
+		}
+		if !safeArg(c.cr.Secret, 12) {
+			return fmt.Errorf("%s secret: need 12-255 characters of A-Z a-z 0-9 . _ ~ + = : / @ , -", c.what)
+		}
+	}
+	if h.MutualCHAP != nil && h.CHAP == nil {
+		return errors.New("mutual CHAP needs CHAP")
+	}
+	switch h.Mode {
+	case Sanboot:
+	case Kernel:
+		if h.Kernel == "" {
+			return errors.New("kernel mode needs a kernel")
+		}
+		if !safeLine(h.Cmdline) {
+			return fmt.Errorf("command line %q has characters unsafe in a script", h.Cmdline)
+		}
+	default:
+		return fmt.Errorf("mode %q: want sanboot or kernel", h.Mode)
+	}
+	return nil
+}
+
+// Host returns the host with this MAC.
+func (b *Booter) Host(mac net.HardwareAddr) (Host, bool) {
+	h, ok := b.hosts[mac.String()]
+	if !ok {
+		return Host{}, false
+	}
+	return *h, true
+}
+
+// Registry is where unknown MACs are recorded.
+func (b *Booter) Registry() *Registry { return b.registry }
+
+// HostFile is the server-side path of a host's "kernel" or "initrd"
+// (Kernel mode only).
+func (b *Booter) HostFile(mac net.HardwareAddr, name string) (string, bool) {
+	h, ok := b.hosts[mac.String()]
+	if !ok || h.Mode != Kernel {
+		return "", false
+	}
+	switch name {
+	case "kernel":
+		return h.Kernel, true
+	case "initrd":
+		return h.Initrd, h.Initrd != ""
+	}
+	return "", false
+}
+
+// OpenBinary opens one of the iPXE binaries DHCPBoot may offer (name as in
+// the offered URL path, e.g. "snponly.efi"); others are fs.ErrNotExist.
+func (b *Booter) OpenBinary(name string) (fs.File, error) {
+	if !b.present[name] {
+		return nil, fs.ErrNotExist
+	}
+	return b.cfg.Binaries.Open(name)
+}
+
+// safeArg allows what means nothing to iPXE's parser (no whitespace, $,
+// quotes, backslash, # or operators) nor to the initramfs shell that splits
+// the kernel command line (no globs).
+func safeArg(s string, minLen int) bool {
+	if len(s) < minLen || len(s) > 255 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("._~+=:/@,-", r)) {
+			return false
+		}
+	}
+	return true
+}
+
+// safeLine is safeArg for a command line: single spaces allowed, plus the
+// punctuation kernel parameters use.
+func safeLine(s string) bool {
+	if len(s) > 1024 {
+		return false
+	}
+	for _, r := range s {
+		if r < 0x20 || r > 0x7e || strings.ContainsRune("$\"'\\`;&|#<>(){}*?[]", r) {
+			return false
+		}
+	}
+	return true
+}
+
+// validIQN: RFC 7143 4.2.7 names, lowercase, restricted to the characters
+// safeArg allows.
+func validIQN(s string) bool {
+	if len(s) > 223 || !safeArg(s, 1) || strings.ToLower(s) != s {
+		return false
+	}
+	switch {
+	case strings.HasPrefix(s, "iqn."):
+		return len(s) > 12 && s[8] == '-' && s[11] == '.' && isDigits(s[4:8]) && isDigits(s[9:11])
+	case strings.HasPrefix(s, "eui."):
+		return len(s) == 20 && isHex(s[4:])
+	case strings.HasPrefix(s, "naa."):
+		return (len(s) == 20 || len(s) == 36) && isHex(s[4:])
+	}
+	return false
+}
+
+func isDigits(s string) bool {
+	for _, r := range s {
+		if r < '0' || r > '9' {
+			return false
+		}
+	}
+	return s != ""
+}
+
+func isHex(s string) bool {
+	for _, r := range s {
+		if !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f') {
+			return false
+		}
+	}
+	return s != ""
+}

@@ -1,0 +1,92 @@
+package boot
+
+import (
+	"net"
+	"net/netip"
+	"sort"
+	"sync"
+	"time"
+)
+
+// Sighting is what is known of an unknown machine.
+type Sighting struct {
+	MAC       net.HardwareAddr
+	FirstSeen time.Time
+	LastSeen  time.Time
+	IP        netip.Addr // last address seen, invalid if none yet
+	Arch      string     // last architecture seen ("efi-x64", "x86_64 efi"), "" if none yet
+	Count     uint64     // requests seen (DHCP and HTTP)
+}
+
+// Registry records machines that asked to boot but are not configured, so
+// an admin can list them and add them. It holds at most max entries,
+// forgetting the least recently seen first, so a flood of fake MACs costs
+// bounded memory. It is safe for concurrent use.
+type Registry struct {
+	mu  sync.Mutex
+	max int
+	now func() time.Time
+	m   map[string]*Sighting
+}
+
+// NewRegistry returns an empty registry of at most limit entries (min 1);
+// now nil means time.Now.
+func NewRegistry(limit int, now func() time.Time) *Registry {
+	if now == nil {
+		now = time.Now
+	}
+	return &Registry{max: max(limit, 1), now: now, m: map[string]*Sighting{}}
+}
+
+// Observe records a request from mac. A zero ip or empty arch keeps what
+// was known.
+func (r *Registry) Observe(mac net.HardwareAddr, ip netip.Addr, arch string) {
+	now := r.now()
+	key := mac.String()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s, ok := r.m[key]
+	if !ok {
+		if len(r.m) >= r.max {
+			r.evictOldest()
+		}
+		s = &Sighting{MAC: append(net.HardwareAddr(nil), mac...), FirstSeen: now}
+		r.m[key] = s
+	}
+	s.LastSeen = now
+	s.Count++
+	if ip.IsValid() {
+		s.IP = ip
+	}
+	if arch != "" {
+		s.Arch = arch
+	}
+}
+
+func (r *Registry) evictOldest() {
+	var oldest string
+	var t time.Time
+	for k, s := range r.m {
+		if oldest == "" || s.LastSeen.Before(t) {
+			oldest, t = k, s.LastSeen
+		}
+	}
+	delete(r.m, oldest)
+}
+
+// List returns the recorded machines, most recently seen first.
+func (r *Registry) List() []Sighting {
+	r.mu.Lock()
+	out := make([]Sighting, 0, len(r.m))
+	for _, s := range r.m {
+		out = append(out, *s)
+	}
+	r.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].LastSeen.Equal(out[j].LastSeen) {
+			return out[i].LastSeen.After(out[j].LastSeen)
+		}
+		return out[i].MAC.String() < out[j].MAC.String()
+	})
+	return out
+}

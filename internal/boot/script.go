@@ -1,0 +1,227 @@
+package boot
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"text/template"
+)
+
+// ScriptRequest is one request for an iPXE script.
+type ScriptRequest struct {
+	MAC net.HardwareAddr
+	// Server is the address the host reached us on (the local address of
+	// its connection): what it can reach the iSCSI portal and HTTP at.
+	Server netip.Addr
+	// ClientIP and Arch are recorded for unknown hosts; Arch is optional.
+	ClientIP netip.Addr
+	Arch     string
+}
+
+// Script is a rendered iPXE script.
+type Script struct {
+	Body []byte
+	// Host is the known host's name, "" for an unknown MAC.
+	Host  string
+	Known bool
+	// Secret is true when Body holds CHAP secrets: it may only go to the
+	// host it belongs to.
+	Secret bool
+}
+
+// Script renders the script for req.MAC: the host's boot, or the
+// unknown-host policy (ErrRefused under PolicyRefuse). Unknown MACs are
+// recorded in the registry.
+func (b *Booter) Script(req ScriptRequest) (Script, error) {
+	if len(req.MAC) != 6 {
+		return Script{}, errors.New("boot: script: MAC must be 6 bytes")
+	}
+	if !req.Server.IsValid() {
+		return Script{}, errors.New("boot: script: no server address")
+	}
+	h, known := b.hosts[req.MAC.String()]
+	if !known {
+		b.registry.Observe(req.MAC, req.ClientIP, req.Arch)
+		var tmpl *template.Template
+		switch b.cfg.Unknown {
+		case PolicyRefuse:
+			return Script{}, ErrRefused
+		case PolicyMenu:
+			tmpl = menuScript
+		default:
+			tmpl = localScript
+		}
+		body, err := render(tmpl, unknownData{ScriptURL: b.ScriptURL(req.Server)})
+		return Script{Body: body}, err
+	}
+	d := hostData{
+		Host:      h,
+		MACText:   h.MAC.String(),
+		Server:    req.Server.Unmap().WithZone("").String(),
+		Port:      b.cfg.ISCSIPort,
+		Group:     b.cfg.PortalGroupTag,
+		ScriptURL: b.ScriptURL(req.Server),
+	}
+	var tmpl *template.Template
+	switch h.Mode {
+	case Kernel:
+		base := "http://" + hostPort(req.Server, b.cfg.HTTPPort) + HostFilePath(h.MAC, "")
+		d.KernelURL = base + "kernel"
+		if h.Initrd != "" {
+			d.InitrdURL = base + "initrd"
+		}
+		tmpl = kernelScript
+	default:
+		// RFC 4173: iscsi:<server>:<protocol>:<port>:<LUN>:<targetname>,
+		// IPv6 servers in brackets; protocol empty means TCP.
+		server := d.Server
+		if req.Server.Unmap().Is6() {
+			server = "[" + server + "]"
+		}
+		d.SANURI = fmt.Sprintf("iscsi:%s::%d:%d:%s", server, b.cfg.ISCSIPort, h.LUN, h.TargetIQN)
+		tmpl = sanbootScript
+	}
+	body, err := render(tmpl, d)
+	if err != nil {
+		return Script{}, err
+	}
+	return Script{Body: body, Host: h.Name, Known: true, Secret: h.Secret()}, nil
+}
+
+// HostFilePath is the URL path of a host's kernel or initrd:
+// /hosts/52-54-00-12-34-56/<name>.
+func HostFilePath(mac net.HardwareAddr, name string) string {
+	return "/hosts/" + strings.ReplaceAll(mac.String(), ":", "-") + "/" + name
+}
+
+type hostData struct {
+	*Host
+	MACText              string
+	Server               string
+	Port, Group          uint16
+	SANURI               string
+	KernelURL, InitrdURL string
+	ScriptURL            string
+}
+
+type unknownData struct{ ScriptURL string }
+
+func render(t *template.Template, data any) ([]byte, error) {
+	var buf bytes.Buffer
+	if err := t.Execute(&buf, data); err != nil {
+		return nil, fmt.Errorf("boot: render %s: %w", t.Name(), err)
+	}
+	return buf.Bytes(), nil
+}
+
+// Template functions: every value goes through arg (one iPXE word) or line
+// (a kernel command line); both fail the rendering rather than emit
+// anything iPXE or the initramfs shell would interpret. New checked the
+// same already, this is the second wall.
+var funcs = template.FuncMap{
+	"arg": func(v any) (string, error) {
+		s := fmt.Sprint(v)
+		if !safeArg(s, 1) {
+			return "", fmt.Errorf("unsafe value %q", s)
+		}
+		return s, nil
+	},
+	"url": func(s string) (string, error) {
+		// URLs and SAN URIs are built here from checked parts; on top of
+		// safeArg they may hold IPv6 brackets, a query and, once, the
+		// ${netX/mac} of ScriptURL.
+		rest := strings.Replace(s, "${netX/mac}", "", 1)
+		rest = strings.NewReplacer("[", "", "]", "", "?", "").Replace(rest)
+		if !safeArg(rest, 1) {
+			return "", fmt.Errorf("unsafe URL %q", s)
+		}
+		return s, nil
+	},
+	"line": func(s string) (string, error) {
+		if !safeLine(s) {
+			return "", fmt.Errorf("unsafe command line %q", s)
+		}
+		return s, nil
+	},
+	"port": func(p uint16) string { return strconv.Itoa(int(p)) },
+}
+
+func mustTemplate(name, text string) *template.Template {
+	return template.Must(template.New(name).Funcs(funcs).Option("missingkey=error").Parse(text))
+}
+
+// Boot failure: show why, give the admin a moment, ask again (the host may
+// have been added meanwhile).
+const retry = `:failed
+echo diskless: boot failed (${errno}), asking the server again in 10 seconds
+sleep 10
+chain --replace --autofree {{url .ScriptURL}} || goto failed
+`
+
+var sanbootScript = mustTemplate("sanboot", `#!ipxe
+# diskless: {{arg .Name}} ({{arg .MACText}}) boots iSCSI {{arg .TargetIQN}}
+set initiator-iqn {{arg .InitiatorIQN}}
+{{- with .CHAP}}
+set username {{arg .User}}
+set password {{arg .Secret}}
+{{- end}}
+{{- with .MutualCHAP}}
+set reverse-username {{arg .User}}
+set reverse-password {{arg .Secret}}
+{{- end}}
+sanboot {{url .SANURI}} || goto failed
+exit
+`+retry)
+
+// Kernel mode: the HOWTO's "without GRUB" boot. ISCSI_* are read by
+// open-iscsi's initramfs script (the kernel passes unknown KEY=VALUE
+// parameters to init's environment); initrd=initrd names the initrd for
+// EFI-stub kernels.
+var kernelScript = mustTemplate("kernel", `#!ipxe
+# diskless: {{arg .Name}} ({{arg .MACText}}) boots a kernel, root on iSCSI {{arg .TargetIQN}}
+kernel {{url .KernelURL}}
+{{- if .InitrdURL}} initrd=initrd{{end}} ISCSI_INITIATOR={{arg .InitiatorIQN}} ISCSI_TARGET_NAME={{arg .TargetIQN}} ISCSI_TARGET_IP={{arg .Server}} ISCSI_TARGET_PORT={{port .Port}} ISCSI_TARGET_GROUP={{port .Group}}
+{{- with .CHAP}} ISCSI_USERNAME={{arg .User}} ISCSI_PASSWORD={{arg .Secret}}{{end}}
+{{- with .MutualCHAP}} ISCSI_IN_USERNAME={{arg .User}} ISCSI_IN_PASSWORD={{arg .Secret}}{{end}} ip=dhcp
+{{- if .Cmdline}} {{line .Cmdline}}{{end}} || goto failed
+{{- if .InitrdURL}}
+initrd --name initrd {{url .InitrdURL}} || goto failed
+{{- end}}
+boot || goto failed
+`+retry)
+
+// Local disk: on BIOS, boot drive 0x80 without describing a SAN disk; on
+// UEFI (and if that fails) exit, so the firmware tries its next boot
+// option.
+const localBoot = `iseq ${platform} pcbios && sanboot --no-describe --drive 0x80 ||
+exit
+`
+
+var localScript = mustTemplate("local", `#!ipxe
+# diskless: this machine is not configured; booting from local disk
+echo diskless: ${netX/mac} is not configured, booting from local disk
+`+localBoot)
+
+var menuScript = mustTemplate("menu", `#!ipxe
+# diskless: this machine is not configured
+:menu
+menu diskless: ${netX/mac} is not configured
+item local  Boot from local disk
+item retry  Ask the server again
+item shell  iPXE shell
+item reboot Reboot
+choose --default local --timeout 30000 choice || goto local
+goto ${choice}
+:retry
+chain --replace --autofree {{url .ScriptURL}} || goto menu
+:shell
+shell
+goto menu
+:reboot
+reboot
+:local
+`+localBoot)
