@@ -50,6 +50,14 @@ type conn struct {
 	out        chan *outItem
 	writerDone chan struct{}
 
+	// Write side, under wmu: the batch being written and its scratch.
+	wmu         sync.Mutex
+	queuedItems atomic.Int32 // items in out or taken from it and not yet written
+	batch       []*outItem
+	frames      []byte
+	iov         [][]byte
+	wfailed     bool
+
 	// CmdSN window (RFC 7143 4.2.2.1). expCmdSN is advanced by the
 	// reader only; maxCmdSN also moves as tasks complete.
 	expCmdSN atomic.Uint32
@@ -411,25 +419,34 @@ type outItem struct {
 	release func() // after the write (success or not)
 }
 
-// send queues item for the writer.
+// send hands item to the write side. When nothing is queued or being
+// written, the caller writes it itself: at queue depth 1 that saves a
+// goroutine hand-off (and often a thread wake-up) per command. Otherwise
+// the item joins the writer goroutine's queue. Either way StatSN is
+// stamped under wmu, in the order PDUs reach the socket.
 func (c *conn) send(item *outItem) {
+	if c.queuedItems.Load() == 0 && c.wmu.TryLock() {
+		if c.queuedItems.Load() == 0 {
+			c.batch = append(c.batch[:0], item)
+			c.writeBatchLocked()
+			c.wmu.Unlock()
+			if item.release != nil {
+				item.release()
+			}
+			return
+		}
+		c.wmu.Unlock()
+	}
+	c.queuedItems.Add(1)
 	c.out <- item
 }
 
-// writeLoop owns the socket's write side. It takes whatever is queued,
-// stamps StatSN/ExpCmdSN/MaxCmdSN in transmission order, and writes the
-// batch with one writev. After a write error it keeps draining (releasing
-// buffers) until the queue is closed.
+// writeLoop writes what send queued: it takes everything waiting and
+// writes it as one batch. After a write error it keeps draining
+// (releasing buffers) until the queue is closed.
 func (c *conn) writeLoop() {
 	defer close(c.writerDone)
-	var (
-		failed bool
-		batch  []*outItem
-		frames []byte
-		iov    [][]byte
-		zeros  [4]byte
-	)
-	hd, dd := c.params.HeaderDigest, c.params.DataDigest
+	var batch []*outItem
 	for item := range c.out {
 		batch = append(batch[:0], item)
 	drain:
@@ -444,78 +461,95 @@ func (c *conn) writeLoop() {
 				break drain
 			}
 		}
-		if !failed {
-			n := 0
-			for _, it := range batch {
-				n += len(it.pdus)
-			}
-			// Each PDU needs at most 48+4 header bytes and 3+4 trailer
-			// bytes; frames must not grow while bufs points into it.
-			if cap(frames) < n*64 {
-				frames = make([]byte, 0, n*64)
-			}
-			frames = frames[:0]
-			iov = iov[:0]
-			exp, max := c.expCmdSN.Load(), c.maxCmdSN.Load()
-			var err error
-			for _, it := range batch {
-				for i := range it.pdus {
-					op := &it.pdus[i]
-					h := &op.bhs
-					switch op.sn {
-					case snAdvance:
-						binary.BigEndian.PutUint32(h[24:], c.statSN)
-						c.statSN++
-					case snPeek:
-						binary.BigEndian.PutUint32(h[24:], c.statSN)
-					}
-					binary.BigEndian.PutUint32(h[28:], exp)
-					binary.BigEndian.PutUint32(h[32:], max)
-					dl := len(op.data)
-					if op.file.Len > 0 {
-						dl = int(op.file.Len)
-					}
-					h[4], h[5], h[6], h[7] = 0, byte(dl>>16), byte(dl>>8), byte(dl)
-					start := len(frames)
-					frames = append(frames, h[:]...)
-					if hd {
-						frames = binary.LittleEndian.AppendUint32(frames, pdu.Digest(h[:]))
-					}
-					iov = append(iov, frames[start:len(frames):len(frames)])
-					if op.file.Len > 0 && err == nil {
-						// Headers so far go out first, then the
-						// kernel sends the data from the page cache.
-						err = c.writeIOV(iov)
-						iov = iov[:0]
-						if err == nil {
-							err = c.sendFile(op.file)
-						}
-					} else if dl > 0 {
-						iov = append(iov, op.data)
-					}
-					if pad := pdu.Pad(dl); dl > 0 && (pad > 0 || dd) {
-						tstart := len(frames)
-						frames = append(frames, zeros[:pad]...)
-						if dd {
-							frames = binary.LittleEndian.AppendUint32(frames, pdu.Digest(op.data, zeros[:pad]))
-						}
-						iov = append(iov, frames[tstart:len(frames):len(frames)])
-					}
-				}
-			}
-			if err == nil {
-				err = c.writeIOV(iov)
-			}
-			if err != nil {
-				failed = true
-				c.abort(err)
-			}
-		}
+		c.wmu.Lock()
+		c.batch = append(c.batch[:0], batch...)
+		c.writeBatchLocked()
+		c.queuedItems.Add(-int32(len(batch)))
+		c.wmu.Unlock()
 		for _, it := range batch {
 			if it.release != nil {
 				it.release()
 			}
 		}
+	}
+}
+
+// writeBatchLocked stamps the sequence numbers of c.batch and writes it
+// with as few syscalls as it can: one writev, split only around file data
+// sent with sendfile. Called with c.wmu held.
+func (c *conn) writeBatchLocked() {
+	if c.wfailed {
+		return
+	}
+	hd, dd := c.params.HeaderDigest, c.params.DataDigest
+	var zeros [4]byte
+	n := 0
+	for _, it := range c.batch {
+		n += len(it.pdus)
+	}
+	// Each PDU needs at most 48+4 header bytes and 3+4 trailer bytes;
+	// frames must not grow while iov points into it.
+	if cap(c.frames) < n*64 {
+		c.frames = make([]byte, 0, n*64)
+	}
+	frames := c.frames[:0]
+	iov := c.iov[:0]
+	exp, max := c.expCmdSN.Load(), c.maxCmdSN.Load()
+	var err error
+	for _, it := range c.batch {
+		for i := range it.pdus {
+			op := &it.pdus[i]
+			h := &op.bhs
+			switch op.sn {
+			case snAdvance:
+				binary.BigEndian.PutUint32(h[24:], c.statSN)
+				c.statSN++
+			case snPeek:
+				binary.BigEndian.PutUint32(h[24:], c.statSN)
+			}
+			binary.BigEndian.PutUint32(h[28:], exp)
+			binary.BigEndian.PutUint32(h[32:], max)
+			dl := len(op.data)
+			if op.file.Len > 0 {
+				dl = int(op.file.Len)
+			}
+			h[4], h[5], h[6], h[7] = 0, byte(dl>>16), byte(dl>>8), byte(dl)
+			start := len(frames)
+			frames = append(frames, h[:]...)
+			if hd {
+				frames = binary.LittleEndian.AppendUint32(frames, pdu.Digest(h[:]))
+			}
+			iov = append(iov, frames[start:len(frames):len(frames)])
+			if op.file.Len > 0 && err == nil {
+				// Headers so far go out first, then the kernel
+				// sends the data from the page cache.
+				err = c.writeIOV(iov)
+				iov = iov[:0]
+				if err == nil {
+					err = c.sendFile(op.file)
+				}
+			} else if dl > 0 {
+				iov = append(iov, op.data)
+			}
+			if pad := pdu.Pad(dl); dl > 0 && (pad > 0 || dd) {
+				tstart := len(frames)
+				frames = append(frames, zeros[:pad]...)
+				if dd {
+					frames = binary.LittleEndian.AppendUint32(frames, pdu.Digest(op.data, zeros[:pad]))
+				}
+				iov = append(iov, frames[tstart:len(frames):len(frames)])
+			}
+		}
+	}
+	if err == nil {
+		err = c.writeIOV(iov)
+	}
+	clear(iov)
+	c.iov = iov[:0]
+	clear(c.batch)
+	if err != nil {
+		c.wfailed = true
+		c.abort(err)
 	}
 }
 

@@ -7,6 +7,9 @@ import (
 	"github.com/diskless-boot/diskless/internal/scsi"
 )
 
+// sendfileMin is the smallest Data-In sent with sendfile(2).
+const sendfileMin = 64 << 10
+
 // task is one SCSI command from receipt to response (RFC 7143 4.2.2 and
 // 11.3 to 11.8).
 type task struct {
@@ -208,7 +211,11 @@ func (c *conn) progress(t *task) {
 	t.executing = true
 	c.running.Add(1)
 	c.mu.Unlock()
-	go c.execute(t)
+	if quickRead(t) {
+		c.execute(t)
+	} else {
+		go c.execute(t)
+	}
 }
 
 // solicit sends R2Ts for the data not yet requested, keeping at most
@@ -346,6 +353,24 @@ func (c *conn) dropTaskLocked(t *task) {
 	}
 }
 
+// quickRead reports a small READ without FUA: it is served from the page
+// cache in microseconds, so the reader runs it itself rather than paying
+// for a goroutine and a hand-off. Anything that may wait on the disk
+// (writes under writeback throttling, FUA, SYNCHRONIZE CACHE, UNMAP, ...)
+// runs in a goroutine of its own so the connection keeps reading.
+func quickRead(t *task) bool {
+	if t.write || !t.cmd.Read || t.edtl > 64<<10 {
+		return false
+	}
+	switch op := t.cmd.CDB[0]; op {
+	case 0x08: // READ(6)
+		return true
+	case 0x28, 0xa8, 0x88: // READ(10), READ(12), READ(16)
+		return t.cmd.CDB[1]&0x08 == 0 // no FUA
+	}
+	return false
+}
+
 // execute runs a task in the SCSI layer and queues its response.
 func (c *conn) execute(t *task) {
 	defer c.running.Done()
@@ -359,7 +384,9 @@ func (c *conn) execute(t *task) {
 		sc.DataOut = t.buf
 	} else if t.cmd.Read {
 		sc.DataIn = t.buf
-		sc.FileDataIn = c.rawConn != nil && !c.params.DataDigest
+		// sendfile costs a syscall of its own per PDU; below this size
+		// copying into the one writev is cheaper than that.
+		sc.FileDataIn = c.rawConn != nil && !c.params.DataDigest && t.edtl >= sendfileMin
 	}
 	res := c.sess.target.SCSI.Execute(&sc)
 
