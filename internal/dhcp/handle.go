@@ -1,0 +1,308 @@
+package dhcp
+
+import (
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/insomniacslk/dhcp/iana"
+)
+
+// result is what handling one datagram produced.
+type result struct {
+	kind  int
+	out   outcome
+	reply []byte         // nil: send nothing
+	dst   netip.AddrPort // where reply goes
+	op    string         // for logs: offer, ack, nak, proxy-offer, pxe-ack, ...
+	mac   string
+}
+
+// handle decodes one datagram from src and decides the reply. It does no
+// I/O other than the lease file. pxePort tells a PXE port (4011) socket.
+func (s *Server) handle(b []byte, src netip.AddrPort, pxePort bool) result {
+	req, err := dhcpv4.FromBytes(b)
+	if err != nil {
+		s.debug("dhcp: undecodable packet", "ip", src.Addr().String(), "err", err)
+		return result{kind: kindInvalid, out: outMalformed}
+	}
+	mt := req.MessageType()
+	r := result{kind: kindOf(mt)}
+	if req.OpCode != dhcpv4.OpcodeBootRequest {
+		r.out = outIgnored // replies of other servers, our own looped broadcasts
+		return r
+	}
+	mac, ok := toHW(req.ClientHWAddr)
+	if !ok || req.HWType != iana.HWTypeEthernet {
+		// Only Ethernet: leases and reservations are keyed by a 6-byte MAC.
+		s.warn("dhcp: not an Ethernet client", "ip", src.Addr().String(), "op", mt.String())
+		r.out = outMalformed
+		return r
+	}
+	r.mac = mac.String()
+	if req.HopCount > 16 {
+		r.out = outMalformed // RFC 1542 4.1.1: relays drop beyond 16 hops, so do we
+		return r
+	}
+	if mt == 0 {
+		r.out = outIgnored // BOOTP (no option 53) is not served
+		return r
+	}
+	ci := classify(req)
+
+	if pxePort {
+		return s.handleBootServer(req, &ci, src, r)
+	}
+	if s.cfg.Mode == ModeProxy {
+		return s.handleProxy(req, &ci, r)
+	}
+	return s.handleFull(req, &ci, mac, r)
+}
+
+// handleProxy answers a DISCOVER from a network-boot client with a
+// proxyDHCP offer: boot information, no address (PXE 2.1 2.2.5). The
+// client's REQUEST on port 67 is for the site's server.
+func (s *Server) handleProxy(req *dhcpv4.DHCPv4, ci *ClientInfo, r result) result {
+	if req.MessageType() != dhcpv4.MessageTypeDiscover {
+		r.out = outIgnored
+		return r
+	}
+	if !ci.PXE && !ci.HTTPClient {
+		r.out = outNotPXE
+		return r
+	}
+	boot, ok := s.decide(ci)
+	if !ok {
+		r.out = outIgnored
+		return r
+	}
+	rep := s.newReply(req, dhcpv4.MessageTypeOffer)
+	s.addProxyBoot(rep, req, ci, &boot, true)
+	r.op = "proxy-offer"
+	return s.finish(r, rep, s.replyDest(req, dhcpv4.MessageTypeOffer), ci, &boot)
+}
+
+// handleBootServer answers a REQUEST on port 4011 (PXE 2.1 2.2.7, the
+// "BINL" step of EDK2's PxeBcRetryBinlOffer and iPXE's ProxyDHCPREQUEST)
+// with an ACK carrying the boot file.
+func (s *Server) handleBootServer(req *dhcpv4.DHCPv4, ci *ClientInfo, src netip.AddrPort, r result) result {
+	if mt := req.MessageType(); mt != dhcpv4.MessageTypeRequest && mt != dhcpv4.MessageTypeInform {
+		r.out = outIgnored
+		return r
+	}
+	if !ci.PXE && !ci.HTTPClient {
+		r.out = outNotPXE
+		return r
+	}
+	boot, ok := s.decide(ci)
+	if !ok {
+		r.out = outIgnored
+		return r
+	}
+	rep := s.newReply(req, dhcpv4.MessageTypeAck)
+	rep.ClientIPAddr = req.ClientIPAddr
+	s.addProxyBoot(rep, req, ci, &boot, false)
+	if item, ok := bootItem(req); ok {
+		// A boot server echoes the boot item it serves (PXE 2.1 2.2.7).
+		rep.Options[optPXEVendor] = append([]byte{pxeBootItem, 4}, append(append([]byte(nil), item...), 255)...)
+	}
+	// The client has an address now and listens where it sent from: EDK2
+	// sends from and listens on 4011, iPXE on 68.
+	dst := src
+	if !dst.Addr().IsValid() || dst.Addr().IsUnspecified() || dst.Port() == 0 {
+		dst = s.replyDest(req, dhcpv4.MessageTypeAck)
+	}
+	r.op = "pxe-ack"
+	return s.finish(r, rep, dst, ci, &boot)
+}
+
+// handleFull is the full-mode server (RFC 2131 4.3).
+func (s *Server) handleFull(req *dhcpv4.DHCPv4, ci *ClientInfo, mac hwaddr, r result) result {
+	if ci.Relay.IsValid() && !s.cfg.Subnet.Contains(ci.Relay) {
+		// The pool belongs to our own link; a relay from another subnet
+		// would need a pool there.
+		s.debug("dhcp: relayed request from a subnet without pool", "mac", r.mac, "ip", ci.Relay.String())
+		r.out = outIgnored
+		return r
+	}
+	now := s.now()
+	switch req.MessageType() {
+	case dhcpv4.MessageTypeDiscover:
+		ip, ok := s.leases.offer(mac, addrOf(req.RequestedIPAddress()), now)
+		if !ok {
+			s.warn("dhcp: no address left to offer", "op", "offer", "mac", r.mac)
+			r.out = outNoAddress
+			return r
+		}
+		rep := s.newReply(req, dhcpv4.MessageTypeOffer)
+		rep.YourIPAddr = net.IP(ip.AsSlice())
+		s.addLeaseOptions(rep, mac, true)
+		boot, ok := s.fullBoot(rep, req, ci)
+		r.op = "offer"
+		return s.finish(r, rep, s.replyDest(req, dhcpv4.MessageTypeOffer), ci, boot.orNil(ok))
+
+	case dhcpv4.MessageTypeRequest:
+		return s.handleRequest(req, ci, mac, r, now)
+
+	case dhcpv4.MessageTypeRelease:
+		// RFC 2131 4.3.4: identified by ciaddr; no reply.
+		if gen := s.leases.release(mac, addrOf(req.ClientIPAddr), now); gen != 0 {
+			if err := s.leases.sync(gen, s.now); err != nil {
+				s.errorf("dhcp: lease file", "op", "release", "mac", r.mac, "err", err)
+				r.out = outError
+				return r
+			}
+			s.info("dhcp: released", "op", "release", "mac", r.mac, "ip", addrOf(req.ClientIPAddr).String())
+		}
+		r.out = outDone
+		return r
+
+	case dhcpv4.MessageTypeDecline:
+		// RFC 2131 4.3.3: the requested-address option names the address.
+		ip := addrOf(req.RequestedIPAddress())
+		if sid := addrOf(req.ServerIdentifier()); sid.IsValid() && sid != s.cfg.ServerIP {
+			r.out = outIgnored
+			return r
+		}
+		if gen := s.leases.decline(mac, ip, now); gen != 0 {
+			s.warn("dhcp: address declined, in use by another host", "op", "decline", "mac", r.mac, "ip", ip.String())
+			if err := s.leases.sync(gen, s.now); err != nil {
+				s.errorf("dhcp: lease file", "op", "decline", "mac", r.mac, "err", err)
+				r.out = outError
+				return r
+			}
+		}
+		r.out = outDone
+		return r
+
+	case dhcpv4.MessageTypeInform:
+		// RFC 2131 4.3.5: configuration only; no lease time, no yiaddr.
+		rep := s.newReply(req, dhcpv4.MessageTypeAck)
+		rep.ClientIPAddr = req.ClientIPAddr
+		s.addLeaseOptions(rep, mac, false)
+		r.op = "inform-ack"
+		return s.finish(r, rep, s.replyDest(req, dhcpv4.MessageTypeAck), ci, nil)
+	}
+	r.out = outIgnored
+	return r
+}
+
+// handleRequest is RFC 2131 4.3.2: a REQUEST in SELECTING (server
+// identifier), INIT-REBOOT (requested address, no ciaddr) or
+// RENEWING/REBINDING (ciaddr) state. The server is authoritative for its
+// link: an INIT-REBOOT or RENEW for a free address it has no record of is
+// granted rather than left unanswered, so a client keeps its address across
+// a lost lease file.
+func (s *Server) handleRequest(req *dhcpv4.DHCPv4, ci *ClientInfo, mac hwaddr, r result, now time.Time) result {
+	sid := addrOf(req.ServerIdentifier())
+	requested := addrOf(req.RequestedIPAddress())
+	ciaddr := addrOf(req.ClientIPAddr)
+	var ip netip.Addr
+	switch {
+	case sid.IsValid():
+		if sid != s.cfg.ServerIP {
+			s.leases.forgetOffer(mac) // the client chose another server
+			r.out = outIgnored
+			return r
+		}
+		ip = requested
+		if !ip.IsValid() {
+			ip = ciaddr
+		}
+	case requested.IsValid() && !ciaddr.IsValid():
+		ip = requested
+	case ciaddr.IsValid():
+		ip = ciaddr
+	}
+	if !ip.IsValid() {
+		s.warn("dhcp: REQUEST names no address", "op", "request", "mac", r.mac)
+		r.out = outMalformed
+		return r
+	}
+	res := s.leases.bind(mac, ip, ci.Hostname, now)
+	if res.nak != "" {
+		rep := s.newReply(req, dhcpv4.MessageTypeNak)
+		rep.Options[uint8(dhcpv4.OptionMessage)] = []byte(res.nak)
+		if !req.GatewayIPAddr.Equal(net.IPv4zero) {
+			rep.SetBroadcast() // RFC 2131 4.1: so the relay broadcasts the NAK
+		}
+		s.warn("dhcp: nak", "op", "nak", "mac", r.mac, "ip", ip.String(), "err", res.nak)
+		r.op = "nak"
+		r.out = outAnswered
+		r.reply, r.dst = rep.ToBytes(), s.replyDest(req, dhcpv4.MessageTypeNak)
+		return r
+	}
+	if err := s.leases.sync(res.gen, s.now); err != nil {
+		s.errorf("dhcp: lease file, not acknowledging", "op", "ack", "mac", r.mac, "ip", ip.String(), "err", err)
+		r.out = outError
+		return r
+	}
+	rep := s.newReply(req, dhcpv4.MessageTypeAck)
+	rep.ClientIPAddr = req.ClientIPAddr
+	rep.YourIPAddr = net.IP(ip.AsSlice())
+	s.addLeaseOptions(rep, mac, true)
+	boot, ok := s.fullBoot(rep, req, ci)
+	r.op = "ack"
+	return s.finish(r, rep, s.replyDest(req, dhcpv4.MessageTypeAck), ci, boot.orNil(ok))
+}
+
+// finish encodes rep and logs the answer per client.
+func (s *Server) finish(r result, rep *dhcpv4.DHCPv4, dst netip.AddrPort, ci *ClientInfo, boot *Boot) result {
+	r.reply, r.dst, r.out = rep.ToBytes(), dst, outAnswered
+	args := []any{"op", r.op, "mac", r.mac}
+	if y := addrOf(rep.YourIPAddr); y.IsValid() {
+		args = append(args, "ip", y.String())
+	}
+	if ci.Netboot() {
+		args = append(args, "arch", ci.Arch.String())
+		if ci.IPXE {
+			args = append(args, "ipxe", true)
+		}
+	}
+	if boot != nil {
+		args = append(args, "file", boot.Filename)
+	}
+	s.info("dhcp: "+r.op, args...)
+	return r
+}
+
+// decide asks the boot policy about a network-boot client and checks the
+// answer. A bad answer is logged and treated as "no boot".
+func (s *Server) decide(ci *ClientInfo) (Boot, bool) {
+	if s.cfg.Boot == nil || !ci.Netboot() {
+		return Boot{}, false
+	}
+	b, ok := s.cfg.Boot(*ci)
+	if !ok {
+		s.debug("dhcp: boot policy says no", "mac", ci.MAC.String(), "arch", ci.Arch.String())
+		return Boot{}, false
+	}
+	if err := b.check(ci); err != nil {
+		s.warn("dhcp: boot policy answer unusable", "mac", ci.MAC.String(), "arch", ci.Arch.String(), "err", err)
+		return Boot{}, false
+	}
+	b.NextServer = b.NextServer.Unmap()
+	if !b.NextServer.IsValid() {
+		b.NextServer = s.cfg.ServerIP
+	}
+	return b, true
+}
+
+func (b Boot) orNil(ok bool) *Boot {
+	if !ok {
+		return nil
+	}
+	return &b
+}
+
+// debug logs at debug level; cheap when debug is off.
+func (s *Server) debug(msg string, args ...any) { s.log.Debug(msg, args...) }
+
+func addrOf(ip net.IP) netip.Addr {
+	v4 := ip.To4()
+	if v4 == nil || v4.IsUnspecified() {
+		return netip.Addr{}
+	}
+	return netip.AddrFrom4([4]byte(v4))
+}

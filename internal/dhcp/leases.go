@@ -1,0 +1,494 @@
+package dhcp
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+)
+
+// lease binds an address to a client until Expires. An expired lease stays
+// as the client's previous binding until its address goes to another
+// client, so a returning client gets its old address (RFC 2131 4.3.1).
+type lease struct {
+	mac      hwaddr
+	ip       netip.Addr
+	expires  time.Time
+	hostname string
+}
+
+type offer struct {
+	ip    netip.Addr
+	until time.Time
+}
+
+// leaseDB is the address state of full mode. Every map is bounded by the
+// number of addresses in the subnet. Safe for concurrent use.
+type leaseDB struct {
+	cfg *Config
+
+	mu           sync.Mutex
+	byMAC        map[hwaddr]*lease
+	byIP         map[netip.Addr]*lease
+	offers       map[hwaddr]offer
+	offered      map[netip.Addr]hwaddr
+	declined     map[netip.Addr]time.Time
+	reservedMAC  map[hwaddr]Reservation
+	reservedIP   map[netip.Addr]hwaddr
+	first, count uint32 // pool: count addresses from first
+	cursor       uint32 // next pool offset to try for a never-used address
+	gen          uint64 // bumped by every change that must reach the lease file
+
+	// Group commit: one writer at a time writes a snapshot of everything up
+	// to some gen; waiters for older gens are done by that write.
+	file    string
+	pmu     sync.Mutex
+	pcond   *sync.Cond
+	writing bool
+	written uint64
+}
+
+func newLeaseDB(cfg *Config) *leaseDB {
+	db := &leaseDB{
+		cfg:         cfg,
+		byMAC:       map[hwaddr]*lease{},
+		byIP:        map[netip.Addr]*lease{},
+		offers:      map[hwaddr]offer{},
+		offered:     map[netip.Addr]hwaddr{},
+		declined:    map[netip.Addr]time.Time{},
+		reservedMAC: map[hwaddr]Reservation{},
+		reservedIP:  map[netip.Addr]hwaddr{},
+		file:        cfg.LeaseFile,
+	}
+	db.pcond = sync.NewCond(&db.pmu)
+	if cfg.PoolStart.IsValid() {
+		db.first = u32(cfg.PoolStart)
+		db.count = u32(cfg.PoolEnd) - db.first + 1
+	}
+	for _, r := range cfg.Reservations {
+		m, _ := toHW(r.MAC)
+		db.reservedMAC[m] = r
+		db.reservedIP[r.IP] = m
+	}
+	return db
+}
+
+func (db *leaseDB) inPool(ip netip.Addr) bool {
+	return ip.Is4() && u32(ip)-db.first < db.count
+}
+
+// validFor reports whether ip may be bound to mac at all: a reservation of
+// mac, or a pool address that is not excluded and not reserved for another.
+func (db *leaseDB) validFor(ip netip.Addr, mac hwaddr) bool {
+	if !ip.Is4() || !db.cfg.Subnet.Contains(ip) || db.cfg.excluded(ip) {
+		return false
+	}
+	if owner, ok := db.reservedIP[ip]; ok {
+		return owner == mac
+	}
+	return db.inPool(ip)
+}
+
+// freeFor reports whether nobody else holds ip now: no unexpired lease or
+// offer of another client and no recent DECLINE. Caller holds mu.
+func (db *leaseDB) freeFor(ip netip.Addr, mac hwaddr, now time.Time) bool {
+	if l := db.byIP[ip]; l != nil && l.mac != mac && now.Before(l.expires) {
+		return false
+	}
+	if m, ok := db.offered[ip]; ok && m != mac && now.Before(db.offers[m].until) {
+		return false
+	}
+	if t, ok := db.declined[ip]; ok && now.Before(t) {
+		return false
+	}
+	return true
+}
+
+// offer picks an address for a DISCOVER from mac and holds it for a while
+// (RFC 2131 4.3.1): the reservation; else the client's current or previous
+// binding; else the address it was offered; else the one it asks for; else
+// a never-used pool address; else the longest-expired one.
+func (db *leaseDB) offer(mac hwaddr, requested netip.Addr, now time.Time) (netip.Addr, bool) {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	ip, ok := db.pick(mac, requested, now)
+	if !ok {
+		return netip.Addr{}, false
+	}
+	if o, had := db.offers[mac]; had && o.ip != ip && db.offered[o.ip] == mac {
+		delete(db.offered, o.ip)
+	}
+	db.offers[mac] = offer{ip: ip, until: now.Add(offerHold)}
+	db.offered[ip] = mac
+	return ip, true
+}
+
+func (db *leaseDB) pick(mac hwaddr, requested netip.Addr, now time.Time) (netip.Addr, bool) {
+	if r, ok := db.reservedMAC[mac]; ok {
+		return r.IP, true
+	}
+	usable := func(ip netip.Addr) bool { return db.validFor(ip, mac) && db.freeFor(ip, mac, now) }
+	if l := db.byMAC[mac]; l != nil && usable(l.ip) {
+		return l.ip, true
+	}
+	if o, ok := db.offers[mac]; ok && usable(o.ip) {
+		return o.ip, true
+	}
+	if requested.IsValid() && usable(requested) && db.byIP[requested] == nil {
+		return requested, true
+	}
+	for i := uint32(0); i < db.count; i++ {
+		off := (db.cursor + i) % db.count
+		ip := fromU32(db.first + off)
+		if db.byIP[ip] == nil && usable(ip) {
+			db.cursor = (off + 1) % db.count
+			return ip, true
+		}
+	}
+	var best *lease
+	for _, l := range db.byIP {
+		if now.Before(l.expires) || !usable(l.ip) {
+			continue
+		}
+		if best == nil || l.expires.Before(best.expires) || (l.expires.Equal(best.expires) && l.ip.Less(best.ip)) {
+			best = l
+		}
+	}
+	if best != nil {
+		return best.ip, true
+	}
+	return netip.Addr{}, false
+}
+
+// ackResult is the outcome of binding an address.
+type ackResult struct {
+	gen uint64 // wait for this gen to be written before sending the ACK
+	nak string // non-empty: refuse with this reason (DHCPNAK option 56)
+}
+
+// bind binds ip to mac for a REQUEST (RFC 2131 4.3.2), creating or extending
+// the lease, or says why not.
+func (db *leaseDB) bind(mac hwaddr, ip netip.Addr, hostname string, now time.Time) ackResult {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	if r, ok := db.reservedMAC[mac]; ok && r.IP != ip {
+		return ackResult{nak: "address reserved for this client is " + r.IP.String()}
+	}
+	if !db.validFor(ip, mac) {
+		return ackResult{nak: "requested address not valid here"}
+	}
+	if !db.freeFor(ip, mac, now) {
+		return ackResult{nak: "requested address in use"}
+	}
+	if old := db.byMAC[mac]; old != nil && old.ip != ip {
+		delete(db.byIP, old.ip)
+		delete(db.byMAC, mac)
+	}
+	if old := db.byIP[ip]; old != nil && old.mac != mac {
+		delete(db.byMAC, old.mac) // expired lease of another client
+	}
+	l := db.byMAC[mac]
+	if l == nil {
+		l = &lease{mac: mac, ip: ip}
+		db.byMAC[mac] = l
+		db.byIP[ip] = l
+	}
+	l.expires = now.Add(db.cfg.LeaseTime)
+	if len(hostname) <= 255 {
+		l.hostname = hostname
+	}
+	if o, ok := db.offers[mac]; ok {
+		if db.offered[o.ip] == mac {
+			delete(db.offered, o.ip)
+		}
+		delete(db.offers, mac)
+	}
+	db.gen++
+	return ackResult{gen: db.gen}
+}
+
+// forgetOffer drops the offer held for mac: it took another server's
+// (RFC 2131 4.3.2, SELECTING with a foreign server identifier).
+func (db *leaseDB) forgetOffer(mac hwaddr) {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	if o, ok := db.offers[mac]; ok {
+		if db.offered[o.ip] == mac {
+			delete(db.offered, o.ip)
+		}
+		delete(db.offers, mac)
+	}
+}
+
+// release ends mac's lease of ip (RFC 2131 4.3.4); the binding stays as the
+// client's previous one. It returns the gen to write, or 0 if nothing changed.
+func (db *leaseDB) release(mac hwaddr, ip netip.Addr, now time.Time) uint64 {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	l := db.byMAC[mac]
+	if l == nil || l.ip != ip || !now.Before(l.expires) {
+		return 0
+	}
+	l.expires = now
+	db.gen++
+	return db.gen
+}
+
+// decline marks ip as in use by someone unknown (RFC 2131 4.3.3): not
+// handed out for a while, and mac loses its lease or offer of it. Only the
+// client the address was given to can decline it, so no client can take
+// addresses out of the pool by declining them.
+func (db *leaseDB) decline(mac hwaddr, ip netip.Addr, now time.Time) uint64 {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	held := false
+	if l := db.byMAC[mac]; l != nil && l.ip == ip {
+		delete(db.byMAC, mac)
+		delete(db.byIP, ip)
+		held = true
+	}
+	if o, ok := db.offers[mac]; ok && o.ip == ip {
+		delete(db.offers, mac)
+		if db.offered[ip] == mac {
+			delete(db.offered, ip)
+		}
+		held = true
+	}
+	if !held {
+		return 0
+	}
+	db.declined[ip] = now.Add(declineHold)
+	db.gen++
+	return db.gen
+}
+
+// activeLeases returns the unexpired leases, for tests and status.
+func (db *leaseDB) activeLeases(now time.Time) map[string]netip.Addr {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	m := map[string]netip.Addr{}
+	for _, l := range db.byMAC {
+		if now.Before(l.expires) {
+			m[l.mac.String()] = l.ip
+		}
+	}
+	return m
+}
+
+// The lease file, JSON so an admin can read it.
+type leaseFile struct {
+	Version  int              `json:"version"`
+	Leases   []leaseRecord    `json:"leases"`
+	Declined []declinedRecord `json:"declined,omitempty"`
+}
+
+type leaseRecord struct {
+	MAC      string    `json:"mac"`
+	IP       string    `json:"ip"`
+	Expires  time.Time `json:"expires"`
+	Hostname string    `json:"hostname,omitempty"`
+}
+
+type declinedRecord struct {
+	IP    string    `json:"ip"`
+	Until time.Time `json:"until"`
+}
+
+const (
+	leaseFileVersion = 1
+	maxLeaseFile     = 64 << 20
+)
+
+// load reads the lease file. Leases the configuration no longer allows
+// (address outside the pool, now reserved for another MAC) are dropped and
+// reported; a missing file is an empty database; a corrupt one is an error,
+// because starting empty could hand out addresses twice.
+func (db *leaseDB) load(now time.Time) (dropped []string, err error) {
+	if db.file == "" {
+		return nil, nil
+	}
+	f, err := os.Open(db.file)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("dhcp: lease file: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("dhcp: lease file: %w", err)
+	}
+	if st.Size() > maxLeaseFile {
+		return nil, fmt.Errorf("dhcp: lease file %s: %d bytes is too large", db.file, st.Size())
+	}
+	var lf leaseFile
+	dec := json.NewDecoder(f)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&lf); err != nil {
+		return nil, fmt.Errorf("dhcp: lease file %s: %w", db.file, err)
+	}
+	if lf.Version != leaseFileVersion {
+		return nil, fmt.Errorf("dhcp: lease file %s: version %d, want %d", db.file, lf.Version, leaseFileVersion)
+	}
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	for _, r := range lf.Leases {
+		hw, err1 := net.ParseMAC(r.MAC)
+		ip, err2 := netip.ParseAddr(r.IP)
+		mac, ok := toHW(hw)
+		if err1 != nil || err2 != nil || !ok {
+			return nil, fmt.Errorf("dhcp: lease file %s: bad lease %q %q", db.file, r.MAC, r.IP)
+		}
+		if !db.validFor(ip, mac) {
+			dropped = append(dropped, fmt.Sprintf("%s %s: address no longer valid for this client", r.MAC, r.IP))
+			continue
+		}
+		if res, ok := db.reservedMAC[mac]; ok && res.IP != ip {
+			dropped = append(dropped, fmt.Sprintf("%s %s: client now has reservation %s", r.MAC, r.IP, res.IP))
+			continue
+		}
+		if old := db.byIP[ip]; old != nil {
+			if !r.Expires.After(old.expires) {
+				continue
+			}
+			delete(db.byMAC, old.mac)
+		}
+		if old := db.byMAC[mac]; old != nil {
+			if !r.Expires.After(old.expires) {
+				continue
+			}
+			delete(db.byIP, old.ip)
+		}
+		l := &lease{mac: mac, ip: ip, expires: r.Expires, hostname: r.Hostname}
+		db.byMAC[mac], db.byIP[ip] = l, l
+	}
+	for _, d := range lf.Declined {
+		ip, err := netip.ParseAddr(d.IP)
+		if err != nil {
+			return nil, fmt.Errorf("dhcp: lease file %s: bad declined address %q", db.file, d.IP)
+		}
+		if now.Before(d.Until) && db.cfg.Subnet.Contains(ip) {
+			db.declined[ip] = d.Until
+		}
+	}
+	if len(dropped) > 0 {
+		db.gen++
+	}
+	return dropped, nil
+}
+
+// encodeLocked renders the database for the lease file. Caller holds mu.
+func (db *leaseDB) encodeLocked(now time.Time) ([]byte, error) {
+	lf := leaseFile{Version: leaseFileVersion, Leases: make([]leaseRecord, 0, len(db.byIP))}
+	ips := make([]netip.Addr, 0, len(db.byIP))
+	for ip := range db.byIP {
+		ips = append(ips, ip)
+	}
+	slices.SortFunc(ips, netip.Addr.Compare)
+	for _, ip := range ips {
+		l := db.byIP[ip]
+		lf.Leases = append(lf.Leases, leaseRecord{MAC: l.mac.String(), IP: ip.String(), Expires: l.expires.UTC(), Hostname: l.hostname})
+	}
+	ips = ips[:0]
+	for ip, t := range db.declined {
+		if now.Before(t) {
+			ips = append(ips, ip)
+		}
+	}
+	slices.SortFunc(ips, netip.Addr.Compare)
+	for _, ip := range ips {
+		lf.Declined = append(lf.Declined, declinedRecord{IP: ip.String(), Until: db.declined[ip].UTC()})
+	}
+	return json.Marshal(&lf)
+}
+
+// sync returns once every change up to gen is in the lease file
+// (RFC 2131 4.3.2: a server commits a binding to persistent storage before
+// it sends the DHCPACK). Concurrent callers share writes.
+func (db *leaseDB) sync(gen uint64, now func() time.Time) error {
+	if db.file == "" || gen == 0 {
+		return nil
+	}
+	db.pmu.Lock()
+	defer db.pmu.Unlock()
+	for db.written < gen {
+		if db.writing {
+			db.pcond.Wait()
+			continue
+		}
+		db.writing = true
+		db.pmu.Unlock()
+		db.mu.Lock()
+		target := db.gen
+		data, err := db.encodeLocked(now())
+		db.mu.Unlock()
+		if err == nil {
+			err = writeFileAtomic(db.file, data)
+		}
+		db.pmu.Lock()
+		db.writing = false
+		if err == nil && target > db.written {
+			db.written = target
+		}
+		db.pcond.Broadcast()
+		if err != nil {
+			return fmt.Errorf("dhcp: write lease file: %w", err)
+		}
+	}
+	return nil
+}
+
+func (db *leaseDB) currentGen() uint64 {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	return db.gen
+}
+
+// writeFileAtomic replaces name with data so that a crash leaves either the
+// old or the new file: write a temporary file beside it, fsync, rename,
+// fsync the directory.
+func writeFileAtomic(name string, data []byte) error {
+	dir := filepath.Dir(name)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(name)+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if _, err := f.Write(data); err != nil {
+		return err
+	}
+	if err := f.Chmod(0o644); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, name); err != nil {
+		return err
+	}
+	ok = true
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

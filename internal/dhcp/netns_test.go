@@ -1,0 +1,265 @@
+//go:build linux
+
+package dhcp
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+	"golang.org/x/sys/unix"
+)
+
+// testNet is two network namespaces made for one test: "srv" with the
+// server, "cli" with the clients, joined by two veth pairs. Only the first
+// pair (srvIf-cliIf) is served; the second (srvIf2-cliIf2) is a link the
+// server must not answer on.
+type testNet struct {
+	srv, cli               string
+	srvIf, cliIf           string
+	srvIf2, cliIf2         string
+	cliMAC                 net.HardwareAddr
+	served, unservedSubnet string
+}
+
+func ipCmd(args ...string) error {
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+// newTestNet builds the namespaces, or skips the test when it cannot.
+func newTestNet(t *testing.T) *testNet {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("network namespace test needs root (ip netns add)")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("network namespace test needs the ip command (iproute2)")
+	}
+	var r [3]byte
+	rand.Read(r[:])
+	id := hex.EncodeToString(r[:])
+	n := &testNet{
+		srv: "dlsdhcp-s-" + id, cli: "dlsdhcp-c-" + id,
+		srvIf: "ds" + id, cliIf: "dc" + id, srvIf2: "dt" + id, cliIf2: "du" + id,
+	}
+	if err := ipCmd("netns", "add", n.srv); err != nil {
+		t.Skipf("cannot create a network namespace: %v", err)
+	}
+	t.Cleanup(func() { ipCmd("netns", "del", n.srv) })
+	if err := ipCmd("netns", "add", n.cli); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ipCmd("netns", "del", n.cli) })
+	steps := [][]string{
+		{"-n", n.srv, "link", "add", n.srvIf, "type", "veth", "peer", "name", n.cliIf, "netns", n.cli},
+		{"-n", n.srv, "link", "add", n.srvIf2, "type", "veth", "peer", "name", n.cliIf2, "netns", n.cli},
+		{"-n", n.srv, "addr", "add", "10.77.0.1/24", "dev", n.srvIf},
+		{"-n", n.srv, "addr", "add", "10.88.0.1/24", "dev", n.srvIf2},
+		{"-n", n.srv, "link", "set", "lo", "up"},
+		{"-n", n.srv, "link", "set", n.srvIf, "up"},
+		{"-n", n.srv, "link", "set", n.srvIf2, "up"},
+		{"-n", n.cli, "link", "set", "lo", "up"},
+		{"-n", n.cli, "link", "set", n.cliIf, "address", "52:54:00:12:34:56", "up"},
+		{"-n", n.cli, "link", "set", n.cliIf2, "up"},
+	}
+	for _, s := range steps {
+		if err := ipCmd(s...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n.cliMAC = mustMAC("52:54:00:12:34:56")
+	return n
+}
+
+// inNetns runs fn on a thread moved into network namespace ns. Sockets made
+// there stay in ns. The thread is never handed back to the scheduler: it
+// ends with its goroutine, so no other goroutine runs in ns by accident.
+func inNetns(ns string, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		f, err := os.Open("/var/run/netns/" + ns)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("setns %s: %w", ns, err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
+
+func listenIn(t *testing.T, ns, iface, addr string) net.PacketConn {
+	t.Helper()
+	var c net.PacketConn
+	if err := inNetns(ns, func() (err error) {
+		c, err = listenUDP(iface, addr)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// exchangeOn sends req to dst, again every 500 ms as clients do, and
+// waits for the reply with its xid; nil after wait.
+func exchangeOn(t *testing.T, c net.PacketConn, dst string, req *dhcpv4.DHCPv4, wait time.Duration) *dhcpv4.DHCPv4 {
+	t.Helper()
+	to, err := net.ResolveUDPAddr("udp4", dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 2048)
+	deadline := time.Now().Add(wait)
+	for time.Now().Before(deadline) {
+		if _, err := c.WriteTo(req.ToBytes(), to); err != nil {
+			t.Fatalf("send %s to %s: %v", req.MessageType(), dst, err)
+		}
+		next := time.Now().Add(500 * time.Millisecond)
+		if next.After(deadline) {
+			next = deadline
+		}
+		c.SetReadDeadline(next)
+		for {
+			n, _, err := c.ReadFrom(buf)
+			if err != nil {
+				break
+			}
+			if rep, err := dhcpv4.FromBytes(buf[:n]); err == nil && rep.TransactionID == req.TransactionID &&
+				rep.OpCode == dhcpv4.OpcodeBootReply {
+				return rep
+			}
+		}
+	}
+	return nil
+}
+
+// TestNetnsEndToEnd runs the server on real sockets bound to a veth in a
+// namespace of its own, and clients on the other end: full mode DORA,
+// then proxy mode with the boot server on 4011. Nothing touches the host's
+// interfaces.
+func TestNetnsEndToEnd(t *testing.T) {
+	n := newTestNet(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	serve := func(cfg Config, ports ...int) *Server {
+		t.Helper()
+		if err := inNetns(n.srv, func() error { return checkInterfaceAddr(n.srvIf, cfg.ServerIP) }); err != nil {
+			t.Fatal(err)
+		}
+		s, err := NewServer(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range ports {
+			var c net.PacketConn
+			if err := inNetns(n.srv, func() (err error) { c, err = Listen(n.srvIf, p); return err }); err != nil {
+				t.Fatal(err)
+			}
+			go func() {
+				var err error
+				if p == PXEPort {
+					err = s.ServePXE(ctx, c)
+				} else {
+					err = s.Serve(ctx, c)
+				}
+				if err != nil {
+					t.Errorf("serve port %d: %v", p, err)
+				}
+			}()
+		}
+		return s
+	}
+	stop := func(s *Server) {
+		sctx, scancel := context.WithTimeout(ctx, 5*time.Second)
+		defer scancel()
+		if err := s.Shutdown(sctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	cfg := fullConfig()
+	cfg.Interface = n.srvIf
+	cfg.LeaseFile = t.TempDir() + "/leases.json"
+	full := serve(cfg, ServerPort)
+
+	cli := listenIn(t, n.cli, n.cliIf, "0.0.0.0:68")
+	offer := exchangeOn(t, cli, "255.255.255.255:67", kindOVMFx64.build(n.cliMAC, dhcpv4.MessageTypeDiscover, 0xe2e1), 5*time.Second)
+	if offer == nil || offer.MessageType() != dhcpv4.MessageTypeOffer {
+		t.Fatalf("full mode: no OFFER over the veth (stats %+v)", full.Stats())
+	}
+	if offer.BootFileName != "snponly.efi" || !offer.YourIPAddr.Equal(net.IPv4(10, 77, 0, 100)) {
+		t.Errorf("offer: %s", offer.Summary())
+	}
+	ack := exchangeOn(t, cli, "255.255.255.255:67",
+		kindOVMFx64.selecting(n.cliMAC, 0xe2e1, testServerIP.AsSlice(), offer.YourIPAddr), 5*time.Second)
+	if ack == nil || ack.MessageType() != dhcpv4.MessageTypeAck || !ack.YourIPAddr.Equal(offer.YourIPAddr) {
+		t.Fatalf("full mode: no ACK: %v", ack)
+	}
+
+	// The same DISCOVER on the link the server was not told to serve
+	// gets nothing, although the server has an address there.
+	cli2 := listenIn(t, n.cli, n.cliIf2, "0.0.0.0:68")
+	if rep := exchangeOn(t, cli2, "255.255.255.255:67",
+		kindOVMFx64.build(n.cliMAC, dhcpv4.MessageTypeDiscover, 0xe2e2), 500*time.Millisecond); rep != nil {
+		t.Errorf("answered on an interface it does not serve: %s", rep.Summary())
+	}
+	if st := full.Stats(); st.Answered < 2 || st.Received != st.Answered {
+		t.Errorf("full mode stats %+v", st)
+	}
+	stop(full)
+
+	// Proxy mode: an offer without address, then the boot server REQUEST
+	// on 4011 once the client has its address from the "site" server.
+	pcfg := proxyConfig()
+	pcfg.Interface = n.srvIf
+	proxy, err := NewServer(pcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lasDone := make(chan error, 1)
+	go func() { lasDone <- inNetns(n.srv, func() error { return proxy.ListenAndServe(ctx) }) }()
+	poffer := exchangeOn(t, cli, "255.255.255.255:67", kindOVMFx64.build(n.cliMAC, dhcpv4.MessageTypeDiscover, 0xe2e3), 5*time.Second)
+	if poffer == nil || !poffer.YourIPAddr.Equal(net.IPv4zero) || string(poffer.Options[60]) != "PXEClient" {
+		t.Fatalf("proxy mode: offer %v (stats %+v)", poffer, proxy.Stats())
+	}
+	if rep := exchangeOn(t, cli, "255.255.255.255:67",
+		kindLinux.build(n.cliMAC, dhcpv4.MessageTypeDiscover, 0xe2e4), 500*time.Millisecond); rep != nil {
+		t.Errorf("proxy mode answered a client that is not PXE")
+	}
+	if err := ipCmd("-n", n.cli, "addr", "add", "10.77.0.150/24", "dev", n.cliIf); err != nil {
+		t.Fatal(err)
+	}
+	bs := listenIn(t, n.cli, n.cliIf, "0.0.0.0:4011")
+	pack := exchangeOn(t, bs, "10.77.0.1:4011",
+		kindOVMFx64.bootServerRequest(n.cliMAC, 0xe2e5, net.IPv4(10, 77, 0, 150)), 5*time.Second)
+	if pack == nil || pack.MessageType() != dhcpv4.MessageTypeAck || pack.BootFileName != "snponly.efi" {
+		t.Fatalf("proxy mode: no boot server ACK on 4011: %v (stats %+v)", pack, proxy.Stats())
+	}
+	if st := proxy.Stats(); st.Answered < 2 || st.NotPXE < 1 {
+		t.Errorf("proxy stats %+v", st)
+	}
+	stop(proxy)
+	if err := <-lasDone; err != nil {
+		t.Errorf("ListenAndServe: %v", err)
+	}
+}

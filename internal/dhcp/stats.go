@@ -1,0 +1,154 @@
+package dhcp
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+)
+
+// Packet kinds counted, by DHCP message type.
+const (
+	kindInvalid = iota // did not decode
+	kindBOOTP          // no option 53
+	kindDiscover
+	kindRequest
+	kindDecline
+	kindRelease
+	kindInform
+	kindOther // a server's message type, or an unknown one
+	numKinds
+)
+
+var kindNames = [numKinds]string{"INVALID", "BOOTP", "DISCOVER", "REQUEST", "DECLINE", "RELEASE", "INFORM", "OTHER"}
+
+func kindOf(mt dhcpv4.MessageType) int {
+	switch mt {
+	case 0:
+		return kindBOOTP
+	case dhcpv4.MessageTypeDiscover:
+		return kindDiscover
+	case dhcpv4.MessageTypeRequest:
+		return kindRequest
+	case dhcpv4.MessageTypeDecline:
+		return kindDecline
+	case dhcpv4.MessageTypeRelease:
+		return kindRelease
+	case dhcpv4.MessageTypeInform:
+		return kindInform
+	}
+	return kindOther
+}
+
+// Outcome is what became of a received packet.
+type outcome int
+
+const (
+	outAnswered  outcome = iota // a reply was sent
+	outDone                     // handled, no reply due (RELEASE, DECLINE)
+	outMalformed                // does not decode or breaks the protocol
+	outNotPXE                   // proxy mode: not a PXE/HTTP boot client
+	outIgnored                  // not for us: another server's client, a policy refusal, BOOTP, server messages
+	outNoAddress                // full mode: no address left to offer
+	outError                    // our failure: lease file, socket
+	numOutcomes
+)
+
+var outcomeNames = [numOutcomes]string{"answered", "done", "malformed", "not_pxe", "ignored", "no_address", "error"}
+
+// Stats counts received packets. The zero counts are left out of ByType.
+type Stats struct {
+	Received  uint64
+	Answered  uint64 // a reply (OFFER, ACK, NAK) went out
+	Done      uint64 // handled, no reply due (RELEASE, DECLINE)
+	Malformed uint64 // dropped: not a valid DHCP request
+	NotPXE    uint64 // dropped in proxy mode: not a network-boot client
+	Ignored   uint64 // dropped: not for this server or refused by the boot policy
+	NoAddress uint64 // dropped in full mode: pool exhausted
+	Errors    uint64 // dropped: lease file or socket failure
+	Panics    uint64 // handler panics recovered (also counted as Errors)
+	// ByType[type][outcome] splits the counts by message type ("DISCOVER",
+	// "REQUEST", "DECLINE", "RELEASE", "INFORM", "BOOTP", "OTHER",
+	// "INVALID") and outcome ("answered", "done", "malformed", "not_pxe",
+	// "ignored", "no_address", "error"): the labels of
+	// diskless_dhcp_packets_total{type,result}.
+	ByType map[string]map[string]uint64
+}
+
+type counters struct {
+	n      [numKinds][numOutcomes]atomic.Uint64
+	panics atomic.Uint64
+}
+
+func (c *counters) add(kind int, o outcome) { c.n[kind][o].Add(1) }
+
+func (c *counters) snapshot() Stats {
+	st := Stats{ByType: map[string]map[string]uint64{}, Panics: c.panics.Load()}
+	for k := range numKinds {
+		for o := range numOutcomes {
+			v := c.n[k][o].Load()
+			if v == 0 {
+				continue
+			}
+			st.Received += v
+			switch outcome(o) {
+			case outAnswered:
+				st.Answered += v
+			case outDone:
+				st.Done += v
+			case outMalformed:
+				st.Malformed += v
+			case outNotPXE:
+				st.NotPXE += v
+			case outIgnored:
+				st.Ignored += v
+			case outNoAddress:
+				st.NoAddress += v
+			case outError:
+				st.Errors += v
+			}
+			m := st.ByType[kindNames[k]]
+			if m == nil {
+				m = map[string]uint64{}
+				st.ByType[kindNames[k]] = m
+			}
+			m[outcomeNames[o]] = v
+		}
+	}
+	return st
+}
+
+// limiter is a token bucket for logs that clients can trigger, so a flood
+// of bad packets cannot flood the log. Safe for concurrent use.
+type limiter struct {
+	mu         sync.Mutex
+	rate       float64 // tokens per second
+	burst      float64
+	tokens     float64
+	last       time.Time
+	suppressed int
+}
+
+func newLimiter(rate, burst float64) *limiter {
+	return &limiter{rate: rate, burst: burst, tokens: burst}
+}
+
+// allow takes a token. It returns whether to log, and how many messages
+// were suppressed since the last one that was logged.
+func (l *limiter) allow(now time.Time) (bool, int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.last.IsZero() {
+		l.tokens = min(l.burst, l.tokens+now.Sub(l.last).Seconds()*l.rate)
+	}
+	l.last = now
+	if l.tokens < 1 {
+		l.suppressed++
+		return false, 0
+	}
+	l.tokens--
+	n := l.suppressed
+	l.suppressed = 0
+	return true, n
+}
