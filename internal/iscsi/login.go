@@ -320,6 +320,8 @@ func (ls *loginState) finish(req pdu.LoginRequest, reply []pdu.KV) error {
 	kind := "normal"
 	if ls.discovery {
 		kind = "discovery"
+	} else if hook := c.srv.cfg.OnLogin; hook != nil {
+		hook(LoginEvent{Initiator: ls.initiatorName, ISID: ls.isid, TSIH: ss.tsih, Target: key.target, Remote: c.nc.RemoteAddr()})
 	}
 	c.log.Info("iscsi login", "session", kind, "target", key.target, "tsih", ss.tsih,
 		"mrdsl", c.params.MaxRecvDataSegmentLength, "immediate_data", c.params.ImmediateData,

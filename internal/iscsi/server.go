@@ -56,6 +56,19 @@ type Config struct {
 	WriteTimeout time.Duration
 	// Logger receives the target's logs (default: discard).
 	Logger *slog.Logger
+	// OnLogin, when set, is called after each normal session's login
+	// completes, so the application can tie the session to what it knows
+	// of the initiator (e.g. the host a boot belongs to).
+	OnLogin func(LoginEvent)
+}
+
+// LoginEvent describes a completed login of a normal session.
+type LoginEvent struct {
+	Initiator string // InitiatorName
+	ISID      uint64
+	TSIH      uint16
+	Target    string // TargetName
+	Remote    net.Addr
 }
 
 func (c *Config) withDefaults() Config {
