@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -197,6 +198,15 @@ func (s *Server) AddTarget(t *Target) error {
 		return fmt.Errorf("iscsi: target %s already exists", t.Name)
 	}
 	s.targets[t.Name] = t
+	// PERSISTENT RESERVE OUT / PREEMPT AND ABORT ends the preempted
+	// nexuses' tasks on the LU (SPC-4 5.12.11.2.6); they live here.
+	t.SCSI.SetAbortTasks(func(lun uint64, victims []scsi.Nexus) {
+		for _, ss := range s.targetSessions(t) {
+			if slices.Contains(victims, ss.nexus) {
+				ss.conn.abortTasks(lun, false)
+			}
+		}
+	})
 	return nil
 }
 

@@ -211,7 +211,7 @@ func (c *conn) progress(t *task) {
 	t.executing = true
 	c.running.Add(1)
 	c.mu.Unlock()
-	if quickRead(t) {
+	if c.quick(t) {
 		c.execute(t)
 	} else {
 		go c.execute(t)
@@ -353,22 +353,13 @@ func (c *conn) dropTaskLocked(t *task) {
 	}
 }
 
-// quickRead reports a small READ without FUA: it is served from the page
-// cache in microseconds, so the reader runs it itself rather than paying
-// for a goroutine and a hand-off. Anything that may wait on the disk
-// (writes under writeback throttling, FUA, SYNCHRONIZE CACHE, UNMAP, ...)
-// runs in a goroutine of its own so the connection keeps reading.
-func quickRead(t *task) bool {
-	if t.write || !t.cmd.Read || t.edtl > 64<<10 {
-		return false
-	}
-	switch op := t.cmd.CDB[0]; op {
-	case 0x08: // READ(6)
-		return true
-	case 0x28, 0xa8, 0x88: // READ(10), READ(12), READ(16)
-		return t.cmd.CDB[1]&0x08 == 0 // no FUA
-	}
-	return false
+// quick reports a small command the SCSI layer serves from the page
+// cache (a READ, or a WRITE with the write cache on, without FUA): it takes
+// microseconds, so the reader runs it itself rather than paying for a
+// goroutine and a cross-thread hand-off. Anything that may wait for the
+// disk runs in a goroutine of its own so the connection keeps reading.
+func (c *conn) quick(t *task) bool {
+	return t.edtl <= 64<<10 && c.sess.target.SCSI.Quick(t.lun, t.cmd.CDB[:])
 }
 
 // execute runs a task in the SCSI layer and queues its response.

@@ -233,8 +233,8 @@ func (lu *LogicalUnit) prOut(c *Command, r *Result) error {
 	victims, err := lu.prOutLocked(n, sa, typ, rk, sark)
 	lu.mu.Unlock()
 	if err == nil && sa == prOutPreemptAbort && len(victims) > 0 {
-		if t := lu.target.Load(); t != nil && t.cfg.AbortTasks != nil {
-			t.cfg.AbortTasks(lu.lun.Load(), victims)
+		if t := lu.target.Load(); t != nil && t.abortTasksFunc() != nil {
+			t.abortTasksFunc()(lu.lun.Load(), victims)
 		}
 	}
 	return err

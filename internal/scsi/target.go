@@ -45,9 +45,47 @@ var ErrNoSuchLUN = errors.New("scsi: no such LUN")
 // reports TAS=0, so an aborted task just ends without status and nothing
 // in the LU changes.
 type Target struct {
-	cfg TargetConfig
-	mu  sync.Mutex // serializes AddLU/RemoveLU
-	lus atomic.Pointer[map[uint64]*LogicalUnit]
+	cfg        TargetConfig
+	mu         sync.Mutex // serializes AddLU/RemoveLU
+	lus        atomic.Pointer[map[uint64]*LogicalUnit]
+	abortTasks atomic.Pointer[func(lun uint64, victims []Nexus)]
+}
+
+// SetAbortTasks installs the transport's PREEMPT AND ABORT callback when
+// the transport is attached after the target was made (see
+// TargetConfig.AbortTasks, which it replaces).
+func (t *Target) SetAbortTasks(fn func(lun uint64, victims []Nexus)) {
+	t.abortTasks.Store(&fn)
+}
+
+func (t *Target) abortTasksFunc() func(lun uint64, victims []Nexus) {
+	if fn := t.abortTasks.Load(); fn != nil {
+		return *fn
+	}
+	return t.cfg.AbortTasks
+}
+
+// Quick reports whether cdb is a plain READ, or a WRITE while the write
+// cache is on, without FUA: such a command completes from the host's page
+// cache, so a transport may run it without handing it to another
+// goroutine. Anything that may wait for the medium (FUA, write-through,
+// SYNCHRONIZE CACHE, UNMAP, ...) is not quick.
+func (t *Target) Quick(lun uint64, cdb []byte) bool {
+	lu := t.LU(lun)
+	if lu == nil || len(cdb) == 0 {
+		return false
+	}
+	switch cdb[0] {
+	case 0x08: // READ(6)
+		return true
+	case 0x28, 0xa8, 0x88: // READ(10/12/16)
+		return !fua(cdb)
+	case 0x0a: // WRITE(6)
+		return lu.wce.Load()
+	case 0x2a, 0xaa, 0x8a: // WRITE(10/12/16)
+		return lu.wce.Load() && !fua(cdb)
+	}
+	return false
 }
 
 // NewTarget makes an empty target.
