@@ -1,0 +1,516 @@
+// Package tftp is the read-only TFTP server of diskless (RFC 1350) with
+// option negotiation (RFC 2347): blksize (RFC 2348), timeout and tsize
+// (RFC 2349) and windowsize (RFC 7440). It serves the iPXE binaries that
+// PXE firmware chainloads.
+//
+// It owns the TFTP wire format (packet.go, pure), option negotiation and
+// the transfer state machine. It does not decide which file a host boots
+// (DHCP and boot do) and never writes: write requests are refused.
+//
+// Each transfer runs in its own goroutine on its own ephemeral UDP socket
+// (its transfer ID, RFC 1350 section 4); the number of transfers is
+// bounded by Config.MaxTransfers. Octet transfers read blocks by offset
+// and buffer one packet; only streamed transfers (netascii) buffer their
+// window, at most 256 KiB.
+package tftp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// DefaultDir is the directory served by default: where Debian's ipxe
+// package installs undionly.kpxe, ipxe.efi and snponly.efi.
+const DefaultDir = "/usr/lib/ipxe"
+
+// Config configures a Server. The zero value serves DefaultDir.
+type Config struct {
+	// Dir is the directory served (default DefaultDir). It is opened with
+	// os.OpenRoot, so no request reaches outside it: not by "..", not by an
+	// absolute name, not by a symlink that points out of it.
+	Dir string
+	// FS, when set, is served instead of Dir. Names are still checked for
+	// ".." and absolute paths, but keeping symlinks inside is FS's job:
+	// (*os.Root).FS() does, os.DirFS does not.
+	FS fs.FS
+	// MaxTransfers bounds the transfers running at once (default 256).
+	MaxTransfers int
+	// DropWhenBusy, when true, silently drops requests beyond MaxTransfers
+	// so that the client retransmits its RRQ later (PXE ROMs and iPXE do).
+	// By default such a request gets ERROR 0 "server busy", which most
+	// firmware treats as fatal.
+	DropWhenBusy bool
+	// Timeout is the first retransmission timeout when the client does not
+	// negotiate one (default 1 s). It doubles after each unanswered
+	// retransmission, up to 10 s or the negotiated timeout if longer.
+	Timeout time.Duration
+	// Retries is how many times a packet is retransmitted before the
+	// transfer is abandoned (default 5).
+	Retries int
+	// MaxBlockSize caps the negotiated blksize (default 1468: a DATA packet
+	// then fills a 1500-byte Ethernet frame). Set it to the path MTU minus
+	// 32 (IPv4 20, UDP 8, TFTP 4) when the link allows more; IP
+	// fragmentation beyond it is what firmware handles worst.
+	MaxBlockSize int
+	// MaxWindowSize caps the negotiated windowsize (default and at most
+	// MaxWindowSize, 64).
+	MaxWindowSize int
+	// ListenTransfer opens the socket of one transfer. local is the address
+	// of the socket the request came in on. Default: a UDP socket on
+	// local's IP with an ephemeral port, so replies leave from the address
+	// the client sent its request to.
+	ListenTransfer func(local net.Addr) (net.PacketConn, error)
+	// Logger receives the server's logs (default: discard). Logs that
+	// clients can trigger at will are rate-limited.
+	Logger *slog.Logger
+	// OnTransfer, when set, is called once per read request that was
+	// answered (served, refused, busy, failed), when it ends. It runs on
+	// the server's goroutines and must not block.
+	OnTransfer func(TransferInfo)
+}
+
+func (c *Config) withDefaults() Config {
+	d := *c
+	if d.Dir == "" {
+		d.Dir = DefaultDir
+	}
+	if d.MaxTransfers <= 0 {
+		d.MaxTransfers = 256
+	}
+	if d.Timeout <= 0 {
+		d.Timeout = time.Second
+	}
+	if d.Retries <= 0 {
+		d.Retries = 5
+	}
+	if d.MaxBlockSize <= 0 {
+		d.MaxBlockSize = 1468
+	}
+	d.MaxBlockSize = min(max(d.MaxBlockSize, DefaultBlockSize), MaxBlockSize)
+	if d.MaxWindowSize <= 0 || d.MaxWindowSize > MaxWindowSize {
+		d.MaxWindowSize = MaxWindowSize
+	}
+	if d.ListenTransfer == nil {
+		d.ListenTransfer = listenTransfer
+	}
+	if d.Logger == nil {
+		d.Logger = slog.New(slog.DiscardHandler)
+	}
+	return d
+}
+
+// TransferInfo describes one read request and how it ended.
+type TransferInfo struct {
+	Client netip.AddrPort
+	File   string // as requested
+	Mode   string // as requested
+	// BlockSize, WindowSize and Timeout are the values in use after
+	// option negotiation; Timeout is the first retransmission timeout.
+	BlockSize   int
+	WindowSize  int
+	Timeout     time.Duration
+	Size        int64 // file size in bytes, -1 if not opened or unknown (netascii)
+	Bytes       int64 // payload bytes the client acknowledged
+	Retransmits int   // packets sent again after a timeout
+	Start       time.Time
+	Duration    time.Duration
+	// Err is nil when the client acknowledged the last block. Otherwise it
+	// is an *Error the server sent (refusal, busy), or wraps ErrTimeout,
+	// ErrClientAbort (with the client's *Error) or ErrShutdown.
+	Err error
+}
+
+// Outcomes of a transfer that did not complete.
+var (
+	ErrTimeout     = errors.New("tftp: client stopped answering")
+	ErrClientAbort = errors.New("tftp: client aborted the transfer")
+	ErrShutdown    = errors.New("tftp: server shutting down")
+)
+
+// Stats are the server's counters since New.
+type Stats struct {
+	Requests    uint64 // RRQs and WRQs parsed, duplicates and busy ones included
+	Duplicates  uint64 // RRQs repeated while their transfer runs: ignored
+	Busy        uint64 // RRQs turned away because MaxTransfers were running
+	Refused     uint64 // requests answered with an ERROR: not found, access, mode, WRQ
+	Completed   uint64 // transfers whose last block was acknowledged
+	Aborted     uint64 // transfers the client ended with an ERROR (e.g. a tsize probe)
+	TimedOut    uint64 // transfers abandoned after Retries retransmissions
+	Failed      uint64 // transfers ended by a server-side error or shutdown
+	Malformed   uint64 // packets dropped: unparsable, or an opcode not expected there
+	UnknownTID  uint64 // packets from a stranger on a transfer port (answered ERROR 5)
+	Retransmits uint64 // OACK and DATA packets sent again
+	BytesSent   uint64 // payload bytes acknowledged by clients
+	Panics      uint64 // transfers that ended in a recovered panic
+	Active      int    // transfers running now
+}
+
+type counters struct {
+	requests, duplicates, busy, refused, completed, aborted, timedOut, failed,
+	malformed, unknownTID, retransmits, bytesSent, panics atomic.Uint64
+}
+
+// Server is a read-only TFTP server. It is safe for concurrent use; one
+// Server may Serve several sockets.
+type Server struct {
+	cfg  Config
+	log  *slog.Logger
+	fsys fs.FS
+	root *os.Root // nil when Config.FS is used
+
+	// ctx is cancelled when Shutdown gives up waiting: transfers then end.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	closing   bool
+	listeners map[net.PacketConn]struct{}
+	active    map[string]struct{} // client address of each running transfer
+
+	wg           sync.WaitGroup
+	shutdownOnce sync.Once
+	stats        counters
+	warnLimit    limiter
+}
+
+// New returns a Server for cfg. It opens Config.Dir, so a missing
+// directory is an error here rather than at the first request.
+func New(cfg Config) (*Server, error) {
+	c := cfg.withDefaults()
+	s := &Server{
+		cfg:       c,
+		log:       c.Logger,
+		listeners: make(map[net.PacketConn]struct{}),
+		active:    make(map[string]struct{}),
+		warnLimit: limiter{rate: 10, burst: 20},
+	}
+	if c.FS != nil {
+		s.fsys = c.FS
+	} else {
+		root, err := os.OpenRoot(c.Dir)
+		if err != nil {
+			return nil, fmt.Errorf("tftp: root directory: %w", err)
+		}
+		s.root, s.fsys = root, root.FS()
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	return s, nil
+}
+
+// Stats returns a snapshot of the counters.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	active := len(s.active)
+	s.mu.Unlock()
+	c := &s.stats
+	return Stats{
+		Requests: c.requests.Load(), Duplicates: c.duplicates.Load(), Busy: c.busy.Load(),
+		Refused: c.refused.Load(), Completed: c.completed.Load(), Aborted: c.aborted.Load(),
+		TimedOut: c.timedOut.Load(), Failed: c.failed.Load(), Malformed: c.malformed.Load(),
+		UnknownTID: c.unknownTID.Load(), Retransmits: c.retransmits.Load(),
+		BytesSent: c.bytesSent.Load(), Panics: c.panics.Load(), Active: active,
+	}
+}
+
+// Serve reads requests from conn (the port 69 socket) until ctx is done,
+// Shutdown is called or conn fails, and closes conn. Transfers started
+// from it keep running after it returns; Shutdown ends them.
+func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		conn.Close()
+		return net.ErrClosed
+	}
+	s.listeners[conn] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, conn)
+		s.mu.Unlock()
+		conn.Close()
+	}()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+
+	s.log.Info("tftp server listening", "addr", conn.LocalAddr().String())
+	buf := make([]byte, 65536) // the largest UDP payload: nothing is truncated
+	for {
+		n, peer, err := conn.ReadFrom(buf)
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing || ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("tftp: read %s: %w", conn.LocalAddr(), err)
+		}
+		s.handleRequest(conn, buf[:n], peer)
+	}
+}
+
+// handleRequest dispatches one packet that arrived on the request port.
+func (s *Server) handleRequest(conn net.PacketConn, b []byte, peer net.Addr) {
+	op, err := PeekOpcode(b)
+	if err != nil || (op != OpRRQ && op != OpWRQ) {
+		s.dropMalformed(peer, err, op)
+		return
+	}
+	req, err := ParseRequest(b)
+	if err != nil {
+		s.dropMalformed(peer, err, op)
+		return
+	}
+	s.stats.requests.Add(1)
+	if req.Op == OpWRQ {
+		// RFC 1350 section 7: a server that does not write answers WRQ with
+		// an error. Access violation says "not allowed", not "bad packet".
+		s.stats.refused.Add(1)
+		s.send(conn, peer, errReadOnly.AppendBinary(nil))
+		s.warn("tftp write request refused", "ip", addrString(peer), "file", req.Filename)
+		return
+	}
+
+	key := peer.String()
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return
+	}
+	if _, dup := s.active[key]; dup {
+		// The client retransmitted its RRQ before our first answer reached
+		// it; the running transfer retransmits that answer itself.
+		s.mu.Unlock()
+		s.stats.duplicates.Add(1)
+		return
+	}
+	if len(s.active) >= s.cfg.MaxTransfers {
+		s.mu.Unlock()
+		s.stats.busy.Add(1)
+		s.warn("tftp busy: request turned away", "ip", addrString(peer), "file", req.Filename,
+			"max_transfers", s.cfg.MaxTransfers)
+		if !s.cfg.DropWhenBusy {
+			s.send(conn, peer, errBusy.AppendBinary(nil))
+		}
+		s.report(TransferInfo{Client: addrPort(peer), File: req.Filename, Mode: req.Mode,
+			Size: -1, Start: time.Now(), Err: errBusy})
+		return
+	}
+	s.active[key] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+
+	go func() {
+		defer s.wg.Done()
+		defer func() {
+			s.mu.Lock()
+			delete(s.active, key)
+			s.mu.Unlock()
+		}()
+		s.runTransfer(conn, peer, req)
+	}()
+}
+
+// runTransfer serves one RRQ and reports how it ended. A panic ends only
+// this transfer.
+func (s *Server) runTransfer(reqConn net.PacketConn, peer net.Addr, req Request) {
+	t := &transfer{
+		s: s, reqConn: reqConn, peer: peer, req: req,
+		info: TransferInfo{Client: addrPort(peer), File: req.Filename, Mode: req.Mode,
+			Size: -1, Start: time.Now(), BlockSize: DefaultBlockSize, WindowSize: 1},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			s.stats.panics.Add(1)
+			s.log.Error("tftp transfer panicked", "ip", addrString(peer), "file", req.Filename,
+				"panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			t.info.Err = fmt.Errorf("tftp: panic: %v", r)
+			t.panicked = true
+		}
+		t.close()
+		s.finish(t)
+	}()
+	t.info.Err = t.run(s.ctx)
+}
+
+// finish counts, logs and reports a transfer that ended.
+func (s *Server) finish(t *transfer) {
+	info := &t.info
+	info.Duration = time.Since(info.Start)
+	s.stats.bytesSent.Add(uint64(info.Bytes))
+	s.stats.retransmits.Add(uint64(info.Retransmits))
+	attrs := []any{"ip", info.Client.Addr().String(), "file", info.File,
+		"bytes", info.Bytes, "duration", info.Duration.Round(time.Millisecond),
+		"blksize", info.BlockSize, "windowsize", info.WindowSize, "retransmits", info.Retransmits}
+	var refusal *Error
+	switch err := info.Err; {
+	case err == nil:
+		s.stats.completed.Add(1)
+		s.log.Info("tftp transfer done", attrs...)
+	case errors.Is(err, ErrClientAbort):
+		// PXE ROMs and iPXE's tftpsize ask for the OACK's tsize and then
+		// abort: routine, not a failure.
+		s.stats.aborted.Add(1)
+		s.log.Debug("tftp transfer aborted by client", append(attrs, "err", err)...)
+	case errors.As(err, &refusal) && t.refused:
+		s.stats.refused.Add(1)
+		s.warn("tftp request refused", append(attrs, "err", err)...)
+	case errors.Is(err, ErrTimeout):
+		s.stats.timedOut.Add(1)
+		s.warn("tftp transfer timed out", append(attrs, "err", err)...)
+	default:
+		s.stats.failed.Add(1)
+		if !t.panicked { // already logged with its stack
+			s.warn("tftp transfer failed", append(attrs, "err", err)...)
+		}
+	}
+	s.report(*info)
+}
+
+func (s *Server) report(info TransferInfo) {
+	if s.cfg.OnTransfer != nil {
+		s.cfg.OnTransfer(info)
+	}
+}
+
+// Shutdown stops reading requests, lets running transfers finish until ctx
+// is done, then ends them (clients get ERROR 0) and waits for them to
+// return. It is idempotent.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.shutdownOnce.Do(func() {
+		s.mu.Lock()
+		s.closing = true
+		for l := range s.listeners {
+			l.Close()
+		}
+		s.mu.Unlock()
+	})
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+		s.cancel()
+		<-done // transfers notice the cancellation at once: their reads are interrupted
+	}
+	s.cancel()
+	if s.root != nil {
+		s.root.Close()
+	}
+	return err
+}
+
+func (s *Server) dropMalformed(peer net.Addr, err error, op Opcode) {
+	s.stats.malformed.Add(1)
+	if err == nil {
+		err = fmt.Errorf("%w %v on the request port", ErrWrongOpcode, op)
+	}
+	s.debug("tftp packet dropped", "ip", addrString(peer), "err", err)
+}
+
+// send writes one packet, logging (rate-limited) a failure. Losing a packet
+// is what UDP does anyway: the retransmission logic copes.
+func (s *Server) send(conn net.PacketConn, to net.Addr, pkt []byte) bool {
+	if _, err := conn.WriteTo(pkt, to); err != nil {
+		if !errors.Is(err, net.ErrClosed) {
+			s.warn("tftp send failed", "ip", addrString(to), "err", err)
+		}
+		return false
+	}
+	return true
+}
+
+func (s *Server) warn(msg string, args ...any) {
+	if s.warnLimit.allow() {
+		s.log.Warn(msg, args...)
+	}
+}
+
+func (s *Server) debug(msg string, args ...any) {
+	if s.log.Enabled(context.Background(), slog.LevelDebug) && s.warnLimit.allow() {
+		s.log.Debug(msg, args...)
+	}
+}
+
+// listenTransfer is the default Config.ListenTransfer.
+func listenTransfer(local net.Addr) (net.PacketConn, error) {
+	ua, ok := local.(*net.UDPAddr)
+	if !ok || ua.IP == nil || ua.IP.IsUnspecified() {
+		return net.ListenUDP("udp", &net.UDPAddr{})
+	}
+	network := "udp6"
+	if ua.IP.To4() != nil {
+		network = "udp4"
+	}
+	return net.ListenUDP(network, &net.UDPAddr{IP: ua.IP, Zone: ua.Zone})
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ua, ok := a.(*net.UDPAddr); ok {
+		ap := ua.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}
+
+func addrString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	if ap := addrPort(a); ap.IsValid() {
+		return ap.Addr().String()
+	}
+	return a.String()
+}
+
+func sameAddr(a, b net.Addr) bool {
+	ua, ok1 := a.(*net.UDPAddr)
+	ub, ok2 := b.(*net.UDPAddr)
+	if ok1 && ok2 {
+		return ua.Port == ub.Port && ua.IP.Equal(ub.IP)
+	}
+	return a.String() == b.String()
+}
+
+// limiter is a token bucket for logs clients can trigger.
+type limiter struct {
+	rate, burst float64
+	mu          sync.Mutex
+	tokens      float64
+	last        time.Time
+}
+
+func (l *limiter) allow() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	if l.last.IsZero() {
+		l.tokens = l.burst
+	} else {
+		l.tokens = min(l.burst, l.tokens+now.Sub(l.last).Seconds()*l.rate)
+	}
+	l.last = now
+	if l.tokens < 1 {
+		return false
+	}
+	l.tokens--
+	return true
+}
