@@ -17,6 +17,16 @@ pkgs=(
 	tgt             # reference target (DISKLESS_INTEROP_TARGET=tgt, benchmark)
 	iperf3          # loopback ceiling in the benchmark
 	python3         # ../shared/tools scripts
+	iproute2        # ip netns/link/tuntap for the test networks (test/pxe)
+	ipxe            # undionly.kpxe, snponly.efi served by diskless serve's TFTP
+	dnsmasq-base    # the site's DHCP server beside proxyDHCP (test/pxe)
+	ovmf            # UEFI firmware with its own PXE stack (test/pxe)
+	grub-efi-amd64-bin # standalone GRUB as the UEFI test disk's boot loader
+	mtools          # builds the test disk's EFI system partition without mounting
+	dosfstools      # mkfs.vfat for that partition
+	tftp-hpa        # real TFTP clients for internal/tftp's interop tests
+	atftp
+	curl
 )
 
 missing=()

@@ -29,6 +29,7 @@ func main() {
 	root.PersistentFlags().String("log-format", "text", "log format: text or json")
 	root.PersistentFlags().String("debug-listen", "", "serve Go profiling (/debug/pprof) on this address, e.g. 127.0.0.1:6060")
 	root.AddCommand(newTargetCommand())
+	root.AddCommand(newServeCommand())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "diskless:", err)
 		os.Exit(1)

@@ -1,0 +1,58 @@
+package main
+
+import (
+	"errors"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/diskless-boot/diskless/internal/app"
+	"github.com/diskless-boot/diskless/internal/config"
+)
+
+func newServeCommand() *cobra.Command {
+	var (
+		file string
+		q    config.QuickFlags
+	)
+	cmd := &cobra.Command{
+		Use:   "serve (--config FILE | --interface IF --host MAC=IMAGE ...)",
+		Short: "Serve DHCP, TFTP, HTTP and iSCSI on one interface: boot hosts from their images",
+		Example: `  diskless serve --config /etc/diskless.yaml
+  diskless serve --interface br0 --dhcp full --dhcp-range 10.77.0.100-10.77.0.200 \
+      --host 52:54:00:12:34:56=/srv/disk.img [--host MAC=IMAGE ...] [--chap] [--data-dir DIR]
+  diskless serve --interface br0 --dhcp proxy --host 52:54:00:12:34:56=/srv/disk.img`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var cfg *config.Config
+			var err error
+			if file != "" {
+				for _, f := range []string{"interface", "dhcp", "dhcp-range", "host", "chap", "data-dir"} {
+					if cmd.Flags().Changed(f) {
+						return errors.New("--" + f + " is a quick-start flag: put it in the --config file instead")
+					}
+				}
+				cfg, err = config.Load(file)
+			} else {
+				cfg, err = config.FromQuickFlags(q)
+			}
+			if err != nil {
+				return err
+			}
+			logger, err := newLogger(cmd)
+			if err != nil {
+				return err
+			}
+			return app.RunServe(cmd.Context(), app.ServeOptions{Config: cfg, Logger: logger, Stdout: os.Stdout})
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&file, "config", "", "YAML configuration file (docs/config.md)")
+	f.StringVar(&q.Interface, "interface", "", "quick start: network interface to serve, e.g. br0")
+	f.StringVar(&q.DHCP, "dhcp", "", "quick start: DHCP mode full, proxy or off (default proxy)")
+	f.StringVar(&q.DHCPRange, "dhcp-range", "", "quick start: address pool FIRST-LAST for --dhcp full")
+	f.StringArrayVar(&q.Hosts, "host", nil, "quick start: MAC=IMAGE boot the machine MAC from the image file IMAGE (repeatable)")
+	f.BoolVar(&q.CHAP, "chap", false, "quick start: CHAP with a generated secret per host (printed once)")
+	f.StringVar(&q.DataDir, "data-dir", "", "quick start: state directory (default /var/lib/diskless)")
+	return cmd
+}

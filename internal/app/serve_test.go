@@ -1,0 +1,213 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/diskless-boot/diskless/internal/config"
+	"github.com/diskless-boot/diskless/internal/dhcp"
+	"github.com/diskless-boot/diskless/internal/iscsi"
+)
+
+func freeTCPPort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// syncBuffer is a log sink safe for the servers' goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// loadConfig writes a YAML config serving 127.0.0.1 (on "lo") and loads it.
+func loadConfig(t *testing.T, extra string) (*config.Config, int, int) {
+	t.Helper()
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.img")
+	if err := os.WriteFile(img, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	httpPort, iscsiPort := freeTCPPort(t), freeTCPPort(t)
+	path := filepath.Join(dir, "diskless.yaml")
+	y := fmt.Sprintf(`interface: lo
+server_ip: 127.0.0.1
+data_dir: %s
+dhcp: {mode: off}
+tftp: {enabled: false}
+http: {listen: "127.0.0.1:%d"}
+iscsi: {listen: "127.0.0.1:%d"}
+hosts:
+  - mac: 52:54:00:12:34:56
+    name: client1
+    image: %s
+%s`, filepath.Join(dir, "state"), httpPort, iscsiPort, img, extra)
+	if err := os.WriteFile(path, []byte(y), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg, httpPort, iscsiPort
+}
+
+// RunServe serves a host's script over HTTP and its target over iSCSI,
+// prints a generated secret once, and stops cleanly on cancel.
+func TestRunServeLoopback(t *testing.T) {
+	cfg, httpPort, iscsiPort := loadConfig(t, "    chap: true\n")
+	var logs, stdout syncBuffer
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() {
+		done <- RunServe(ctx, ServeOptions{Config: cfg, Stdout: &stdout,
+			Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	}()
+	url := fmt.Sprintf("http://127.0.0.1:%d/boot.ipxe?mac=52:54:00:12:34:56", httpPort)
+	var resp *http.Response
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		var err error
+		if resp, err = http.Get(url); err == nil {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("RunServe returned early: %v\n%s", err, logs.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("HTTP not serving: %v", err)
+		}
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	// The script holds the CHAP secret, and 127.0.0.1 is not in lo's
+	// neighbour table as 52:54:00:12:34:56: refused.
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("script with secrets to an unproven address: %d %s", resp.StatusCode, body)
+	}
+	c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", iscsiPort))
+	if err != nil {
+		t.Fatalf("iSCSI portal: %v", err)
+	}
+	c.Close()
+	if !strings.Contains(stdout.String(), "generated CHAP secret") || strings.Count(stdout.String(), "\n") != 1 {
+		t.Errorf("stdout: %q, want one generated secret", stdout.String())
+	}
+	if strings.Contains(logs.String(), "secret=") && !strings.Contains(logs.String(), "REDACTED") {
+		t.Errorf("a secret reached the logs")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("RunServe did not return after cancel")
+	}
+	// A restart keeps the secret: nothing printed again.
+	cfg2, _, _ := loadConfig(t, "    chap: true\n")
+	cfg2.DataDir = cfg.DataDir
+	var stdout2 syncBuffer
+	ctx2, cancel2 := context.WithCancel(t.Context())
+	go func() { done <- RunServe(ctx2, ServeOptions{Config: cfg2, Stdout: &stdout2}) }()
+	time.Sleep(200 * time.Millisecond)
+	cancel2()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if stdout2.String() != "" {
+		t.Errorf("restart printed %q", stdout2.String())
+	}
+}
+
+// A port in use fails the start and leaves nothing serving.
+func TestRunServePortInUse(t *testing.T) {
+	cfg, httpPort, _ := loadConfig(t, "")
+	l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", httpPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	err = RunServe(t.Context(), ServeOptions{Config: cfg})
+	if err == nil || !strings.Contains(err.Error(), "http.listen") {
+		t.Fatalf("got %v, want an http.listen error", err)
+	}
+	iscsi := fmt.Sprintf("127.0.0.1:%d", cfg.ISCSIPort())
+	if c, err := net.Dial("tcp", iscsi); err == nil {
+		c.Close()
+		t.Errorf("iSCSI portal %s still open after the failed start", iscsi)
+	}
+}
+
+func TestRunServeUnknownInterface(t *testing.T) {
+	cfg, _, _ := loadConfig(t, "")
+	cfg.Interface = "nonexistent0"
+	cfg.ServerIP = ""
+	err := RunServe(t.Context(), ServeOptions{Config: cfg})
+	if err == nil || !strings.Contains(err.Error(), "interface") {
+		t.Fatalf("got %v, want an interface error", err)
+	}
+}
+
+func TestArchCode(t *testing.T) {
+	cases := []struct {
+		ci   dhcp.ClientInfo
+		want uint16
+	}{
+		{dhcp.ClientInfo{ArchCode: 7, Arch: dhcp.ArchEFIx64}, 7},
+		{dhcp.ClientInfo{ArchCode: 9, Arch: dhcp.ArchEFIx64}, 9},
+		{dhcp.ClientInfo{ArchCode: -1, Arch: dhcp.ArchBIOS}, 0},
+		{dhcp.ClientInfo{ArchCode: -1, Arch: dhcp.ArchEFIx64}, 7},
+		{dhcp.ClientInfo{ArchCode: -1, Arch: dhcp.ArchEFIARM64HTTP}, 19},
+	}
+	for _, tc := range cases {
+		if got := archCode(tc.ci); got != tc.want {
+			t.Errorf("%+v: %d want %d", tc.ci, got, tc.want)
+		}
+	}
+}
+
+// An iSCSI login becomes an app line naming the host.
+func TestLoginLogger(t *testing.T) {
+	var buf strings.Builder
+	log := slog.New(slog.NewTextHandler(&buf, nil))
+	hosts := map[string]*config.Host{"iqn.2026-01.x:disk": {MAC: "52:54:00:12:34:56", Name: "pc1"}}
+	on := loginLogger(log, hosts)
+	on(iscsi.LoginEvent{Initiator: "iqn.2026-01.x:host", Target: "iqn.2026-01.x:disk"})
+	on(iscsi.LoginEvent{Initiator: "iqn.2026-01.x:other", Target: "iqn.2026-01.x:unknown"})
+	out := buf.String()
+	if !strings.Contains(out, "boot: iSCSI login") || !strings.Contains(out, "mac=52:54:00:12:34:56") ||
+		strings.Contains(out, "unknown") {
+		t.Errorf("log:\n%s", out)
+	}
+}

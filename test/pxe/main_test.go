@@ -1,0 +1,89 @@
+package pxe
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// Set by TestMain.
+var (
+	disklessBin   string // built ./cmd/diskless, "" when the build failed
+	disklessBuild error  // why disklessBin is ""
+)
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	if testing.Short() {
+		return m.Run()
+	}
+	root, err := findRepoRoot()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "pxe:", err)
+		return 1
+	}
+	dir, err := os.MkdirTemp("", "diskless-pxe-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "pxe:", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	bin := filepath.Join(dir, "diskless")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/diskless")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		disklessBuild = fmt.Errorf("go build ./cmd/diskless: %v\n%s", err, out)
+	} else {
+		disklessBin = bin
+	}
+	return m.Run()
+}
+
+func findRepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("no go.mod above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// need skips t under -short, when not root, or when a program or file is
+// missing.
+func need(t *testing.T, programs []string, files map[string]string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("pxe: skipped in -short mode")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("pxe: needs root (network namespaces, tap devices)")
+	}
+	for _, p := range programs {
+		if _, err := exec.LookPath(p); err != nil {
+			t.Skipf("pxe: %s not in PATH (scripts/ci-deps.sh installs it)", p)
+		}
+	}
+	for f, pkg := range files {
+		if _, err := os.Stat(f); err != nil {
+			t.Skipf("pxe: %s missing (Debian package %s; scripts/ci-deps.sh installs it)", f, pkg)
+		}
+	}
+	if disklessBin == "" {
+		t.Fatal(disklessBuild)
+	}
+}

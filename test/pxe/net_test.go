@@ -1,0 +1,166 @@
+package pxe
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// testNet is the network of one test:
+//
+//	ns vm:   bridge br ── tap (QEMU)
+//	           ├── veth ══ ns srv: srvIf 10.77.0.1/24 (diskless serve)
+//	           └── veth ══ ns site: siteIf 10.77.0.2/24 (dnsmasq, proxy case)
+type testNet struct {
+	id                  string
+	vmNS, srvNS, siteNS string
+	bridge, tap         string
+	srvIf, siteIf       string
+	serverIP, siteIP    string
+	subnetBits          string
+}
+
+func sh(args ...string) error {
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+func newTestNet(t *testing.T, withSite bool) *testNet {
+	t.Helper()
+	var r [3]byte
+	rand.Read(r[:])
+	id := hex.EncodeToString(r[:])
+	n := &testNet{
+		id: id, vmNS: "dlpxe-v-" + id, srvNS: "dlpxe-s-" + id, siteNS: "dlpxe-d-" + id,
+		bridge: "pb" + id, tap: "pt" + id, srvIf: "ps" + id, siteIf: "pd" + id,
+		serverIP: "10.77.0.1", siteIP: "10.77.0.2", subnetBits: "24",
+	}
+	nss := []string{n.vmNS, n.srvNS}
+	if withSite {
+		nss = append(nss, n.siteNS)
+	}
+	for _, ns := range nss {
+		if err := sh("ip", "netns", "add", ns); err != nil {
+			t.Skipf("pxe: cannot create a network namespace: %v", err)
+		}
+		t.Cleanup(func() { sh("ip", "netns", "del", ns) })
+		// No duplicate address detection: link-local addresses (the RA's
+		// source) are usable at once.
+		sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+	}
+	steps := [][]string{
+		{"ip", "-n", n.vmNS, "link", "set", "lo", "up"},
+		{"ip", "-n", n.vmNS, "link", "add", n.bridge, "type", "bridge", "forward_delay", "0"},
+		{"ip", "-n", n.vmNS, "tuntap", "add", "dev", n.tap, "mode", "tap"},
+		{"ip", "-n", n.vmNS, "link", "set", n.tap, "master", n.bridge, "up"},
+		{"ip", "-n", n.vmNS, "link", "add", "v" + n.srvIf, "type", "veth", "peer", "name", n.srvIf, "netns", n.srvNS},
+		{"ip", "-n", n.vmNS, "link", "set", "v" + n.srvIf, "master", n.bridge, "up"},
+		{"ip", "-n", n.vmNS, "link", "set", n.bridge, "up"},
+		{"ip", "-n", n.srvNS, "link", "set", "lo", "up"},
+		{"ip", "-n", n.srvNS, "addr", "add", n.serverIP + "/" + n.subnetBits, "dev", n.srvIf},
+		{"ip", "-n", n.srvNS, "link", "set", n.srvIf, "up"},
+	}
+	if withSite {
+		steps = append(steps,
+			[]string{"ip", "-n", n.vmNS, "link", "add", "v" + n.siteIf, "type", "veth", "peer", "name", n.siteIf, "netns", n.siteNS},
+			[]string{"ip", "-n", n.vmNS, "link", "set", "v" + n.siteIf, "master", n.bridge, "up"},
+			[]string{"ip", "-n", n.siteNS, "link", "set", "lo", "up"},
+			[]string{"ip", "-n", n.siteNS, "addr", "add", n.siteIP + "/" + n.subnetBits, "dev", n.siteIf},
+			[]string{"ip", "-n", n.siteNS, "link", "set", n.siteIf, "up"},
+		)
+	}
+	for _, s := range steps {
+		if err := sh(s...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return n
+}
+
+// daemon is a process started in a namespace, stopped with SIGTERM at
+// cleanup (SIGKILL if it does not exit in 10 s); its output is kept.
+type daemon struct {
+	name   string
+	cmd    *exec.Cmd
+	out    consoleBuffer
+	exited chan struct{}
+	err    error
+}
+
+func startDaemon(t *testing.T, name, ns string, args ...string) *daemon {
+	t.Helper()
+	d := &daemon{name: name, exited: make(chan struct{})}
+	d.out.changed = make(chan struct{})
+	d.cmd = exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
+	d.cmd.Stdout = &d.out
+	d.cmd.Stderr = &d.out
+	if err := d.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() {
+		d.err = d.cmd.Wait()
+		close(d.exited)
+	}()
+	t.Cleanup(func() {
+		d.stop(t)
+		if t.Failed() {
+			t.Logf("%s output:\n%s", name, tail(d.out.String(), 8000))
+		}
+	})
+	return d
+}
+
+func (d *daemon) stop(t *testing.T) {
+	select {
+	case <-d.exited:
+		return
+	default:
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.exited:
+	case <-time.After(10 * time.Second):
+		t.Errorf("%s did not stop within 10 s of SIGTERM", d.name)
+		d.cmd.Process.Kill()
+		<-d.exited
+	}
+}
+
+// waitOutput waits until the output shows s; it fails when the process
+// exits first.
+func (d *daemon) waitOutput(t *testing.T, s string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		ch := d.out.changes()
+		if strings.Contains(d.out.String(), s) {
+			return
+		}
+		select {
+		case <-ch:
+		case <-d.exited:
+			t.Fatalf("%s exited (%v) before printing %q", d.name, d.err, s)
+		case <-deadline:
+			t.Fatalf("%s did not print %q within %v", d.name, s, timeout)
+		}
+	}
+}
+
+func tempDir(t *testing.T) string {
+	t.Helper()
+	d, err := os.MkdirTemp("", "diskless-pxe-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}

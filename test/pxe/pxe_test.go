@@ -1,0 +1,171 @@
+package pxe
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const (
+	ovmfCode = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+	ovmfVars = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+	ipxeROM  = "/usr/lib/ipxe/qemu/efi-e1000.rom" // what QEMU loads for -device e1000
+)
+
+// Fixed by the test network (10.77.0.0/24, diskless at .1, dnsmasq at .2).
+const (
+	clientMAC = "52:54:00:12:34:56"
+	poolRange = "10.77.0.100-10.77.0.200"
+)
+
+// TestPXEBoot boots a QEMU machine with no local disk from power-on to the
+// marker its iSCSI LUN prints, through `diskless serve` on a test network.
+func TestPXEBoot(t *testing.T) {
+	t.Run("bios-full", func(t *testing.T) {
+		need(t, []string{"ip", "qemu-system-x86_64"}, map[string]string{ipxeROM: "ipxe-qemu"})
+		n := newTestNet(t, false)
+		dir := tempDir(t)
+		marker := "DISKLESS-PXE-" + randomHex(t, 8)
+		img := filepath.Join(dir, "disk.img")
+		if err := os.WriteFile(img, bootDisk(4<<20, marker), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		srv := startServe(t, n, "--interface", n.srvIf, "--dhcp", "full", "--dhcp-range", poolRange,
+			"--host", clientMAC+"="+img, "--chap", "--data-dir", filepath.Join(dir, "state"))
+		// --chap: the generated secret is printed once, on stdout.
+		srv.waitOutput(t, "generated CHAP secret", time.Second)
+		v := startVM(t, n.vmNS, biosArgs(n)...)
+		took := expectMarker(t, v, marker, 120*time.Second)
+		t.Logf("BIOS, dhcp full: power-on to marker %v", took.Round(100*time.Millisecond))
+		expectStages(t, srv, "dhcp: ", "iPXE script", "boot: iSCSI login")
+	})
+
+	t.Run("bios-proxy", func(t *testing.T) {
+		need(t, []string{"ip", "qemu-system-x86_64", "dnsmasq"}, map[string]string{ipxeROM: "ipxe-qemu"})
+		n := newTestNet(t, true)
+		dir := tempDir(t)
+		marker := "DISKLESS-PXE-" + randomHex(t, 8)
+		img := filepath.Join(dir, "disk.img")
+		if err := os.WriteFile(img, bootDisk(4<<20, marker), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		// The site's DHCP server: addresses only, no boot options, no DNS.
+		startDaemon(t, "dnsmasq", n.siteNS, "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0",
+			"--interface="+n.siteIf, "--bind-interfaces", "--dhcp-range=10.77.0.100,10.77.0.200,1h",
+			"--dhcp-leasefile="+filepath.Join(dir, "dnsmasq.leases"), "--pid-file="+filepath.Join(dir, "dnsmasq.pid"),
+			"--log-dhcp")
+		srv := startServe(t, n, "--interface", n.srvIf, "--dhcp", "proxy",
+			"--host", clientMAC+"="+img, "--data-dir", filepath.Join(dir, "state"))
+		v := startVM(t, n.vmNS, biosArgs(n)...)
+		took := expectMarker(t, v, marker, 120*time.Second)
+		t.Logf("BIOS, proxyDHCP beside dnsmasq: power-on to marker %v", took.Round(100*time.Millisecond))
+		expectStages(t, srv, "dhcp: ", "iPXE script", "boot: iSCSI login")
+	})
+
+	t.Run("uefi-full", func(t *testing.T) {
+		need(t, []string{"ip", "qemu-system-x86_64", "grub-mkstandalone", "mkfs.vfat", "mcopy"}, map[string]string{
+			ovmfCode: "ovmf", ovmfVars: "ovmf", "/usr/lib/ipxe/snponly.efi": "ipxe",
+			"/usr/lib/grub/x86_64-efi/normal.mod": "grub-efi-amd64-bin",
+		})
+		n := newTestNet(t, false)
+		dir := tempDir(t)
+		marker := "DISKLESS-PXE-" + randomHex(t, 8)
+		img := filepath.Join(dir, "disk.img")
+		uefiDisk(t, dir, img, marker)
+		vars := filepath.Join(dir, "OVMF_VARS.fd")
+		data, err := os.ReadFile(ovmfVars)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(vars, data, 0o644)
+		// The YAML form of the configuration.
+		cfg := filepath.Join(dir, "diskless.yaml")
+		os.WriteFile(cfg, []byte(fmt.Sprintf(`interface: %s
+data_dir: %s
+dhcp:
+  mode: full
+  range: %s
+hosts:
+  - mac: %s
+    name: uefi-client
+    image: %s
+    chap: true
+`, n.srvIf, filepath.Join(dir, "state"), poolRange, clientMAC, img)), 0o644)
+		srv := startServe(t, n, "--config", cfg)
+		v := startVM(t, n.vmNS, "-m", "256", "-machine", "q35",
+			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+ovmfCode,
+			"-drive", "if=pflash,format=raw,unit=1,file="+vars,
+			"-netdev", "tap,id=n0,ifname="+n.tap+",script=no,downscript=no",
+			// romfile= (empty): OVMF's own PXE stack, not iPXE's ROM.
+			"-device", "virtio-net-pci,netdev=n0,mac="+clientMAC+",romfile=,bootindex=1")
+		took := expectMarker(t, v, marker, 240*time.Second)
+		t.Logf("UEFI (OVMF PXE, snponly.efi), dhcp full: power-on to marker %v", took.Round(100*time.Millisecond))
+		expectStages(t, srv, "dhcp: ", "boot: TFTP file", "iPXE script", "boot: iSCSI login")
+	})
+}
+
+func biosArgs(n *testNet) []string {
+	return []string{"-m", "128", "-machine", "graphics=off",
+		"-netdev", "tap,id=n0,ifname=" + n.tap + ",script=no,downscript=no",
+		"-device", "e1000,netdev=n0,mac=" + clientMAC,
+		"-boot", "n",
+		// The boot sector ends with OUT 0xf4: QEMU exits at once.
+		"-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"}
+}
+
+// startServe runs `diskless serve` in the server namespace and waits until
+// it serves.
+func startServe(t *testing.T, n *testNet, args ...string) *daemon {
+	t.Helper()
+	d := startDaemon(t, "diskless serve", n.srvNS, append([]string{disklessBin, "serve"}, args...)...)
+	d.waitOutput(t, "msg=serving", 30*time.Second)
+	return d
+}
+
+// expectMarker waits for the marker and returns the time from power-on.
+func expectMarker(t *testing.T, v *vm, marker string, timeout time.Duration) time.Duration {
+	t.Helper()
+	i, took, err := v.waitFor(timeout, marker, "DISKLESS-MBR-READ-ERROR", "Could not boot")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if i != 0 {
+		t.Fatalf("boot failed before the marker")
+	}
+	return took
+}
+
+// expectStages checks that the server logged each boot stage for the
+// client's MAC.
+func expectStages(t *testing.T, d *daemon, stages ...string) {
+	t.Helper()
+	out := d.out.String()
+	if l := lineWith(out, "ra: router solicitation"); l == "" && !strings.Contains(out, "ra: answering") {
+		t.Errorf("the IPv6 router solicitation answerer did not start")
+	}
+	for _, s := range stages {
+		found := false
+		for _, l := range strings.Split(out, "\n") {
+			if strings.Contains(l, s) && strings.Contains(l, "mac="+clientMAC) {
+				t.Logf("server: %s", l)
+				found = true
+				break
+			}
+		}
+		if !found {
+			t.Errorf("no log line %q with mac=%s", s, clientMAC)
+		}
+	}
+}
+
+func lineWith(s, sub string) string {
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			return l
+		}
+	}
+	return ""
+}
