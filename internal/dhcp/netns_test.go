@@ -238,7 +238,7 @@ func TestNetnsEndToEnd(t *testing.T) {
 	}
 	lasDone := make(chan error, 1)
 	go func() { lasDone <- inNetns(n.srv, func() error { return proxy.ListenAndServe(ctx) }) }()
-	poffer := exchangeOn(t, cli, "255.255.255.255:67", kindOVMFx64.build(n.cliMAC, dhcpv4.MessageTypeDiscover, 0xe2e3), 5*time.Second)
+	poffer := exchangeOn(t, cli, "255.255.255.255:67", kindOVMFx64.build(n.cliMAC, dhcpv4.MessageTypeDiscover, 0xe2e3), 15*time.Second)
 	if poffer == nil || !poffer.YourIPAddr.Equal(net.IPv4zero) || string(poffer.Options[60]) != "PXEClient" {
 		t.Fatalf("proxy mode: offer %v (stats %+v)", poffer, proxy.Stats())
 	}
@@ -251,7 +251,7 @@ func TestNetnsEndToEnd(t *testing.T) {
 	}
 	bs := listenIn(t, n.cli, n.cliIf, "0.0.0.0:4011")
 	pack := exchangeOn(t, bs, "10.77.0.1:4011",
-		kindOVMFx64.bootServerRequest(n.cliMAC, 0xe2e5, net.IPv4(10, 77, 0, 150)), 5*time.Second)
+		kindOVMFx64.bootServerRequest(n.cliMAC, 0xe2e5, net.IPv4(10, 77, 0, 150)), 15*time.Second)
 	if pack == nil || pack.MessageType() != dhcpv4.MessageTypeAck || pack.BootFileName != "snponly.efi" {
 		t.Fatalf("proxy mode: no boot server ACK on 4011: %v (stats %+v)", pack, proxy.Stats())
 	}
