@@ -132,7 +132,7 @@ func opts(kv ...string) []Option {
 }
 
 func TestGetBlockAndWindowSizes(t *testing.T) {
-	ts := startServer(t, Config{MaxBlockSize: MaxBlockSize})
+	ts := startServer(t, Config{MaxBlockSize: MaxBlockSize, Timeout: cleanLinkTimeout})
 	sizes := []int{0, 1, 511, 512, 513, 8192, 3 * 1468, 100_000}
 	files := map[int][]byte{}
 	for i, n := range sizes {
@@ -251,7 +251,7 @@ func TestRollover(t *testing.T) {
 	if testing.Short() {
 		t.Skip("33 MiB transfer")
 	}
-	ts := startServer(t, Config{})
+	ts := startServer(t, Config{Timeout: cleanLinkTimeout})
 	const size = 65536*512 + 1000 // 65538 blocks
 	want, err := writeFile(ts.dir, "big", size, 3)
 	if err != nil {
@@ -476,7 +476,7 @@ func TestStreamingSourceWithLoss(t *testing.T) {
 // TestDuplicateACKs: a client that ACKs everything twice must not make
 // the server send anything twice (the Sorcerer's Apprentice syndrome).
 func TestDuplicateACKs(t *testing.T) {
-	ts := startServer(t, Config{})
+	ts := startServer(t, Config{Timeout: cleanLinkTimeout})
 	want, _ := writeFile(ts.dir, "f", 512*300+17, 5)
 	for _, win := range []string{"1", "8"} {
 		res, err := tftpGet(ts.addr, "f", getOpts{DupAcks: true, Options: opts("windowsize", win)})
@@ -881,3 +881,8 @@ func TestStreamWindowCapped(t *testing.T) {
 		t.Errorf("octet: OACK %v, %v", res.OACK, err)
 	}
 }
+
+// cleanLinkTimeout is the retransmission timeout of tests that count
+// packets on a loss-free link: long enough that a busy CI machine never
+// makes the server resend, so any extra packet is a real bug.
+const cleanLinkTimeout = time.Minute
