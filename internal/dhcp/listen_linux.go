@@ -14,6 +14,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// recvBuffer is the socket receive buffer asked for (bytes).
+const recvBuffer = 4 << 20
+
 // Listen opens a UDP socket on port of every address, bound to the
 // interface iface (SO_BINDTODEVICE), so it hears broadcasts on iface only
 // and its broadcasts leave through iface only. SO_REUSEADDR lets a site
@@ -34,6 +37,14 @@ func listenUDP(iface, addr string) (net.PacketConn, error) {
 			}
 			if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_BROADCAST, 1); serr != nil {
 				return
+			}
+			// A boot storm (hundreds of machines powered on at once)
+			// sends bursts the default ~200 KiB buffer drops, and
+			// every drop costs a client its 2/4/8 s retry. Ask for
+			// more; past rmem_max only root's FORCE variant gets
+			// it, and a smaller buffer is no reason to fail.
+			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, recvBuffer) != nil {
+				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, recvBuffer)
 			}
 			serr = unix.BindToDevice(int(fd), iface)
 		})
