@@ -1,0 +1,232 @@
+//go:build linux
+
+// Package harness is the shared plumbing of the benchmark programs under
+// bench/: network namespaces, daemons started inside them, output capture
+// and small statistics. It is a trimmed copy of test/pxe's helpers (test
+// files cannot be imported) and never touches the host's own interfaces:
+// everything it creates lives in namespaces it names itself and removes.
+package harness
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Sh runs a command and returns its combined output in the error.
+func Sh(args ...string) error {
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+// ID returns a short random hex id for unique namespace and link names.
+func ID() string {
+	var r [3]byte
+	rand.Read(r[:])
+	return hex.EncodeToString(r[:])
+}
+
+// Cleanup is a stack of undo steps, run in reverse order.
+type Cleanup struct {
+	mu    sync.Mutex
+	steps []func()
+}
+
+// Add pushes f.
+func (c *Cleanup) Add(f func()) {
+	c.mu.Lock()
+	c.steps = append(c.steps, f)
+	c.mu.Unlock()
+}
+
+// Run runs and forgets every step, last added first.
+func (c *Cleanup) Run() {
+	c.mu.Lock()
+	steps := c.steps
+	c.steps = nil
+	c.mu.Unlock()
+	for i := len(steps) - 1; i >= 0; i-- {
+		steps[i]()
+	}
+}
+
+// AddNS creates namespace ns (lo up, no IPv6 DAD) and registers its removal.
+func AddNS(c *Cleanup, ns string) error {
+	if err := Sh("ip", "netns", "add", ns); err != nil {
+		return err
+	}
+	c.Add(func() { Sh("ip", "netns", "del", ns) })
+	Sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+	return Sh("ip", "-n", ns, "link", "set", "lo", "up")
+}
+
+// Steps runs each command, stopping at the first error.
+func Steps(steps ...[]string) error {
+	for _, s := range steps {
+		if err := Sh(s...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Buffer collects output and wakes waiters on every write.
+type Buffer struct {
+	mu      sync.Mutex
+	b       strings.Builder
+	changed chan struct{}
+}
+
+func (c *Buffer) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.b.Write(p)
+	if c.changed != nil {
+		close(c.changed)
+	}
+	c.changed = make(chan struct{})
+	return len(p), nil
+}
+
+func (c *Buffer) String() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.b.String()
+}
+
+func (c *Buffer) changes() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.changed == nil {
+		c.changed = make(chan struct{})
+	}
+	return c.changed
+}
+
+// Proc is a process started in a namespace with `ip netns exec` (which
+// execs it, so signals reach the program itself).
+type Proc struct {
+	Name    string
+	Cmd     *exec.Cmd
+	Out     Buffer
+	Started time.Time
+	exited  chan struct{}
+	err     error
+}
+
+// Start runs args in namespace ns and registers a stop (SIGTERM, SIGKILL
+// after 5 s) with c.
+func Start(c *Cleanup, name, ns string, args ...string) (*Proc, error) {
+	p := &Proc{Name: name, exited: make(chan struct{})}
+	p.Cmd = exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
+	p.Cmd.Stdout = &p.Out
+	p.Cmd.Stderr = &p.Out
+	if err := p.Cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %v", name, err)
+	}
+	p.Started = time.Now()
+	go func() {
+		p.err = p.Cmd.Wait()
+		close(p.exited)
+	}()
+	c.Add(func() { p.Stop(syscall.SIGTERM) })
+	return p, nil
+}
+
+// Stop sends sig and waits up to 5 s, then kills.
+func (p *Proc) Stop(sig syscall.Signal) {
+	select {
+	case <-p.exited:
+		return
+	default:
+	}
+	p.Cmd.Process.Signal(sig)
+	select {
+	case <-p.exited:
+	case <-time.After(5 * time.Second):
+		p.Cmd.Process.Kill()
+		<-p.exited
+	}
+}
+
+// Exited is closed when the process has exited.
+func (p *Proc) Exited() <-chan struct{} { return p.exited }
+
+// WaitFor waits until the output shows one of markers and returns its
+// index and the time since the process started.
+func (p *Proc) WaitFor(timeout time.Duration, markers ...string) (int, time.Duration, error) {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	find := func() int {
+		s := p.Out.String()
+		for i, m := range markers {
+			if strings.Contains(s, m) {
+				return i
+			}
+		}
+		return -1
+	}
+	for {
+		ch := p.Out.changes()
+		if i := find(); i >= 0 {
+			return i, time.Since(p.Started), nil
+		}
+		select {
+		case <-ch:
+		case <-p.exited:
+			if i := find(); i >= 0 {
+				return i, time.Since(p.Started), nil
+			}
+			return -1, 0, fmt.Errorf("%s exited (%v) before printing any of %q", p.Name, p.err, markers)
+		case <-deadline.C:
+			return -1, 0, fmt.Errorf("%s printed none of %q within %v", p.Name, markers, timeout)
+		}
+	}
+}
+
+// Tail is the last n bytes of s.
+func Tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return "…" + s[len(s)-n:]
+}
+
+// NeedRoot returns an error naming what is missing: root, programs, files.
+func NeedRoot(programs []string, files ...string) error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("needs root (network namespaces, tap devices)")
+	}
+	for _, p := range programs {
+		if _, err := exec.LookPath(p); err != nil {
+			return fmt.Errorf("%s not in PATH (scripts/ci-deps.sh installs it)", p)
+		}
+	}
+	for _, f := range files {
+		if _, err := os.Stat(f); err != nil {
+			return fmt.Errorf("%s missing (scripts/ci-deps.sh installs it)", f)
+		}
+	}
+	return nil
+}
+
+// Percentile is the p-th percentile (0-100, nearest rank) of d; 0 when empty.
+func Percentile(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	i := int(float64(len(s))*p/100+0.999999) - 1
+	return s[max(0, min(i, len(s)-1))]
+}
