@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/diskless-boot/diskless/bench/harness"
+	"github.com/diskless-boot/diskless/internal/testutil/bootdisk"
 )
 
 const (
@@ -180,9 +181,9 @@ func (b *bench) run(kase, stack string, round int) (took time.Duration, err erro
 	img := filepath.Join(dir, "disk.img")
 	uefi := kase == "uefi-full"
 	if uefi {
-		err = uefiDisk(dir, img, marker)
+		err = bootdisk.UEFI(dir, img, marker)
 	} else {
-		err = os.WriteFile(img, bootDisk(4<<20, marker), 0o644)
+		err = os.WriteFile(img, bootdisk.MBR(4<<20, marker), 0o644)
 	}
 	if err != nil {
 		return 0, err

@@ -4,19 +4,12 @@ package dhcp
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"fmt"
 	"net"
-	"os"
-	"os/exec"
-	"runtime"
-	"strings"
 	"testing"
 	"time"
 
+	"github.com/diskless-boot/diskless/internal/testutil/netns"
 	"github.com/insomniacslk/dhcp/dhcpv4"
-	"golang.org/x/sys/unix"
 )
 
 // testNet is two network namespaces made for one test: "srv" with the
@@ -31,38 +24,16 @@ type testNet struct {
 	served, unservedSubnet string
 }
 
-func ipCmd(args ...string) error {
-	out, err := exec.Command("ip", args...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-	}
-	return nil
-}
-
 // newTestNet builds the namespaces, or skips the test when it cannot.
 func newTestNet(t *testing.T) *testNet {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("network namespace test needs root (ip netns add)")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("network namespace test needs the ip command (iproute2)")
-	}
-	var r [3]byte
-	rand.Read(r[:])
-	id := hex.EncodeToString(r[:])
+	netns.Need(t, "ip netns add")
+	id := netns.ID()
 	n := &testNet{
 		srv: "dlsdhcp-s-" + id, cli: "dlsdhcp-c-" + id,
 		srvIf: "ds" + id, cliIf: "dc" + id, srvIf2: "dt" + id, cliIf2: "du" + id,
 	}
-	if err := ipCmd("netns", "add", n.srv); err != nil {
-		t.Skipf("cannot create a network namespace: %v", err)
-	}
-	t.Cleanup(func() { ipCmd("netns", "del", n.srv) })
-	if err := ipCmd("netns", "add", n.cli); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ipCmd("netns", "del", n.cli) })
+	netns.Add(t, n.srv, n.cli)
 	steps := [][]string{
 		{"-n", n.srv, "link", "add", n.srvIf, "type", "veth", "peer", "name", n.cliIf, "netns", n.cli},
 		{"-n", n.srv, "link", "add", n.srvIf2, "type", "veth", "peer", "name", n.cliIf2, "netns", n.cli},
@@ -76,7 +47,7 @@ func newTestNet(t *testing.T) *testNet {
 		{"-n", n.cli, "link", "set", n.cliIf2, "up"},
 	}
 	for _, s := range steps {
-		if err := ipCmd(s...); err != nil {
+		if err := netns.IP(s...); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -84,32 +55,10 @@ func newTestNet(t *testing.T) *testNet {
 	return n
 }
 
-// inNetns runs fn on a thread moved into network namespace ns. Sockets made
-// there stay in ns. The thread is never handed back to the scheduler: it
-// ends with its goroutine, so no other goroutine runs in ns by accident.
-func inNetns(ns string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		f, err := os.Open("/var/run/netns/" + ns)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns %s: %w", ns, err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
-
 func listenIn(t *testing.T, ns, iface, addr string) net.PacketConn {
 	t.Helper()
 	var c net.PacketConn
-	if err := inNetns(ns, func() (err error) {
+	if err := netns.Run(ns, func() (err error) {
 		c, err = listenUDP(iface, addr)
 		return err
 	}); err != nil {
@@ -163,7 +112,7 @@ func TestNetnsEndToEnd(t *testing.T) {
 
 	serve := func(cfg Config, ports ...int) *Server {
 		t.Helper()
-		if err := inNetns(n.srv, func() error { return checkInterfaceAddr(n.srvIf, cfg.ServerIP) }); err != nil {
+		if err := netns.Run(n.srv, func() error { return checkInterfaceAddr(n.srvIf, cfg.ServerIP) }); err != nil {
 			t.Fatal(err)
 		}
 		s, err := NewServer(cfg)
@@ -172,7 +121,7 @@ func TestNetnsEndToEnd(t *testing.T) {
 		}
 		for _, p := range ports {
 			var c net.PacketConn
-			if err := inNetns(n.srv, func() (err error) { c, err = Listen(n.srvIf, p); return err }); err != nil {
+			if err := netns.Run(n.srv, func() (err error) { c, err = Listen(n.srvIf, p); return err }); err != nil {
 				t.Fatal(err)
 			}
 			go func() {
@@ -241,7 +190,7 @@ func TestNetnsEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	lasDone := make(chan error, 1)
-	go func() { lasDone <- inNetns(n.srv, func() error { return proxy.ListenAndServe(ctx) }) }()
+	go func() { lasDone <- netns.Run(n.srv, func() error { return proxy.ListenAndServe(ctx) }) }()
 	poffer := exchangeOn(t, cli, "255.255.255.255:67", kindOVMFx64.build(n.cliMAC, dhcpv4.MessageTypeDiscover, 0xe2e3), 15*time.Second)
 	if poffer == nil || !poffer.YourIPAddr.Equal(net.IPv4zero) || string(poffer.Options[60]) != "PXEClient" {
 		t.Fatalf("proxy mode: offer %v (stats %+v)", poffer, proxy.Stats())
@@ -250,7 +199,7 @@ func TestNetnsEndToEnd(t *testing.T) {
 		kindLinux.build(n.cliMAC, dhcpv4.MessageTypeDiscover, 0xe2e4), 500*time.Millisecond); rep != nil {
 		t.Errorf("proxy mode answered a client that is not PXE")
 	}
-	if err := ipCmd("-n", n.cli, "addr", "add", "10.77.0.150/24", "dev", n.cliIf); err != nil {
+	if err := netns.IP("-n", n.cli, "addr", "add", "10.77.0.150/24", "dev", n.cliIf); err != nil {
 		t.Fatal(err)
 	}
 	bs := listenIn(t, n.cli, n.cliIf, "0.0.0.0:4011")

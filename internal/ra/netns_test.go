@@ -3,49 +3,17 @@
 package ra
 
 import (
-	"crypto/rand"
 	"encoding/hex"
-	"fmt"
 	"net"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/diskless-boot/diskless/internal/testutil/netns"
 	"golang.org/x/net/ipv6"
-	"golang.org/x/sys/unix"
 )
-
-func ipCmd(args ...string) error {
-	out, err := exec.Command("ip", args...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-	}
-	return nil
-}
-
-// inNetns runs fn on a thread moved into network namespace ns; the thread
-// dies with its goroutine, so nothing else ever runs in ns by accident.
-func inNetns(ns string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		f, err := os.Open("/var/run/netns/" + ns)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns %s: %w", ns, err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
 
 // TestNetnsAnswersOnlyServedLink runs the server on a real raw socket in a
 // namespace of its own, bound to one veth (served) while a second veth
@@ -53,37 +21,23 @@ func inNetns(ns string, fn func() error) error {
 // link gets an RA from a link-local address with hop limit 255, no prefix
 // and lifetime 0; one on the other link gets nothing.
 func TestNetnsAnswersOnlyServedLink(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("network namespace test needs root (ip netns add, raw sockets)")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("network namespace test needs the ip command (iproute2)")
-	}
-	var r [3]byte
-	rand.Read(r[:])
-	id := hex.EncodeToString(r[:])
+	netns.Need(t, "ip netns add, raw sockets")
+	id := netns.ID()
 	srv, cli := "dlsra-s-"+id, "dlsra-c-"+id
 	srvIf, cliIf, srvIf2, cliIf2 := "rs"+id, "rc"+id, "rt"+id, "ru"+id
-	if err := ipCmd("netns", "add", srv); err != nil {
-		t.Skipf("cannot create a network namespace: %v", err)
-	}
-	t.Cleanup(func() { ipCmd("netns", "del", srv) })
-	if err := ipCmd("netns", "add", cli); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ipCmd("netns", "del", cli) })
+	netns.Add(t, srv, cli)
 	for _, s := range [][]string{
 		{"-n", srv, "link", "add", srvIf, "type", "veth", "peer", "name", cliIf, "netns", cli},
 		{"-n", srv, "link", "add", srvIf2, "type", "veth", "peer", "name", cliIf2, "netns", cli},
 	} {
-		if err := ipCmd(s...); err != nil {
+		if err := netns.IP(s...); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// No duplicate address detection: link-local addresses are usable at
 	// once instead of after a second.
 	for _, ns := range []string{srv, cli} {
-		if err := inNetns(ns, func() error {
+		if err := netns.Run(ns, func() error {
 			for _, f := range []string{"all", "default", srvIf, srvIf2, cliIf, cliIf2} {
 				os.WriteFile("/proc/sys/net/ipv6/conf/"+f+"/accept_dad", []byte("0"), 0)
 				// Only the test solicits: the kernel's own RS on link-up
@@ -99,7 +53,7 @@ func TestNetnsAnswersOnlyServedLink(t *testing.T) {
 		{"-n", srv, "link", "set", srvIf, "up"}, {"-n", srv, "link", "set", srvIf2, "up"},
 		{"-n", cli, "link", "set", cliIf, "up"}, {"-n", cli, "link", "set", cliIf2, "up"},
 	} {
-		if err := ipCmd(s...); err != nil {
+		if err := netns.IP(s...); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -119,7 +73,7 @@ func TestNetnsAnswersOnlyServedLink(t *testing.T) {
 
 	var s *Server
 	var conn *ipv6.PacketConn
-	if err := inNetns(srv, func() (err error) {
+	if err := netns.Run(srv, func() (err error) {
 		if s, err = New(Config{Interface: srvIf, MinInterval: 10 * time.Millisecond}); err != nil {
 			return err
 		}
@@ -143,7 +97,7 @@ func TestNetnsAnswersOnlyServedLink(t *testing.T) {
 		t.Helper()
 		var c *ipv6.PacketConn
 		var ifi *net.Interface
-		if err := inNetns(cli, func() error {
+		if err := netns.Run(cli, func() error {
 			var err error
 			if ifi, err = net.InterfaceByName(iface); err != nil {
 				return err

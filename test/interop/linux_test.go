@@ -65,15 +65,15 @@ func TestLinuxInitiator(t *testing.T) {
 				"-append", strings.Join(params, " "),
 				"-netdev", "user,id=n0",
 				"-device", "e1000,netdev=n0")
-			i, err := v.waitFor(5*time.Minute, "DISKLESS-GUEST-PASS", "DISKLESS-GUEST-FAIL")
+			i, _, err := v.WaitFor(5*time.Minute, "DISKLESS-GUEST-PASS", "DISKLESS-GUEST-FAIL")
 			if err != nil {
 				t.Fatal(err)
 			}
 			// Either way the guest powers off next; then its output is complete.
-			if err := v.wait(30 * time.Second); err != nil {
+			if err := v.Wait(30 * time.Second); err != nil {
 				t.Errorf("guest did not power off: %v", err)
 			}
-			console := v.console()
+			console := v.Console()
 			failure := lineWith(console, "DISKLESS-GUEST-FAIL")
 			if tc.fails != "" {
 				if failure != tc.fails {

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/diskless-boot/diskless/internal/testutil/build"
 )
 
 // Set by TestMain.
@@ -27,7 +29,7 @@ func TestMain(m *testing.M) {
 
 func run(m *testing.M) int {
 	var err error
-	if repoRoot, err = findRepoRoot(); err != nil {
+	if repoRoot, err = build.RepoRoot(); err != nil {
 		fmt.Fprintln(os.Stderr, "interop:", err)
 		return 1
 	}
@@ -40,38 +42,8 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "diskless")
-	args := []string{"build", "-o", bin}
-	if raceEnabled {
-		args = append(args, "-race")
-	}
-	cmd := exec.Command("go", append(args, "./cmd/diskless")...)
-	cmd.Dir = repoRoot
-	if out, err := cmd.CombinedOutput(); err != nil {
-		disklessBuild = fmt.Errorf("go build ./cmd/diskless: %v\n%s", err, out)
-	} else {
-		disklessBin = bin
-	}
+	disklessBin, disklessBuild = build.Diskless(repoRoot, dir, raceEnabled)
 	return m.Run()
-}
-
-// findRepoRoot walks up from the working directory (the package directory
-// under go test) to the directory holding go.mod.
-func findRepoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", fmt.Errorf("no go.mod above the working directory")
-		}
-		dir = parent
-	}
 }
 
 // needPeers marks t as an interop test: skipped under -short and when one of

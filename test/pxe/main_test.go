@@ -5,8 +5,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"testing"
+
+	"github.com/diskless-boot/diskless/internal/testutil/build"
 )
 
 // Set by TestMain.
@@ -24,7 +25,7 @@ func run(m *testing.M) int {
 	if testing.Short() {
 		return m.Run()
 	}
-	root, err := findRepoRoot()
+	root, err := build.RepoRoot()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "pxe:", err)
 		return 1
@@ -35,32 +36,8 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "diskless")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/diskless")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		disklessBuild = fmt.Errorf("go build ./cmd/diskless: %v\n%s", err, out)
-	} else {
-		disklessBin = bin
-	}
+	disklessBin, disklessBuild = build.Diskless(root, dir, false)
 	return m.Run()
-}
-
-func findRepoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", fmt.Errorf("no go.mod above the working directory")
-		}
-		dir = parent
-	}
 }
 
 // need skips t under -short, when not root, or when a program or file is

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/diskless-boot/diskless/internal/testutil/qemu"
 )
 
 // testNet is the network of one test:
@@ -91,7 +93,7 @@ func newTestNet(t *testing.T, withSite bool) *testNet {
 type daemon struct {
 	name   string
 	cmd    *exec.Cmd
-	out    consoleBuffer
+	out    qemu.Output
 	exited chan struct{}
 	err    error
 }
@@ -99,7 +101,6 @@ type daemon struct {
 func startDaemon(t *testing.T, name, ns string, args ...string) *daemon {
 	t.Helper()
 	d := &daemon{name: name, exited: make(chan struct{})}
-	d.out.changed = make(chan struct{})
 	d.cmd = exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
 	d.cmd.Stdout = &d.out
 	d.cmd.Stderr = &d.out
@@ -141,7 +142,7 @@ func (d *daemon) waitOutput(t *testing.T, s string, timeout time.Duration) {
 	t.Helper()
 	deadline := time.After(timeout)
 	for {
-		ch := d.out.changes()
+		ch := d.out.Changes()
 		if strings.Contains(d.out.String(), s) {
 			return
 		}

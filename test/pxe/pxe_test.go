@@ -7,6 +7,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/diskless-boot/diskless/internal/testutil/bootdisk"
+	"github.com/diskless-boot/diskless/internal/testutil/qemu"
 )
 
 const (
@@ -28,9 +31,9 @@ func TestPXEBoot(t *testing.T) {
 		need(t, []string{"ip", "qemu-system-x86_64"}, map[string]string{ipxeROM: "ipxe-qemu"})
 		n := newTestNet(t, false)
 		dir := tempDir(t)
-		marker := "DISKLESS-PXE-" + randomHex(t, 8)
+		marker := bootdisk.Marker(t, "DISKLESS-PXE-")
 		img := filepath.Join(dir, "disk.img")
-		if err := os.WriteFile(img, bootDisk(4<<20, marker), 0o644); err != nil {
+		if err := os.WriteFile(img, bootdisk.MBR(4<<20, marker), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		srv := startServe(t, n, "--interface", n.srvIf, "--dhcp", "full", "--dhcp-range", poolRange,
@@ -47,9 +50,9 @@ func TestPXEBoot(t *testing.T) {
 		need(t, []string{"ip", "qemu-system-x86_64", "dnsmasq"}, map[string]string{ipxeROM: "ipxe-qemu"})
 		n := newTestNet(t, true)
 		dir := tempDir(t)
-		marker := "DISKLESS-PXE-" + randomHex(t, 8)
+		marker := bootdisk.Marker(t, "DISKLESS-PXE-")
 		img := filepath.Join(dir, "disk.img")
-		if err := os.WriteFile(img, bootDisk(4<<20, marker), 0o644); err != nil {
+		if err := os.WriteFile(img, bootdisk.MBR(4<<20, marker), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		// The site's DHCP server: addresses only, no boot options, no DNS.
@@ -72,7 +75,7 @@ func TestPXEBoot(t *testing.T) {
 		})
 		n := newTestNet(t, false)
 		dir := tempDir(t)
-		marker := "DISKLESS-PXE-" + randomHex(t, 8)
+		marker := bootdisk.Marker(t, "DISKLESS-PXE-")
 		img := filepath.Join(dir, "disk.img")
 		uefiDisk(t, dir, img, marker)
 		vars := filepath.Join(dir, "OVMF_VARS.fd")
@@ -126,9 +129,9 @@ func startServe(t *testing.T, n *testNet, args ...string) *daemon {
 }
 
 // expectMarker waits for the marker and returns the time from power-on.
-func expectMarker(t *testing.T, v *vm, marker string, timeout time.Duration) time.Duration {
+func expectMarker(t *testing.T, v *qemu.VM, marker string, timeout time.Duration) time.Duration {
 	t.Helper()
-	i, took, err := v.waitFor(timeout, marker, "DISKLESS-MBR-READ-ERROR", "Could not boot")
+	i, took, err := v.WaitFor(timeout, marker, "DISKLESS-MBR-READ-ERROR", "Could not boot")
 	if err != nil {
 		t.Fatal(err)
 	}

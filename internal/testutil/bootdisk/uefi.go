@@ -1,9 +1,4 @@
-//go:build linux
-
-package main
-
-// Disk images: copies of test/pxe's generators (test files cannot be
-// imported), with errors returned instead of failing a test.
+package bootdisk
 
 import (
 	"crypto/rand"
@@ -14,60 +9,26 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-
-	"github.com/diskless-boot/diskless/bench/harness"
 )
 
-func bootDisk(size int, marker string) []byte {
-	const heads, sectors = 16, 63
-	img := make([]byte, size)
-	last := uint64(size/512 - 1)
-
-	mbr := img[:512]
-	code, _ := hex.DecodeString("FAFC31C08ED88EC08ED0BC007CFB" +
-		"BE2E7C" + "B442CD13" + "BE3E7C" + "7203" + "BE0080" +
-		"BAF803" + "AC84C07403EEEBF8" + "E6F4" + "FAF4EBFC")
-	copy(mbr, code)
-	dap := mbr[0x2e:0x3e]
-	dap[0] = 0x10                                  // packet size
-	binary.LittleEndian.PutUint16(dap[2:], 1)      // sectors
-	binary.LittleEndian.PutUint16(dap[4:], 0x8000) // buffer offset
-	binary.LittleEndian.PutUint16(dap[6:], 0)      // buffer segment
-	binary.LittleEndian.PutUint64(dap[8:], last)   // LBA
-	copy(mbr[0x3e:], "DISKLESS-MBR-READ-ERROR\r\n\x00")
-
-	// One partition laid out for 16 heads x 63 sectors: iPXE derives the
-	// INT 13h geometry from it.
-	cyls := size / 512 / (heads * sectors)
-	p := mbr[0x1be:0x1ce]
-	p[0] = 0x80
-	p[1], p[2], p[3] = 1, 1, 0
-	p[4] = 0xda
-	p[5], p[6], p[7] = heads-1, sectors|byte((cyls-1)>>8)<<6, byte(cyls-1)
-	binary.LittleEndian.PutUint32(p[8:], sectors)
-	binary.LittleEndian.PutUint32(p[12:], uint32(cyls*heads*sectors-sectors))
-	mbr[510], mbr[511] = 0x55, 0xaa
-
-	copy(img[last*512:], marker+"\r\n\x00")
-	return img
-}
-
-// uefiDisk writes a GPT disk image to path whose only partition is an EFI
+// UEFI writes a GPT disk image to path whose only partition is an EFI
 // system partition (FAT, built with mkfs.vfat and mtools, never mounted)
 // holding a standalone GRUB as \EFI\BOOT\BOOTX64.EFI - the one file iPXE's
 // EFI sanboot boots - that prints marker on the serial port and powers off.
-func uefiDisk(dir, path, marker string) error {
+// dir holds the intermediate files. Needs grub-mkstandalone
+// (grub-efi-amd64-bin), mkfs.vfat (dosfstools) and mtools.
+func UEFI(dir, path, marker string) error {
 	cfg := filepath.Join(dir, "grub.cfg")
 	os.WriteFile(cfg, []byte("serial --unit=0 --speed=115200\nterminal_output serial console\necho "+marker+"\nhalt\n"), 0o644)
 	efi := filepath.Join(dir, "BOOTX64.EFI")
-	if err := harness.Sh("grub-mkstandalone", "-O", "x86_64-efi", "-o", efi,
+	if err := run("grub-mkstandalone", "-O", "x86_64-efi", "-o", efi,
 		"--modules=serial terminal echo halt", "--locales=", "--themes=", "--fonts=",
 		"boot/grub/grub.cfg="+cfg); err != nil {
 		return err
 	}
 	const espSectors = 32 << 11 // 32 MiB
 	esp := filepath.Join(dir, "esp.img")
-	if err := harness.Sh("mkfs.vfat", "-F", "16", "-n", "ESP", "-C", esp, "32768"); err != nil {
+	if err := run("mkfs.vfat", "-F", "16", "-n", "ESP", "-C", esp, "32768"); err != nil {
 		return err
 	}
 	for _, c := range [][]string{
@@ -150,4 +111,13 @@ func guidBytes(s string) []byte {
 	binary.LittleEndian.PutUint16(out[6:], binary.BigEndian.Uint16(b[6:]))
 	copy(out[8:], b[8:])
 	return out
+}
+
+// run runs a command and returns its output with the error.
+func run(name string, args ...string) error {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s: %v: %s", name, err, out)
+	}
+	return nil
 }

@@ -1,0 +1,171 @@
+// Package qemu runs a headless QEMU PC for a test and reads its serial
+// console. It is for tests only (test/interop, test/pxe); production code
+// must not import it.
+package qemu
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Config says how to start QEMU.
+type Config struct {
+	// Prefix is prepended to the qemu-system-x86_64 command line, e.g.
+	// "ip netns exec NS". It must exec QEMU, so that killing the process
+	// kills QEMU. Default: none.
+	Prefix []string
+	// LogDirEnv names an environment variable: when it is set, the whole
+	// console is kept in that directory as <test name>.console.log instead
+	// of in the test's temporary directory. Default: none.
+	LogDirEnv string
+}
+
+// VM is a QEMU process whose serial console (COM1 on QEMU's stdout) the
+// test reads. It is killed when the test ends. Its methods are safe for
+// concurrent use.
+type VM struct {
+	cmd     *exec.Cmd
+	out     Output
+	started time.Time // power-on
+	exited  chan struct{}
+	err     error // from Wait, valid once exited is closed
+}
+
+// Start runs qemu-system-x86_64 with args plus a headless console setup: no
+// display, no monitor, COM1 on stdout, no reboot. On cleanup it kills QEMU,
+// keeps the console in a file and, when t failed, logs its last part.
+func Start(t *testing.T, c Config, args ...string) *VM {
+	t.Helper()
+	argv := append(append([]string(nil), c.Prefix...), "qemu-system-x86_64",
+		"-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot")
+	argv = append(argv, args...)
+	v := &VM{exited: make(chan struct{})}
+	v.cmd = exec.Command(argv[0], argv[1:]...)
+	v.cmd.Stdout = &v.out
+	v.cmd.Stderr = &v.out
+	if err := v.cmd.Start(); err != nil {
+		t.Fatalf("start qemu: %v", err)
+	}
+	v.started = time.Now()
+	go func() {
+		v.err = v.cmd.Wait()
+		close(v.exited)
+	}()
+	t.Cleanup(func() {
+		v.cmd.Process.Kill()
+		<-v.exited
+		// Keep the whole console for a look after a failure.
+		log := filepath.Join(t.TempDir(), "console.log")
+		if dir := os.Getenv(c.LogDirEnv); dir != "" {
+			log = filepath.Join(dir, strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())+".console.log")
+		}
+		os.WriteFile(log, []byte(v.out.String()), 0o644)
+		if t.Failed() {
+			t.Logf("QEMU ran %v; console (full copy in %s), last part:\n%s",
+				time.Since(v.started).Round(time.Second), log, tail(v.Console(), 6000))
+		}
+	})
+	return v
+}
+
+// WaitFor waits until the console shows one of markers and returns its
+// index and the time since power-on. It fails when QEMU exits first or
+// timeout passes.
+func (v *VM) WaitFor(timeout time.Duration, markers ...string) (int, time.Duration, error) {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	find := func() int {
+		s := v.out.String()
+		for i, m := range markers {
+			if strings.Contains(s, m) {
+				return i
+			}
+		}
+		return -1
+	}
+	for {
+		changed := v.out.Changes()
+		if i := find(); i >= 0 {
+			return i, time.Since(v.started), nil
+		}
+		select {
+		case <-changed:
+		case <-v.exited:
+			if i := find(); i >= 0 {
+				return i, time.Since(v.started), nil
+			}
+			return -1, 0, fmt.Errorf("QEMU exited (%v) before the console showed any of %q", v.err, markers)
+		case <-deadline.C:
+			return -1, 0, fmt.Errorf("console showed none of %q within %v", markers, timeout)
+		}
+	}
+}
+
+// Wait waits for QEMU to exit by itself, at most timeout.
+func (v *VM) Wait(timeout time.Duration) error {
+	select {
+	case <-v.exited:
+		return v.err
+	case <-time.After(timeout):
+		return fmt.Errorf("QEMU still running after %v", timeout)
+	}
+}
+
+var ansiEscape = regexp.MustCompile(`\x1b(\[[0-9;?]*[A-Za-z]|c)`)
+
+// Console is the output so far without the ANSI escapes of SeaBIOS' serial
+// console.
+func (v *VM) Console() string {
+	return ansiEscape.ReplaceAllString(v.out.String(), "")
+}
+
+// Output collects a process's output and wakes waiters on every write.
+// The zero value is ready to use; it is safe for concurrent use.
+type Output struct {
+	mu      sync.Mutex
+	b       strings.Builder
+	changed chan struct{} // closed and replaced on every write
+}
+
+func (c *Output) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.b.Write(p)
+	if c.changed != nil {
+		close(c.changed)
+	}
+	c.changed = make(chan struct{})
+	return len(p), nil
+}
+
+// String returns the output so far.
+func (c *Output) String() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.b.String()
+}
+
+// Changes returns a channel closed at the next write.
+func (c *Output) Changes() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.changed == nil {
+		c.changed = make(chan struct{})
+	}
+	return c.changed
+}
+
+// tail returns the last n bytes of s, for failure messages.
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return "…" + s[len(s)-n:]
+}
