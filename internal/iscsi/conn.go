@@ -348,7 +348,7 @@ func (c *conn) handleLogout(m pdu.LogoutRequest) bool {
 	switch m.Reason {
 	case pdu.LogoutCloseSession:
 	case pdu.LogoutCloseConnection:
-		if m.CID != c.cid() {
+		if m.CID != c.sessCID {
 			resp.Response = pdu.LogoutCIDNotFound
 		}
 	case pdu.LogoutRemoveForRecov:
@@ -372,8 +372,6 @@ func (c *conn) handleLogout(m pdu.LogoutRequest) bool {
 	c.log.Info("iscsi logout", "tsih", c.sess.tsih)
 	return true
 }
-
-func (c *conn) cid() uint16 { return c.sessCID }
 
 // reject sends a Reject PDU carrying the offending header (RFC 7143 11.17).
 func (c *conn) reject(h *pdu.BHS, reason uint8) {

@@ -257,3 +257,11 @@ func (in *testInitiator) logout() {
 		in.t.Fatalf("logout: %v %+v", err, resp)
 	}
 }
+
+// encodeLUN is the inverse of decodeLUN.
+func encodeLUN(lun uint64) uint64 {
+	if lun < 256 {
+		return lun << 48
+	}
+	return (0x4000 | lun&0x3fff) << 48
+}

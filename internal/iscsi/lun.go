@@ -25,14 +25,6 @@ func decodeLUN(raw uint64) uint64 {
 	return noLUN
 }
 
-// encodeLUN is the inverse of decodeLUN.
-func encodeLUN(lun uint64) uint64 {
-	if lun < 256 {
-		return lun << 48
-	}
-	return (0x4000 | lun&0x3fff) << 48
-}
-
 // Serial number arithmetic on 32-bit sequence numbers (RFC 1982), as
 // RFC 7143 4.2.2.1 requires for CmdSN and StatSN comparisons.
 func snLess(a, b uint32) bool   { return a != b && int32(a-b) < 0 }

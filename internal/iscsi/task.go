@@ -121,7 +121,7 @@ func (c *conn) handleSCSICommand(p *pdu.PDU) error {
 			c.mu.Unlock()
 			if err == pdu.ErrDataDigest {
 				c.reject(h, pdu.RejectDataDigestError)
-				return c.sendStatus(t, scsi.StatusCheckCondition, senseProtocolCRCError, 0)
+				return c.sendStatus(t, scsi.StatusCheckCondition, senseProtocolCRCError)
 			}
 			return err
 		}
@@ -169,12 +169,12 @@ func (c *conn) refuse(t *task, dsl uint32, status scsi.Status, sense []byte) err
 		// The command still consumes its CmdSN.
 		c.admit(t.cmd.CmdSN, false, func() {})
 	}
-	return c.sendStatus(t, status, sense, 0)
+	return c.sendStatus(t, status, sense)
 }
 
 // sendStatus sends a SCSI Response for a task that never reached the
 // SCSI layer.
-func (c *conn) sendStatus(t *task, status scsi.Status, sense []byte, _ int) error {
+func (c *conn) sendStatus(t *task, status scsi.Status, sense []byte) error {
 	resp := pdu.SCSIResponse{Status: uint8(status), ITT: t.cmd.ITT}
 	if t.edtl > 0 {
 		resp.Underflow, resp.ResidualCount = true, t.edtl
@@ -319,7 +319,7 @@ func (c *conn) failTask(t *task, sense []byte) {
 	// The reader is the only user of a task that is not executing, so
 	// the buffer can go back to the pool.
 	putBuf(t.buf)
-	c.sendStatus(t, scsi.StatusCheckCondition, sense, 0)
+	c.sendStatus(t, scsi.StatusCheckCondition, sense)
 }
 
 // releaseMemLocked returns a task's buffer bytes to the session budget,
