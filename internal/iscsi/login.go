@@ -276,16 +276,8 @@ func (ls *loginState) security(kvs []pdu.KV, needAuth bool) ([]pdu.KV, error) {
 			ls.c.log.Info("iscsi CHAP authentication succeeded")
 		}
 	}
-	if needAuth && ls.authMethod == "" && len(kvs) > 0 {
-		hasAuth := false
-		for _, kv := range kvs {
-			if kv.Key == "AuthMethod" {
-				hasAuth = true
-			}
-		}
-		if !hasAuth {
-			return nil, loginFail(pdu.LoginAuthFailure, "target requires CHAP, initiator offered no AuthMethod")
-		}
+	if needAuth && ls.authMethod == "" {
+		return nil, loginFail(pdu.LoginAuthFailure, "target requires CHAP, initiator offered no AuthMethod")
 	}
 	return reply, nil
 }
