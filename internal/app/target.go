@@ -85,8 +85,8 @@ func RunTarget(ctx context.Context, opts TargetOptions) (err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if !validIQN(opts.IQN) {
-		return fmt.Errorf("--iqn %q: not an iSCSI name (iqn.YYYY-MM.reverse.domain[:id], eui.<16 hex> or naa.<hex>)", opts.IQN)
+	if err := iscsi.CheckName(opts.IQN); err != nil {
+		return fmt.Errorf("--iqn %q: %w", opts.IQN, err)
 	}
 	if len(opts.LUNs) == 0 {
 		return errors.New("no --lun given")
@@ -153,39 +153,4 @@ func RunTarget(ctx context.Context, opts TargetOptions) (err error) {
 		}
 	}
 	return err
-}
-
-// validIQN checks the iSCSI name formats of RFC 7143 4.2.7.
-func validIQN(s string) bool {
-	if len(s) > 223 {
-		return false
-	}
-	switch {
-	case strings.HasPrefix(s, "iqn."):
-		// iqn.YYYY-MM.naming-authority[:unique]
-		return len(s) > 12 && s[8] == '-' && s[11] == '.' && isDigits(s[4:8]) && isDigits(s[9:11])
-	case strings.HasPrefix(s, "eui."):
-		return len(s) == 20 && isHex(s[4:])
-	case strings.HasPrefix(s, "naa."):
-		return (len(s) == 20 || len(s) == 36) && isHex(s[4:])
-	}
-	return false
-}
-
-func isDigits(s string) bool {
-	for _, r := range s {
-		if r < '0' || r > '9' {
-			return false
-		}
-	}
-	return s != ""
-}
-
-func isHex(s string) bool {
-	for _, r := range s {
-		if !strings.ContainsRune("0123456789abcdefABCDEF", r) {
-			return false
-		}
-	}
-	return s != ""
 }

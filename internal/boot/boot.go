@@ -22,6 +22,8 @@ import (
 	"net"
 	"strings"
 	"time"
+
+	"github.com/diskless-boot/diskless/internal/iscsi"
 )
 
 // Mode is how a known host boots.
@@ -276,37 +278,8 @@ func safeLine(s string) bool {
 	return true
 }
 
-// validIQN: RFC 7143 4.2.7 names, lowercase, restricted to the characters
-// safeArg allows.
+// validIQN: an iSCSI name (iscsi.CheckName) that is also safe to put in an
+// iPXE script.
 func validIQN(s string) bool {
-	if len(s) > 223 || !safeArg(s, 1) || strings.ToLower(s) != s {
-		return false
-	}
-	switch {
-	case strings.HasPrefix(s, "iqn."):
-		return len(s) > 12 && s[8] == '-' && s[11] == '.' && isDigits(s[4:8]) && isDigits(s[9:11])
-	case strings.HasPrefix(s, "eui."):
-		return len(s) == 20 && isHex(s[4:])
-	case strings.HasPrefix(s, "naa."):
-		return (len(s) == 20 || len(s) == 36) && isHex(s[4:])
-	}
-	return false
-}
-
-func isDigits(s string) bool {
-	for _, r := range s {
-		if r < '0' || r > '9' {
-			return false
-		}
-	}
-	return s != ""
-}
-
-func isHex(s string) bool {
-	for _, r := range s {
-		if !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f') {
-			return false
-		}
-	}
-	return s != ""
+	return iscsi.CheckName(s) == nil && safeArg(s, 1)
 }

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/diskless-boot/diskless/internal/iscsi"
 )
 
 // FieldError is one problem of a Config: where the key was set ("file:line"
@@ -27,7 +29,6 @@ const (
 	maxSecretLen  = 255
 	maxNameLen    = 63
 	maxCmdlineLen = 1024 // leaves room in the kernel's 2048-byte command line for the ISCSI_* values
-	maxIQNLen     = 223  // RFC 7143 4.2.7.1
 )
 
 // Validate checks every key and reports every problem found (joined
@@ -74,8 +75,8 @@ func (v *validator) check() {
 	if c.IQNBase != "" {
 		if why := checkIQN(c.IQNBase); why != "" {
 			v.fail("iqn_base", "%q: %s", c.IQNBase, why)
-		} else if len(c.IQNBase)+len(".host.")+12 > maxIQNLen {
-			v.fail("iqn_base", "too long: generated IQNs would exceed %d bytes", maxIQNLen)
+		} else if len(c.IQNBase)+len(".host.")+12 > iscsi.MaxNameLen {
+			v.fail("iqn_base", "too long: generated IQNs would exceed %d bytes", iscsi.MaxNameLen)
 		}
 	}
 	switch c.UnknownHosts.Policy {
@@ -367,44 +368,12 @@ func checkCmdline(s string) string {
 	return ""
 }
 
-// checkIQN checks an iSCSI name (RFC 7143 4.2.7): iqn.YYYY-MM.authority[:x],
-// eui.<16 hex> or naa.<16 or 32 hex>, lowercase, at most 223 bytes.
+// checkIQN checks an iSCSI name (iscsi.CheckName) and says why not, or "".
 func checkIQN(s string) string {
-	if len(s) > maxIQNLen {
-		return fmt.Sprintf("longer than %d bytes", maxIQNLen)
+	if err := iscsi.CheckName(s); err != nil {
+		return err.Error()
 	}
-	for _, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '.' || r == '-' || r == ':') {
-			return "use lowercase letters, digits, '.', '-' and ':' only"
-		}
-	}
-	switch {
-	case strings.HasPrefix(s, "iqn."):
-		if len(s) > 12 && s[8] == '-' && s[11] == '.' && digits(s[4:8]) && digits(s[9:11]) {
-			return ""
-		}
-		return "want iqn.YYYY-MM.reverse.domain[:unique]"
-	case strings.HasPrefix(s, "eui."):
-		if len(s) == 20 && isHex(s[4:]) {
-			return ""
-		}
-		return "want eui. and 16 hex digits"
-	case strings.HasPrefix(s, "naa."):
-		if (len(s) == 20 || len(s) == 36) && isHex(s[4:]) {
-			return ""
-		}
-		return "want naa. and 16 or 32 hex digits"
-	}
-	return "want iqn., eui. or naa. name"
-}
-
-func digits(s string) bool {
-	for _, r := range s {
-		if r < '0' || r > '9' {
-			return false
-		}
-	}
-	return s != ""
+	return ""
 }
 
 func isHex(s string) bool {
