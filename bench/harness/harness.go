@@ -18,6 +18,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/diskless-boot/diskless/internal/testutil/qemu"
 )
 
 // Sh runs a command and returns its combined output in the error.
@@ -80,45 +82,12 @@ func Steps(steps ...[]string) error {
 	return nil
 }
 
-// Buffer collects output and wakes waiters on every write.
-type Buffer struct {
-	mu      sync.Mutex
-	b       strings.Builder
-	changed chan struct{}
-}
-
-func (c *Buffer) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.b.Write(p)
-	if c.changed != nil {
-		close(c.changed)
-	}
-	c.changed = make(chan struct{})
-	return len(p), nil
-}
-
-func (c *Buffer) String() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.b.String()
-}
-
-func (c *Buffer) changes() <-chan struct{} {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.changed == nil {
-		c.changed = make(chan struct{})
-	}
-	return c.changed
-}
-
 // Proc is a process started in a namespace with `ip netns exec` (which
 // execs it, so signals reach the program itself).
 type Proc struct {
 	Name    string
 	Cmd     *exec.Cmd
-	Out     Buffer
+	Out     qemu.Output
 	Started time.Time
 	exited  chan struct{}
 	err     error
@@ -177,7 +146,7 @@ func (p *Proc) WaitFor(timeout time.Duration, markers ...string) (int, time.Dura
 		return -1
 	}
 	for {
-		ch := p.Out.changes()
+		ch := p.Out.Changes()
 		if i := find(); i >= 0 {
 			return i, time.Since(p.Started), nil
 		}

@@ -1,5 +1,6 @@
 // Package qemu runs a headless QEMU PC for a test and reads its serial
-// console. It is for tests only (test/interop, test/pxe); production code
+// console. It is for tests and benchmarks only (test/interop, test/pxe,
+// bench); production code
 // must not import it.
 package qemu
 
