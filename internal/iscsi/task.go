@@ -386,6 +386,9 @@ func (c *conn) execute(t *task) {
 		// Aborted while running: no response (TAS=0).
 		c.releaseMemLocked(t)
 		c.mu.Unlock()
+		if res.Release != nil {
+			res.Release()
+		}
 		putBuf(t.buf)
 		close(t.done)
 		return
@@ -400,6 +403,9 @@ func (c *conn) execute(t *task) {
 	item := c.responseItem(t, &res)
 	buf := t.buf
 	item.release = func() {
+		if res.Release != nil {
+			res.Release() // the file data is on the wire (or never will be)
+		}
 		putBuf(buf)
 		c.mu.Lock()
 		c.releaseMemLocked(t)

@@ -41,9 +41,9 @@ func (lu *LogicalUnit) writeAtomic(c *Command, r *Result) error {
 	if n == 0 {
 		return nil
 	}
-	lu.ioMu.Lock()
+	lu.lockExclusive()
 	_, err := lu.dev.WriteAt(c.DataOut[:size], int64(lba<<lu.shift))
-	lu.ioMu.Unlock()
+	lu.unlockExclusive()
 	if err != nil {
 		return diskError(err, lba, true)
 	}

@@ -84,11 +84,14 @@ type LogicalUnit struct {
 	blocks atomic.Uint64 // capacity in logical blocks
 
 	// ioMu is held shared by every read and write of the medium and
-	// exclusively by the read-modify-write and atomic commands (COMPARE
+	// exclusively (lockExclusive) by the read-modify-write and atomic commands (COMPARE
 	// AND WRITE, ORWRITE, WRITE ATOMIC), which no other command may see
 	// half done (SBC-3 5.2; SBC-4 atomic writes). Never taken twice by one
 	// goroutine: a waiting writer would deadlock a nested RLock.
 	ioMu sync.RWMutex
+	// files holds exclusive writers back while READ data is still to be
+	// sent from the file (see fileGate); use lockExclusive for ioMu.
+	files fileGate
 
 	// copies counts the EXTENDED COPY commands running on this LU as
 	// copy manager (at most maxConcurrentCopies).

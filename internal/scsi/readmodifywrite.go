@@ -36,8 +36,8 @@ func (lu *LogicalUnit) compareAndWrite(c *Command, r *Result) error {
 		return nil
 	}
 	cur := make([]byte, half)
-	lu.ioMu.Lock()
-	defer lu.ioMu.Unlock()
+	lu.lockExclusive()
+	defer lu.unlockExclusive()
 	if _, err := lu.dev.ReadAt(cur, int64(lba<<lu.shift)); err != nil {
 		return diskError(err, lba, false)
 	}
@@ -70,8 +70,8 @@ func (lu *LogicalUnit) orWrite(c *Command, r *Result) error {
 	}
 	bp := chunkPool.Get().(*[]byte)
 	defer chunkPool.Put(bp)
-	lu.ioMu.Lock()
-	defer lu.ioMu.Unlock()
+	lu.lockExclusive()
+	defer lu.unlockExclusive()
 	for off := 0; off < len(data); {
 		buf := (*bp)[:min(len(*bp), len(data)-off)]
 		at := int64(lba<<lu.shift) + int64(off)

@@ -67,14 +67,13 @@ func (lu *LogicalUnit) read(c *Command, r *Result) error {
 	if uint64(len(dst)) > size {
 		dst = dst[:size]
 	}
-	if c.FileDataIn && len(dst) > 0 {
-		if fe, ok := lu.dev.(disk.FileExtenter); ok {
-			fr, err := fe.FileExtent(int64(lba<<lu.shift), int64(len(dst)))
-			if err == nil && fr.Len == int64(len(dst)) {
-				r.File, r.N = fr, len(dst)
-				return nil
-			}
+	if fe, ok := lu.dev.(disk.FileExtenter); ok && c.FileDataIn && len(dst) > 0 && lu.files.enter() {
+		fr, err := fe.FileExtent(int64(lba<<lu.shift), int64(len(dst)))
+		if err == nil && fr.Len == int64(len(dst)) {
+			r.File, r.N, r.Release = fr, len(dst), lu.files.leave
+			return nil
 		}
+		lu.files.leave()
 	}
 	if len(dst) > 0 {
 		if err := lu.readBlocks(dst, lba); err != nil {

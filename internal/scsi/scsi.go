@@ -78,6 +78,9 @@ type Result struct {
 	// File, when Len > 0, holds the Data-In instead of DataIn: N bytes
 	// to send from this file range (see Command.FileDataIn).
 	File disk.FileRange
+	// Release, when set, must be called once File has been sent or will
+	// not be: until then commands that must look indivisible wait.
+	Release func()
 	// Wanted is the number of bytes the command would have transferred
 	// (Data-In or Data-Out) had the buffers been big enough; the transport
 	// derives the residual overflow/underflow from it (RFC 7143 11.4.5).
