@@ -42,7 +42,7 @@ func newTargetCommand() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&opts.Listen, "listen", "0.0.0.0:3260", "address:port to accept iSCSI connections on")
 	f.StringVar(&opts.IQN, "iqn", "", "iSCSI qualified name of the target (required)")
-	f.StringArrayVar(&luns, "lun", nil, "N=PATH[:ro] serve the image file PATH as LUN N, read-only with :ro (repeatable)")
+	f.StringArrayVar(&luns, "lun", nil, "N=PATH[:ro][,removable] serve the image file PATH as LUN N (repeatable); :ro read-only, :removable a removable medium (START STOP UNIT can eject it)")
 	f.StringVar(&chap, "chap", "", "USER:SECRET initiators must authenticate with (CHAP)")
 	f.StringVar(&mchap, "mutual-chap", "", "USER:SECRET the target authenticates itself with (mutual CHAP; needs --chap)")
 	f.StringArrayVar(&opts.AllowedInitiators, "allow-initiator", nil, "initiator IQN allowed to log in (repeatable; default: any)")

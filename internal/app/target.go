@@ -18,31 +18,34 @@ import (
 	"github.com/diskless-boot/diskless/internal/scsi"
 )
 
-// LUNSpec is one --lun N=PATH[:ro] option.
+// LUNSpec is one --lun N=PATH[:OPTIONS] option.
 type LUNSpec struct {
-	LUN      uint64
-	Path     string
-	ReadOnly bool
+	LUN       uint64
+	Path      string
+	ReadOnly  bool
+	Removable bool
 }
 
-// ParseLUNSpecs parses --lun values: "N=PATH", "N=PATH:ro" or "N=PATH:rw".
+// ParseLUNSpecs parses --lun values: "N=PATH" or "N=PATH:OPTIONS", OPTIONS
+// a comma-separated list of ro, rw and removable ("0=/srv/a.img:ro,removable").
+// A suffix that is not such a list is part of the path.
 func ParseLUNSpecs(specs []string) ([]LUNSpec, error) {
 	seen := map[uint64]bool{}
 	var out []LUNSpec
 	for _, s := range specs {
 		num, path, ok := strings.Cut(s, "=")
 		if !ok || path == "" {
-			return nil, fmt.Errorf("--lun %q: want N=PATH[:ro]", s)
+			return nil, fmt.Errorf("--lun %q: want N=PATH[:ro|rw][,removable]", s)
 		}
 		n, err := strconv.ParseUint(num, 10, 14)
 		if err != nil {
 			return nil, fmt.Errorf("--lun %q: LUN number must be 0-16383", s)
 		}
 		spec := LUNSpec{LUN: n, Path: path}
-		if p, ok := strings.CutSuffix(path, ":ro"); ok {
-			spec.Path, spec.ReadOnly = p, true
-		} else if p, ok := strings.CutSuffix(path, ":rw"); ok {
-			spec.Path = p
+		if i := strings.LastIndexByte(path, ':'); i > 0 {
+			if opts, ok := parseLUNOptions(path[i+1:]); ok {
+				spec.Path, spec.ReadOnly, spec.Removable = path[:i], opts.ReadOnly, opts.Removable
+			}
 		}
 		if seen[n] {
 			return nil, fmt.Errorf("--lun %q: LUN %d given twice", s, n)
@@ -51,6 +54,24 @@ func ParseLUNSpecs(specs []string) ([]LUNSpec, error) {
 		out = append(out, spec)
 	}
 	return out, nil
+}
+
+// parseLUNOptions parses the OPTIONS of --lun N=PATH:OPTIONS; ok is false
+// unless every item is a known option.
+func parseLUNOptions(s string) (spec LUNSpec, ok bool) {
+	for opt := range strings.SplitSeq(s, ",") {
+		switch opt {
+		case "ro":
+			spec.ReadOnly = true
+		case "rw":
+			spec.ReadOnly = false
+		case "removable":
+			spec.Removable = true
+		default:
+			return LUNSpec{}, false
+		}
+	}
+	return spec, true
 }
 
 // ParseCredentials parses USER:SECRET ("" means none).
@@ -110,8 +131,9 @@ func RunTarget(ctx context.Context, opts TargetOptions) (err error) {
 		}
 		devices = append(devices, dev)
 		lu, err := scsi.NewLogicalUnit(dev, scsi.LUConfig{
-			ReadOnly: l.ReadOnly,
-			Serial:   fmt.Sprintf("%s/%d", opts.IQN, l.LUN),
+			ReadOnly:  l.ReadOnly,
+			Removable: l.Removable,
+			Serial:    fmt.Sprintf("%s/%d", opts.IQN, l.LUN),
 		})
 		if err != nil {
 			return fmt.Errorf("--lun %d: %w", l.LUN, err)
@@ -119,7 +141,7 @@ func RunTarget(ctx context.Context, opts TargetOptions) (err error) {
 		if err := st.AddLU(l.LUN, lu); err != nil {
 			return err
 		}
-		log.Info("lun", "lun", l.LUN, "image", l.Path, "bytes", dev.Size(), "ro", l.ReadOnly)
+		log.Info("lun", "lun", l.LUN, "image", l.Path, "bytes", dev.Size(), "ro", l.ReadOnly, "removable", l.Removable)
 	}
 	srv := iscsi.New(iscsi.Config{PortalGroupTag: opts.PortalGroupTag, NOPInterval: opts.NOPInterval, Logger: log})
 	if err := srv.AddTarget(&iscsi.Target{

@@ -34,6 +34,9 @@ func (lu *LogicalUnit) inquiry(c *Command, r *Result) error {
 func (lu *LogicalUnit) standardInquiry() []byte {
 	b := make([]byte, stdInquiryLen)
 	b[0] = 0x00 // peripheral qualifier 000b, direct access block device
+	if lu.cfg.Removable {
+		b[1] = 0x80 // RMB
+	}
 	b[2] = spcVersion
 	b[3] = 0x12 // HISUP, RESPONSE DATA FORMAT 2
 	b[4] = stdInquiryLen - 5

@@ -40,6 +40,12 @@ type LUConfig struct {
 	// (Block Limits VPD page); longer commands fail with INVALID FIELD
 	// IN CDB. Default 8 MiB worth of blocks.
 	MaxTransferLength uint32
+	// Removable makes the medium removable (RMB=1): START STOP UNIT with
+	// LOEJ ejects and loads it, PREVENT ALLOW MEDIUM REMOVAL can lock it
+	// in, and while it is out medium access fails with NOT READY, MEDIUM
+	// NOT PRESENT. The image stays attached: loading brings back the
+	// same medium.
+	Removable bool
 }
 
 // naaCompanyID is the 24-bit IEEE company ID in derived NAA 6h
@@ -107,6 +113,7 @@ type LogicalUnit struct {
 
 	// Flags read on every command.
 	stopped atomic.Bool // START STOP UNIT with START=0
+	ejected atomic.Bool // removable medium unloaded (LOEJ=1, START=0)
 	wce     atomic.Bool // caching mode page WCE
 	swp     atomic.Bool // control mode page SWP
 	resv    atomic.Bool // a reservation (SPC-2 or persistent) exists
@@ -253,15 +260,17 @@ func (lu *LogicalUnit) execute(c *Command) Result {
 	if serr != nil {
 		return res.fail(serr)
 	}
-	if serr := e.checkCDB(c.CDB); serr != nil {
+	if serr := e.checkCDB(c.CDB, lu.usage(e)); serr != nil {
 		return res.fail(serr)
 	}
 	if lu.resv.Load() && e.resv != resvSelf && lu.conflicts(c, e) {
 		res.Status = StatusReservationConflict
 		return res
 	}
-	if e.flags&fMedium != 0 && lu.stopped.Load() {
-		return res.fail(senseErr(SenseNotReady, ascNotReadyInitRequired))
+	if e.flags&fMedium != 0 {
+		if serr := lu.notReady(); serr != nil {
+			return res.fail(serr)
+		}
 	}
 	if e.flags&fWrite != 0 {
 		if serr := lu.writeProtected(); serr != nil {

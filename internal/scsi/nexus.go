@@ -77,7 +77,8 @@ func (it *itNexus) remove(code uint16) {
 // fail to boot. A virtual disk has no motor to keep off, so the stopped
 // state only has to last as long as the nexuses that saw it: a new
 // login, told of a power on by its unit attention, finds the unit active
-// as a power on would leave it.
+// as a power on would leave it. The same goes for an ejected removable
+// medium: the next boot finds it loaded.
 func (lu *LogicalUnit) nexus(n Nexus) *itNexus {
 	if it := (*lu.nexuses.Load())[n]; it != nil {
 		return it
@@ -94,6 +95,7 @@ func (lu *LogicalUnit) nexus(n Nexus) *itNexus {
 	m[n] = it
 	lu.nexuses.Store(&m)
 	lu.stopped.Store(false)
+	lu.ejected.Store(false)
 	return it
 }
 

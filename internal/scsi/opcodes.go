@@ -374,16 +374,29 @@ func lookupOp(lu *LogicalUnit, cdb []byte) (*opcode, *SenseError) {
 	return e, nil
 }
 
+// startStopRemovableUsage is the START STOP UNIT usage data of a removable
+// LU: LOEJ is evaluated too.
+var startStopRemovableUsage = []byte{0x1b, 0x01, 0, 0, 0x07, 0}
+
+// usage is the CDB usage data of e on this LU (SPC-4 6.35.3): the table's,
+// except that only a removable medium can be ejected.
+func (lu *LogicalUnit) usage(e *opcode) []byte {
+	if e.op == opStartStopUnit && lu.cfg.Removable {
+		return startStopRemovableUsage
+	}
+	return e.usage
+}
+
 // checkCDB refuses a CDB that is too short or sets a bit the command does
 // not use: ILLEGAL REQUEST, INVALID FIELD IN CDB with the field pointer on
 // the first offending bit. The control byte's NACA and LINK bits are
 // refused this way too (no ACA, no linked commands: SAM-5 5.3).
-func (e *opcode) checkCDB(cdb []byte) *SenseError {
-	if len(cdb) < len(e.usage) {
+func (e *opcode) checkCDB(cdb, usage []byte) *SenseError {
+	if len(cdb) < len(usage) {
 		return invalidCDB(len(cdb), -1)
 	}
-	for i := 1; i < len(e.usage); i++ {
-		allowed := e.usage[i]
+	for i := 1; i < len(usage); i++ {
+		allowed := usage[i]
 		if i == 1 && e.hasSA {
 			allowed |= 0x1f
 		}

@@ -35,7 +35,7 @@ func (lu *LogicalUnit) reportOpcodes(c *Command, r *Result) error {
 			if !lu.supports(e) {
 				continue
 			}
-			d := []byte{e.op, 0, 0, e.sa, 0, 0, 0, byte(len(e.usage))}
+			d := []byte{e.op, 0, 0, e.sa, 0, 0, 0, byte(len(lu.usage(e)))}
 			if e.hasSA {
 				d[5] |= 0x01 // SERVACTV
 			}
@@ -65,8 +65,9 @@ func (lu *LogicalUnit) reportOpcodes(c *Command, r *Result) error {
 			data = []byte{0, rsocSupportNone, 0, 0}
 			break
 		}
-		data = []byte{0, rsocSupportStd, 0, byte(len(e.usage))}
-		data = append(data, e.usage...)
+		usage := lu.usage(e)
+		data = []byte{0, rsocSupportStd, 0, byte(len(usage))}
+		data = append(data, usage...)
 		if rctd {
 			data[1] |= 0x80 // CTDP
 			data = timeouts(data, e)

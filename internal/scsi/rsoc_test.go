@@ -129,7 +129,7 @@ func TestUsageDataIsTheCDBCheck(t *testing.T) {
 		if e.hasSA {
 			cdb[1] = e.usage[1]
 		}
-		if err := e.checkCDB(cdb); err != nil {
+		if err := e.checkCDB(cdb, e.usage); err != nil {
 			t.Errorf("%s: all usage bits set refused: %v", e.name, err)
 			continue
 		}
@@ -144,7 +144,7 @@ func TestUsageDataIsTheCDBCheck(t *testing.T) {
 				}
 				c := append([]byte(nil), cdb...)
 				c[b] |= 1 << bit
-				err := e.checkCDB(c)
+				err := e.checkCDB(c, e.usage)
 				if err == nil || err.Field != uint16(b) || !err.BitValid || int(err.Bit) != bit {
 					t.Errorf("%s: byte %d bit %d: %+v", e.name, b, bit, err)
 				}

@@ -61,7 +61,9 @@ const (
 	ascCommandsCleared        = 0x2f00 // COMMANDS CLEARED BY ANOTHER INITIATOR
 	ascSavingNotSupported     = 0x3900
 	ascReportedLUNsChanged    = 0x3f0e
+	ascMediumNotPresent       = 0x3a00
 	ascInternalTargetFailure  = 0x4400
+	ascMediumRemovalPrevented = 0x5302
 	ascInsufficientResources  = 0x5503
 )
 

@@ -178,7 +178,7 @@ func (t *Target) executeNoLU(c *Command) Result {
 	var r Result
 	e, serr := lookupOp(nil, c.CDB)
 	if serr == nil {
-		serr = e.checkCDB(c.CDB)
+		serr = e.checkCDB(c.CDB, e.usage)
 	}
 	if serr != nil {
 		return r.fail(serr)
@@ -285,8 +285,10 @@ func (lu *LogicalUnit) reset(cold bool) {
 	lu.wce.Store(!lu.cfg.WriteCacheDisabled)
 	lu.swp.Store(false)
 	if cold {
+		// Power on: the LU starts, with its medium loaded.
 		lu.pr = prState{}
 		lu.stopped.Store(false)
+		lu.ejected.Store(false)
 	}
 	lu.updateResvLocked()
 }

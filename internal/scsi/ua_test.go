@@ -162,3 +162,63 @@ func TestStopUntilNewNexus(t *testing.T) {
 	tl.clearUA(nexusC)
 	expectGood(t, "READ on C", tl.run(nexusC, cdb10(opRead10, 0, 0, 1), nil, 512))
 }
+
+// TestRemovableMedium: a removable LU ejects and loads its medium with
+// START STOP UNIT LOEJ, refuses both while any nexus prevents removal, and
+// a fixed LU refuses LOEJ.
+func TestRemovableMedium(t *testing.T) {
+	tl := newMemLU(t, LUConfig{Removable: true})
+	tl.clearUA(nexusB)
+	eject := []byte{opStartStopUnit, 0, 0, 0, 0x02, 0}
+	load := []byte{opStartStopUnit, 0, 0, 0, 0x03, 0}
+	prevent := []byte{opPreventAllow, 0, 0, 0, 1, 0}
+	allow := []byte{opPreventAllow, 0, 0, 0, 0, 0}
+
+	expectGood(t, "INQUIRY", tl.run(nexusA, inquiryCDB(false, 0, 96), nil, 96))
+	if tl.lastIn[1]&0x80 == 0 {
+		t.Fatal("RMB not set")
+	}
+	expectGood(t, "PREVENT on B", tl.run(nexusB, prevent, nil, 0))
+	expectSense(t, "eject prevented by B", tl.run(nexusA, eject, nil, 0), SenseIllegalRequest, ascMediumRemovalPrevented)
+	expectGood(t, "TUR still ready", tl.run(nexusA, tur, nil, 0))
+	expectGood(t, "ALLOW on B", tl.run(nexusB, allow, nil, 0))
+
+	writes := tl.dev.flushes.Load()
+	expectGood(t, "eject", tl.run(nexusA, eject, nil, 0))
+	if tl.dev.flushes.Load() != writes+1 {
+		t.Fatal("eject did not write the cache back")
+	}
+	expectSense(t, "TUR ejected", tl.run(nexusA, tur, nil, 0), SenseNotReady, ascMediumNotPresent)
+	expectSense(t, "READ ejected", tl.run(nexusB, cdb10(opRead10, 0, 0, 1), nil, 512), SenseNotReady, ascMediumNotPresent)
+	expectGood(t, "eject again", tl.run(nexusA, eject, nil, 0))
+	expectGood(t, "START without LOEJ", tl.run(nexusA, []byte{opStartStopUnit, 0, 0, 0, 0x01, 0}, nil, 0))
+	expectSense(t, "still no medium", tl.run(nexusA, tur, nil, 0), SenseNotReady, ascMediumNotPresent)
+	expectGood(t, "REQUEST SENSE", tl.run(nexusA, []byte{opRequestSense, 0, 0, 0, 18, 0}, nil, 18))
+	if tl.lastIn[2] != byte(SenseNotReady) || tl.lastIn[12] != 0x3a {
+		t.Fatalf("REQUEST SENSE data %x", tl.lastIn)
+	}
+	expectGood(t, "PREVENT with no medium", tl.run(nexusA, prevent, nil, 0))
+	expectSense(t, "load prevented", tl.run(nexusA, load, nil, 0), SenseIllegalRequest, ascMediumRemovalPrevented)
+	expectGood(t, "ALLOW", tl.run(nexusA, allow, nil, 0))
+	expectGood(t, "load", tl.run(nexusA, load, nil, 0))
+	expectGood(t, "TUR loaded", tl.run(nexusA, tur, nil, 0))
+
+	// PREVENT ends with the nexus that set it, and with a LUN reset.
+	expectGood(t, "PREVENT on B", tl.run(nexusB, prevent, nil, 0))
+	tl.tgt.NexusLost(nexusB)
+	expectGood(t, "eject after B's nexus loss", tl.run(nexusA, eject, nil, 0))
+	expectGood(t, "load", tl.run(nexusA, load, nil, 0))
+	expectGood(t, "PREVENT", tl.run(nexusA, prevent, nil, 0))
+	if err := tl.tgt.LUNReset(nexusA, 0); err != nil {
+		t.Fatal(err)
+	}
+	expectGood(t, "eject after LUN reset", tl.run(nexusA, eject, nil, 0))
+
+	// A new nexus (the next boot) finds the medium loaded.
+	nexusC := Nexus{InitiatorName: "iqn.2010-04.org.ipxe:c", ISID: 0x23d000000003, RelTargetPort: 1}
+	tl.clearUA(nexusC)
+	expectGood(t, "READ on a new nexus", tl.run(nexusC, cdb10(opRead10, 0, 0, 1), nil, 512))
+
+	fixed := newMemLU(t, LUConfig{})
+	badField("LOEJ on a fixed medium", eject, 4, 1).check(t, fixed)
+}

@@ -62,6 +62,31 @@ func TestConformance(t *testing.T) {
 	}
 }
 
+// TestConformanceRemovable runs the suites that need a removable medium
+// (skipped on the fixed LUN above) on a removable LUN and requires CUnit to
+// pass them: PREVENT ALLOW MEDIUM REMOVAL seen across nexuses and cleared
+// by I_T nexus loss, logout, LUN reset and warm and cold reset, and START
+// STOP UNIT ejecting and loading the medium.
+//
+// Not run: StartStopUnit.NoLoej and .PwrCnd expect a STOP (START=0,
+// LOEJ=0) to leave the unit ready and every POWER CONDITION value,
+// reserved ones included, to succeed, as tgt does; SBC-3 5.25 has STOP
+// enter the stopped state (NOT READY until a START) and diskless refuses
+// power conditions it does not have.
+func TestConformanceRemovable(t *testing.T) {
+	needPeers(t, "iscsi-test-cu")
+	img := filepath.Join(t.TempDir(), "removable.img")
+	if err := os.Truncate(createFile(t, img), 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	tg := startTarget(t, targetConfig{LUNs: []lunConfig{{Path: img, Removable: true}}})
+	for _, name := range []string{"PreventAllow", "StartStopUnit.Simple"} {
+		if !cunitPasses(t, tg.URL(0, nil), name) {
+			t.Errorf("%s failed on a removable LUN", name)
+		}
+	}
+}
+
 // scorerArtifacts are tests the scoring tool marks failed whatever the
 // target does, because it counts any line holding "FAILED" and libiscsi
 // itself logs one when a command fails as the test requires.

@@ -34,8 +34,9 @@ type targetConfig struct {
 }
 
 type lunConfig struct {
-	Path     string // image file
-	ReadOnly bool
+	Path      string // image file
+	ReadOnly  bool
+	Removable bool
 }
 
 // target is a running iSCSI target on 127.0.0.1.
@@ -141,9 +142,16 @@ func startDiskless(t *testing.T, cfg targetConfig) *target {
 		"--portal-group-tag", "1",
 	}
 	for i, l := range cfg.LUNs {
-		spec := fmt.Sprintf("%d=%s", i, l.Path)
+		var opts []string
 		if l.ReadOnly {
-			spec += ":ro"
+			opts = append(opts, "ro")
+		}
+		if l.Removable {
+			opts = append(opts, "removable")
+		}
+		spec := fmt.Sprintf("%d=%s", i, l.Path)
+		if len(opts) > 0 {
+			spec += ":" + strings.Join(opts, ",")
 		}
 		args = append(args, "--lun", spec)
 	}
@@ -222,6 +230,9 @@ func startTgt(t *testing.T, cfg targetConfig) *target {
 		add("--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", lun, "-b", l.Path)
 		if l.ReadOnly {
 			add("--op", "update", "--mode", "logicalunit", "--tid", "1", "--lun", lun, "--params", "readonly=1")
+		}
+		if l.Removable {
+			add("--op", "update", "--mode", "logicalunit", "--tid", "1", "--lun", lun, "--params", "removable=1")
 		}
 	}
 	if len(cfg.Allow) == 0 {
