@@ -100,3 +100,21 @@ tgt_url=iscsi://127.0.0.1:$tgt_port/$iqn/1
 diskless_url=iscsi://127.0.0.1:$diskless_port/$iqn/0
 echo "== iscsi-perf-compare A=tgt ($tgt_url) B=diskless ($diskless_url)"
 "$compare" "$tgt_url" "$diskless_url" "${perf_args[@]}"
+
+# At queue depth 1 the initiator waits for each answer before it sends the
+# next command, so its own CPU time per I/O is a floor under the round trip
+# that no target can go below. Measure it beside the round trip, for both.
+echo "== QD1 4 KiB read: round trip and the initiator's own CPU per I/O (qemu-img bench -d 1, 20000 I/Os)"
+for side in tgt diskless; do
+	url=$tgt_url
+	[ "$side" = diskless ] && url=$diskless_url
+	for _ in 1 2 3; do
+		/usr/bin/time -f "%U %S" -o "$work/time" qemu-img bench -f raw -c 20000 -d 1 -s 4096 -S 4096 "$url" >"$work/bench"
+		secs=$(sed -n 's/Run completed in \([0-9.]*\) seconds./\1/p' "$work/bench")
+		read -r user sys <"$work/time"
+		awk -v s="$side" -v t="$secs" -v u="$user" -v k="$sys" \
+			'BEGIN { printf "%-8s %6.1f us/IO round trip, initiator CPU %5.1f us/IO\n", s, t/20000*1e6, (u+k)/20000*1e6 }'
+	done
+done
+(cd "$repo" && go build -o "$work/qd1floor" ./bench/qd1floor)
+for _ in 1 2 3; do "$work/qd1floor"; done

@@ -16,6 +16,7 @@ pkgs=(
 	cpio            # packs the guest initramfs
 	tgt             # reference target (DISKLESS_INTEROP_TARGET=tgt, benchmark)
 	iperf3          # loopback ceiling in the benchmark
+	time            # /usr/bin/time: the initiator's CPU per I/O in the benchmark
 	python3         # ../shared/tools scripts
 	iproute2        # ip netns/link/tuntap for the test networks (test/pxe)
 	ipxe            # undionly.kpxe, snponly.efi served by diskless serve's TFTP
