@@ -16,6 +16,7 @@
 # Parameters come from the kernel command line:
 #   dl.addr dl.port dl.iqn dl.tpgt dl.initiator dl.user dl.secret
 #   [dl.tuser dl.tsecret]   (target's credentials for mutual CHAP)
+#   [dl.digest=crc32c]      (insist on CRC32C header and data digests)
 
 /bin/busybox --install -s /bin
 export PATH=/usr/sbin:/sbin:/usr/bin:/bin
@@ -70,9 +71,15 @@ wait_disk() {
 step "login 1 (iscsistart)"
 mutual=""
 [ -n "$dl_tuser" ] && mutual="-U $dl_tuser -W $dl_tsecret"
-# shellcheck disable=SC2086 # $mutual is two options or nothing
+digests=""
+case "$dl_digest" in
+"") ;;
+crc32c) digests="-P node.conn[0].iscsi.HeaderDigest=CRC32C -P node.conn[0].iscsi.DataDigest=CRC32C" ;;
+*) fail "dl.digest=$dl_digest: want crc32c" ;;
+esac
+# shellcheck disable=SC2086 # $mutual and $digests are options or nothing
 iscsistart -i "$dl_initiator" -t "$dl_iqn" -g "$dl_tpgt" -a "$dl_addr" -p "$dl_port" \
-	-u "$dl_user" -w "$dl_secret" $mutual || fail "iscsistart login"
+	-u "$dl_user" -w "$dl_secret" $mutual $digests || fail "iscsistart login"
 wait_disk present
 step "disk $(cat /sys/block/sda/size) sectors"
 
@@ -111,6 +118,10 @@ node -o update -n node.session.auth.password -v "$dl_secret"
 if [ -n "$dl_tuser" ]; then
 	node -o update -n node.session.auth.username_in -v "$dl_tuser"
 	node -o update -n node.session.auth.password_in -v "$dl_tsecret"
+fi
+if [ -n "$digests" ]; then
+	node -o update -n "node.conn[0].iscsi.HeaderDigest" -v CRC32C
+	node -o update -n "node.conn[0].iscsi.DataDigest" -v CRC32C
 fi
 iscsiadm -m node -T "$dl_iqn" -p "$portal" --login || fail "iscsiadm login"
 wait_disk present

@@ -66,7 +66,9 @@ func TestConformance(t *testing.T) {
 // (skipped on the fixed LUN above) on a removable LUN and requires CUnit to
 // pass them: PREVENT ALLOW MEDIUM REMOVAL seen across nexuses and cleared
 // by I_T nexus loss, logout, LUN reset and warm and cold reset, and START
-// STOP UNIT ejecting and loading the medium.
+// STOP UNIT ejecting and loading the medium, and every medium access
+// command (READ, WRITE, VERIFY, SYNCHRONIZE CACHE, READ CAPACITY, UNMAP,
+// ...) failing with NOT READY, MEDIUM NOT PRESENT while it is out.
 //
 // Not run: StartStopUnit.NoLoej and .PwrCnd expect a STOP (START=0,
 // LOEJ=0) to leave the unit ready and every POWER CONDITION value,
@@ -80,7 +82,7 @@ func TestConformanceRemovable(t *testing.T) {
 		t.Fatal(err)
 	}
 	tg := startTarget(t, targetConfig{LUNs: []lunConfig{{Path: img, Removable: true}}})
-	for _, name := range []string{"PreventAllow", "StartStopUnit.Simple"} {
+	for _, name := range []string{"PreventAllow", "StartStopUnit.Simple", "NoMedia"} {
 		if !cunitPasses(t, tg.URL(0, nil), name) {
 			t.Errorf("%s failed on a removable LUN", name)
 		}

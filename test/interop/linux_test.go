@@ -21,6 +21,8 @@ import (
 // checks and prints the sha256 again (DISKLESS-SUM2) and prints
 // DISKLESS-GUEST-PASS. The test then reads the files out of the image file on
 // the host (debugfs), so the data provably went through the target to disk.
+// The mutual CHAP guest insists on CRC32C header and data digests, checked
+// in the target's log for every login.
 func TestLinuxInitiator(t *testing.T) {
 	needPeers(t, "qemu-system-x86_64", "busybox", "iscsistart", "iscsid", "iscsiadm",
 		"mke2fs", "e2fsck", "debugfs", "apt-get", "dpkg-deb", "cpio")
@@ -31,11 +33,12 @@ func TestLinuxInitiator(t *testing.T) {
 		name    string
 		mutual  *creds // target side
 		tsecret string // what the guest expects the target to answer with
+		digest  bool   // the guest insists on CRC32C header and data digests
 		fails   string // when the login must fail: the guest's failure line
 		why     string // and iscsistart's reason
 	}{
 		{name: "chap"},
-		{name: "mutual-chap", mutual: mutual, tsecret: mutual.Secret},
+		{name: "mutual-chap-crc32c", mutual: mutual, tsecret: mutual.Secret, digest: true},
 		{name: "wrong-target-secret", mutual: mutual, tsecret: "not-the-secret-9",
 			fails: "DISKLESS-GUEST-FAIL: iscsistart login", why: "received incorrect CHAP response from target"},
 	}
@@ -59,6 +62,9 @@ func TestLinuxInitiator(t *testing.T) {
 			}
 			if tc.mutual != nil {
 				params = append(params, "dl.tuser="+tc.mutual.User, "dl.tsecret="+tc.tsecret)
+			}
+			if tc.digest {
+				params = append(params, "dl.digest=crc32c")
 			}
 			v := startVM(t, "-m", "512",
 				"-kernel", kernel, "-initrd", initrd,
@@ -99,6 +105,16 @@ func TestLinuxInitiator(t *testing.T) {
 				}
 			}
 			t.Logf("guest passed in %v", time.Since(start).Round(100*time.Millisecond))
+			logins := tg.loginLines(t)
+			want := fmt.Sprintf("header_digest=%t data_digest=%t", tc.digest, tc.digest)
+			for _, l := range logins {
+				if !strings.Contains(l, want) {
+					t.Errorf("a login did not negotiate %s: %s", want, l)
+				}
+			}
+			if tg.logins != nil && len(logins) < 3 {
+				t.Errorf("%d logins logged, want 3 (iscsistart, iscsid taking over, iscsiadm)", len(logins))
+			}
 
 			// The host sees the same file system in the image file.
 			if out, err := exec.Command("e2fsck", "-fn", img).CombinedOutput(); err != nil {

@@ -47,6 +47,20 @@ type target struct {
 	// see: tgt reserves LUN 0 for its controller device, so it serves LUN i
 	// as LUN i+1.
 	lunBase int
+	// logins returns diskless's "iscsi login" log lines so far (what each
+	// session negotiated); nil for tgt, which does not log them.
+	logins func() []string
+}
+
+// loginLines returns the target's login log lines, or skips the check
+// when the target under test does not log them.
+func (tg *target) loginLines(t *testing.T) []string {
+	t.Helper()
+	if tg.logins == nil {
+		t.Logf("%s does not log its logins; negotiated values not checked", targetKind())
+		return nil
+	}
+	return tg.logins()
 }
 
 // LUN is the LUN number initiators use for configured LUN i.
@@ -183,7 +197,16 @@ func startDiskless(t *testing.T, cfg targetConfig) *target {
 	if err := waitTCP(fmt.Sprintf("127.0.0.1:%d", port), d.exited, 15*time.Second); err != nil {
 		t.Fatalf("diskless %s: %v\n%s", strings.Join(args, " "), err, d.out.String())
 	}
-	return &target{Port: port, IQN: targetIQN}
+	logins := func() []string {
+		var lines []string
+		for _, l := range strings.Split(d.out.String(), "\n") {
+			if strings.Contains(l, `msg="iscsi login"`) {
+				lines = append(lines, l)
+			}
+		}
+		return lines
+	}
+	return &target{Port: port, IQN: targetIQN, logins: logins}
 }
 
 // startTgt runs a private tgtd (own control port, portal on 127.0.0.1 only)
