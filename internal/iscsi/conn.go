@@ -114,6 +114,16 @@ func newConn(s *Server, nc net.Conn) *conn {
 	return c
 }
 
+// isClosed reports whether abort has been called.
+func (c *conn) isClosed() bool {
+	select {
+	case <-c.closed:
+		return true
+	default:
+		return false
+	}
+}
+
 // abort closes the connection; the reader notices and cleans up.
 func (c *conn) abort(reason error) {
 	c.closeOnce.Do(func() {
@@ -194,6 +204,11 @@ func (c *conn) readLoop() error {
 	for {
 		err := c.rd.ReadHeader(&p)
 		c.lastRecv.Store(time.Now().UnixNano())
+		if err == nil && c.isClosed() {
+			// Aborted by what the last PDU did (a cold reset): the
+			// rest, even if already buffered, is not for us.
+			err = net.ErrClosed
+		}
 		if err != nil {
 			if errors.Is(err, pdu.ErrTooLong) {
 				c.reject(&p.BHS, pdu.RejectProtocolError)

@@ -60,12 +60,14 @@ func (c *conn) handleTaskMgmt(m pdu.TaskMgmtRequest) {
 	r.Marshal(&item.pdus[0].bhs)
 	if m.Function == pdu.TMFTargetColdReset && resp == pdu.TMFComplete {
 		// A cold reset drops every session of the target, this one
-		// included, once the response is out (RFC 7143 11.5.1).
+		// included, once the response is out (RFC 7143 11.5.1). This
+		// runs on the reader: closing before it returns keeps it from
+		// taking one more command on a connection of the old sessions.
 		sent := make(chan struct{})
 		item.release = func() { close(sent) }
 		c.send(item)
 		<-sent
-		go c.srv.dropTargetSessions(c.sess.target, errors.New("target cold reset"))
+		c.srv.dropTargetSessions(c.sess.target, errors.New("target cold reset"))
 		return
 	}
 	c.send(item)
