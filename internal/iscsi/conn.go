@@ -32,6 +32,11 @@ type conn struct {
 	nc  net.Conn
 	log *slog.Logger
 	rd  pdu.Reader
+	br  *bufio.Reader // under rd: what is buffered tells whether a read may block
+
+	// held are responses of commands the reader ran itself, not yet
+	// written because more input was already buffered (reader only).
+	held []*outItem
 
 	// rawConn is set when the socket can take sendfile(2).
 	rawConn syscall.RawConn
@@ -105,7 +110,8 @@ func newConn(s *Server, nc net.Conn) *conn {
 		closed:   make(chan struct{}),
 		finished: make(chan struct{}),
 	}
-	c.rd = pdu.Reader{R: bufio.NewReaderSize(nc, 64<<10), MaxData: loginMaxData}
+	c.br = bufio.NewReaderSize(nc, 64<<10)
+	c.rd = pdu.Reader{R: c.br, MaxData: loginMaxData}
 	if tc, ok := nc.(*net.TCPConn); ok {
 		if rc, err := tc.SyscallConn(); err == nil {
 			c.rawConn = rc
@@ -200,8 +206,14 @@ var errLogout = errors.New("logged out")
 
 // readLoop is the full feature phase: one PDU at a time.
 func (c *conn) readLoop() error {
+	defer c.flushHeld()
 	var p pdu.PDU
 	for {
+		if len(c.held) > 0 && c.br.Buffered() < pdu.BHSLen {
+			// The next read may wait for the initiator, which may
+			// be waiting for these.
+			c.flushHeld()
+		}
 		err := c.rd.ReadHeader(&p)
 		c.lastRecv.Store(time.Now().UnixNano())
 		if err == nil && c.isClosed() {
@@ -221,6 +233,9 @@ func (c *conn) readLoop() error {
 		case pdu.OpDataOut:
 			err = c.handleDataOut(&p)
 		default:
+			// Task management waits for the responses of the tasks it
+			// aborts; every other control PDU goes after them anyway.
+			c.flushHeld()
 			n := p.BHS.DataSegmentLength()
 			if cap(p.Data) < n {
 				p.Data = make([]byte, n)
@@ -430,6 +445,39 @@ type outPDU struct {
 type outItem struct {
 	pdus    []outPDU
 	release func() // after the write (success or not)
+}
+
+// maxHeld bounds the responses the reader holds back before writing them.
+const maxHeld = 32
+
+// hold keeps the response of a command the reader ran itself until the
+// reader has taken the commands already buffered behind it (or maxHeld
+// are waiting): at queue depth 32 one writev then carries a dozen
+// responses instead of one, and the response of a lone command still goes
+// out before the reader waits for more. Reader goroutine only.
+func (c *conn) hold(item *outItem) {
+	c.held = append(c.held, item)
+	if len(c.held) >= maxHeld {
+		c.flushHeld()
+	}
+}
+
+// flushHeld writes the held responses as one batch. Reader goroutine only.
+func (c *conn) flushHeld() {
+	if len(c.held) == 0 {
+		return
+	}
+	c.wmu.Lock()
+	c.batch = append(c.batch[:0], c.held...)
+	c.writeBatchLocked()
+	c.wmu.Unlock()
+	for _, it := range c.held {
+		if it.release != nil {
+			it.release()
+		}
+	}
+	clear(c.held)
+	c.held = c.held[:0]
 }
 
 // send hands item to the write side. When nothing is queued or being

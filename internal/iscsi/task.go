@@ -212,9 +212,9 @@ func (c *conn) progress(t *task) {
 	c.running.Add(1)
 	c.mu.Unlock()
 	if c.quick(t) {
-		c.execute(t)
+		c.execute(t, true)
 	} else {
-		go c.execute(t)
+		go c.execute(t, false)
 	}
 }
 
@@ -362,8 +362,10 @@ func (c *conn) quick(t *task) bool {
 	return t.edtl <= 64<<10 && c.sess.target.SCSI.Quick(t.lun, t.cmd.CDB[:])
 }
 
-// execute runs a task in the SCSI layer and queues its response.
-func (c *conn) execute(t *task) {
+// execute runs a task in the SCSI layer and queues its response; onReader
+// when it runs on the reader goroutine, which then holds the response back
+// while more commands are already buffered (hold).
+func (c *conn) execute(t *task, onReader bool) {
 	defer c.running.Done()
 	sc := scsi.Command{
 		Nexus: c.sess.nexus,
@@ -411,6 +413,10 @@ func (c *conn) execute(t *task) {
 		c.releaseMemLocked(t)
 		c.mu.Unlock()
 		close(t.done)
+	}
+	if onReader {
+		c.hold(item)
+		return
 	}
 	c.send(item)
 }
