@@ -23,10 +23,12 @@ import (
 // (RFC 7143 13.12: the default applies until negotiated).
 const loginMaxData = 8192
 
-// conn is one TCP connection: its reader goroutine (serve) decodes PDUs,
-// one writer goroutine (writeLoop) owns every write and assigns StatSN in
-// the order responses go out, and each SCSI command executes in a goroutine
-// of its own.
+// conn is one TCP connection. Its reader goroutine (serve) decodes PDUs
+// and runs small commands itself (quick); other commands execute in a
+// goroutine of their own. Every write happens under wmu, which stamps
+// StatSN in the order responses reach the socket: by the writer goroutine
+// (writeLoop) for what is queued, by a sender directly when nothing is
+// (send), or by the reader for the responses it held back (hold).
 type conn struct {
 	srv *Server
 	nc  net.Conn
