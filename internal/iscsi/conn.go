@@ -464,44 +464,47 @@ func (c *conn) hold(item *outItem) {
 	}
 }
 
-// flushHeld writes the held responses as one batch. Reader goroutine only.
+// flushHeld sends the held responses as one batch. Reader goroutine only.
 func (c *conn) flushHeld() {
 	if len(c.held) == 0 {
 		return
 	}
-	c.wmu.Lock()
-	c.batch = append(c.batch[:0], c.held...)
-	c.writeBatchLocked()
-	c.wmu.Unlock()
-	for _, it := range c.held {
-		if it.release != nil {
-			it.release()
-		}
-	}
+	c.sendBatch(c.held)
 	clear(c.held)
 	c.held = c.held[:0]
 }
 
-// send hands item to the write side. When nothing is queued or being
-// written, the caller writes it itself: at queue depth 1 that saves a
-// goroutine hand-off (and often a thread wake-up) per command. Otherwise
-// the item joins the writer goroutine's queue. Either way StatSN is
-// stamped under wmu, in the order PDUs reach the socket.
+// send hands item to the write side (sendBatch).
 func (c *conn) send(item *outItem) {
+	items := [1]*outItem{item}
+	c.sendBatch(items[:])
+}
+
+// sendBatch hands items to the write side. When nothing is queued or being
+// written, the caller writes them itself, with one writev: at queue depth
+// 1 that saves a goroutine hand-off (and often a thread wake-up) per
+// command. Otherwise the items join the writer goroutine's queue, so the
+// caller never waits for another's write. Either way StatSN is stamped
+// under wmu, in the order PDUs reach the socket.
+func (c *conn) sendBatch(items []*outItem) {
 	if c.queuedItems.Load() == 0 && c.wmu.TryLock() {
 		if c.queuedItems.Load() == 0 {
-			c.batch = append(c.batch[:0], item)
+			c.batch = append(c.batch[:0], items...)
 			c.writeBatchLocked()
 			c.wmu.Unlock()
-			if item.release != nil {
-				item.release()
+			for _, it := range items {
+				if it.release != nil {
+					it.release()
+				}
 			}
 			return
 		}
 		c.wmu.Unlock()
 	}
-	c.queuedItems.Add(1)
-	c.out <- item
+	c.queuedItems.Add(int32(len(items)))
+	for _, it := range items {
+		c.out <- it
+	}
 }
 
 // writeLoop writes what send queued: it takes everything waiting and
