@@ -312,8 +312,8 @@ func (lu *LogicalUnit) copyAccess(n Nexus, lba, count uint64, write bool) error 
 	if lu.resv.Load() && lu.conflictsAs(n, class, false) {
 		return errConflict
 	}
-	if lu.stopped.Load() {
-		return senseErr(SenseNotReady, ascNotReadyInitRequired)
+	if serr := lu.notReady(); serr != nil {
+		return serr
 	}
 	if write {
 		if err := lu.writeProtected(); err != nil {

@@ -368,6 +368,15 @@ func TestExtendedCopyAccess(t *testing.T) {
 	if cs := xc(to(dst)); cs.tgtKey != SenseNotReady {
 		t.Errorf("to a stopped LU: %+v", cs)
 	}
+
+	// A removable medium ejected, then the unit started without loading
+	// it: still no medium to copy to.
+	rm := tl.addLU(3, newMemDevice(1<<20), LUConfig{Serial: "rm", Removable: true})
+	expectGood(t, "eject", exec2(tl.tgt, nexusA, 3, []byte{opStartStopUnit, 0, 0, 0, 0x02, 0}, nil, nil))
+	expectGood(t, "START without LOEJ", exec2(tl.tgt, nexusA, 3, []byte{opStartStopUnit, 0, 0, 0, 0x01, 0}, nil, nil))
+	if cs := xc(to(rm)); cs.tgtKey != SenseNotReady || cs.tgtCode != ascMediumNotPresent {
+		t.Errorf("to an ejected medium: %+v", cs)
+	}
 }
 
 func TestReceiveCopyResults(t *testing.T) {
