@@ -47,8 +47,5 @@ func (lu *LogicalUnit) writeAtomic(c *Command, r *Result) error {
 	if err != nil {
 		return diskError(err, lba, true)
 	}
-	if fua(c.CDB) || !lu.wce.Load() {
-		return lu.flush()
-	}
-	return nil
+	return lu.settle(fua(c.CDB))
 }

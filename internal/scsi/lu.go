@@ -80,6 +80,7 @@ type LogicalUnit struct {
 	zeroer     disk.Zeroer
 	alloc      disk.AllocationReporter
 	prefetcher disk.Prefetcher
+	extenter   disk.FileExtenter
 
 	cfg     LUConfig
 	bs      uint64
@@ -129,7 +130,8 @@ type LogicalUnit struct {
 // NewLogicalUnit makes a logical unit of dev. The LU uses the optional
 // interfaces of dev it finds: disk.Unmapper enables thin provisioning
 // (UNMAP, WRITE SAME with UNMAP, LBPME), disk.AllocationReporter GET LBA
-// STATUS, disk.Prefetcher PRE-FETCH, disk.Zeroer fast zero writes.
+// STATUS, disk.Prefetcher PRE-FETCH, disk.Zeroer fast zero writes,
+// disk.FileExtenter READ data sent straight from the file.
 func NewLogicalUnit(dev disk.Device, cfg LUConfig) (*LogicalUnit, error) {
 	if dev == nil {
 		return nil, errors.New("scsi: nil device")
@@ -180,6 +182,7 @@ func NewLogicalUnit(dev disk.Device, cfg LUConfig) (*LogicalUnit, error) {
 	lu.zeroer, _ = dev.(disk.Zeroer)
 	lu.alloc, _ = dev.(disk.AllocationReporter)
 	lu.prefetcher, _ = dev.(disk.Prefetcher)
+	lu.extenter, _ = dev.(disk.FileExtenter)
 	blocks := uint64(dev.Size()) >> lu.shift
 	if blocks == 0 {
 		return nil, fmt.Errorf("scsi: device of %d bytes holds no %d-byte block", dev.Size(), lu.bs)

@@ -141,11 +141,14 @@ type opcode struct {
 	// usage is the CDB USAGE DATA (SPC-4 6.35.3): the operation code,
 	// the service action where there is one, and a one for every other
 	// CDB bit the device server looks at. Its length is the CDB length.
-	usage   []byte
-	flags   uint8
-	resv    resvClass
-	timeout uint32 // recommended command timeout, seconds
-	h       handler
+	usage []byte
+	// removableUsage, when set, replaces usage on a removable LU (which
+	// evaluates more bits of the CDB).
+	removableUsage []byte
+	flags          uint8
+	resv           resvClass
+	timeout        uint32 // recommended command timeout, seconds
+	h              handler
 	// avail reports whether this LU supports the command; nil: always.
 	avail func(*LogicalUnit) bool
 }
@@ -184,8 +187,9 @@ var opcodeTable = []opcode{
 		usage: []byte{0x17, 0, 0, 0, 0, 0}, flags: fSPC2OK},
 	{op: opModeSense6, name: "MODE SENSE(6)", h: hModeSense, timeout: 10, resv: resvModeSense,
 		usage: []byte{0x1a, 0x08, 0xff, 0xff, 0xff, 0}},
+	// LOEJ (byte 4 bit 1) only on a removable medium.
 	{op: opStartStopUnit, name: "START STOP UNIT", h: hStartStop, timeout: 60, resv: resvStart,
-		usage: []byte{0x1b, 0x01, 0, 0, 0x05, 0}},
+		usage: []byte{0x1b, 0x01, 0, 0, 0x05, 0}, removableUsage: []byte{0x1b, 0x01, 0, 0, 0x07, 0}},
 	{op: opPreventAllow, name: "PREVENT ALLOW MEDIUM REMOVAL", h: hPreventAllow, timeout: 10,
 		resv: resvPrevent, usage: []byte{0x1e, 0, 0, 0, 0x03, 0}},
 	{op: opReadCapacity10, name: "READ CAPACITY(10)", h: hReadCapacity10, timeout: 10,
@@ -329,10 +333,12 @@ var opcodeTable = []opcode{
 // opIndex finds table entries: [op] for commands without service
 // actions; saIndex[op][sa] for those with.
 var (
-	opIndex  [256]*opcode
-	saIndex  [256]map[byte]*opcode
-	hasSAOps [256]bool
+	opIndex [256]*opcode
+	saIndex [256]map[byte]*opcode
 )
+
+// hasSAs reports whether operation code op carries a service action.
+func hasSAs(op byte) bool { return saIndex[op] != nil }
 
 func init() {
 	for i := range opcodeTable {
@@ -342,7 +348,6 @@ func init() {
 				saIndex[e.op] = make(map[byte]*opcode)
 			}
 			saIndex[e.op][e.sa] = e
-			hasSAOps[e.op] = true
 			continue
 		}
 		opIndex[e.op] = e
@@ -357,7 +362,7 @@ func init() {
 func lookupOp(lu *LogicalUnit, cdb []byte) (*opcode, *SenseError) {
 	op := cdb[0]
 	var e *opcode
-	if hasSAOps[op] {
+	if hasSAs(op) {
 		if len(cdb) < 2 {
 			return nil, invalidCDB(0, -1)
 		}
@@ -374,15 +379,10 @@ func lookupOp(lu *LogicalUnit, cdb []byte) (*opcode, *SenseError) {
 	return e, nil
 }
 
-// startStopRemovableUsage is the START STOP UNIT usage data of a removable
-// LU: LOEJ is evaluated too.
-var startStopRemovableUsage = []byte{0x1b, 0x01, 0, 0, 0x07, 0}
-
-// usage is the CDB usage data of e on this LU (SPC-4 6.35.3): the table's,
-// except that only a removable medium can be ejected.
+// usage is the CDB usage data of e on this LU (SPC-4 6.35.3).
 func (lu *LogicalUnit) usage(e *opcode) []byte {
-	if e.op == opStartStopUnit && lu.cfg.Removable {
-		return startStopRemovableUsage
+	if lu.cfg.Removable && e.removableUsage != nil {
+		return e.removableUsage
 	}
 	return e.usage
 }

@@ -35,7 +35,10 @@ func (lu *LogicalUnit) compareAndWrite(c *Command, r *Result) error {
 	if n == 0 {
 		return nil
 	}
-	cur := make([]byte, half)
+	// half is at most maxCAWBlocks, 1 MiB: a pooled chunk holds it.
+	bp := chunkPool.Get().(*[]byte)
+	defer chunkPool.Put(bp)
+	cur := (*bp)[:half]
 	lu.lockExclusive()
 	defer lu.unlockExclusive()
 	if _, err := lu.dev.ReadAt(cur, int64(lba<<lu.shift)); err != nil {
@@ -48,10 +51,7 @@ func (lu *LogicalUnit) compareAndWrite(c *Command, r *Result) error {
 	if _, err := lu.dev.WriteAt(c.DataOut[half:], int64(lba<<lu.shift)); err != nil {
 		return diskError(err, lba, true)
 	}
-	if fua(c.CDB) || !lu.wce.Load() {
-		return lu.flush()
-	}
-	return nil
+	return lu.settle(fua(c.CDB))
 }
 
 // orWrite is ORWRITE(16) (SBC-3 5.17): each block becomes the bitwise OR
@@ -86,8 +86,5 @@ func (lu *LogicalUnit) orWrite(c *Command, r *Result) error {
 		}
 		off += len(buf)
 	}
-	if fua(c.CDB) || !lu.wce.Load() {
-		return lu.flush()
-	}
-	return nil
+	return lu.settle(fua(c.CDB))
 }

@@ -3,8 +3,6 @@ package scsi
 import (
 	"bytes"
 	"sync"
-
-	"github.com/diskless-boot/diskless/internal/disk"
 )
 
 // READ, WRITE, VERIFY and WRITE AND VERIFY (SBC-3 5.8-5.13, 5.33-5.44).
@@ -67,8 +65,8 @@ func (lu *LogicalUnit) read(c *Command, r *Result) error {
 	if uint64(len(dst)) > size {
 		dst = dst[:size]
 	}
-	if fe, ok := lu.dev.(disk.FileExtenter); ok && c.FileDataIn && len(dst) > 0 && lu.files.enter() {
-		fr, err := fe.FileExtent(int64(lba<<lu.shift), int64(len(dst)))
+	if lu.extenter != nil && c.FileDataIn && len(dst) > 0 && lu.files.enter() {
+		fr, err := lu.extenter.FileExtent(int64(lba<<lu.shift), int64(len(dst)))
 		if err == nil && fr.Len == int64(len(dst)) {
 			r.File, r.N, r.Release = fr, len(dst), lu.files.leave
 			return nil
@@ -145,6 +143,12 @@ func (lu *LogicalUnit) writeAt(data []byte, lba uint64, force bool) error {
 	if err := lu.writeBlocks(data, lba); err != nil {
 		return err
 	}
+	return lu.settle(force)
+}
+
+// settle makes completed writes durable when force (FUA) asks for it or
+// the write cache is disabled (WCE=0); otherwise they stay cached.
+func (lu *LogicalUnit) settle(force bool) error {
 	if force || !lu.wce.Load() {
 		return lu.flush()
 	}

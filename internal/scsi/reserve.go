@@ -49,11 +49,16 @@ func (lu *LogicalUnit) release(c *Command) error {
 	if len(lu.pr.regs) > 0 {
 		return lu.prExceptionLocked(n)
 	}
+	lu.releaseSPC2Locked(n)
+	return nil
+}
+
+// releaseSPC2Locked drops the RESERVE(6/10) reservation if n holds it.
+func (lu *LogicalUnit) releaseSPC2Locked(n Nexus) {
 	if lu.spc2 != nil && *lu.spc2 == n {
 		lu.spc2 = nil
 		lu.updateResvLocked()
 	}
-	return nil
 }
 
 // conflicts reports whether command e from c.Nexus conflicts with a

@@ -50,7 +50,7 @@ func (lu *LogicalUnit) reportOpcodes(c *Command, r *Result) error {
 		bySA := cdb[2]&0x07 == rsocServiceAct
 		// Asking by operation code alone for a command with service
 		// actions, or by service action for one without, is an error.
-		if hasSAOps[op] != bySA {
+		if hasSAs(op) != bySA {
 			return invalidCDB(2, 2)
 		}
 		var e *opcode

@@ -52,7 +52,6 @@ const (
 	ascPowerOnReset           = 0x2900 // POWER ON, RESET, OR BUS DEVICE RESET OCCURRED
 	ascPowerOnOccurred        = 0x2901
 	ascBusDeviceReset         = 0x2903 // BUS DEVICE RESET FUNCTION OCCURRED
-	ascITNexusLoss            = 0x2907
 	ascModeParametersChanged  = 0x2a01
 	ascReservationsPreempted  = 0x2a03
 	ascReservationsReleased   = 0x2a04
@@ -171,26 +170,25 @@ func senseErr(key SenseKey, code uint16) *SenseError {
 	return &SenseError{Key: key, Code: code}
 }
 
-// invalidCDB is ILLEGAL REQUEST, INVALID FIELD IN CDB pointing at byte
-// field (and bit, if bit >= 0) of the CDB.
-func invalidCDB(field, bit int) *SenseError {
-	e := &SenseError{Key: SenseIllegalRequest, Code: ascInvalidFieldInCDB,
-		FieldValid: true, InCDB: true, Field: uint16(field)}
+// fieldErr is ILLEGAL REQUEST with code, pointing at byte field (and bit,
+// if bit >= 0) of the CDB (inCDB) or of the parameter data.
+func fieldErr(code uint16, inCDB bool, field, bit int) *SenseError {
+	e := &SenseError{Key: SenseIllegalRequest, Code: code, FieldValid: true, InCDB: inCDB, Field: uint16(field)}
 	if bit >= 0 {
 		e.Bit, e.BitValid = uint8(bit), true
 	}
 	return e
 }
 
-// invalidParam is ILLEGAL REQUEST, INVALID FIELD IN PARAMETER LIST
-// pointing at byte field (and bit, if bit >= 0) of the parameter data.
+// invalidCDB is INVALID FIELD IN CDB at byte field (bit, if >= 0).
+func invalidCDB(field, bit int) *SenseError {
+	return fieldErr(ascInvalidFieldInCDB, true, field, bit)
+}
+
+// invalidParam is INVALID FIELD IN PARAMETER LIST at byte field (bit, if
+// >= 0) of the parameter data.
 func invalidParam(field, bit int) *SenseError {
-	e := &SenseError{Key: SenseIllegalRequest, Code: ascInvalidFieldInParam,
-		FieldValid: true, Field: uint16(field)}
-	if bit >= 0 {
-		e.Bit, e.BitValid = uint8(bit), true
-	}
-	return e
+	return fieldErr(ascInvalidFieldInParam, false, field, bit)
 }
 
 func paramListLengthError() *SenseError {

@@ -75,14 +75,14 @@ func (t *Target) Quick(lun uint64, cdb []byte) bool {
 	if lu == nil || len(cdb) == 0 {
 		return false
 	}
-	switch cdb[0] {
-	case 0x08: // READ(6)
-		return true
-	case 0x28, 0xa8, 0x88: // READ(10/12/16)
-		return !fua(cdb)
-	case 0x0a: // WRITE(6)
-		return lu.wce.Load()
-	case 0x2a, 0xaa, 0x8a: // WRITE(10/12/16)
+	e := opIndex[cdb[0]]
+	if e == nil {
+		return false
+	}
+	switch e.h {
+	case hRead:
+		return !fua(cdb) // READ(6) has no FUA
+	case hWrite:
 		return lu.wce.Load() && !fua(cdb)
 	}
 	return false
@@ -247,10 +247,7 @@ func (t *Target) TargetReset(n Nexus, cold bool) {
 func (t *Target) NexusLost(n Nexus) {
 	for _, lu := range *t.lus.Load() {
 		lu.mu.Lock()
-		if lu.spc2 != nil && *lu.spc2 == n {
-			lu.spc2 = nil
-			lu.updateResvLocked()
-		}
+		lu.releaseSPC2Locked(n)
 		delete(lu.prevents, n)
 		lu.mu.Unlock()
 		lu.forget(n)

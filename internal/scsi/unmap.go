@@ -49,8 +49,5 @@ func (lu *LogicalUnit) unmap(c *Command, r *Result) error {
 			return diskError(err, lba, true)
 		}
 	}
-	if !lu.wce.Load() {
-		return lu.flush()
-	}
-	return nil
+	return lu.settle(false)
 }

@@ -73,10 +73,7 @@ func (lu *LogicalUnit) writeSame(c *Command, r *Result) error {
 	if err != nil {
 		return diskError(err, lba, true)
 	}
-	if !lu.wce.Load() {
-		return lu.flush()
-	}
-	return nil
+	return lu.settle(false)
 }
 
 // fill writes pattern to n blocks at lba, a pooled chunk at a time.

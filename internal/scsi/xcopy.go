@@ -109,7 +109,7 @@ type copyRecord struct {
 // paramErr is ILLEGAL REQUEST with code, pointing at byte field of the
 // parameter list.
 func paramErr(code uint16, field int) *SenseError {
-	return &SenseError{Key: SenseIllegalRequest, Code: code, FieldValid: true, Field: uint16(field)}
+	return fieldErr(code, false, field, -1)
 }
 
 // parseCopyList checks an EXTENDED COPY(LID1) parameter list (SPC-4
@@ -376,10 +376,8 @@ func (lu *LogicalUnit) copySegment(n Nexus, l *copyList, i int, it *itNexus, rec
 		done += k
 		it.progress(rec, 0, k)
 	}
-	if !dst.wce.Load() {
-		if err := dst.flush(); err != nil {
-			return copyTargetFailed(i, err, true)
-		}
+	if err := dst.settle(false); err != nil {
+		return copyTargetFailed(i, err, true)
 	}
 	return nil
 }
