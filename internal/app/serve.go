@@ -157,7 +157,8 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 
 	// HTTP. Secrets only go to the address the kernel resolved to the
 	// host's MAC on the served interface.
-	wsrv, err := web.New(web.Config{Booter: booter, Neighbors: web.ARPTable{Interface: cfg.Interface}, Logger: log})
+	arp := web.ARPTable{Interface: cfg.Interface}
+	wsrv, err := web.New(web.Config{Booter: booter, Neighbors: arp, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -165,9 +166,10 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	// TFTP, with a log line per transfer naming the host.
 	var tsrv *tftp.Server
 	if cfg.TFTP.Enabled {
-		arp := web.ARPTable{Interface: cfg.Interface}
+		// The root opened above for the boot decisions, when there is
+		// one (closed with closers); else tftp's default directory.
 		tsrv, err = tftp.New(tftp.Config{
-			Dir: cfg.TFTP.Root, Logger: log, DropWhenBusy: true,
+			Dir: cfg.TFTP.Root, FS: binaries, Logger: log, DropWhenBusy: true,
 			OnTransfer: func(ti tftp.TransferInfo) { logTransfer(log, booter, arp, ti) },
 		})
 		if err != nil {

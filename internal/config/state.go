@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/diskless-boot/diskless/internal/fsutil"
 )
 
 // Files kept in data_dir.
@@ -197,31 +199,10 @@ func saveSecrets(path string, m map[string]storedSecret) error {
 	return writeFileAtomic(path, append(b, '\n'), 0o600)
 }
 
-// writeFileAtomic writes to a temporary file in the same directory and
-// renames it over path, so a crash never leaves half a file.
+// writeFileAtomic is fsutil.WriteFileAtomic with this package's error
+// prefix.
 func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("config: %w", err)
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return fmt.Errorf("config: %w", err)
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("config: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("config: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("config: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := fsutil.WriteFileAtomic(path, data, perm); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
 	return nil

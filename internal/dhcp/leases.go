@@ -8,10 +8,11 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/diskless-boot/diskless/internal/fsutil"
 )
 
 // lease binds an address to a client until Expires. An expired lease stays
@@ -431,7 +432,7 @@ func (db *leaseDB) sync(gen uint64, now func() time.Time) error {
 		data, err := db.encodeLocked(now())
 		db.mu.Unlock()
 		if err == nil {
-			err = writeFileAtomic(db.file, data)
+			err = fsutil.WriteFileAtomic(db.file, data, 0o644)
 		}
 		db.pmu.Lock()
 		db.writing = false
@@ -450,45 +451,4 @@ func (db *leaseDB) currentGen() uint64 {
 	db.mu.Lock()
 	defer db.mu.Unlock()
 	return db.gen
-}
-
-// writeFileAtomic replaces name with data so that a crash leaves either the
-// old or the new file: write a temporary file beside it, fsync, rename,
-// fsync the directory.
-func writeFileAtomic(name string, data []byte) error {
-	dir := filepath.Dir(name)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(name)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	if err := f.Chmod(0o644); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, name); err != nil {
-		return err
-	}
-	ok = true
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

@@ -196,7 +196,6 @@ func (s *Server) serve(ctx context.Context, conn net.PacketConn, pxePort bool) e
 		conn.Close()
 	}()
 
-	var backoff time.Duration
 	for {
 		p := <-free
 		n, src, err := conn.ReadFrom(p.buf[:])
@@ -208,15 +207,8 @@ func (s *Server) serve(ctx context.Context, conn net.PacketConn, pxePort bool) e
 			if closing || ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				time.Sleep(backoff)
-				continue
-			}
 			return fmt.Errorf("dhcp: read: %w", err)
 		}
-		backoff = 0
 		p.n, p.src = n, src
 		work <- p
 	}

@@ -254,10 +254,6 @@ func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
 			if closing || ctx.Err() != nil {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
 			return fmt.Errorf("tftp: read %s: %w", conn.LocalAddr(), err)
 		}
 		s.handleRequest(conn, buf[:n], peer)
