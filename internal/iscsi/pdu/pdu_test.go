@@ -89,6 +89,8 @@ func TestBadAHSRejected(t *testing.T) {
 		{0, 1, 1, 0},             // extended CDB too short
 		{0, 5, 9, 0, 0, 0, 0, 0}, // unknown type
 		{0, 1},                   // truncated
+		{0, 0, 1, 0},             // length 0 (used to panic slicing [4:3])
+		{0, 0, 9, 0},             // length 0, unknown type
 	} {
 		p.AHS = ahs
 		if _, err := ParseSCSICommand(&p); !errors.Is(err, ErrMalformed) {
@@ -197,6 +199,11 @@ func FuzzReadPDU(f *testing.F) {
 	var w bytes.Buffer
 	p.WriteTo(&w, true, true)
 	f.Add(w.Bytes(), true, true)
+	// An AHS whose length field is 0.
+	p.AHS, p.Data = []byte{0, 0, 1, 0}, nil
+	w.Reset()
+	p.WriteTo(&w, false, false)
+	f.Add(w.Bytes(), false, false)
 	f.Fuzz(func(t *testing.T, b []byte, hd, dd bool) {
 		rd := Reader{R: bytes.NewReader(b), HeaderDigest: hd, DataDigest: dd, MaxData: 4096}
 		for i := 0; i < 4; i++ {

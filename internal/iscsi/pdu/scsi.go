@@ -81,9 +81,9 @@ func ParseSCSICommand(p *PDU) (SCSICommand, error) {
 		if 3+l > len(ahs) {
 			return m, fmt.Errorf("%w: AHS length %d past end", ErrMalformed, l)
 		}
-		body := ahs[4 : 3+l]
-		if l == 0 {
-			body = nil
+		var body []byte // the AHS-specific bytes after the type byte
+		if l > 0 {
+			body = ahs[4 : 3+l]
 		}
 		switch typ {
 		case AHSExtendedCDB:
