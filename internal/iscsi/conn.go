@@ -63,6 +63,7 @@ type conn struct {
 	batch       []*outItem
 	frames      []byte
 	iov         [][]byte
+	wbufs       net.Buffers // writeIOV's argument to WriteTo
 	wfailed     bool
 
 	// CmdSN window (RFC 7143 4.2.2.1). expCmdSN is advanced by the
@@ -217,7 +218,9 @@ func (c *conn) readLoop() error {
 			c.flushHeld()
 		}
 		err := c.rd.ReadHeader(&p)
-		c.lastRecv.Store(time.Now().UnixNano())
+		if c.pingDone != nil {
+			c.lastRecv.Store(time.Now().UnixNano()) // for pingLoop only
+		}
 		if err == nil && c.isClosed() {
 			// Aborted by what the last PDU did (a cold reset): the
 			// rest, even if already buffered, is not for us.
@@ -238,12 +241,7 @@ func (c *conn) readLoop() error {
 			// Task management waits for the responses of the tasks it
 			// aborts; every other control PDU goes after them anyway.
 			c.flushHeld()
-			n := p.BHS.DataSegmentLength()
-			if cap(p.Data) < n {
-				p.Data = make([]byte, n)
-			}
-			p.Data = p.Data[:n]
-			if err = c.rd.ReadData(p.Data); err != nil {
+			if err = c.rd.ReadDataInto(&p); err != nil {
 				if errors.Is(err, pdu.ErrDataDigest) {
 					c.reject(&p.BHS, pdu.RejectDataDigestError)
 					continue
@@ -258,6 +256,28 @@ func (c *conn) readLoop() error {
 	}
 }
 
+// inCmdSNWindow reports whether a non-immediate command's CmdSN lies in
+// [ExpCmdSN, MaxCmdSN]; one outside is ignored (RFC 7143 4.2.2.1) and
+// logged at debug level.
+func (c *conn) inCmdSNWindow(cmdSN uint32) bool {
+	exp, max := c.expCmdSN.Load(), c.maxCmdSN.Load()
+	if snLessEq(exp, cmdSN) && snLessEq(cmdSN, max) {
+		return true
+	}
+	c.log.Debug("iscsi command outside the CmdSN window dropped", "cmdsn", cmdSN, "exp", exp, "max", max)
+	return false
+}
+
+// rejectData skips the data segment of the PDU whose header h was read
+// and rejects it with reason (RFC 7143 11.17).
+func (c *conn) rejectData(h *pdu.BHS, reason uint8) error {
+	if err := c.rd.DiscardData(); err != nil {
+		return err
+	}
+	c.reject(h, reason)
+	return nil
+}
+
 // admit applies the CmdSN rules to a non-immediate command (RFC 7143
 // 4.2.2.1): outside [ExpCmdSN, MaxCmdSN] it is silently ignored; at
 // ExpCmdSN it is delivered now; ahead of it, it waits for the gap to fill.
@@ -267,11 +287,10 @@ func (c *conn) admit(cmdSN uint32, immediate bool, deliver func()) {
 		deliver()
 		return
 	}
-	exp, max := c.expCmdSN.Load(), c.maxCmdSN.Load()
-	if !snLessEq(exp, cmdSN) || !snLessEq(cmdSN, max) {
-		c.log.Debug("iscsi command outside the CmdSN window dropped", "cmdsn", cmdSN, "exp", exp, "max", max)
+	if !c.inCmdSNWindow(cmdSN) {
 		return
 	}
+	exp := c.expCmdSN.Load()
 	c.mu.Lock()
 	if _, dup := c.queued[cmdSN]; dup {
 		c.mu.Unlock()
@@ -548,7 +567,6 @@ func (c *conn) writeBatchLocked() {
 		return
 	}
 	hd, dd := c.params.HeaderDigest, c.params.DataDigest
-	var zeros [4]byte
 	n := 0
 	for _, it := range c.batch {
 		n += len(it.pdus)
@@ -599,9 +617,9 @@ func (c *conn) writeBatchLocked() {
 			}
 			if pad := pdu.Pad(dl); dl > 0 && (pad > 0 || dd) {
 				tstart := len(frames)
-				frames = append(frames, zeros[:pad]...)
+				frames = append(frames, zeroPad[:pad]...)
 				if dd {
-					frames = binary.LittleEndian.AppendUint32(frames, pdu.Digest(op.data, zeros[:pad]))
+					frames = binary.LittleEndian.AppendUint32(frames, pdu.Digest(op.data, zeroPad[:pad]))
 				}
 				iov = append(iov, frames[tstart:len(frames):len(frames)])
 			}
@@ -652,14 +670,20 @@ func (c *conn) pingLoop(interval time.Duration) {
 	}
 }
 
-// writeIOV writes the buffers with one writev.
+// zeroPad is the padding after a data segment (at most 3 bytes).
+var zeroPad [4]byte
+
+// writeIOV writes the buffers with one writev. Called with wmu held.
 func (c *conn) writeIOV(iov [][]byte) error {
 	if len(iov) == 0 {
 		return nil
 	}
 	c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
-	bufs := net.Buffers(iov)
-	_, err := bufs.WriteTo(c.nc)
+	// WriteTo consumes the slice header it is called on; keeping it in
+	// the conn spares an allocation per write.
+	c.wbufs = iov
+	_, err := c.wbufs.WriteTo(c.nc)
+	c.wbufs = nil
 	return err
 }
 

@@ -129,36 +129,34 @@ const (
 	taskReporter = "RFC3720"
 )
 
+// ranges calls f with each numeric limit and its RFC 7143 range, in an
+// order where a range depending on another limit (FirstBurstLength's on
+// MaxBurstLength) comes after it.
+func (l *Limits) ranges(f func(name string, v *uint32, lo, hi uint32)) {
+	f("MaxRecvDataSegmentLength", &l.MaxRecvDataSegmentLength, minDataLen, maxDataLen)
+	f("MaxBurstLength", &l.MaxBurstLength, minDataLen, maxDataLen)
+	f("FirstBurstLength", &l.FirstBurstLength, minDataLen, l.MaxBurstLength)
+	f("MaxOutstandingR2T", &l.MaxOutstandingR2T, 1, maxR2T)
+	f("MaxConnections", &l.MaxConnections, 1, maxConns)
+	f("DefaultTime2Wait", &l.DefaultTime2Wait, 0, maxTime)
+	f("DefaultTime2Retain", &l.DefaultTime2Retain, 0, maxTime)
+}
+
 // Validate reports a limit outside its RFC 7143 range.
 func (l Limits) Validate() error {
-	check := func(name string, v, lo, hi uint32) error {
-		if v < lo || v > hi {
-			return fmt.Errorf("iscsi: limits: %s %d outside %d..%d", name, v, lo, hi)
+	var errs []error
+	l.ranges(func(name string, v *uint32, lo, hi uint32) {
+		if *v < lo || *v > hi {
+			errs = append(errs, fmt.Errorf("iscsi: limits: %s %d outside %d..%d", name, *v, lo, hi))
 		}
-		return nil
-	}
-	return errors.Join(
-		check("MaxRecvDataSegmentLength", l.MaxRecvDataSegmentLength, minDataLen, maxDataLen),
-		check("MaxBurstLength", l.MaxBurstLength, minDataLen, maxDataLen),
-		check("FirstBurstLength", l.FirstBurstLength, minDataLen, l.MaxBurstLength),
-		check("MaxOutstandingR2T", l.MaxOutstandingR2T, 1, maxR2T),
-		check("MaxConnections", l.MaxConnections, 1, maxConns),
-		check("DefaultTime2Wait", l.DefaultTime2Wait, 0, maxTime),
-		check("DefaultTime2Retain", l.DefaultTime2Retain, 0, maxTime),
-	)
+	})
+	return errors.Join(errs...)
 }
 
 // clamped brings every limit into its RFC range so that no answer the
 // Negotiator derives from it is out of range.
 func (l Limits) clamped() Limits {
-	c := func(v, lo, hi uint32) uint32 { return max(lo, min(v, hi)) }
-	l.MaxRecvDataSegmentLength = c(l.MaxRecvDataSegmentLength, minDataLen, maxDataLen)
-	l.MaxBurstLength = c(l.MaxBurstLength, minDataLen, maxDataLen)
-	l.FirstBurstLength = c(l.FirstBurstLength, minDataLen, l.MaxBurstLength)
-	l.MaxOutstandingR2T = c(l.MaxOutstandingR2T, 1, maxR2T)
-	l.MaxConnections = c(l.MaxConnections, 1, maxConns)
-	l.DefaultTime2Wait = c(l.DefaultTime2Wait, 0, maxTime)
-	l.DefaultTime2Retain = c(l.DefaultTime2Retain, 0, maxTime)
+	l.ranges(func(_ string, v *uint32, lo, hi uint32) { *v = max(lo, min(*v, hi)) })
 	return l
 }
 

@@ -1,20 +1,12 @@
 package iscsi
 
+import "github.com/diskless-boot/diskless/internal/scsi"
+
 // Sense data for the few conditions the transport itself reports, before
 // a command reaches the SCSI layer (fixed format, SPC-4 4.5.3).
 var (
 	// ILLEGAL REQUEST, INVALID FIELD IN CDB.
-	senseInvalidFieldInCDB = fixedSense(0x05, 0x24, 0x00)
+	senseInvalidFieldInCDB = (&scsi.SenseError{Key: scsi.SenseIllegalRequest, Code: 0x2400}).AppendFixed(nil)
 	// ABORTED COMMAND, PROTOCOL SERVICE CRC ERROR (a data digest failed).
-	senseProtocolCRCError = fixedSense(0x0b, 0x47, 0x05)
+	senseProtocolCRCError = (&scsi.SenseError{Key: scsi.SenseAbortedCommand, Code: 0x4705}).AppendFixed(nil)
 )
-
-func fixedSense(key, asc, ascq byte) []byte {
-	s := make([]byte, 18)
-	s[0] = 0x70
-	s[2] = key
-	s[7] = 10
-	s[12] = asc
-	s[13] = ascq
-	return s
-}

@@ -125,15 +125,7 @@ type Target struct {
 }
 
 func (t *Target) allows(initiator string) bool {
-	if len(t.AllowedInitiators) == 0 {
-		return true
-	}
-	for _, n := range t.AllowedInitiators {
-		if n == initiator {
-			return true
-		}
-	}
-	return false
+	return len(t.AllowedInitiators) == 0 || slices.Contains(t.AllowedInitiators, initiator)
 }
 
 // Server is an iSCSI target server. It is safe for concurrent use.

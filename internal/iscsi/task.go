@@ -1,6 +1,7 @@
 package iscsi
 
 import (
+	"slices"
 	"sync/atomic"
 
 	"github.com/diskless-boot/diskless/internal/iscsi/pdu"
@@ -50,43 +51,27 @@ func (c *conn) handleSCSICommand(p *pdu.PDU) error {
 	cmd, err := pdu.ParseSCSICommand(p)
 	dsl := uint32(h.DataSegmentLength())
 	if err != nil || c.sess.discovery {
-		if err := c.rd.DiscardData(); err != nil {
-			return err
-		}
 		reason := uint8(pdu.RejectInvalidPDUField)
 		if c.sess.discovery {
 			// A discovery session carries Text, NOP and Logout only (RFC 7143 4.3).
 			reason = pdu.RejectProtocolError
 		}
-		c.reject(h, reason)
-		return nil
+		return c.rejectData(h, reason)
 	}
-	if !cmd.Immediate {
-		exp, max := c.expCmdSN.Load(), c.maxCmdSN.Load()
-		if !snLessEq(exp, cmd.CmdSN) || !snLessEq(cmd.CmdSN, max) {
-			c.log.Debug("iscsi SCSI command outside the CmdSN window dropped", "cmdsn", cmd.CmdSN, "exp", exp, "max", max)
-			return c.rd.DiscardData()
-		}
+	if !cmd.Immediate && !c.inCmdSNWindow(cmd.CmdSN) {
+		return c.rd.DiscardData()
 	}
 	// Protocol checks on the data that comes with the command (RFC 7143
 	// 11.3.4 and 13.10/13.11): immediate data only when negotiated, only
 	// with W, never past EDTL or FirstBurstLength.
 	if dsl > 0 && (!cmd.Write || !c.params.ImmediateData || dsl > cmd.ExpectedDataTransferLength || dsl > c.params.FirstBurstLength) {
-		if err := c.rd.DiscardData(); err != nil {
-			return err
-		}
-		c.reject(h, pdu.RejectProtocolError)
-		return nil
+		return c.rejectData(h, pdu.RejectProtocolError)
 	}
 	c.mu.Lock()
 	_, busy := c.tasks[cmd.ITT]
 	c.mu.Unlock()
 	if busy || cmd.ITT == pdu.ReservedTag {
-		if err := c.rd.DiscardData(); err != nil {
-			return err
-		}
-		c.reject(h, pdu.RejectInvalidPDUField)
-		return nil
+		return c.rejectData(h, pdu.RejectInvalidPDUField)
 	}
 
 	t := &task{cmd: cmd, lun: decodeLUN(cmd.LUN), edtl: cmd.ExpectedDataTransferLength, write: cmd.Write, done: make(chan struct{})}
@@ -126,12 +111,9 @@ func (c *conn) handleSCSICommand(p *pdu.PDU) error {
 			return err
 		}
 		t.unsolicitedRecv = dsl
-		t.unsolicitedEnd = dsl
+		t.unsolicitedEnd = dsl // at most EDTL and FirstBurstLength (checked above)
 		if !c.params.InitialR2T && !cmd.Final {
 			t.unsolicitedEnd = min(t.edtl, c.params.FirstBurstLength)
-		}
-		if t.unsolicitedEnd < dsl {
-			t.unsolicitedEnd = dsl
 		}
 		t.nextR2TOffset = t.unsolicitedEnd
 	} else if err := c.rd.DiscardData(); err != nil {
@@ -254,15 +236,16 @@ func (c *conn) handleDataOut(p *pdu.PDU) error {
 		return c.rd.DiscardData()
 	}
 	var seq *r2t
+	seqIdx := -1
 	ok := true
 	if d.TTT == pdu.ReservedTag {
 		// Unsolicited data, in order (DataPDUInOrder=Yes).
 		ok = d.BufferOffset == t.unsolicitedRecv && d.BufferOffset+dsl <= t.unsolicitedEnd &&
 			d.BufferOffset+dsl >= d.BufferOffset && d.DataSN == t.unsolDataSN
 	} else {
-		for _, r := range t.r2ts {
+		for i, r := range t.r2ts {
 			if r.ttt == d.TTT {
-				seq = r
+				seq, seqIdx = r, i
 			}
 		}
 		ok = seq != nil && d.BufferOffset == seq.offset+seq.received &&
@@ -272,10 +255,9 @@ func (c *conn) handleDataOut(p *pdu.PDU) error {
 		// Offsets, lengths or DataSN the protocol does not allow: at
 		// ErrorRecoveryLevel 0 the data cannot be recovered, so the
 		// task ends with a protocol error (RFC 7143 7.1.4, 11.7.3).
-		if err := c.rd.DiscardData(); err != nil {
+		if err := c.rejectData(h, pdu.RejectProtocolError); err != nil {
 			return err
 		}
-		c.reject(h, pdu.RejectProtocolError)
 		c.failTask(t, senseInvalidFieldInCDB)
 		return nil
 	}
@@ -294,12 +276,7 @@ func (c *conn) handleDataOut(p *pdu.PDU) error {
 		seq.received += dsl
 		seq.dataSN++
 		if seq.received == seq.len {
-			for i, r := range t.r2ts {
-				if r == seq {
-					t.r2ts = append(t.r2ts[:i], t.r2ts[i+1:]...)
-					break
-				}
-			}
+			t.r2ts = slices.Delete(t.r2ts, seqIdx, seqIdx+1)
 		}
 	}
 	c.progress(t)
@@ -371,7 +348,6 @@ func (c *conn) execute(t *task, onReader bool) {
 		Nexus: c.sess.nexus,
 		LUN:   t.lun,
 		CDB:   t.cmd.FullCDB(),
-		Attr:  taskAttr(t.cmd.Attr),
 	}
 	if t.write {
 		sc.DataOut = t.buf
@@ -403,10 +379,12 @@ func (c *conn) execute(t *task, onReader bool) {
 	c.mu.Unlock()
 
 	item := c.responseItem(t, &res)
-	buf := t.buf
+	// Copies, not res itself: a closure over res would move the whole
+	// Result to the heap for every command.
+	buf, releaseFile := t.buf, res.Release
 	item.release = func() {
-		if res.Release != nil {
-			res.Release() // the file data is on the wire (or never will be)
+		if releaseFile != nil {
+			releaseFile() // the file data is on the wire (or never will be)
 		}
 		putBuf(buf)
 		c.mu.Lock()
@@ -419,18 +397,6 @@ func (c *conn) execute(t *task, onReader bool) {
 		return
 	}
 	c.send(item)
-}
-
-func taskAttr(a pdu.TaskAttr) scsi.TaskAttribute {
-	switch a {
-	case pdu.AttrOrdered:
-		return scsi.TaskOrdered
-	case pdu.AttrHead:
-		return scsi.TaskHeadOfQueue
-	case pdu.AttrACA:
-		return scsi.TaskACA
-	}
-	return scsi.TaskSimple
 }
 
 // responseItem builds the Data-In PDUs and the status of a finished task:

@@ -38,22 +38,11 @@ type Nexus struct {
 	RelTargetPort uint16 // relative target port identifier, 1-based
 }
 
-// TaskAttribute is the SAM task attribute of a command.
-type TaskAttribute uint8
-
-const (
-	TaskSimple TaskAttribute = iota
-	TaskOrdered
-	TaskHeadOfQueue
-	TaskACA
-)
-
 // Command is one SCSI command, with all its Data-Out already received.
 type Command struct {
 	Nexus Nexus
 	LUN   uint64 // flat LUN number (SAM-5 4.7), decoded by the transport
 	CDB   []byte
-	Attr  TaskAttribute
 	// DataOut holds what the initiator sent (exactly the iSCSI
 	// ExpectedDataTransferLength). It may be shorter or longer than the
 	// CDB implies; the command decides what that means.

@@ -190,17 +190,6 @@ func (m *TextResponse) Marshal(h *BHS) {
 	h.put32(32, m.MaxCmdSN)
 }
 
-// ParseTextResponse decodes a Text Response header (initiator side).
-func ParseTextResponse(h *BHS) (TextResponse, error) {
-	if h.Opcode() != OpTextResp {
-		return TextResponse{}, ErrWrongOpcode
-	}
-	return TextResponse{
-		Final: h.Final(), Continue: h[1]&0x40 != 0, LUN: h.LUN(), ITT: h.ITT(), TTT: h.u32(20),
-		StatSN: h.u32(24), ExpCmdSN: h.u32(28), MaxCmdSN: h.u32(32),
-	}, nil
-}
-
 // Logout reason codes (RFC 7143 11.14.1).
 const (
 	LogoutCloseSession    = 0
@@ -406,15 +395,6 @@ func (m *TaskMgmtResponse) Marshal(h *BHS) {
 	h.put32(32, m.MaxCmdSN)
 }
 
-// ParseTaskMgmtResponse decodes a Task Management Function Response (initiator side).
-func ParseTaskMgmtResponse(h *BHS) (TaskMgmtResponse, error) {
-	if h.Opcode() != OpTaskMgmtResp {
-		return TaskMgmtResponse{}, ErrWrongOpcode
-	}
-	return TaskMgmtResponse{Response: h[2], ITT: h.ITT(), StatSN: h.u32(24), ExpCmdSN: h.u32(28),
-		MaxCmdSN: h.u32(32)}, nil
-}
-
 // Reject reasons (RFC 7143 11.17.1).
 const (
 	RejectDataDigestError  = 0x02
@@ -447,45 +427,6 @@ func (m *Reject) Marshal(h *BHS) {
 	h.put32(28, m.ExpCmdSN)
 	h.put32(32, m.MaxCmdSN)
 	h.put32(36, m.DataSN)
-}
-
-// ParseReject decodes a Reject header (initiator side).
-func ParseReject(h *BHS) (Reject, error) {
-	if h.Opcode() != OpReject {
-		return Reject{}, ErrWrongOpcode
-	}
-	return Reject{Reason: h[2], StatSN: h.u32(24), ExpCmdSN: h.u32(28), MaxCmdSN: h.u32(32), DataSN: h.u32(36)}, nil
-}
-
-// Asynchronous events (RFC 7143 11.9.1).
-const (
-	AsyncSCSIEvent          = 0
-	AsyncLogoutRequest      = 1
-	AsyncDropConnection     = 2
-	AsyncDropAllConns       = 3
-	AsyncRequestNegotiation = 4
-)
-
-// AsyncMessage is the target's Asynchronous Message header (RFC 7143 11.9).
-type AsyncMessage struct {
-	LUN                            uint64
-	StatSN, ExpCmdSN, MaxCmdSN     uint32
-	Event, VendorCode              uint8
-	Parameter1, Parameter2, Param3 uint16
-}
-
-// Marshal encodes m into h.
-func (m *AsyncMessage) Marshal(h *BHS) {
-	h.startFlags(OpAsyncMessage, false, 0x80)
-	h.put64(8, m.LUN)
-	h.put32(16, reservedTaskTag)
-	h.put32(24, m.StatSN)
-	h.put32(28, m.ExpCmdSN)
-	h.put32(32, m.MaxCmdSN)
-	h[36], h[37] = m.Event, m.VendorCode
-	h.put16(38, m.Parameter1)
-	h.put16(40, m.Parameter2)
-	h.put16(42, m.Param3)
 }
 
 // SNACKRequest is an initiator's SNACK Request header (RFC 7143 11.16).

@@ -154,6 +154,12 @@ func (rd *Reader) ReadPDU(p *PDU) error {
 	if err := rd.ReadHeader(p); err != nil {
 		return err
 	}
+	return rd.ReadDataInto(p)
+}
+
+// ReadDataInto reads the data segment of the PDU whose header p holds into
+// p.Data, reusing its capacity.
+func (rd *Reader) ReadDataInto(p *PDU) error {
 	n := p.BHS.DataSegmentLength()
 	if cap(p.Data) >= n {
 		p.Data = p.Data[:n]

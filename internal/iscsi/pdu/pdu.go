@@ -117,12 +117,11 @@ func (h *BHS) setLengths(ahsLen, dataLen int) {
 	h[7] = byte(dataLen)
 }
 
-func (h *BHS) u32(off int) uint32        { return binary.BigEndian.Uint32(h[off:]) }
-func (h *BHS) u16(off int) uint16        { return binary.BigEndian.Uint16(h[off:]) }
-func (h *BHS) put32(off int, v uint32)   { binary.BigEndian.PutUint32(h[off:], v) }
-func (h *BHS) put16(off int, v uint16)   { binary.BigEndian.PutUint16(h[off:], v) }
-func (h *BHS) put64(off int, v uint64)   { binary.BigEndian.PutUint64(h[off:], v) }
-func (h *BHS) start(op Opcode, imm bool) { h.startFlags(op, imm, 0) }
+func (h *BHS) u32(off int) uint32      { return binary.BigEndian.Uint32(h[off:]) }
+func (h *BHS) u16(off int) uint16      { return binary.BigEndian.Uint16(h[off:]) }
+func (h *BHS) put32(off int, v uint32) { binary.BigEndian.PutUint32(h[off:], v) }
+func (h *BHS) put16(off int, v uint16) { binary.BigEndian.PutUint16(h[off:], v) }
+func (h *BHS) put64(off int, v uint64) { binary.BigEndian.PutUint64(h[off:], v) }
 func (h *BHS) startFlags(op Opcode, imm bool, b1 byte) {
 	*h = BHS{}
 	h[0] = byte(op)
@@ -146,12 +145,10 @@ func Pad(n int) int { return -n & 3 }
 
 // Errors of decoding. Every error returned by this package wraps one of these.
 var (
-	ErrShort          = errors.New("pdu: short buffer")
 	ErrHeaderDigest   = errors.New("pdu: header digest mismatch")
 	ErrDataDigest     = errors.New("pdu: data digest mismatch")
 	ErrTooLong        = errors.New("pdu: data segment exceeds negotiated maximum")
 	ErrMalformed      = errors.New("pdu: malformed")
-	ErrUnknownOpcode  = errors.New("pdu: unknown opcode")
 	ErrWrongOpcode    = errors.New("pdu: wrong opcode for message type")
 	errNotMultipleOf4 = fmt.Errorf("%w: AHS length not a multiple of 4", ErrMalformed)
 )

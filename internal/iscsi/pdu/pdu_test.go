@@ -146,7 +146,7 @@ func TestReaderDetectsCorruption(t *testing.T) {
 
 func TestReaderCapsDataBeforeAllocating(t *testing.T) {
 	var h BHS
-	h.start(OpNOPOut, true)
+	h.startFlags(OpNOPOut, true, 0)
 	h.setLengths(0, 1<<24-1)
 	rd := Reader{R: bytes.NewReader(h[:]), MaxData: 8192}
 	var q PDU
