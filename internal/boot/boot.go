@@ -171,7 +171,7 @@ func checkHost(h *Host) error {
 	if len(h.MAC) != 6 {
 		return errors.New("MAC must be 6 bytes")
 	}
-	if h.Name != "" && !safeArg(h.Name, 1) {
+	if h.Name != "" && !SafeArg(h.Name, 1) {
 		return fmt.Errorf("name %q has characters unsafe in a script", h.Name)
 	}
 	for _, v := range []struct{ what, val string }{{"initiator IQN", h.InitiatorIQN}, {"target IQN", h.TargetIQN}} {
@@ -187,10 +187,10 @@ func checkHost(h *Host) error {
 			continue
 		}
 		// Messages never quote the secret.
-		if !safeArg(c.cr.User, 1) {
+		if !SafeArg(c.cr.User, 1) {
 			return fmt.Errorf("%s user %q has characters unsafe in a script", c.what, c.cr.User)
 		}
-		if !safeArg(c.cr.Secret, 12) {
+		if !SafeArg(c.cr.Secret, 12) {
 			return fmt.Errorf("%s secret: need 12-255 characters of A-Z a-z 0-9 . _ ~ + = : / @ , -", c.what)
 		}
 	}
@@ -249,11 +249,24 @@ func (b *Booter) OpenBinary(name string) (fs.File, error) {
 	return b.cfg.Binaries.Open(name)
 }
 
-// safeArg allows what means nothing to iPXE's parser (no whitespace, $,
-// quotes, backslash, # or operators) nor to the initramfs shell that splits
-// the kernel command line (no globs).
-func safeArg(s string, minLen int) bool {
-	if len(s) < minLen || len(s) > 255 {
+// What may go into an iPXE script. config checks the same when it loads,
+// with reasons; boot checks again before writing a script.
+const (
+	// MaxArgLen bounds one word (a name, CHAP user or secret).
+	MaxArgLen = 255
+	// MaxLineLen bounds a kernel command line.
+	MaxLineLen = 1024
+	// LineUnsafe are the printable characters a command line must not
+	// hold: iPXE or the initramfs shell would interpret them.
+	LineUnsafe = "$\"'\\`;&|#<>(){}*?[]"
+)
+
+// SafeArg reports whether s (of at least minLen bytes) holds only what
+// means nothing to iPXE's parser (no whitespace, $, quotes, backslash, # or
+// operators) nor to the initramfs shell that splits the kernel command
+// line (no globs).
+func SafeArg(s string, minLen int) bool {
+	if len(s) < minLen || len(s) > MaxArgLen {
 		return false
 	}
 	for _, r := range s {
@@ -264,14 +277,14 @@ func safeArg(s string, minLen int) bool {
 	return true
 }
 
-// safeLine is safeArg for a command line: single spaces allowed, plus the
+// safeLine is SafeArg for a command line: single spaces allowed, plus the
 // punctuation kernel parameters use.
 func safeLine(s string) bool {
-	if len(s) > 1024 {
+	if len(s) > MaxLineLen {
 		return false
 	}
 	for _, r := range s {
-		if r < 0x20 || r > 0x7e || strings.ContainsRune("$\"'\\`;&|#<>(){}*?[]", r) {
+		if r < 0x20 || r > 0x7e || strings.ContainsRune(LineUnsafe, r) {
 			return false
 		}
 	}
@@ -281,5 +294,5 @@ func safeLine(s string) bool {
 // validIQN: an iSCSI name (iscsi.CheckName) that is also safe to put in an
 // iPXE script.
 func validIQN(s string) bool {
-	return iscsi.CheckName(s) == nil && safeArg(s, 1)
+	return iscsi.CheckName(s) == nil && SafeArg(s, 1)
 }

@@ -1,6 +1,7 @@
 package boot
 
 import (
+	"container/list"
 	"net"
 	"net/netip"
 	"sort"
@@ -23,10 +24,11 @@ type Sighting struct {
 // forgetting the least recently seen first, so a flood of fake MACs costs
 // bounded memory. It is safe for concurrent use.
 type Registry struct {
-	mu  sync.Mutex
-	max int
-	now func() time.Time
-	m   map[string]*Sighting
+	mu    sync.Mutex
+	max   int
+	now   func() time.Time
+	m     map[string]*list.Element // of *Sighting, in order
+	order *list.List               // most recently seen first
 }
 
 // NewRegistry returns an empty registry of at most limit entries (min 1);
@@ -35,7 +37,7 @@ func NewRegistry(limit int, now func() time.Time) *Registry {
 	if now == nil {
 		now = time.Now
 	}
-	return &Registry{max: max(limit, 1), now: now, m: map[string]*Sighting{}}
+	return &Registry{max: max(limit, 1), now: now, m: map[string]*list.Element{}, order: list.New()}
 }
 
 // Observe records a request from mac. A zero ip or empty arch keeps what
@@ -45,13 +47,20 @@ func (r *Registry) Observe(mac net.HardwareAddr, ip netip.Addr, arch string) {
 	key := mac.String()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	s, ok := r.m[key]
-	if !ok {
+	var s *Sighting
+	if e, ok := r.m[key]; ok {
+		s = e.Value.(*Sighting)
+		r.order.MoveToFront(e)
+	} else {
 		if len(r.m) >= r.max {
-			r.evictOldest()
+			// The least recently seen, in constant time: a flood of
+			// fake MACs must not make each request scan them all.
+			oldest := r.order.Back()
+			r.order.Remove(oldest)
+			delete(r.m, oldest.Value.(*Sighting).MAC.String())
 		}
 		s = &Sighting{MAC: append(net.HardwareAddr(nil), mac...), FirstSeen: now}
-		r.m[key] = s
+		r.m[key] = r.order.PushFront(s)
 	}
 	s.LastSeen = now
 	s.Count++
@@ -63,23 +72,12 @@ func (r *Registry) Observe(mac net.HardwareAddr, ip netip.Addr, arch string) {
 	}
 }
 
-func (r *Registry) evictOldest() {
-	var oldest string
-	var t time.Time
-	for k, s := range r.m {
-		if oldest == "" || s.LastSeen.Before(t) {
-			oldest, t = k, s.LastSeen
-		}
-	}
-	delete(r.m, oldest)
-}
-
 // List returns the recorded machines, most recently seen first.
 func (r *Registry) List() []Sighting {
 	r.mu.Lock()
 	out := make([]Sighting, 0, len(r.m))
-	for _, s := range r.m {
-		out = append(out, *s)
+	for e := r.order.Front(); e != nil; e = e.Next() {
+		out = append(out, *e.Value.(*Sighting))
 	}
 	r.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool {

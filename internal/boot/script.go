@@ -125,18 +125,18 @@ func render(t *template.Template, data any) ([]byte, error) {
 var funcs = template.FuncMap{
 	"arg": func(v any) (string, error) {
 		s := fmt.Sprint(v)
-		if !safeArg(s, 1) {
+		if !SafeArg(s, 1) {
 			return "", fmt.Errorf("unsafe value %q", s)
 		}
 		return s, nil
 	},
 	"url": func(s string) (string, error) {
 		// URLs and SAN URIs are built here from checked parts; on top of
-		// safeArg they may hold IPv6 brackets, a query and, once, the
+		// SafeArg they may hold IPv6 brackets, a query and, once, the
 		// ${netX/mac} of ScriptURL.
 		rest := strings.Replace(s, "${netX/mac}", "", 1)
 		rest = strings.NewReplacer("[", "", "]", "", "?", "").Replace(rest)
-		if !safeArg(rest, 1) {
+		if !SafeArg(rest, 1) {
 			return "", fmt.Errorf("unsafe URL %q", s)
 		}
 		return s, nil

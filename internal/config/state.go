@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/diskless-boot/diskless/internal/boot"
 	"github.com/diskless-boot/diskless/internal/fsutil"
 )
 
@@ -184,7 +185,7 @@ func loadSecrets(path string) (map[string]storedSecret, error) {
 		return nil, fmt.Errorf("config: %s: %w", path, err)
 	}
 	for id, s := range m {
-		if !isCredential(s.User, 1) || !isCredential(s.Secret, minSecretLen) {
+		if !boot.SafeArg(s.User, 1) || !boot.SafeArg(s.Secret, minSecretLen) {
 			return nil, fmt.Errorf("config: %s: entry %q is not a valid credential", path, id)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/diskless-boot/diskless/internal/boot"
 	"github.com/diskless-boot/diskless/internal/iscsi"
 )
 
@@ -26,9 +27,9 @@ func (e *FieldError) Error() string { return e.Where + ": " + e.Key + ": " + e.R
 // Limits of values the config accepts.
 const (
 	minSecretLen  = 12 // RFC 7143 12.1.3 / RFC 3723: shorter secrets are brute-forced offline; iPXE and Windows want >= 12
-	maxSecretLen  = 255
+	maxSecretLen  = boot.MaxArgLen
 	maxNameLen    = 63
-	maxCmdlineLen = 1024 // leaves room in the kernel's 2048-byte command line for the ISCSI_* values
+	maxCmdlineLen = boot.MaxLineLen // leaves room in the kernel's 2048-byte command line for the ISCSI_* values
 )
 
 // Validate checks every key and reports every problem found (joined
@@ -222,11 +223,11 @@ func (v *validator) credentials(key string, ch CHAP) {
 	if !ch.Enabled {
 		return
 	}
-	if ch.User != "" && !isCredential(ch.User, 1) {
+	if ch.User != "" && !boot.SafeArg(ch.User, 1) {
 		v.fail(key+".user", "use 1-%d of A-Z a-z 0-9 . _ ~ + = : / @ , -", maxSecretLen)
 	}
 	// The secret itself never goes into the message.
-	if ch.Secret != "" && !isCredential(ch.Secret, minSecretLen) {
+	if ch.Secret != "" && !boot.SafeArg(ch.Secret, minSecretLen) {
 		v.fail(key+".secret", "use %d-%d of A-Z a-z 0-9 . _ ~ + = : / @ , - (iPXE and initiators need at least %d)", minSecretLen, maxSecretLen, minSecretLen)
 	}
 }
@@ -335,22 +336,6 @@ func isName(s string) bool {
 	return true
 }
 
-// isCredential allows only characters that mean nothing to iPXE's script
-// parser (no $, quotes, spaces, # or operators) nor to the initramfs shell
-// that splits /proc/cmdline (no globs), so a secret can never inject a
-// command.
-func isCredential(s string, minLen int) bool {
-	if len(s) < minLen || len(s) > maxSecretLen {
-		return false
-	}
-	for _, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("._~+=:/@,-", r)) {
-			return false
-		}
-	}
-	return true
-}
-
 // checkCmdline rejects what could end the iPXE kernel line or be expanded
 // by iPXE or the initramfs shell.
 func checkCmdline(s string) string {
@@ -361,7 +346,7 @@ func checkCmdline(s string) string {
 		if r < 0x20 || r > 0x7e {
 			return fmt.Sprintf("character %q not allowed: printable ASCII only", r)
 		}
-		if strings.ContainsRune("$\"'\\`;&|#<>(){}*?[]", r) {
+		if strings.ContainsRune(boot.LineUnsafe, r) {
 			return fmt.Sprintf("character %q not allowed: iPXE or the initramfs shell would interpret it", r)
 		}
 	}

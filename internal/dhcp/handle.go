@@ -68,19 +68,29 @@ func (s *Server) handleProxy(req *dhcpv4.DHCPv4, ci *ClientInfo, r result) resul
 		r.out = outIgnored
 		return r
 	}
-	if !ci.PXE && !ci.HTTPClient {
-		r.out = outNotPXE
-		return r
-	}
-	boot, ok := s.decide(ci)
+	boot, ok := s.proxyBoot(ci, &r)
 	if !ok {
-		r.out = outIgnored
 		return r
 	}
 	rep := s.newReply(req, dhcpv4.MessageTypeOffer)
 	s.addProxyBoot(rep, req, ci, &boot, true)
 	r.op = "proxy-offer"
 	return s.finish(r, rep, s.replyDest(req, dhcpv4.MessageTypeOffer), ci, &boot)
+}
+
+// proxyBoot is the boot answer for a client served by proxyDHCP or the
+// boot server: only PXE and HTTP boot clients get one. Otherwise r.out
+// says why not.
+func (s *Server) proxyBoot(ci *ClientInfo, r *result) (Boot, bool) {
+	if !ci.PXE && !ci.HTTPClient {
+		r.out = outNotPXE
+		return Boot{}, false
+	}
+	boot, ok := s.decide(ci)
+	if !ok {
+		r.out = outIgnored
+	}
+	return boot, ok
 }
 
 // handleBootServer answers a REQUEST on port 4011 (PXE 2.1 2.2.7, the
@@ -91,13 +101,8 @@ func (s *Server) handleBootServer(req *dhcpv4.DHCPv4, ci *ClientInfo, src netip.
 		r.out = outIgnored
 		return r
 	}
-	if !ci.PXE && !ci.HTTPClient {
-		r.out = outNotPXE
-		return r
-	}
-	boot, ok := s.decide(ci)
+	boot, ok := s.proxyBoot(ci, &r)
 	if !ok {
-		r.out = outIgnored
 		return r
 	}
 	rep := s.newReply(req, dhcpv4.MessageTypeAck)
@@ -105,7 +110,7 @@ func (s *Server) handleBootServer(req *dhcpv4.DHCPv4, ci *ClientInfo, src netip.
 	s.addProxyBoot(rep, req, ci, &boot, false)
 	if item, ok := bootItem(req); ok {
 		// A boot server echoes the boot item it serves (PXE 2.1 2.2.7).
-		rep.Options[optPXEVendor] = append([]byte{pxeBootItem, 4}, append(append([]byte(nil), item...), 255)...)
+		rep.Options[optPXEVendor] = append(append([]byte{pxeBootItem, 4}, item...), 255)
 	}
 	// The client has an address now and listens where it sent from: EDK2
 	// sends from and listens on 4011, iPXE on 68.

@@ -196,7 +196,10 @@ func (s *Server) handle(b []byte, cm *ipv6.ControlMessage, src net.Addr) {
 		return
 	}
 	s.stats.Solicitations++
-	s.log.Debug("ra: router solicitation", "ip", addrString(src), "mac", rs.SourceLinkAddr.String())
+	if s.log.Enabled(context.Background(), slog.LevelDebug) {
+		// Solicitations are not rate-limited: format only when logged.
+		s.log.Debug("ra: router solicitation", "ip", addrString(src), "mac", rs.SourceLinkAddr.String())
+	}
 	if s.closed || s.pending != nil {
 		return // the pending answer covers this one too
 	}

@@ -2,6 +2,7 @@ package tftp
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -254,8 +255,11 @@ func (t *transfer) sendWindow(retry bool) error {
 		}
 		// The block number wraps from 65535 to 0, as iPXE, tftp-hpa and
 		// curl expect for files of more than 65535 blocks.
-		d := Data{Block: uint16(b), Payload: t.pkt[4 : 4+n]}
-		pkt := d.AppendBinary(t.pkt[:0])
+		// The payload was read in place after the header: only the
+		// header is written (the layout of Data.AppendBinary).
+		binary.BigEndian.PutUint16(t.pkt[0:], uint16(OpDATA))
+		binary.BigEndian.PutUint16(t.pkt[2:], uint16(b))
+		pkt := t.pkt[:4+n]
 		t.sendPacket(pkt, b <= t.sent)
 		t.sent = max(t.sent, b)
 		if int64(n) < bs {
