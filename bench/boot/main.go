@@ -35,6 +35,8 @@ import (
 
 	"github.com/diskless-boot/diskless/bench/harness"
 	"github.com/diskless-boot/diskless/internal/testutil/bootdisk"
+	"github.com/diskless-boot/diskless/internal/testutil/netns"
+	"github.com/diskless-boot/diskless/internal/testutil/output"
 )
 
 const (
@@ -112,9 +114,8 @@ func main() {
 	}
 }
 
-func median(d []time.Duration) time.Duration {
-	s := slices.Clone(d)
-	slices.Sort(s)
+// median of d, which is sorted.
+func median(s []time.Duration) time.Duration {
 	if len(s)%2 == 1 {
 		return s[len(s)/2]
 	}
@@ -136,7 +137,7 @@ type network struct {
 }
 
 func newNetwork(c *harness.Cleanup, withSite bool) (*network, error) {
-	id := harness.ID()
+	id := netns.ID()
 	n := &network{vmNS: "dlboot-v-" + id, srvNS: "dlboot-s-" + id, siteNS: "dlboot-d-" + id,
 		tap: "bt" + id, srvIf: "bs" + id, siteIf: "bd" + id}
 	br := "bb" + id
@@ -177,7 +178,7 @@ func (b *bench) run(kase, stack string, round int) (took time.Duration, err erro
 	if err != nil {
 		return 0, err
 	}
-	marker := "DISKLESS-BENCH-" + harness.ID() + harness.ID()
+	marker := "DISKLESS-BENCH-" + netns.ID() + netns.ID()
 	img := filepath.Join(dir, "disk.img")
 	uefi := kase == "uefi-full"
 	if uefi {
@@ -210,7 +211,7 @@ func (b *bench) run(kase, stack string, round int) (took time.Duration, err erro
 		procs = append(procs, p)
 		if ready != "" {
 			if _, _, err := p.WaitFor(30*time.Second, ready); err != nil {
-				return fmt.Errorf("%v\n%s", err, harness.Tail(p.Out.String(), 2000))
+				return fmt.Errorf("%v\n%s", err, output.Tail(p.Out.String(), 2000))
 			}
 		}
 		return nil
@@ -282,12 +283,12 @@ func (b *bench) run(kase, stack string, round int) (took time.Duration, err erro
 	}
 	procs = append(procs, vm)
 	defer vm.Stop(syscall.SIGKILL)
-	i, took, err := vm.WaitFor(timeout, marker, "DISKLESS-MBR-READ-ERROR", "Could not boot")
+	i, took, err := vm.WaitFor(timeout, marker, bootdisk.ReadError, "Could not boot")
 	if err != nil {
 		return 0, err
 	}
 	if i != 0 {
-		return 0, fmt.Errorf("boot failed before the marker:\n%s", harness.Tail(vm.Out.String(), 1500))
+		return 0, fmt.Errorf("boot failed before the marker:\n%s", output.Tail(vm.Out.String(), 1500))
 	}
 	return took, nil
 }

@@ -8,8 +8,6 @@
 package harness
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -19,7 +17,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/diskless-boot/diskless/internal/testutil/qemu"
+	"github.com/diskless-boot/diskless/internal/testutil/output"
 )
 
 // Sh runs a command and returns its combined output in the error.
@@ -29,13 +27,6 @@ func Sh(args ...string) error {
 		return fmt.Errorf("%s: %v: %s", strings.Join(args, " "), err, out)
 	}
 	return nil
-}
-
-// ID returns a short random hex id for unique namespace and link names.
-func ID() string {
-	var r [3]byte
-	rand.Read(r[:])
-	return hex.EncodeToString(r[:])
 }
 
 // Cleanup is a stack of undo steps, run in reverse order.
@@ -87,7 +78,7 @@ func Steps(steps ...[]string) error {
 type Proc struct {
 	Name    string
 	Cmd     *exec.Cmd
-	Out     qemu.Output
+	Out     output.Output
 	Started time.Time
 	exited  chan struct{}
 	err     error
@@ -161,14 +152,6 @@ func (p *Proc) WaitFor(timeout time.Duration, markers ...string) (int, time.Dura
 			return -1, 0, fmt.Errorf("%s printed none of %q within %v", p.Name, markers, timeout)
 		}
 	}
-}
-
-// Tail is the last n bytes of s.
-func Tail(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return "…" + s[len(s)-n:]
 }
 
 // NeedRoot returns an error naming what is missing: root, programs, files.

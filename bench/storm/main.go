@@ -50,6 +50,8 @@ import (
 	"time"
 
 	"github.com/diskless-boot/diskless/bench/harness"
+	"github.com/diskless-boot/diskless/internal/testutil/netns"
+	"github.com/diskless-boot/diskless/internal/testutil/output"
 )
 
 const (
@@ -113,9 +115,9 @@ type result struct {
 	// file, script.
 	DHCP, TFTP, Script []time.Duration
 	Errors             map[string]int `json:"errors"`
-	NAKs               int64          `json:"naks"`
-	SrvDrops           int64          `json:"-"` // UDP RcvbufErrors in the server namespace
-	CliDrops           int64          `json:"-"` // and in the client namespace // DHCP NAKs that sent a client back to DISCOVER
+	NAKs               int64          `json:"naks"` // DHCP NAKs that sent a client back to DISCOVER
+	SrvDrops           int64          `json:"-"`    // UDP RcvbufErrors in the server namespace
+	CliDrops           int64          `json:"-"`    // and in the client namespace
 }
 
 type row struct {
@@ -131,7 +133,7 @@ func bench(counts []int, rounds int, bin, ipxeDir string, clientTimeout time.Dur
 	}
 	var c harness.Cleanup
 	defer c.Run()
-	id := harness.ID()
+	id := netns.ID()
 	srvNS, cliNS := "dlstorm-s-"+id, "dlstorm-c-"+id
 	srvIf, cliIf := "ss"+id, "sc"+id
 	for _, ns := range []string{srvNS, cliNS} {
@@ -246,7 +248,7 @@ func runOne(server string, n, round int, self, bin, ipxeDir, work, tftpRoot, img
 	}
 	if err != nil {
 		if p != nil {
-			err = fmt.Errorf("%v\n%s", err, harness.Tail(p.Out.String(), 3000))
+			err = fmt.Errorf("%v\n%s", err, output.Tail(p.Out.String(), 3000))
 		}
 		return result{}, err
 	}
@@ -268,7 +270,7 @@ func runOne(server string, n, round int, self, bin, ipxeDir, work, tftpRoot, img
 	res.SrvDrops = udpRcvbufErrors(srvNS) - srvDrops0
 	res.CliDrops = udpRcvbufErrors(cliNS) - cliDrops0
 	if select1(p.Exited()) {
-		return result{}, fmt.Errorf("%s exited during the storm:\n%s", server, harness.Tail(p.Out.String(), 3000))
+		return result{}, fmt.Errorf("%s exited during the storm:\n%s", server, output.Tail(p.Out.String(), 3000))
 	}
 	return res, nil
 }

@@ -1,7 +1,6 @@
 package app
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -11,13 +10,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/diskless-boot/diskless/internal/config"
 	"github.com/diskless-boot/diskless/internal/dhcp"
 	"github.com/diskless-boot/diskless/internal/iscsi"
+	"github.com/diskless-boot/diskless/internal/testutil/output"
 )
 
 func freeTCPPort(t *testing.T) int {
@@ -28,24 +27,6 @@ func freeTCPPort(t *testing.T) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
-}
-
-// syncBuffer is a log sink safe for the servers' goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // loadConfig writes a YAML config serving 127.0.0.1 (on "lo") and loads it.
@@ -84,7 +65,7 @@ hosts:
 // prints a generated secret once, and stops cleanly on cancel.
 func TestRunServeLoopback(t *testing.T) {
 	cfg, httpPort, iscsiPort := loadConfig(t, "    chap: true\n")
-	var logs, stdout syncBuffer
+	var logs, stdout output.Output
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() {
@@ -137,7 +118,7 @@ func TestRunServeLoopback(t *testing.T) {
 	// A restart keeps the secret: nothing printed again.
 	cfg2, _, _ := loadConfig(t, "    chap: true\n")
 	cfg2.DataDir = cfg.DataDir
-	var stdout2 syncBuffer
+	var stdout2 output.Output
 	ctx2, cancel2 := context.WithCancel(t.Context())
 	go func() { done <- RunServe(ctx2, ServeOptions{Config: cfg2, Stdout: &stdout2}) }()
 	time.Sleep(200 * time.Millisecond)

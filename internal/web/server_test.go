@@ -11,12 +11,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"testing/fstest"
 	"time"
 
 	"github.com/diskless-boot/diskless/internal/boot"
+	"github.com/diskless-boot/diskless/internal/testutil/output"
 )
 
 var (
@@ -28,27 +28,9 @@ var (
 
 const secret = "Abcdefgh1234XYZ9"
 
-// syncBuffer is a log sink safe for the server's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type env struct {
 	url    string
-	logs   *syncBuffer
+	logs   *output.Output
 	booter *boot.Booter
 	kernel []byte
 }
@@ -80,7 +62,7 @@ func start(t *testing.T, policy boot.Policy, neighbors Neighbors) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &output.Output{}
 	s, err := New(Config{Booter: b, Neighbors: neighbors, Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	if err != nil {
 		t.Fatal(err)

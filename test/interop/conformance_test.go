@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/diskless-boot/diskless/internal/testutil/output"
 )
 
 // TestConformance runs libiscsi's iscsi-test-cu through
@@ -32,14 +34,14 @@ func TestConformance(t *testing.T) {
 	out, err := exec.CommandContext(ctx, tool, tg.URL(0, nil), "--json", report, "--timeout", "1200").CombinedOutput()
 	t.Logf("iscsi-conformance ran %v", time.Since(start).Round(time.Second))
 	if err != nil {
-		t.Fatalf("iscsi-conformance: %v\n%s", err, tail(string(out), 4000))
+		t.Fatalf("iscsi-conformance: %v\n%s", err, output.Tail(string(out), 4000))
 	}
 
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 	var passed, skipped, failed, total int
 	if _, err := fmt.Sscanf(lines[len(lines)-1], "conformance passed=%d skipped=%d failed=%d total=%d",
 		&passed, &skipped, &failed, &total); err != nil {
-		t.Fatalf("no summary line from iscsi-conformance (%v):\n%s", err, tail(string(out), 4000))
+		t.Fatalf("no summary line from iscsi-conformance (%v):\n%s", err, output.Tail(string(out), 4000))
 	}
 	for _, l := range lines {
 		name, ok := strings.CutPrefix(l, "FAILED ")
@@ -122,7 +124,7 @@ func cunitPasses(t *testing.T, url, name string) bool {
 		}
 	}
 	if ran < 1 || testsFailed != 0 || assertsFailed != 0 {
-		t.Logf("%s alone: ran=%d failed=%d failed asserts=%d\n%s", name, ran, testsFailed, assertsFailed, tail(string(out), 2000))
+		t.Logf("%s alone: ran=%d failed=%d failed asserts=%d\n%s", name, ran, testsFailed, assertsFailed, output.Tail(string(out), 2000))
 		return false
 	}
 	return true

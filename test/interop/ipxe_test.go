@@ -76,7 +76,7 @@ func TestIPXESanboot(t *testing.T) {
 				"-device", "isa-debug-exit,iobase=0xf4,iosize=0x04")
 
 			// iPXE's last word when sanboot fails.
-			i, _, err := v.WaitFor(90*time.Second, marker, "Could not boot", "DISKLESS-MBR-READ-ERROR")
+			i, _, err := v.WaitFor(90*time.Second, marker, "Could not boot", bootdisk.ReadError)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -113,11 +113,3 @@ func sharedTool(t *testing.T, name string) string {
 	}
 	return p
 }
-
-// tail returns the last n bytes of s, for failure messages.
-func tail(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return "…" + s[len(s)-n:]
-}

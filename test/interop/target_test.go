@@ -1,17 +1,17 @@
 package interop
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/diskless-boot/diskless/internal/testutil/output"
 )
 
 // targetIQN is the name every test target gets.
@@ -104,7 +104,7 @@ func startTarget(t *testing.T, cfg targetConfig) *target {
 // daemon is a target process whose output is kept for failure messages.
 type daemon struct {
 	cmd    *exec.Cmd
-	out    lockedBuffer
+	out    output.Output // the last 512 KiB-1 MiB
 	exited chan struct{} // closed when the process has exited
 }
 
@@ -112,6 +112,7 @@ type daemon struct {
 func startDaemon(t *testing.T, env []string, name string, args ...string) *daemon {
 	t.Helper()
 	d := &daemon{cmd: exec.Command(name, args...), exited: make(chan struct{})}
+	d.out.Max = 1 << 20
 	d.cmd.Env = append(os.Environ(), env...)
 	d.cmd.Stdout = &d.out
 	d.cmd.Stderr = &d.out
@@ -188,10 +189,10 @@ func startDiskless(t *testing.T, cfg targetConfig) *target {
 		reports, _ := filepath.Glob(filepath.Join(raceDir, "race.*"))
 		for _, r := range reports {
 			b, _ := os.ReadFile(r)
-			t.Errorf("diskless data race:\n%s", tail(string(b), 8000))
+			t.Errorf("diskless data race:\n%s", output.Tail(string(b), 8000))
 		}
 		if t.Failed() {
-			t.Logf("diskless output:\n%s", tail(d.out.String(), 8000))
+			t.Logf("diskless output:\n%s", output.Tail(d.out.String(), 8000))
 		}
 	})
 	if err := waitTCP(fmt.Sprintf("127.0.0.1:%d", port), d.exited, 15*time.Second); err != nil {
@@ -225,7 +226,7 @@ func startTgt(t *testing.T, cfg targetConfig) *target {
 		os.Remove("/var/run/tgtd/socket." + ctl)
 		os.Remove("/var/run/tgtd/socket." + ctl + ".lock")
 		if t.Failed() {
-			t.Logf("tgtd output:\n%s", tail(d.out.String(), 4000))
+			t.Logf("tgtd output:\n%s", output.Tail(d.out.String(), 4000))
 		}
 	})
 	tgtadm := func(args ...string) error {
@@ -281,26 +282,4 @@ func startTgt(t *testing.T, cfg targetConfig) *target {
 		t.Fatalf("tgtd: %v\n%s", err, d.out.String())
 	}
 	return &target{Port: port, IQN: targetIQN, lunBase: 1}
-}
-
-// lockedBuffer keeps the last 1 MiB written to it; safe for one writer and
-// concurrent readers.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.b.Len() > 1<<20 {
-		b.b.Next(b.b.Len() - 1<<19)
-	}
-	return b.b.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }

@@ -1,9 +1,6 @@
 package pxe
 
 import (
-	"crypto/rand"
-	"encoding/hex"
-	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -11,7 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/diskless-boot/diskless/internal/testutil/qemu"
+	"github.com/diskless-boot/diskless/internal/testutil/netns"
+	"github.com/diskless-boot/diskless/internal/testutil/output"
 )
 
 // testNet is the network of one test:
@@ -28,19 +26,9 @@ type testNet struct {
 	subnetBits          string
 }
 
-func sh(args ...string) error {
-	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("%s: %v: %s", strings.Join(args, " "), err, out)
-	}
-	return nil
-}
-
 func newTestNet(t *testing.T, withSite bool) *testNet {
 	t.Helper()
-	var r [3]byte
-	rand.Read(r[:])
-	id := hex.EncodeToString(r[:])
+	id := netns.ID()
 	n := &testNet{
 		id: id, vmNS: "dlpxe-v-" + id, srvNS: "dlpxe-s-" + id, siteNS: "dlpxe-d-" + id,
 		bridge: "pb" + id, tap: "pt" + id, srvIf: "ps" + id, siteIf: "pd" + id,
@@ -51,37 +39,37 @@ func newTestNet(t *testing.T, withSite bool) *testNet {
 		nss = append(nss, n.siteNS)
 	}
 	for _, ns := range nss {
-		if err := sh("ip", "netns", "add", ns); err != nil {
+		if err := netns.IP("netns", "add", ns); err != nil {
 			t.Skipf("pxe: cannot create a network namespace: %v", err)
 		}
-		t.Cleanup(func() { sh("ip", "netns", "del", ns) })
+		t.Cleanup(func() { netns.IP("netns", "del", ns) })
 		// No duplicate address detection: link-local addresses (the RA's
 		// source) are usable at once.
-		sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+		netns.IP("netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
 	}
-	steps := [][]string{
-		{"ip", "-n", n.vmNS, "link", "set", "lo", "up"},
-		{"ip", "-n", n.vmNS, "link", "add", n.bridge, "type", "bridge", "forward_delay", "0"},
-		{"ip", "-n", n.vmNS, "tuntap", "add", "dev", n.tap, "mode", "tap"},
-		{"ip", "-n", n.vmNS, "link", "set", n.tap, "master", n.bridge, "up"},
-		{"ip", "-n", n.vmNS, "link", "add", "v" + n.srvIf, "type", "veth", "peer", "name", n.srvIf, "netns", n.srvNS},
-		{"ip", "-n", n.vmNS, "link", "set", "v" + n.srvIf, "master", n.bridge, "up"},
-		{"ip", "-n", n.vmNS, "link", "set", n.bridge, "up"},
-		{"ip", "-n", n.srvNS, "link", "set", "lo", "up"},
-		{"ip", "-n", n.srvNS, "addr", "add", n.serverIP + "/" + n.subnetBits, "dev", n.srvIf},
-		{"ip", "-n", n.srvNS, "link", "set", n.srvIf, "up"},
+	steps := [][]string{ // ip arguments
+		{"-n", n.vmNS, "link", "set", "lo", "up"},
+		{"-n", n.vmNS, "link", "add", n.bridge, "type", "bridge", "forward_delay", "0"},
+		{"-n", n.vmNS, "tuntap", "add", "dev", n.tap, "mode", "tap"},
+		{"-n", n.vmNS, "link", "set", n.tap, "master", n.bridge, "up"},
+		{"-n", n.vmNS, "link", "add", "v" + n.srvIf, "type", "veth", "peer", "name", n.srvIf, "netns", n.srvNS},
+		{"-n", n.vmNS, "link", "set", "v" + n.srvIf, "master", n.bridge, "up"},
+		{"-n", n.vmNS, "link", "set", n.bridge, "up"},
+		{"-n", n.srvNS, "link", "set", "lo", "up"},
+		{"-n", n.srvNS, "addr", "add", n.serverIP + "/" + n.subnetBits, "dev", n.srvIf},
+		{"-n", n.srvNS, "link", "set", n.srvIf, "up"},
 	}
 	if withSite {
 		steps = append(steps,
-			[]string{"ip", "-n", n.vmNS, "link", "add", "v" + n.siteIf, "type", "veth", "peer", "name", n.siteIf, "netns", n.siteNS},
-			[]string{"ip", "-n", n.vmNS, "link", "set", "v" + n.siteIf, "master", n.bridge, "up"},
-			[]string{"ip", "-n", n.siteNS, "link", "set", "lo", "up"},
-			[]string{"ip", "-n", n.siteNS, "addr", "add", n.siteIP + "/" + n.subnetBits, "dev", n.siteIf},
-			[]string{"ip", "-n", n.siteNS, "link", "set", n.siteIf, "up"},
+			[]string{"-n", n.vmNS, "link", "add", "v" + n.siteIf, "type", "veth", "peer", "name", n.siteIf, "netns", n.siteNS},
+			[]string{"-n", n.vmNS, "link", "set", "v" + n.siteIf, "master", n.bridge, "up"},
+			[]string{"-n", n.siteNS, "link", "set", "lo", "up"},
+			[]string{"-n", n.siteNS, "addr", "add", n.siteIP + "/" + n.subnetBits, "dev", n.siteIf},
+			[]string{"-n", n.siteNS, "link", "set", n.siteIf, "up"},
 		)
 	}
 	for _, s := range steps {
-		if err := sh(s...); err != nil {
+		if err := netns.IP(s...); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -93,7 +81,7 @@ func newTestNet(t *testing.T, withSite bool) *testNet {
 type daemon struct {
 	name   string
 	cmd    *exec.Cmd
-	out    qemu.Output
+	out    output.Output
 	exited chan struct{}
 	err    error
 }
@@ -114,7 +102,7 @@ func startDaemon(t *testing.T, name, ns string, args ...string) *daemon {
 	t.Cleanup(func() {
 		d.stop(t)
 		if t.Failed() {
-			t.Logf("%s output:\n%s", name, tail(d.out.String(), 8000))
+			t.Logf("%s output:\n%s", name, output.Tail(d.out.String(), 8000))
 		}
 	})
 	return d

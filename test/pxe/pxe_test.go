@@ -131,7 +131,7 @@ func startServe(t *testing.T, n *testNet, args ...string) *daemon {
 // expectMarker waits for the marker and returns the time from power-on.
 func expectMarker(t *testing.T, v *qemu.VM, marker string, timeout time.Duration) time.Duration {
 	t.Helper()
-	i, took, err := v.WaitFor(timeout, marker, "DISKLESS-MBR-READ-ERROR", "Could not boot")
+	i, took, err := v.WaitFor(timeout, marker, bootdisk.ReadError, "Could not boot")
 	if err != nil {
 		t.Fatal(err)
 	}

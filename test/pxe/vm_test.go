@@ -13,10 +13,3 @@ func startVM(t *testing.T, ns string, args ...string) *qemu.VM {
 	// ip netns exec execs QEMU: killing the process kills QEMU.
 	return qemu.Start(t, qemu.Config{Prefix: []string{"ip", "netns", "exec", ns}, LogDirEnv: "DISKLESS_PXE_LOGDIR"}, args...)
 }
-
-func tail(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return "…" + s[len(s)-n:]
-}

@@ -11,9 +11,10 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/diskless-boot/diskless/internal/testutil/output"
 )
 
 // Config says how to start QEMU.
@@ -33,7 +34,7 @@ type Config struct {
 // concurrent use.
 type VM struct {
 	cmd     *exec.Cmd
-	out     Output
+	out     output.Output
 	started time.Time // power-on
 	exited  chan struct{}
 	err     error // from Wait, valid once exited is closed
@@ -70,7 +71,7 @@ func Start(t *testing.T, c Config, args ...string) *VM {
 		os.WriteFile(log, []byte(v.out.String()), 0o644)
 		if t.Failed() {
 			t.Logf("QEMU ran %v; console (full copy in %s), last part:\n%s",
-				time.Since(v.started).Round(time.Second), log, tail(v.Console(), 6000))
+				time.Since(v.started).Round(time.Second), log, output.Tail(v.Console(), 6000))
 		}
 	})
 	return v
@@ -125,48 +126,4 @@ var ansiEscape = regexp.MustCompile(`\x1b(\[[0-9;?]*[A-Za-z]|c)`)
 // console.
 func (v *VM) Console() string {
 	return ansiEscape.ReplaceAllString(v.out.String(), "")
-}
-
-// Output collects a process's output and wakes waiters on every write.
-// The zero value is ready to use; it is safe for concurrent use.
-type Output struct {
-	mu      sync.Mutex
-	b       strings.Builder
-	changed chan struct{} // closed and replaced on every write
-}
-
-func (c *Output) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.b.Write(p)
-	if c.changed != nil {
-		close(c.changed)
-	}
-	c.changed = make(chan struct{})
-	return len(p), nil
-}
-
-// String returns the output so far.
-func (c *Output) String() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.b.String()
-}
-
-// Changes returns a channel closed at the next write.
-func (c *Output) Changes() <-chan struct{} {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.changed == nil {
-		c.changed = make(chan struct{})
-	}
-	return c.changed
-}
-
-// tail returns the last n bytes of s, for failure messages.
-func tail(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return "…" + s[len(s)-n:]
 }
