@@ -1,0 +1,182 @@
+package store
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// FileName is the store file inside data_dir.
+const FileName = "state.db"
+
+// Bolt is the embedded Store: a bbolt file. It is safe for concurrent use.
+type Bolt struct {
+	db   *bolt.DB
+	path string
+}
+
+// BoltOptions configures OpenBolt.
+type BoltOptions struct {
+	// LockTimeout is how long Open waits for another process to release
+	// the file before it returns ErrLocked. Default 1 s.
+	LockTimeout time.Duration
+	// ReadOnly opens the store with a shared lock: several readers may
+	// share it, no writer.
+	ReadOnly bool
+}
+
+// OpenBolt opens (creating it with mode 0600 when absent) the store file
+// at path. A file that is not a store, is truncated or fails bbolt's
+// consistency check gives an error wrapping ErrCorrupt, never a panic; a
+// file held by another process gives ErrLocked.
+func OpenBolt(path string, opts BoltOptions) (s *Bolt, err error) {
+	if opts.LockTimeout <= 0 {
+		opts.LockTimeout = time.Second
+	}
+	if st, serr := os.Stat(path); serr == nil && st.Size() > 0 && st.Size() < 2*4096 {
+		// Shorter than bbolt's two meta pages: bbolt itself would
+		// report an unhelpful error or map beyond the end.
+		return nil, fmt.Errorf("%w: %s: %d bytes, shorter than a store can be (truncated?)", ErrCorrupt, path, st.Size())
+	}
+	defer func() {
+		// bbolt panics on some corrupt pages; a damaged file must
+		// give the admin an error to act on, not a crash.
+		if r := recover(); r != nil {
+			s, err = nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, path, r)
+		}
+	}()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, ReadOnly: opts.ReadOnly})
+	switch {
+	case errors.Is(err, berrors.ErrTimeout):
+		return nil, fmt.Errorf("%w: %s (is a diskless server running? the CLI then talks to its API)", ErrLocked, path)
+	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrVersionMismatch), errors.Is(err, berrors.ErrChecksum):
+		return nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, path, err)
+	case err != nil:
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	b := &Bolt{db: db, path: path}
+	if err := b.check(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if !opts.ReadOnly {
+		err := db.Update(func(tx *bolt.Tx) error {
+			for _, name := range Buckets {
+				if _, err := tx.CreateBucketIfNotExists([]byte(name)); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			db.Close()
+			return nil, fmt.Errorf("store: %s: %w", path, err)
+		}
+	}
+	return b, nil
+}
+
+// check runs bbolt's page-level consistency check: every page reachable
+// once, free pages not in use. The store is small (kilobytes to a few
+// megabytes), so this costs milliseconds at start.
+func (b *Bolt) check() error {
+	return b.db.View(func(tx *bolt.Tx) error {
+		var errs []error
+		for err := range tx.Check() {
+			errs = append(errs, err)
+			if len(errs) == 10 {
+				break
+			}
+		}
+		if len(errs) > 0 {
+			return fmt.Errorf("%w: %s: %w", ErrCorrupt, b.path, errors.Join(errs...))
+		}
+		return nil
+	})
+}
+
+// Path is the store file.
+func (b *Bolt) Path() string { return b.path }
+
+// View implements Store.
+func (b *Bolt) View(fn func(Tx) error) error {
+	return b.db.View(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
+}
+
+// Update implements Store.
+func (b *Bolt) Update(fn func(Tx) error) error {
+	return b.db.Update(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
+}
+
+// Size is the store file's size in bytes.
+func (b *Bolt) Size() int64 {
+	var n int64
+	b.db.View(func(tx *bolt.Tx) error { n = tx.Size(); return nil })
+	return n
+}
+
+// Close implements Store.
+func (b *Bolt) Close() error { return b.db.Close() }
+
+type boltTx struct{ tx *bolt.Tx }
+
+func (t boltTx) bucket(name string) (*bolt.Bucket, error) {
+	bk := t.tx.Bucket([]byte(name))
+	if bk == nil {
+		return nil, fmt.Errorf("store: no bucket %q", name)
+	}
+	return bk, nil
+}
+
+func (t boltTx) Get(bucket, key string) ([]byte, error) {
+	bk, err := t.bucket(bucket)
+	if err != nil {
+		return nil, err
+	}
+	v := bk.Get([]byte(key))
+	if v == nil {
+		return nil, ErrNotFound
+	}
+	return v, nil
+}
+
+func (t boltTx) Put(bucket, key string, value []byte) error {
+	bk, err := t.bucket(bucket)
+	if err != nil {
+		return err
+	}
+	if key == "" {
+		return errors.New("store: empty key")
+	}
+	return bk.Put([]byte(key), value)
+}
+
+func (t boltTx) Delete(bucket, key string) error {
+	bk, err := t.bucket(bucket)
+	if err != nil {
+		return err
+	}
+	return bk.Delete([]byte(key))
+}
+
+func (t boltTx) ForEach(bucket, prefix string, fn func(key string, value []byte) error) error {
+	bk, err := t.bucket(bucket)
+	if err != nil {
+		return err
+	}
+	c := bk.Cursor()
+	p := []byte(prefix)
+	for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
+		if err := fn(string(k), v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+var _ Store = (*Bolt)(nil)

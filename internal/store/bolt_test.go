@@ -1,0 +1,123 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+func openTemp(t *testing.T) (*Bolt, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), FileName)
+	s, err := OpenBolt(path, BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, path
+}
+
+func TestRoundTripAndPrefix(t *testing.T) {
+	s, path := openTemp(t)
+	err := s.Update(func(tx Tx) error {
+		for i := range 5 {
+			if err := tx.Put(BucketVersions, fmt.Sprintf("img/%08d", i+1), []byte{byte(i)}); err != nil {
+				return err
+			}
+		}
+		return tx.Put(BucketVersions, "imgx/00000001", []byte("other"))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A failing transaction leaves nothing behind.
+	boom := errors.New("boom")
+	if err := s.Update(func(tx Tx) error {
+		tx.Put(BucketHosts, "h1", []byte("x"))
+		return boom
+	}); !errors.Is(err, boom) {
+		t.Fatalf("update: %v", err)
+	}
+	s.Close()
+	s, err = OpenBolt(path, BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var keys []string
+	s.View(func(tx Tx) error {
+		if _, err := tx.Get(BucketHosts, "h1"); !errors.Is(err, ErrNotFound) {
+			t.Errorf("rolled back key: %v", err)
+		}
+		return tx.ForEach(BucketVersions, "img/", func(k string, v []byte) error {
+			keys = append(keys, k)
+			return nil
+		})
+	})
+	if len(keys) != 5 || keys[0] != "img/00000001" || keys[4] != "img/00000005" {
+		t.Fatalf("keys %v", keys)
+	}
+}
+
+func TestSecondWriterIsLockedOut(t *testing.T) {
+	_, path := openTemp(t)
+	start := time.Now()
+	_, err := OpenBolt(path, BoltOptions{LockTimeout: 100 * time.Millisecond})
+	if !errors.Is(err, ErrLocked) {
+		t.Fatalf("second open: %v, want ErrLocked", err)
+	}
+	if time.Since(start) > 5*time.Second {
+		t.Fatal("lock wait not bounded")
+	}
+}
+
+// A damaged store must give an error naming the problem, never a panic.
+func TestCorruptFiles(t *testing.T) {
+	s, path := openTemp(t)
+	s.Update(func(tx Tx) error {
+		for i := range 200 {
+			tx.Put(BucketHosts, fmt.Sprintf("host-%03d", i), make([]byte, 300))
+		}
+		return nil
+	})
+	s.Close()
+	good, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := map[string][]byte{
+		"empty-garbage": []byte("this is not a database at all, just some text\n"),
+		"truncated":     good[:len(good)/2],
+		"short":         good[:5000],
+		"zeroed-meta":   append(make([]byte, 8192), good[8192:]...),
+	}
+	// Every page after the metas overwritten with junk.
+	junk := append([]byte(nil), good...)
+	for i := 8192; i < len(junk); i++ {
+		junk[i] = byte(i * 7)
+	}
+	cases["junk-pages"] = junk
+	for name, data := range cases {
+		t.Run(name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), FileName)
+			if err := os.WriteFile(p, data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			s, err := OpenBolt(p, BoltOptions{})
+			if err == nil {
+				// Opened: then reading every record must not panic either.
+				defer s.Close()
+				s.View(func(tx Tx) error {
+					return tx.ForEach(BucketHosts, "", func(string, []byte) error { return nil })
+				})
+				t.Fatalf("corrupt store opened without error")
+			}
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("err = %v, want ErrCorrupt", err)
+			}
+		})
+	}
+}
