@@ -2,6 +2,7 @@ package iscsi
 
 import (
 	"errors"
+	"sync/atomic"
 	"time"
 
 	"github.com/diskless-boot/diskless/internal/iscsi/pdu"
@@ -18,6 +19,10 @@ type session struct {
 	target    *Target // nil for discovery sessions
 	nexus     scsi.Nexus
 	conn      *conn
+	since     time.Time
+	// Bytes moved by commands that ended GOOD, for the admin's view of
+	// who is doing what (Sessions).
+	readBytes, writtenBytes atomic.Uint64
 }
 
 // close ends the session by closing its connection, and waits (bounded)
@@ -71,7 +76,7 @@ func (s *Server) bindSession(c *conn, key sessionKey, tsih uint16, discovery boo
 	if old != nil && s.sessions[key] == old {
 		delete(s.sessions, key)
 	}
-	ss := &session{key: key, tsih: s.allocTSIH(), discovery: discovery, target: t, conn: c}
+	ss := &session{key: key, tsih: s.allocTSIH(), discovery: discovery, target: t, conn: c, since: time.Now()}
 	ss.nexus = scsi.Nexus{InitiatorName: key.initiator, ISID: key.isid, RelTargetPort: 1}
 	if !discovery {
 		s.sessions[key] = ss

@@ -358,6 +358,13 @@ func (c *conn) execute(t *task, onReader bool) {
 		sc.FileDataIn = c.rawConn != nil && !c.params.DataDigest && t.edtl >= sendfileMin
 	}
 	res := c.sess.target.SCSI.Execute(&sc)
+	if res.Status == scsi.StatusGood {
+		if t.write {
+			c.sess.writtenBytes.Add(uint64(len(t.buf)))
+		} else if res.N > 0 {
+			c.sess.readBytes.Add(uint64(res.N))
+		}
+	}
 
 	c.mu.Lock()
 	if t.aborted.Load() || c.tasks[t.cmd.ITT] != t {

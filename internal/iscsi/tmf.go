@@ -102,7 +102,8 @@ func (s *Server) targetSessions(t *Target) []*session {
 	defer s.mu.Unlock()
 	var out []*session
 	for _, ss := range s.sessions {
-		if ss.target == t {
+		// By name: UpdateTarget replaces the *Target of a name.
+		if ss.target != nil && ss.target.Name == t.Name {
 			out = append(out, ss)
 		}
 	}
