@@ -18,9 +18,9 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"log/slog"
 	"net"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/diskless-boot/diskless/internal/iscsi"
@@ -46,19 +46,10 @@ const (
 	PolicyRefuse Policy = "refuse" // no boot offer, no script
 )
 
-// Credentials are a CHAP user and secret. Printing them, with fmt or slog,
-// shows the user only.
-type Credentials struct {
-	User, Secret string
-}
-
-func (c Credentials) String() string   { return fmt.Sprintf("{User:%q Secret:REDACTED}", c.User) }
-func (c Credentials) GoString() string { return "boot.Credentials" + c.String() }
-
-// LogValue redacts the secret.
-func (c Credentials) LogValue() slog.Value {
-	return slog.GroupValue(slog.String("user", c.User), slog.String("secret", "REDACTED"))
-}
+// Credentials are a CHAP user and secret: the target's own type, so one
+// value goes from the host model to the script and the login check.
+// Printing them, with fmt or slog, shows the user only.
+type Credentials = iscsi.Credentials
 
 // Host is one machine the Booter knows.
 type Host struct {
@@ -102,12 +93,12 @@ type Config struct {
 	Now func() time.Time
 }
 
-// Booter makes the boot decisions. It is safe for concurrent use; its hosts
-// are fixed at New.
+// Booter makes the boot decisions. It is safe for concurrent use; SetHosts
+// replaces its hosts while it serves.
 type Booter struct {
 	cfg      Config
-	hosts    map[string]*Host // by MAC string
-	present  map[string]bool  // binaries found in cfg.Binaries
+	hosts    atomic.Pointer[map[string]*Host] // by MAC string; replaced whole
+	present  map[string]bool                  // binaries found in cfg.Binaries
 	registry *Registry
 }
 
@@ -140,20 +131,9 @@ func New(cfg Config) (*Booter, error) {
 	if cfg.Registry == nil {
 		cfg.Registry = NewRegistry(4096, cfg.Now)
 	}
-	b := &Booter{cfg: cfg, hosts: map[string]*Host{}, present: map[string]bool{}, registry: cfg.Registry}
-	for i := range cfg.Hosts {
-		h := cfg.Hosts[i] // copy: the Booter owns its hosts
-		if h.Name == "" && len(h.MAC) == 6 {
-			h.Name = "host-" + strings.ReplaceAll(h.MAC.String(), ":", "")
-		}
-		if err := checkHost(&h); err != nil {
-			return nil, fmt.Errorf("boot: host %d (%s): %w", i, h.MAC, err)
-		}
-		key := h.MAC.String()
-		if _, dup := b.hosts[key]; dup {
-			return nil, fmt.Errorf("boot: host %s given twice", key)
-		}
-		b.hosts[key] = &h
+	b := &Booter{cfg: cfg, present: map[string]bool{}, registry: cfg.Registry}
+	if err := b.SetHosts(cfg.Hosts); err != nil {
+		return nil, err
 	}
 	if cfg.Binaries != nil {
 		for _, names := range binaries {
@@ -165,6 +145,34 @@ func New(cfg Config) (*Booter, error) {
 		}
 	}
 	return b, nil
+}
+
+// SetHosts replaces the hosts (each checked as New does); on error the
+// hosts in use stay. Boots in progress finish with what they were given.
+func (b *Booter) SetHosts(hosts []Host) error {
+	m := make(map[string]*Host, len(hosts))
+	for i := range hosts {
+		h := hosts[i] // copy: the Booter owns its hosts
+		if h.Name == "" && len(h.MAC) == 6 {
+			h.Name = "host-" + strings.ReplaceAll(h.MAC.String(), ":", "")
+		}
+		if err := checkHost(&h); err != nil {
+			return fmt.Errorf("boot: host %d (%s): %w", i, h.MAC, err)
+		}
+		key := h.MAC.String()
+		if _, dup := m[key]; dup {
+			return fmt.Errorf("boot: host %s given twice", key)
+		}
+		m[key] = &h
+	}
+	b.hosts.Store(&m)
+	return nil
+}
+
+// host is the host with this MAC.
+func (b *Booter) host(mac net.HardwareAddr) (*Host, bool) {
+	h, ok := (*b.hosts.Load())[mac.String()]
+	return h, ok
 }
 
 func checkHost(h *Host) error {
@@ -214,7 +222,7 @@ func checkHost(h *Host) error {
 
 // Host returns the host with this MAC.
 func (b *Booter) Host(mac net.HardwareAddr) (Host, bool) {
-	h, ok := b.hosts[mac.String()]
+	h, ok := b.host(mac)
 	if !ok {
 		return Host{}, false
 	}
@@ -227,7 +235,7 @@ func (b *Booter) Registry() *Registry { return b.registry }
 // HostFile is the server-side path of a host's "kernel" or "initrd"
 // (Kernel mode only).
 func (b *Booter) HostFile(mac net.HardwareAddr, name string) (string, bool) {
-	h, ok := b.hosts[mac.String()]
+	h, ok := b.host(mac)
 	if !ok || h.Mode != Kernel {
 		return "", false
 	}

@@ -182,7 +182,7 @@ func TestInjectionRejected(t *testing.T) {
 	// The second wall: a value that got past New (here changed behind its
 	// back) fails rendering instead of producing a script.
 	b := newBooter(t, PolicyLocal, host(mac1))
-	b.hosts[mac1.String()].InitiatorIQN = "iqn.2026-01.x:y\nshell"
+	(*b.hosts.Load())[mac1.String()].InitiatorIQN = "iqn.2026-01.x:y\nshell"
 	if s, err := b.Script(ScriptRequest{MAC: mac1, Server: server}); err == nil {
 		t.Errorf("rendered:\n%s", s.Body)
 	}

@@ -116,7 +116,7 @@ func (b *Booter) ScriptURL(server netip.Addr) string {
 //
 // Unknown MACs are recorded in the registry with their architecture.
 func (b *Booter) DHCPBoot(mac net.HardwareAddr, arch uint16, isIPXE, isHTTP bool, server netip.Addr) (string, bool) {
-	if _, known := b.hosts[mac.String()]; !known {
+	if _, known := b.host(mac); !known {
 		b.registry.Observe(mac, netip.Addr{}, ArchName(arch))
 		if b.cfg.Unknown == PolicyRefuse {
 			return "", false

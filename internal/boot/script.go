@@ -43,7 +43,7 @@ func (b *Booter) Script(req ScriptRequest) (Script, error) {
 	if !req.Server.IsValid() {
 		return Script{}, errors.New("boot: script: no server address")
 	}
-	h, known := b.hosts[req.MAC.String()]
+	h, known := b.host(req.MAC)
 	if !known {
 		b.registry.Observe(req.MAC, req.ClientIP, req.Arch)
 		var tmpl *template.Template
