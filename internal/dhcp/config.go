@@ -160,26 +160,8 @@ func (c *Config) validate() (Config, error) {
 			return d, fmt.Errorf("dhcp: DNS server %v is not IPv4", a)
 		}
 	}
-	seenMAC := map[hwaddr]bool{}
-	seenIP := map[netip.Addr]bool{}
-	for _, r := range d.Reservations {
-		m, ok := toHW(r.MAC)
-		if !ok {
-			return d, fmt.Errorf("dhcp: reservation %v: not an Ethernet MAC", r.MAC)
-		}
-		if !r.IP.Is4() || !d.Subnet.Contains(r.IP) || d.excluded(r.IP) {
-			return d, fmt.Errorf("dhcp: reservation %v: address %v is not usable in subnet %v", r.MAC, r.IP, d.Subnet)
-		}
-		if seenMAC[m] {
-			return d, fmt.Errorf("dhcp: reservation %v: MAC reserved twice", r.MAC)
-		}
-		if seenIP[r.IP] {
-			return d, fmt.Errorf("dhcp: reservation %v: address %v reserved twice", r.MAC, r.IP)
-		}
-		if len(r.Hostname) > 255 {
-			return d, fmt.Errorf("dhcp: reservation %v: hostname too long", r.MAC)
-		}
-		seenMAC[m], seenIP[r.IP] = true, true
+	if err := d.checkReservations(d.Reservations); err != nil {
+		return d, err
 	}
 	return d, nil
 }
@@ -227,4 +209,31 @@ func u32(a netip.Addr) uint32 {
 
 func fromU32(v uint32) netip.Addr {
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+// checkReservations checks reservations against the subnet: Ethernet
+// MACs, usable addresses, each MAC and address once.
+func (d *Config) checkReservations(rs []Reservation) error {
+	seenMAC := map[hwaddr]bool{}
+	seenIP := map[netip.Addr]bool{}
+	for _, r := range rs {
+		m, ok := toHW(r.MAC)
+		if !ok {
+			return fmt.Errorf("dhcp: reservation %v: not an Ethernet MAC", r.MAC)
+		}
+		if !r.IP.Is4() || !d.Subnet.Contains(r.IP) || d.excluded(r.IP) {
+			return fmt.Errorf("dhcp: reservation %v: address %v is not usable in subnet %v", r.MAC, r.IP, d.Subnet)
+		}
+		if seenMAC[m] {
+			return fmt.Errorf("dhcp: reservation %v: MAC reserved twice", r.MAC)
+		}
+		if seenIP[r.IP] {
+			return fmt.Errorf("dhcp: reservation %v: address %v reserved twice", r.MAC, r.IP)
+		}
+		if len(r.Hostname) > 255 {
+			return fmt.Errorf("dhcp: reservation %v: hostname too long", r.MAC)
+		}
+		seenMAC[m], seenIP[r.IP] = true, true
+	}
+	return nil
 }

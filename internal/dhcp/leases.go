@@ -73,12 +73,28 @@ func newLeaseDB(cfg *Config) *leaseDB {
 		db.first = u32(cfg.PoolStart)
 		db.count = u32(cfg.PoolEnd) - db.first + 1
 	}
-	for _, r := range cfg.Reservations {
+	db.setReservationsLocked(cfg.Reservations)
+	return db
+}
+
+// setReservationsLocked replaces the reservations (already checked).
+func (db *leaseDB) setReservationsLocked(rs []Reservation) {
+	db.reservedMAC = make(map[hwaddr]Reservation, len(rs))
+	db.reservedIP = make(map[netip.Addr]hwaddr, len(rs))
+	for _, r := range rs {
 		m, _ := toHW(r.MAC)
+		r.IP = r.IP.Unmap()
 		db.reservedMAC[m] = r
 		db.reservedIP[r.IP] = m
 	}
-	return db
+}
+
+// reservation is mac's reservation, if it has one.
+func (db *leaseDB) reservation(mac hwaddr) (Reservation, bool) {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	r, ok := db.reservedMAC[mac]
+	return r, ok
 }
 
 func (db *leaseDB) inPool(ip netip.Addr) bool {

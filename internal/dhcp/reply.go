@@ -72,7 +72,7 @@ func (s *Server) addLeaseOptions(rep *dhcpv4.DHCPv4, mac hwaddr, withLease bool)
 		}
 		o[uint8(dhcpv4.OptionDomainNameServer)] = b
 	}
-	if r, ok := s.leases.reservedMAC[mac]; ok && r.Hostname != "" {
+	if r, ok := s.leases.reservation(mac); ok && r.Hostname != "" {
 		o[uint8(dhcpv4.OptionHostName)] = []byte(r.Hostname)
 	}
 	if withLease {
