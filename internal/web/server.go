@@ -42,6 +42,12 @@ type Config struct {
 	// FileTimeout bounds sending one kernel, initrd or binary (default
 	// 10 min); scripts get 30 s.
 	FileTimeout time.Duration
+	// BeginBoot, when set, is called when a known host fetches its script
+	// (after the secrets check), before the script is rendered: the
+	// moment a new boot starts, when a volatile disk is discarded and
+	// pending changes apply. An error answers 503 (iPXE's script asks
+	// again after a pause).
+	BeginBoot func(mac net.HardwareAddr, host string) error
 }
 
 // Server is the boot HTTP server. It is safe for concurrent use.
@@ -49,6 +55,7 @@ type Server struct {
 	cfg  Config
 	log  *slog.Logger
 	srv  *http.Server
+	mux  *http.ServeMux
 	once sync.Once
 	err  error
 }
@@ -67,8 +74,9 @@ func New(cfg Config) (*Server, error) {
 		cfg.FileTimeout = 10 * time.Minute
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger}
+	s.mux = s.newMux()
 	s.srv = &http.Server{
-		Handler:           s.Handler(),
+		Handler:           s.mux,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      scriptTimeout, // files extend it per request
@@ -80,7 +88,13 @@ func New(cfg Config) (*Server, error) {
 }
 
 // Handler is the HTTP handler (for tests or an outer mux).
-func (s *Server) Handler() http.Handler {
+func (s *Server) Handler() http.Handler { return s.mux }
+
+// Mount serves h under pattern on this server's listener: the admin API
+// when it shares the boot network's port. Call it before Serve.
+func (s *Server) Mount(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+
+func (s *Server) newMux() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+boot.ScriptPath, s.script)
 	mux.HandleFunc("GET /hosts/{mac}/{file}", s.hostFile)
@@ -179,6 +193,14 @@ func (s *Server) script(w http.ResponseWriter, r *http.Request) {
 			s.log.Warn("iPXE script refused: holds secrets and the source address does not belong to this mac",
 				"mac", mac.String(), "ip", remote, "host", h.Name, "neighbour_mac", seen)
 			http.Error(w, "forbidden: this script is only served to "+mac.String(), http.StatusForbidden)
+			return
+		}
+	}
+	if h, known := s.cfg.Booter.Host(mac); known && s.cfg.BeginBoot != nil {
+		if err := s.cfg.BeginBoot(mac, h.Name); err != nil {
+			s.log.Warn("iPXE script: the host's boot cannot start now", "mac", mac.String(), "ip", remote, "host", h.Name, "err", err)
+			w.Header().Set("Retry-After", "10")
+			http.Error(w, "the host's disk is busy; try again shortly", http.StatusServiceUnavailable)
 			return
 		}
 	}
