@@ -43,10 +43,10 @@ type Config struct {
 	// 10 min); scripts get 30 s.
 	FileTimeout time.Duration
 	// BeginBoot, when set, is called when a known host fetches its script
-	// (after the secrets check), before the script is rendered: the
-	// moment a new boot starts, when a volatile disk is discarded and
-	// pending changes apply. An error answers 503 (iPXE's script asks
-	// again after a pause).
+	// from its own address (the request's source resolves to its MAC),
+	// before the script is rendered: the moment a new boot starts, when a
+	// volatile disk is discarded and pending changes apply. An error
+	// answers 503 (iPXE's script asks again after a pause).
 	BeginBoot func(mac net.HardwareAddr, host string) error
 }
 
@@ -182,21 +182,24 @@ func (s *Server) script(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "want /boot.ipxe?mac=52:54:00:12:34:56", http.StatusBadRequest)
 		return
 	}
-	if h, known := s.cfg.Booter.Host(mac); known && h.Secret() {
+	h, known := s.cfg.Booter.Host(mac)
+	got, resolved := s.neighbor(remote)
+	fromHost := resolved && got.String() == mac.String()
+	if known && h.Secret() && !fromHost {
 		// The script holds CHAP secrets: only the host itself may have it.
-		got, ok := s.neighbor(remote)
-		if !ok || got.String() != mac.String() {
-			seen := "unresolved"
-			if ok {
-				seen = got.String()
-			}
-			s.log.Warn("iPXE script refused: holds secrets and the source address does not belong to this mac",
-				"mac", mac.String(), "ip", remote, "host", h.Name, "neighbour_mac", seen)
-			http.Error(w, "forbidden: this script is only served to "+mac.String(), http.StatusForbidden)
-			return
+		seen := "unresolved"
+		if resolved {
+			seen = got.String()
 		}
+		s.log.Warn("iPXE script refused: holds secrets and the source address does not belong to this mac",
+			"mac", mac.String(), "ip", remote, "host", h.Name, "neighbour_mac", seen)
+		http.Error(w, "forbidden: this script is only served to "+mac.String(), http.StatusForbidden)
+		return
 	}
-	if h, known := s.cfg.Booter.Host(mac); known && s.cfg.BeginBoot != nil {
+	// Only the host itself starts its new boot: anyone else asking for a
+	// script without secrets must not end its sessions or wipe its
+	// volatile disk.
+	if known && fromHost && s.cfg.BeginBoot != nil {
 		if err := s.cfg.BeginBoot(mac, h.Name); err != nil {
 			s.log.Warn("iPXE script: the host's boot cannot start now", "mac", mac.String(), "ip", remote, "host", h.Name, "err", err)
 			w.Header().Set("Retry-After", "10")

@@ -3,6 +3,7 @@ package web
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -43,6 +44,11 @@ func iqn(kind string, mac net.HardwareAddr) string {
 // for 127.0.0.1.
 func start(t *testing.T, policy boot.Policy, neighbors Neighbors) *env {
 	t.Helper()
+	return startWith(t, policy, neighbors, nil)
+}
+
+func startWith(t *testing.T, policy boot.Policy, neighbors Neighbors, beginBoot func(net.HardwareAddr, string) error) *env {
+	t.Helper()
 	dir := t.TempDir()
 	kernel := bytes.Repeat([]byte("0123456789abcdef"), 4096)
 	os.WriteFile(filepath.Join(dir, "vmlinuz"), kernel, 0o644)
@@ -63,7 +69,7 @@ func start(t *testing.T, policy boot.Policy, neighbors Neighbors) *env {
 		t.Fatal(err)
 	}
 	logs := &output.Output{}
-	s, err := New(Config{Booter: b, Neighbors: neighbors, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	s, err := New(Config{Booter: b, Neighbors: neighbors, Logger: slog.New(slog.NewTextHandler(logs, nil)), BeginBoot: beginBoot})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,6 +129,38 @@ func TestScriptWithoutSecretsToAnyone(t *testing.T) {
 	}
 	if !strings.Contains(e.logs.String(), `msg="iPXE script" mac=52:54:00:00:00:02 ip=127.0.0.1`) {
 		t.Errorf("no per-MAC log line:\n%s", e.logs)
+	}
+}
+
+// A new boot starts only when the host itself fetches its script: another
+// address asking for a script without secrets gets it, but must not end
+// the host's sessions or wipe its volatile disk. A failing start is a 503.
+func TestBeginBootOnlyFromTheHost(t *testing.T) {
+	var began []string
+	fail := false
+	hook := func(mac net.HardwareAddr, host string) error {
+		began = append(began, mac.String()+" "+host)
+		if fail {
+			return errors.New("busy")
+		}
+		return nil
+	}
+	e := startWith(t, boot.PolicyLocal, is(macCHAP), hook)
+	if code, _ := get(t, e.url+"/boot.ipxe?mac="+macPlain.String()); code != 200 {
+		t.Fatalf("script without secrets: %d", code)
+	}
+	if len(began) != 0 {
+		t.Fatalf("a script fetched from another host's address began a boot: %v", began)
+	}
+	if code, _ := get(t, e.url+"/boot.ipxe?mac="+macCHAP.String()); code != 200 {
+		t.Fatalf("own script: %d", code)
+	}
+	if len(began) != 1 || began[0] != macCHAP.String()+" secret-host" {
+		t.Fatalf("own fetch: began %v", began)
+	}
+	fail = true
+	if code, body := get(t, e.url+"/boot.ipxe?mac="+macCHAP.String()); code != http.StatusServiceUnavailable || strings.Contains(body, secret) {
+		t.Fatalf("failed start: %d %q", code, body)
 	}
 }
 
