@@ -38,7 +38,7 @@ func (c *conn) handleTaskMgmt(m pdu.TaskMgmtRequest) {
 		scsiTarget.ClearTaskSet(c.sess.nexus, lun)
 	case pdu.TMFLogicalUnitReset:
 		wait = c.srv.abortTargetTasks(c.sess.target, lun, false)
-		if err := scsiTarget.LUNReset(c.sess.nexus, lun); err != nil {
+		if err := scsiTarget.LUNReset(lun); err != nil {
 			resp = pdu.TMFLUNDoesNotExist
 		}
 	case pdu.TMFTargetWarmReset, pdu.TMFTargetColdReset:
