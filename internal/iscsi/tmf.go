@@ -43,7 +43,7 @@ func (c *conn) handleTaskMgmt(m pdu.TaskMgmtRequest) {
 		}
 	case pdu.TMFTargetWarmReset, pdu.TMFTargetColdReset:
 		wait = c.srv.abortTargetTasks(c.sess.target, 0, true)
-		scsiTarget.TargetReset(c.sess.nexus, m.Function == pdu.TMFTargetColdReset)
+		scsiTarget.TargetReset(m.Function == pdu.TMFTargetColdReset)
 	case pdu.TMFClearACA:
 		// NACA is refused at command level, so ACA never exists.
 		resp = pdu.TMFNotSupported

@@ -26,39 +26,47 @@ func (in *testInitiator) taskMgmt(fn uint8, lun uint64) uint8 {
 	return r.BHS[2]
 }
 
-// TestLUNResetUnitAttentionOnEveryNexus is libiscsi's MultipathIO.Reset:
+// TestResetUnitAttentionOnEveryNexus is libiscsi's MultipathIO.Reset:
 // two initiators on one LU take turns sending LOGICAL UNIT RESET, and after
 // each, the next command on every path, the resetting one included, ends
 // in BUS DEVICE RESET FUNCTION OCCURRED (SAM-5 6.3.3 c: a unit attention
 // for every I_T nexus), and the one after that in GOOD. Multipath
 // initiators rely on it to learn that the LU dropped their reservations,
-// PREVENT and mode page changes, whichever path reset it.
-func TestLUNResetUnitAttentionOnEveryNexus(t *testing.T) {
-	_, addr := startTarget(t, nil)
-	var paths []*testInitiator
-	for _, name := range []string{testInitiator1, "iqn.2026-11.org.example:client2"} {
-		in := dialInitiator(t, addr)
-		if st := in.login(loginOpts{initiator: name, target: testIQN}); st != 0 {
-			t.Fatalf("login %s: status 0x%04x", name, st)
-		}
-		in.clearUnitAttention()
-		paths = append(paths, in)
-	}
-	tur := []byte{0x00, 0, 0, 0, 0, 0}
-	for i, resetter := range paths {
-		if resp := resetter.taskMgmt(pdu.TMFLogicalUnitReset, 0); resp != pdu.TMFComplete {
-			t.Fatalf("LUN reset through path %d: response %d", i, resp)
-		}
-		for j, in := range paths {
-			st, sense, _ := in.command(0, tur, nil, 0)
-			if st != uint8(scsi.StatusCheckCondition) || len(sense) < 14 ||
-				sense[2]&0x0f != 0x06 || sense[12] != 0x29 || sense[13] != 0x03 {
-				t.Errorf("reset through path %d: TUR on path %d: status %#x sense %x, want UNIT ATTENTION 29h/03h",
-					i, j, st, sense)
+// PREVENT and mode page changes, whichever path reset it. TARGET WARM
+// RESET, a logical unit reset of each LU, does the same.
+func TestResetUnitAttentionOnEveryNexus(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		fn   uint8
+	}{{"LUN reset", pdu.TMFLogicalUnitReset}, {"target warm reset", pdu.TMFTargetWarmReset}} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, addr := startTarget(t, nil)
+			var paths []*testInitiator
+			for _, name := range []string{testInitiator1, "iqn.2026-11.org.example:client2"} {
+				in := dialInitiator(t, addr)
+				if st := in.login(loginOpts{initiator: name, target: testIQN}); st != 0 {
+					t.Fatalf("login %s: status 0x%04x", name, st)
+				}
+				in.clearUnitAttention()
+				paths = append(paths, in)
 			}
-			if st, sense, _ := in.command(0, tur, nil, 0); st != 0 {
-				t.Errorf("reset through path %d: second TUR on path %d: status %#x sense %x", i, j, st, sense)
+			tur := []byte{0x00, 0, 0, 0, 0, 0}
+			for i, resetter := range paths {
+				if resp := resetter.taskMgmt(tc.fn, 0); resp != pdu.TMFComplete {
+					t.Fatalf("%s through path %d: response %d", tc.name, i, resp)
+				}
+				for j, in := range paths {
+					st, sense, _ := in.command(0, tur, nil, 0)
+					if st != uint8(scsi.StatusCheckCondition) || len(sense) < 14 ||
+						sense[2]&0x0f != 0x06 || sense[12] != 0x29 || sense[13] != 0x03 {
+						t.Errorf("%s through path %d: TUR on path %d: status %#x sense %x, want UNIT ATTENTION 29h/03h",
+							tc.name, i, j, st, sense)
+					}
+					if st, sense, _ := in.command(0, tur, nil, 0); st != 0 {
+						t.Errorf("%s through path %d: second TUR on path %d: status %#x sense %x", tc.name, i, j, st, sense)
+					}
+				}
 			}
-		}
+		})
 	}
 }

@@ -229,18 +229,19 @@ func (t *Target) LUNReset(lun uint64) error {
 }
 
 // TargetReset resets every LU (SAM-5 6.3.2, RFC 7143 11.5.1). A warm
-// reset is a logical unit reset of each LU. A cold reset is a power
-// cycle: persistent reservations (never APTPL here) are lost too, a
-// stopped LU starts, and the unit attention is POWER ON OCCURRED. The
-// unit attention goes to every I_T nexus but n.
-func (t *Target) TargetReset(n Nexus, cold bool) {
+// reset is a logical unit reset of each LU, BUS DEVICE RESET FUNCTION
+// OCCURRED for every I_T nexus, the issuer's included, as for LUNReset.
+// A cold reset is a power cycle: persistent reservations (never APTPL
+// here) are lost too, a stopped LU starts, and the unit attention is
+// POWER ON OCCURRED.
+func (t *Target) TargetReset(cold bool) {
 	code := uint16(ascBusDeviceReset)
 	if cold {
 		code = ascPowerOnOccurred
 	}
 	for _, lu := range *t.lus.Load() {
 		lu.reset(cold)
-		lu.uaAll(code, &n)
+		lu.uaAll(code, nil)
 	}
 }
 

@@ -41,9 +41,15 @@ func TestUnitAttentions(t *testing.T) {
 		t.Fatalf("LUNReset(9) = %v", err)
 	}
 
+	// Target warm reset: a LUN reset of every LU, the issuer told too.
+	tgt.TargetReset(false)
+	expectSense(t, "issuer after warm reset", tl.run(nexusA, tur, nil, 0), SenseUnitAttention, ascBusDeviceReset)
+	expectSense(t, "other after warm reset", tl.run(nexusB, tur, nil, 0), SenseUnitAttention, ascBusDeviceReset)
+
 	// Target cold reset: POWER ON OCCURRED.
-	tgt.TargetReset(nexusA, true)
-	expectSense(t, "after cold reset", tl.run(nexusB, tur, nil, 0), SenseUnitAttention, ascPowerOnOccurred)
+	tgt.TargetReset(true)
+	expectSense(t, "issuer after cold reset", tl.run(nexusA, tur, nil, 0), SenseUnitAttention, ascPowerOnOccurred)
+	expectSense(t, "other after cold reset", tl.run(nexusB, tur, nil, 0), SenseUnitAttention, ascPowerOnOccurred)
 
 	// Capacity growth.
 	dev.mu.Lock()
