@@ -38,12 +38,12 @@ func (c *conn) handleTaskMgmt(m pdu.TaskMgmtRequest) {
 		scsiTarget.ClearTaskSet(c.sess.nexus, lun)
 	case pdu.TMFLogicalUnitReset:
 		wait = c.srv.abortTargetTasks(c.sess.target, lun, false)
-		if err := scsiTarget.LUNReset(c.sess.nexus, lun); err != nil {
+		if err := scsiTarget.LUNReset(lun); err != nil {
 			resp = pdu.TMFLUNDoesNotExist
 		}
 	case pdu.TMFTargetWarmReset, pdu.TMFTargetColdReset:
 		wait = c.srv.abortTargetTasks(c.sess.target, 0, true)
-		scsiTarget.TargetReset(c.sess.nexus, m.Function == pdu.TMFTargetColdReset)
+		scsiTarget.TargetReset(m.Function == pdu.TMFTargetColdReset)
 	case pdu.TMFClearACA:
 		// NACA is refused at command level, so ACA never exists.
 		resp = pdu.TMFNotSupported

@@ -91,7 +91,7 @@ func TestConcurrentCommands(t *testing.T) {
 			exec(tgt, n, rsocCDB(true, rsocAll, 0, 0, 255), nil, ms)
 			exec(tgt, n, inquiryCDB(true, vpdDeviceID, 255), nil, ms)
 			if i%10 == 0 {
-				tgt.LUNReset(n, 0)
+				tgt.LUNReset(0)
 				tl.lu.RefreshCapacity()
 			}
 		}

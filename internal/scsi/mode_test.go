@@ -94,7 +94,7 @@ func TestModeSelectWCE(t *testing.T) {
 	expectGood(t, "issuer after MODE SELECT", tl.run(nexusA, []byte{opTestUnitReady, 0, 0, 0, 0, 0}, nil, 0))
 
 	// A LUN reset restores the default (no saved pages).
-	if err := tl.tgt.LUNReset(nexusA, 0); err != nil {
+	if err := tl.tgt.LUNReset(0); err != nil {
 		t.Fatal(err)
 	}
 	if !tl.lu.wce.Load() {

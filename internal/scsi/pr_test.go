@@ -243,7 +243,7 @@ func TestSPC2Reservations(t *testing.T) {
 	expectGood(t, "B RELEASE(10)", tl.run(nexusB, make10(opRelease10), nil, 0))
 	// A LUN reset releases it too.
 	expectGood(t, "B RESERVE(6)", tl.run(nexusB, reserve6, nil, 0))
-	if err := tl.tgt.LUNReset(nexusB, 0); err != nil {
+	if err := tl.tgt.LUNReset(0); err != nil {
 		t.Fatal(err)
 	}
 	tl.clearUA(nexusA)

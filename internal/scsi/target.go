@@ -211,32 +211,37 @@ func (t *Target) executeNoLU(c *Command) Result {
 // LUNReset carries out the SCSI side of LOGICAL UNIT RESET (SAM-5 7.8,
 // 6.3.3); the transport has already aborted the tasks. RESERVE(6/10)
 // reservations and PREVENT state are cleared, the mode pages go back to
-// their defaults (nothing is saved), and every other I_T nexus gets BUS
-// DEVICE RESET FUNCTION OCCURRED; n learns of the reset from the TMF
-// response. Persistent reservations stay.
-func (t *Target) LUNReset(n Nexus, lun uint64) error {
+// their defaults (nothing is saved), and every I_T nexus gets BUS DEVICE
+// RESET FUNCTION OCCURRED. That includes the nexus the TMF came through
+// (SAM-5 6.3.3 c: "every I_T nexus"): a multipath initiator reads the
+// TMF response on one path but keeps per-path state (reservations, mode
+// pages) that the unit attention tells each path to re-check; libiscsi's
+// MultipathIO.Reset and Linux LIO hold to it. Persistent reservations
+// stay.
+func (t *Target) LUNReset(lun uint64) error {
 	lu := t.LU(lun)
 	if lu == nil {
 		return ErrNoSuchLUN
 	}
 	lu.reset(false)
-	lu.uaAll(ascBusDeviceReset, &n)
+	lu.uaAll(ascBusDeviceReset, nil)
 	return nil
 }
 
 // TargetReset resets every LU (SAM-5 6.3.2, RFC 7143 11.5.1). A warm
-// reset is a logical unit reset of each LU. A cold reset is a power
-// cycle: persistent reservations (never APTPL here) are lost too, a
-// stopped LU starts, and the unit attention is POWER ON OCCURRED. As for
-// LUNReset, the unit attention goes to every I_T nexus but n.
-func (t *Target) TargetReset(n Nexus, cold bool) {
+// reset is a logical unit reset of each LU, BUS DEVICE RESET FUNCTION
+// OCCURRED for every I_T nexus, the issuer's included, as for LUNReset.
+// A cold reset is a power cycle: persistent reservations (never APTPL
+// here) are lost too, a stopped LU starts, and the unit attention is
+// POWER ON OCCURRED.
+func (t *Target) TargetReset(cold bool) {
 	code := uint16(ascBusDeviceReset)
 	if cold {
 		code = ascPowerOnOccurred
 	}
 	for _, lu := range *t.lus.Load() {
 		lu.reset(cold)
-		lu.uaAll(code, &n)
+		lu.uaAll(code, nil)
 	}
 }
 

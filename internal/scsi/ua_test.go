@@ -30,19 +30,26 @@ func TestUnitAttentions(t *testing.T) {
 	expectGood(t, "second TUR", tl.run(nexusA, tur, nil, 0))
 	tl.clearUA(nexusB)
 
-	// LUN reset: other nexuses are told, the issuer is not.
-	if err := tgt.LUNReset(nexusA, 0); err != nil {
+	// LUN reset: every nexus is told, the issuer too (SAM-5 6.3.3).
+	if err := tgt.LUNReset(0); err != nil {
 		t.Fatal(err)
 	}
-	expectGood(t, "issuer after LUN reset", tl.run(nexusA, tur, nil, 0))
+	expectSense(t, "issuer after LUN reset", tl.run(nexusA, tur, nil, 0), SenseUnitAttention, ascBusDeviceReset)
 	expectSense(t, "other after LUN reset", tl.run(nexusB, tur, nil, 0), SenseUnitAttention, ascBusDeviceReset)
-	if err := tgt.LUNReset(nexusA, 9); err != ErrNoSuchLUN {
+	expectGood(t, "issuer after its unit attention", tl.run(nexusA, tur, nil, 0))
+	if err := tgt.LUNReset(9); err != ErrNoSuchLUN {
 		t.Fatalf("LUNReset(9) = %v", err)
 	}
 
+	// Target warm reset: a LUN reset of every LU, the issuer told too.
+	tgt.TargetReset(false)
+	expectSense(t, "issuer after warm reset", tl.run(nexusA, tur, nil, 0), SenseUnitAttention, ascBusDeviceReset)
+	expectSense(t, "other after warm reset", tl.run(nexusB, tur, nil, 0), SenseUnitAttention, ascBusDeviceReset)
+
 	// Target cold reset: POWER ON OCCURRED.
-	tgt.TargetReset(nexusA, true)
-	expectSense(t, "after cold reset", tl.run(nexusB, tur, nil, 0), SenseUnitAttention, ascPowerOnOccurred)
+	tgt.TargetReset(true)
+	expectSense(t, "issuer after cold reset", tl.run(nexusA, tur, nil, 0), SenseUnitAttention, ascPowerOnOccurred)
+	expectSense(t, "other after cold reset", tl.run(nexusB, tur, nil, 0), SenseUnitAttention, ascPowerOnOccurred)
 
 	// Capacity growth.
 	dev.mu.Lock()
@@ -209,9 +216,10 @@ func TestRemovableMedium(t *testing.T) {
 	expectGood(t, "eject after B's nexus loss", tl.run(nexusA, eject, nil, 0))
 	expectGood(t, "load", tl.run(nexusA, load, nil, 0))
 	expectGood(t, "PREVENT", tl.run(nexusA, prevent, nil, 0))
-	if err := tl.tgt.LUNReset(nexusA, 0); err != nil {
+	if err := tl.tgt.LUNReset(0); err != nil {
 		t.Fatal(err)
 	}
+	tl.clearUA(nexusA)
 	expectGood(t, "eject after LUN reset", tl.run(nexusA, eject, nil, 0))
 
 	// A new nexus (the next boot) finds the medium loaded.

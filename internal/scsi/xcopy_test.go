@@ -459,7 +459,7 @@ func TestReceiveCopyResults(t *testing.T) {
 	badField("after nexus loss", rcrCDB(saCopyStatus, 7, 1024), 2, -1).check(t, tl)
 	p = copyParams(7, listIDHold, [][]byte{me}, nil)
 	expectGood(t, "XCOPY held", tl.run(nexusA, xcopyCDB(uint32(len(p))), p, 0))
-	if err := tl.tgt.LUNReset(nexusB, 0); err != nil {
+	if err := tl.tgt.LUNReset(0); err != nil {
 		t.Fatal(err)
 	}
 	tl.clearUA(nexusA)
