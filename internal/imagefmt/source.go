@@ -71,6 +71,9 @@ func Open(ctx context.Context, path string, opts OpenOptions) (Source, error) {
 			return nil, fmt.Errorf("imagefmt: open %s: %w", path, err)
 		}
 		return &qcow2Source{qcow2: q, in: in}, nil
+	case VMDK, VHDX, VDI, VPC:
+		in.Close()
+		return openConverted(ctx, path, format, opts)
 	}
 	in.Close()
 	return nil, fmt.Errorf("imagefmt: open %s: unknown format %q", path, format)
