@@ -193,10 +193,13 @@ func runQemuImg(ctx context.Context, bin string, total int64, progress func(done
 	// Drain whatever the scanner gave up on (a line over its limit) so
 	// qemu-img never blocks writing.
 	io.Copy(io.Discard, stdout)
-	if err := cmd.Wait(); err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
+	err = cmd.Wait()
+	if ctx.Err() != nil {
+		// Cancelled, even if qemu-img finished before the kill: the
+		// caller has given up on the result.
+		return ctx.Err()
+	}
+	if err != nil {
 		return fmt.Errorf("qemu-img %s: %w: %s", args[0], err, bytes.TrimSpace(stderr.Bytes()))
 	}
 	if progress != nil {
