@@ -22,9 +22,6 @@ const (
 	VPC   Format = "vpc" // Microsoft Virtual PC / Hyper-V VHD
 )
 
-// Formats lists every Format in the order Detect tries their signatures.
-var Formats = []Format{QCOW2, VHDX, VMDK, VDI, VPC, Raw}
-
 func (f Format) String() string { return string(f) }
 
 // ParseFormat maps a name an admin types (case-insensitive; "vhd" is an
@@ -34,7 +31,7 @@ func ParseFormat(s string) (Format, error) {
 	if name == "vhd" {
 		return VPC, nil
 	}
-	for _, f := range Formats {
+	for _, f := range []Format{Raw, QCOW2, VMDK, VHDX, VDI, VPC} {
 		if string(f) == name {
 			return f, nil
 		}
