@@ -110,10 +110,16 @@ func (s *Session) login(ctx context.Context) error {
 	} else {
 		first = append(first, pdu.KV{Key: "SessionType", Value: "Normal"}, pdu.KV{Key: "TargetName", Value: cfg.Target})
 	}
-	chap := cfg.CHAPUser != ""
-	if chap {
+	// With credentials, CHAP is offered first; None too unless the target
+	// must prove itself (mutual CHAP), so that one Config serves targets
+	// with and without CHAP, and discovery.
+	chap, mutual := cfg.CHAPUser != "", cfg.MutualSecret != ""
+	switch {
+	case mutual:
 		first = append(first, pdu.KV{Key: "AuthMethod", Value: "CHAP"})
-	} else {
+	case chap:
+		first = append(first, pdu.KV{Key: "AuthMethod", Value: "CHAP,None"})
+	default:
 		first = append(first, pdu.KV{Key: "AuthMethod", Value: pdu.ValueNone})
 	}
 
@@ -123,8 +129,14 @@ func (s *Session) login(ctx context.Context) error {
 		return err
 	}
 	if chap {
-		if resp, err = ls.chap(keys); err != nil {
-			return err
+		switch m := keys["AuthMethod"]; {
+		case m == "CHAP":
+			if resp, err = ls.chap(); err != nil {
+				return err
+			}
+		case m == pdu.ValueNone && !mutual:
+		default:
+			return protocolErrorf("AuthMethod answered %q", m)
 		}
 	}
 	for i := 0; !resp.Transit; i++ {
@@ -238,13 +250,10 @@ func (ls *loginState) step(nsg pdu.Stage, transit bool, kvs []pdu.KV) (pdu.Login
 	return resp, keys, nil
 }
 
-// chap runs the CHAP exchange after the target chose AuthMethod (keys of
-// its first response) and returns the response that ends it.
-func (ls *loginState) chap(keys map[string]string) (pdu.LoginResponse, error) {
+// chap runs the CHAP exchange after the target chose AuthMethod=CHAP and
+// returns the response that ends it.
+func (ls *loginState) chap() (pdu.LoginResponse, error) {
 	cfg := &ls.s.cfg
-	if m := keys["AuthMethod"]; m != "CHAP" {
-		return pdu.LoginResponse{}, protocolErrorf("AuthMethod=CHAP offered, target answered %q", m)
-	}
 	_, keys, err := ls.step(pdu.StageOperational, false, []pdu.KV{{Key: "CHAP_A", Value: "5"}})
 	if err != nil {
 		return pdu.LoginResponse{}, err

@@ -46,12 +46,13 @@ type Config struct {
 	// qualifier type.
 	ISID uint64
 	// CHAPUser and CHAPSecret, when CHAPUser is set, make the login offer
-	// AuthMethod=CHAP (and nothing weaker) and answer the target's MD5
-	// challenge (RFC 7143 12.1.3). Default: AuthMethod=None.
+	// AuthMethod=CHAP,None and answer the target's MD5 challenge if it
+	// picks CHAP (RFC 7143 12.1.3). Default: AuthMethod=None.
 	CHAPUser, CHAPSecret string
-	// MutualSecret, when set, makes the login challenge the target too and
-	// check its answer; MutualUser, when set, is the CHAP_N the target must
-	// answer with. Needs CHAPUser. Default: one-way CHAP.
+	// MutualSecret, when set, makes the login offer CHAP only, challenge
+	// the target too and check its answer; MutualUser, when set, is the
+	// CHAP_N the target must answer with. Needs CHAPUser. Default:
+	// one-way CHAP.
 	MutualUser, MutualSecret string
 	// Timeout bounds each request: the connect, each login step, and a
 	// command from when it waits for the CmdSN window to its status.
