@@ -30,7 +30,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/diskless-boot/diskless/bench/harness"
@@ -198,8 +197,8 @@ func (b *bench) run(kase, stack string, round int) (took time.Duration, err erro
 	defer func() {
 		if b.logDir != "" {
 			for _, p := range procs {
-				name := fmt.Sprintf("%s-%s-%d-%s.log", kase, stack, round+1, strings.ReplaceAll(p.Name, " ", "_"))
-				os.WriteFile(filepath.Join(b.logDir, name), []byte(p.Out.String()), 0o644)
+				name := fmt.Sprintf("%s-%s-%d-%s.log", kase, stack, round+1, strings.ReplaceAll(p.Name(), " ", "_"))
+				os.WriteFile(filepath.Join(b.logDir, name), []byte(p.Output()), 0o644)
 			}
 		}
 	}()
@@ -211,7 +210,7 @@ func (b *bench) run(kase, stack string, round int) (took time.Duration, err erro
 		procs = append(procs, p)
 		if ready != "" {
 			if _, _, err := p.WaitFor(30*time.Second, ready); err != nil {
-				return fmt.Errorf("%v\n%s", err, output.Tail(p.Out.String(), 2000))
+				return fmt.Errorf("%v\n%s", err, output.Tail(p.Output(), 2000))
 			}
 		}
 		return nil
@@ -282,13 +281,13 @@ func (b *bench) run(kase, stack string, round int) (took time.Duration, err erro
 		return 0, err
 	}
 	procs = append(procs, vm)
-	defer vm.Stop(syscall.SIGKILL)
+	defer vm.Kill()
 	i, took, err := vm.WaitFor(timeout, marker, bootdisk.ReadError, "Could not boot")
 	if err != nil {
 		return 0, err
 	}
 	if i != 0 {
-		return 0, fmt.Errorf("boot failed before the marker:\n%s", output.Tail(vm.Out.String(), 1500))
+		return 0, fmt.Errorf("boot failed before the marker:\n%s", output.Tail(vm.Output(), 1500))
 	}
 	return took, nil
 }
@@ -309,7 +308,7 @@ func (b *bench) startTgt(c *harness.Cleanup, n *network, dir, img string,
 		case <-p.Exited():
 		case <-time.After(2 * time.Second):
 		}
-		p.Stop(syscall.SIGKILL)
+		p.Kill()
 		os.Remove("/var/run/tgtd/socket." + ctl)
 		os.Remove("/var/run/tgtd/socket." + ctl + ".lock")
 	})
@@ -322,7 +321,7 @@ func (b *bench) startTgt(c *harness.Cleanup, n *network, dir, img string,
 		time.Sleep(100 * time.Millisecond)
 	}
 	if !up {
-		return fmt.Errorf("tgtd did not come up:\n%s", p.Out.String())
+		return fmt.Errorf("tgtd did not come up:\n%s", p.Output())
 	}
 	return harness.Steps(
 		[]string{"tgtadm", "-C", ctl, "--lld", "iscsi", "--op", "new", "--mode", "target", "--tid", "1", "-T", iqn},

@@ -1,9 +1,8 @@
 //go:build linux
 
 // Package harness is the shared plumbing of the benchmark programs under
-// bench/: network namespaces, daemons started inside them, output capture
-// and small statistics. It is a trimmed copy of test/pxe's helpers (test
-// files cannot be imported) and never touches the host's own interfaces:
+// bench/: network namespaces, daemons started inside them (internal/testutil/proc)
+// and small statistics. It never touches the host's own interfaces:
 // everything it creates lives in namespaces it names itself and removes.
 package harness
 
@@ -14,10 +13,9 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
-	"github.com/diskless-boot/diskless/internal/testutil/output"
+	"github.com/diskless-boot/diskless/internal/testutil/proc"
 )
 
 // Sh runs a command and returns its combined output in the error.
@@ -73,85 +71,20 @@ func Steps(steps ...[]string) error {
 	return nil
 }
 
-// Proc is a process started in a namespace with `ip netns exec` (which
-// execs it, so signals reach the program itself).
-type Proc struct {
-	Name    string
-	Cmd     *exec.Cmd
-	Out     output.Output
-	Started time.Time
-	exited  chan struct{}
-	err     error
-}
+// Proc is a process started in a namespace with Start.
+type Proc = proc.Proc
 
-// Start runs args in namespace ns and registers a stop (SIGTERM, SIGKILL
-// after 5 s) with c.
+// Start runs args in namespace ns with `ip netns exec` (which execs it, so
+// signals reach the program itself) and registers its stop with c
+// (SIGTERM, SIGKILL after 5 s).
 func Start(c *Cleanup, name, ns string, args ...string) (*Proc, error) {
-	p := &Proc{Name: name, exited: make(chan struct{})}
-	p.Cmd = exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
-	p.Cmd.Stdout = &p.Out
-	p.Cmd.Stderr = &p.Out
-	if err := p.Cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %v", name, err)
+	p, err := proc.Start(nil, proc.Config{Name: name, Grace: 5 * time.Second},
+		append([]string{"ip", "netns", "exec", ns}, args...)...)
+	if err != nil {
+		return nil, err
 	}
-	p.Started = time.Now()
-	go func() {
-		p.err = p.Cmd.Wait()
-		close(p.exited)
-	}()
-	c.Add(func() { p.Stop(syscall.SIGTERM) })
+	c.Add(func() { p.Stop() })
 	return p, nil
-}
-
-// Stop sends sig and waits up to 5 s, then kills.
-func (p *Proc) Stop(sig syscall.Signal) {
-	select {
-	case <-p.exited:
-		return
-	default:
-	}
-	p.Cmd.Process.Signal(sig)
-	select {
-	case <-p.exited:
-	case <-time.After(5 * time.Second):
-		p.Cmd.Process.Kill()
-		<-p.exited
-	}
-}
-
-// Exited is closed when the process has exited.
-func (p *Proc) Exited() <-chan struct{} { return p.exited }
-
-// WaitFor waits until the output shows one of markers and returns its
-// index and the time since the process started.
-func (p *Proc) WaitFor(timeout time.Duration, markers ...string) (int, time.Duration, error) {
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	find := func() int {
-		s := p.Out.String()
-		for i, m := range markers {
-			if strings.Contains(s, m) {
-				return i
-			}
-		}
-		return -1
-	}
-	for {
-		ch := p.Out.Changes()
-		if i := find(); i >= 0 {
-			return i, time.Since(p.Started), nil
-		}
-		select {
-		case <-ch:
-		case <-p.exited:
-			if i := find(); i >= 0 {
-				return i, time.Since(p.Started), nil
-			}
-			return -1, 0, fmt.Errorf("%s exited (%v) before printing any of %q", p.Name, p.err, markers)
-		case <-deadline.C:
-			return -1, 0, fmt.Errorf("%s printed none of %q within %v", p.Name, markers, timeout)
-		}
-	}
 }
 
 // NeedRoot returns an error naming what is missing: root, programs, files.

@@ -248,7 +248,7 @@ func runOne(server string, n, round int, self, bin, ipxeDir, work, tftpRoot, img
 	}
 	if err != nil {
 		if p != nil {
-			err = fmt.Errorf("%v\n%s", err, output.Tail(p.Out.String(), 3000))
+			err = fmt.Errorf("%v\n%s", err, output.Tail(p.Output(), 3000))
 		}
 		return result{}, err
 	}
@@ -270,7 +270,7 @@ func runOne(server string, n, round int, self, bin, ipxeDir, work, tftpRoot, img
 	res.SrvDrops = udpRcvbufErrors(srvNS) - srvDrops0
 	res.CliDrops = udpRcvbufErrors(cliNS) - cliDrops0
 	if select1(p.Exited()) {
-		return result{}, fmt.Errorf("%s exited during the storm:\n%s", server, output.Tail(p.Out.String(), 3000))
+		return result{}, fmt.Errorf("%s exited during the storm:\n%s", server, output.Tail(p.Output(), 3000))
 	}
 	return res, nil
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/diskless-boot/diskless/internal/testutil/output"
+	"github.com/diskless-boot/diskless/internal/testutil/proc"
 )
 
 // targetIQN is the name every test target gets.
@@ -101,50 +102,6 @@ func startTarget(t *testing.T, cfg targetConfig) *target {
 	}
 }
 
-// daemon is a target process whose output is kept for failure messages.
-type daemon struct {
-	cmd    *exec.Cmd
-	out    output.Output // the last 512 KiB-1 MiB
-	exited chan struct{} // closed when the process has exited
-}
-
-// startDaemon runs name with args, with env added to the test's environment.
-func startDaemon(t *testing.T, env []string, name string, args ...string) *daemon {
-	t.Helper()
-	d := &daemon{cmd: exec.Command(name, args...), exited: make(chan struct{})}
-	d.out.Max = 1 << 20
-	d.cmd.Env = append(os.Environ(), env...)
-	d.cmd.Stdout = &d.out
-	d.cmd.Stderr = &d.out
-	if err := d.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	go func() {
-		d.cmd.Wait()
-		close(d.exited)
-	}()
-	return d
-}
-
-// stop signals the daemon, waits up to grace, then kills it. It reports
-// whether the daemon exited within grace.
-func (d *daemon) stop(sig os.Signal, grace time.Duration) bool {
-	select {
-	case <-d.exited:
-		return true
-	default:
-	}
-	d.cmd.Process.Signal(sig)
-	select {
-	case <-d.exited:
-		return true
-	case <-time.After(grace):
-		d.cmd.Process.Kill()
-		<-d.exited
-		return false
-	}
-}
-
 func startDiskless(t *testing.T, cfg targetConfig) *target {
 	t.Helper()
 	if disklessBin == "" {
@@ -181,26 +138,29 @@ func startDiskless(t *testing.T, cfg targetConfig) *target {
 	}
 	// A -race build (see race_test.go) writes its reports to race.PID here.
 	raceDir := t.TempDir()
-	d := startDaemon(t, []string{"GORACE=log_path=" + filepath.Join(raceDir, "race")}, disklessBin, args...)
+	// proc's cleanup logs the output of a failed test after this one.
+	d, err := proc.Start(t, proc.Config{Env: []string{"GORACE=log_path=" + filepath.Join(raceDir, "race")}, MaxOutput: 1 << 20},
+		append([]string{disklessBin}, args...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
-		if !d.stop(syscall.SIGTERM, 10*time.Second) {
-			t.Errorf("diskless did not exit within 10s of SIGTERM; killed")
+		// Stop first: the race reports are written at exit.
+		if err := d.Stop(); err != nil {
+			t.Error(err)
 		}
 		reports, _ := filepath.Glob(filepath.Join(raceDir, "race.*"))
 		for _, r := range reports {
 			b, _ := os.ReadFile(r)
 			t.Errorf("diskless data race:\n%s", output.Tail(string(b), 8000))
 		}
-		if t.Failed() {
-			t.Logf("diskless output:\n%s", output.Tail(d.out.String(), 8000))
-		}
 	})
-	if err := waitTCP(fmt.Sprintf("127.0.0.1:%d", port), d.exited, 15*time.Second); err != nil {
-		t.Fatalf("diskless %s: %v\n%s", strings.Join(args, " "), err, d.out.String())
+	if err := waitTCP(fmt.Sprintf("127.0.0.1:%d", port), d.Exited(), 15*time.Second); err != nil {
+		t.Fatalf("diskless %s: %v\n%s", strings.Join(args, " "), err, d.Output())
 	}
 	logins := func() []string {
 		var lines []string
-		for _, l := range strings.Split(d.out.String(), "\n") {
+		for _, l := range strings.Split(d.Output(), "\n") {
 			if strings.Contains(l, `msg="iscsi login"`) {
 				lines = append(lines, l)
 			}
@@ -219,15 +179,16 @@ func startTgt(t *testing.T, cfg targetConfig) *target {
 	// The control "port" names tgtd's management socket; it must differ
 	// between tgtd instances and tgtadm takes at most 32767.
 	ctl := strconv.Itoa(1 + port%32767)
-	d := startDaemon(t, nil, "tgtd", "-f", "-C", ctl, "--iscsi", fmt.Sprintf("portal=127.0.0.1:%d", port))
+	// tgtd ignores SIGTERM.
+	d, err := proc.Start(t, proc.Config{StopSignal: syscall.SIGKILL, MaxOutput: 1 << 20, LogTail: 4000},
+		"tgtd", "-f", "-C", ctl, "--iscsi", fmt.Sprintf("portal=127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
-		// tgtd ignores SIGTERM.
-		d.stop(syscall.SIGKILL, 5*time.Second)
+		d.Stop()
 		os.Remove("/var/run/tgtd/socket." + ctl)
 		os.Remove("/var/run/tgtd/socket." + ctl + ".lock")
-		if t.Failed() {
-			t.Logf("tgtd output:\n%s", output.Tail(d.out.String(), 4000))
-		}
 	})
 	tgtadm := func(args ...string) error {
 		out, err := exec.Command("tgtadm", append([]string{"-C", ctl, "--lld", "iscsi"}, args...)...).CombinedOutput()
@@ -243,7 +204,7 @@ func startTgt(t *testing.T, cfg targetConfig) *target {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("tgtd not ready: %v\n%s", err, d.out.String())
+			t.Fatalf("tgtd not ready: %v\n%s", err, d.Output())
 		}
 	}
 	var cmds [][]string
@@ -278,8 +239,8 @@ func startTgt(t *testing.T, cfg targetConfig) *target {
 			t.Fatal(err)
 		}
 	}
-	if err := waitTCP(fmt.Sprintf("127.0.0.1:%d", port), d.exited, 10*time.Second); err != nil {
-		t.Fatalf("tgtd: %v\n%s", err, d.out.String())
+	if err := waitTCP(fmt.Sprintf("127.0.0.1:%d", port), d.Exited(), 10*time.Second); err != nil {
+		t.Fatalf("tgtd: %v\n%s", err, d.Output())
 	}
 	return &target{Port: port, IQN: targetIQN, lunBase: 1}
 }

@@ -2,14 +2,11 @@ package pxe
 
 import (
 	"os"
-	"os/exec"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/diskless-boot/diskless/internal/testutil/netns"
-	"github.com/diskless-boot/diskless/internal/testutil/output"
+	"github.com/diskless-boot/diskless/internal/testutil/proc"
 )
 
 // testNet is the network of one test:
@@ -76,71 +73,23 @@ func newTestNet(t *testing.T, withSite bool) *testNet {
 	return n
 }
 
-// daemon is a process started in a namespace, stopped with SIGTERM at
-// cleanup (SIGKILL if it does not exit in 10 s); its output is kept.
-type daemon struct {
-	name   string
-	cmd    *exec.Cmd
-	out    output.Output
-	exited chan struct{}
-	err    error
-}
-
-func startDaemon(t *testing.T, name, ns string, args ...string) *daemon {
+// startDaemon runs args in namespace ns. At cleanup it gets SIGTERM (SIGKILL
+// and a test error if it does not exit in 10 s), and a failed test logs the
+// end of its output.
+func startDaemon(t *testing.T, name, ns string, args ...string) *proc.Proc {
 	t.Helper()
-	d := &daemon{name: name, exited: make(chan struct{})}
-	d.cmd = exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
-	d.cmd.Stdout = &d.out
-	d.cmd.Stderr = &d.out
-	if err := d.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
+	p, err := proc.Start(t, proc.Config{Name: name}, append([]string{"ip", "netns", "exec", ns}, args...)...)
+	if err != nil {
+		t.Fatal(err)
 	}
-	go func() {
-		d.err = d.cmd.Wait()
-		close(d.exited)
-	}()
-	t.Cleanup(func() {
-		d.stop(t)
-		if t.Failed() {
-			t.Logf("%s output:\n%s", name, output.Tail(d.out.String(), 8000))
-		}
-	})
-	return d
+	return p
 }
 
-func (d *daemon) stop(t *testing.T) {
-	select {
-	case <-d.exited:
-		return
-	default:
-	}
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-d.exited:
-	case <-time.After(10 * time.Second):
-		t.Errorf("%s did not stop within 10 s of SIGTERM", d.name)
-		d.cmd.Process.Kill()
-		<-d.exited
-	}
-}
-
-// waitOutput waits until the output shows s; it fails when the process
-// exits first.
-func (d *daemon) waitOutput(t *testing.T, s string, timeout time.Duration) {
+// waitOutput waits until p's output shows s; it fails when p exits first.
+func waitOutput(t *testing.T, p *proc.Proc, s string, timeout time.Duration) {
 	t.Helper()
-	deadline := time.After(timeout)
-	for {
-		ch := d.out.Changes()
-		if strings.Contains(d.out.String(), s) {
-			return
-		}
-		select {
-		case <-ch:
-		case <-d.exited:
-			t.Fatalf("%s exited (%v) before printing %q", d.name, d.err, s)
-		case <-deadline:
-			t.Fatalf("%s did not print %q within %v", d.name, s, timeout)
-		}
+	if _, _, err := p.WaitFor(timeout, s); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/diskless-boot/diskless/internal/testutil/bootdisk"
+	"github.com/diskless-boot/diskless/internal/testutil/proc"
 	"github.com/diskless-boot/diskless/internal/testutil/qemu"
 )
 
@@ -39,7 +40,7 @@ func TestPXEBoot(t *testing.T) {
 		srv := startServe(t, n, "--interface", n.srvIf, "--dhcp", "full", "--dhcp-range", poolRange,
 			"--host", clientMAC+"="+img, "--chap", "--data-dir", filepath.Join(dir, "state"))
 		// --chap: the generated secret is printed once, on stdout.
-		srv.waitOutput(t, "generated CHAP secret", time.Second)
+		waitOutput(t, srv, "generated CHAP secret", time.Second)
 		v := startVM(t, n.vmNS, biosArgs(n)...)
 		took := expectMarker(t, v, marker, 120*time.Second)
 		t.Logf("BIOS, dhcp full: power-on to marker %v", took.Round(100*time.Millisecond))
@@ -121,10 +122,10 @@ func biosArgs(n *testNet) []string {
 
 // startServe runs `diskless serve` in the server namespace and waits until
 // it serves.
-func startServe(t *testing.T, n *testNet, args ...string) *daemon {
+func startServe(t *testing.T, n *testNet, args ...string) *proc.Proc {
 	t.Helper()
 	d := startDaemon(t, "diskless serve", n.srvNS, append([]string{disklessBin, "serve"}, args...)...)
-	d.waitOutput(t, "msg=serving", 30*time.Second)
+	waitOutput(t, d, "msg=serving", 30*time.Second)
 	return d
 }
 
@@ -143,9 +144,9 @@ func expectMarker(t *testing.T, v *qemu.VM, marker string, timeout time.Duration
 
 // expectStages checks that the server logged each boot stage for the
 // client's MAC.
-func expectStages(t *testing.T, d *daemon, stages ...string) {
+func expectStages(t *testing.T, d *proc.Proc, stages ...string) {
 	t.Helper()
-	out := d.out.String()
+	out := d.Output()
 	if l := lineWith(out, "ra: router solicitation"); l == "" && !strings.Contains(out, "ra: answering") {
 		t.Errorf("the IPv6 router solicitation answerer did not start")
 	}

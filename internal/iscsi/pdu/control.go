@@ -190,6 +190,15 @@ func (m *TextResponse) Marshal(h *BHS) {
 	h.put32(32, m.MaxCmdSN)
 }
 
+// ParseTextResponse decodes a Text Response header (initiator side).
+func ParseTextResponse(h *BHS) (TextResponse, error) {
+	if h.Opcode() != OpTextResp {
+		return TextResponse{}, ErrWrongOpcode
+	}
+	return TextResponse{Final: h.Final(), Continue: h[1]&0x40 != 0, LUN: h.LUN(), ITT: h.ITT(), TTT: h.u32(20),
+		StatSN: h.u32(24), ExpCmdSN: h.u32(28), MaxCmdSN: h.u32(32)}, nil
+}
+
 // Logout reason codes (RFC 7143 11.14.1).
 const (
 	LogoutCloseSession    = 0
@@ -427,6 +436,15 @@ func (m *Reject) Marshal(h *BHS) {
 	h.put32(28, m.ExpCmdSN)
 	h.put32(32, m.MaxCmdSN)
 	h.put32(36, m.DataSN)
+}
+
+// ParseReject decodes a Reject header (initiator side). The data segment
+// holds the rejected PDU's header.
+func ParseReject(h *BHS) (Reject, error) {
+	if h.Opcode() != OpReject {
+		return Reject{}, ErrWrongOpcode
+	}
+	return Reject{Reason: h[2], StatSN: h.u32(24), ExpCmdSN: h.u32(28), MaxCmdSN: h.u32(32), DataSN: h.u32(36)}, nil
 }
 
 // SNACKRequest is an initiator's SNACK Request header (RFC 7143 11.16).

@@ -81,6 +81,24 @@ func TestSCSICommandRoundTrip(t *testing.T) {
 	}
 }
 
+// The target-side PDUs an initiator decodes survive Marshal and Parse.
+func TestInitiatorSideRoundTrip(t *testing.T) {
+	tr := TextResponse{Continue: true, LUN: 1 << 48, ITT: 3, TTT: 9, StatSN: 4, ExpCmdSN: 5, MaxCmdSN: 6}
+	var h BHS
+	tr.Marshal(&h)
+	if got, err := ParseTextResponse(&h); err != nil || got != tr {
+		t.Errorf("Text Response: %+v %v, want %+v", got, err, tr)
+	}
+	rj := Reject{Reason: RejectProtocolError, StatSN: 7, ExpCmdSN: 8, MaxCmdSN: 9, DataSN: 1}
+	rj.Marshal(&h)
+	if got, err := ParseReject(&h); err != nil || got != rj {
+		t.Errorf("Reject: %+v %v, want %+v", got, err, rj)
+	}
+	if _, err := ParseReject(&BHS{}); !errors.Is(err, ErrWrongOpcode) {
+		t.Errorf("Reject from a NOP-Out header: %v", err)
+	}
+}
+
 func TestBadAHSRejected(t *testing.T) {
 	var p PDU
 	(&SCSICommand{}).Marshal(&p)
@@ -223,6 +241,8 @@ func FuzzReadPDU(f *testing.F) {
 			ParseNOPOut(h)
 			ParseTaskMgmtRequest(h)
 			ParseSNACKRequest(h)
+			ParseTextResponse(h)
+			ParseReject(h)
 		}
 	})
 }

@@ -7,14 +7,15 @@ package qemu
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/diskless-boot/diskless/internal/testutil/output"
+	"github.com/diskless-boot/diskless/internal/testutil/proc"
 )
 
 // Config says how to start QEMU.
@@ -33,11 +34,7 @@ type Config struct {
 // test reads. It is killed when the test ends. Its methods are safe for
 // concurrent use.
 type VM struct {
-	cmd     *exec.Cmd
-	out     output.Output
-	started time.Time // power-on
-	exited  chan struct{}
-	err     error // from Wait, valid once exited is closed
+	p *proc.Proc
 }
 
 // Start runs qemu-system-x86_64 with args plus a headless console setup: no
@@ -48,30 +45,24 @@ func Start(t *testing.T, c Config, args ...string) *VM {
 	argv := append(append([]string(nil), c.Prefix...), "qemu-system-x86_64",
 		"-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot")
 	argv = append(argv, args...)
-	v := &VM{exited: make(chan struct{})}
-	v.cmd = exec.Command(argv[0], argv[1:]...)
-	v.cmd.Stdout = &v.out
-	v.cmd.Stderr = &v.out
-	if err := v.cmd.Start(); err != nil {
+	// proc's cleanup only makes sure QEMU is gone; the console is kept
+	// and reported by the cleanup below, which runs first.
+	p, err := proc.Start(t, proc.Config{Name: "QEMU", StopSignal: syscall.SIGKILL, LogTail: -1}, argv...)
+	if err != nil {
 		t.Fatalf("start qemu: %v", err)
 	}
-	v.started = time.Now()
-	go func() {
-		v.err = v.cmd.Wait()
-		close(v.exited)
-	}()
+	v := &VM{p: p}
 	t.Cleanup(func() {
-		v.cmd.Process.Kill()
-		<-v.exited
+		p.Kill()
 		// Keep the whole console for a look after a failure.
 		log := filepath.Join(t.TempDir(), "console.log")
 		if dir := os.Getenv(c.LogDirEnv); dir != "" {
 			log = filepath.Join(dir, strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())+".console.log")
 		}
-		os.WriteFile(log, []byte(v.out.String()), 0o644)
+		os.WriteFile(log, []byte(p.Output()), 0o644)
 		if t.Failed() {
 			t.Logf("QEMU ran %v; console (full copy in %s), last part:\n%s",
-				time.Since(v.started).Round(time.Second), log, output.Tail(v.Console(), 6000))
+				time.Since(p.Started()).Round(time.Second), log, output.Tail(v.Console(), 6000))
 		}
 	})
 	return v
@@ -81,40 +72,14 @@ func Start(t *testing.T, c Config, args ...string) *VM {
 // index and the time since power-on. It fails when QEMU exits first or
 // timeout passes.
 func (v *VM) WaitFor(timeout time.Duration, markers ...string) (int, time.Duration, error) {
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	find := func() int {
-		s := v.out.String()
-		for i, m := range markers {
-			if strings.Contains(s, m) {
-				return i
-			}
-		}
-		return -1
-	}
-	for {
-		changed := v.out.Changes()
-		if i := find(); i >= 0 {
-			return i, time.Since(v.started), nil
-		}
-		select {
-		case <-changed:
-		case <-v.exited:
-			if i := find(); i >= 0 {
-				return i, time.Since(v.started), nil
-			}
-			return -1, 0, fmt.Errorf("QEMU exited (%v) before the console showed any of %q", v.err, markers)
-		case <-deadline.C:
-			return -1, 0, fmt.Errorf("console showed none of %q within %v", markers, timeout)
-		}
-	}
+	return v.p.WaitFor(timeout, markers...)
 }
 
 // Wait waits for QEMU to exit by itself, at most timeout.
 func (v *VM) Wait(timeout time.Duration) error {
 	select {
-	case <-v.exited:
-		return v.err
+	case <-v.p.Exited():
+		return v.p.Wait()
 	case <-time.After(timeout):
 		return fmt.Errorf("QEMU still running after %v", timeout)
 	}
@@ -125,5 +90,5 @@ var ansiEscape = regexp.MustCompile(`\x1b(\[[0-9;?]*[A-Za-z]|c)`)
 // Console is the output so far without the ANSI escapes of SeaBIOS' serial
 // console.
 func (v *VM) Console() string {
-	return ansiEscape.ReplaceAllString(v.out.String(), "")
+	return ansiEscape.ReplaceAllString(v.p.Output(), "")
 }
