@@ -2,9 +2,12 @@ package store
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"os"
+	"runtime/debug"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -43,14 +46,35 @@ func OpenBolt(path string, opts BoltOptions) (s *Bolt, err error) {
 		// report an unhelpful error or map beyond the end.
 		return nil, fmt.Errorf("%w: %s: %d bytes, shorter than a store can be (truncated?)", ErrCorrupt, path, st.Size())
 	}
+	if err := preflight(path); err != nil {
+		return nil, err
+	}
+	// bbolt panics on some corrupt pages and reads through its mmap,
+	// where a page past the end of a truncated file is a SIGBUS: made a
+	// panic here (SetPanicOnFault is per goroutine) and recovered, so a
+	// damaged file gives the admin an error to act on, not a crash.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	var db *bolt.DB
+	var file *os.File // bbolt's, to release its lock if bbolt panics
 	defer func() {
-		// bbolt panics on some corrupt pages; a damaged file must
-		// give the admin an error to act on, not a crash.
 		if r := recover(); r != nil {
+			// db.Close may stop half way after a panic inside
+			// bbolt; closing the file itself releases its lock.
+			if db != nil {
+				db.Close()
+			}
+			if file != nil {
+				file.Close()
+			}
 			s, err = nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, path, r)
 		}
 	}()
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, ReadOnly: opts.ReadOnly})
+	openFile := func(name string, flag int, perm os.FileMode) (*os.File, error) {
+		f, err := os.OpenFile(name, flag, perm)
+		file = f
+		return f, err
+	}
+	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, ReadOnly: opts.ReadOnly, OpenFile: openFile})
 	switch {
 	case errors.Is(err, berrors.ErrTimeout):
 		return nil, fmt.Errorf("%w: %s (is a diskless server running? the CLI then talks to its API)", ErrLocked, path)
@@ -79,6 +103,59 @@ func OpenBolt(path string, opts BoltOptions) (s *Bolt, err error) {
 		}
 	}
 	return b, nil
+}
+
+// preflight checks what bbolt.Open trusts before it maps the file: a
+// valid meta page (magic, version, FNV-64a checksum) whose high-water mark
+// and freelist page lie inside the file. A truncated file otherwise makes
+// bbolt read past the end of its mapping (SIGBUS) before Open returns,
+// with the file's lock held by a mapping nothing can release. Layout:
+// bbolt's internal/common (page header of 16 bytes, then Meta).
+func preflight(path string) error {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // a new store
+	}
+	if err != nil {
+		return fmt.Errorf("store: open %s: %w", path, err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil || st.Size() == 0 {
+		return nil
+	}
+	const pageHeader, metaLen = 16, 64
+	read := func(off int64) (pageSize, freelist, hwm, txid uint64, ok bool) {
+		b := make([]byte, pageHeader+metaLen)
+		if _, err := f.ReadAt(b, off); err != nil {
+			return 0, 0, 0, 0, false
+		}
+		m := b[pageHeader:]
+		le := binary.LittleEndian
+		h := fnv.New64a()
+		h.Write(m[:56])
+		if le.Uint32(m[0:]) != 0xED0CDAED || le.Uint32(m[4:]) != 2 || le.Uint64(m[56:]) != h.Sum64() {
+			return 0, 0, 0, 0, false
+		}
+		return uint64(le.Uint32(m[8:])), le.Uint64(m[32:]), le.Uint64(m[40:]), le.Uint64(m[48:]), true
+	}
+	ps0, fl0, hwm0, tx0, ok0 := read(0)
+	off1 := int64(os.Getpagesize())
+	if ok0 {
+		off1 = int64(ps0)
+	}
+	ps1, fl1, hwm1, tx1, ok1 := read(off1)
+	ps, fl, hwm := ps0, fl0, hwm0
+	switch {
+	case ok1 && (!ok0 || tx1 > tx0):
+		ps, fl, hwm = ps1, fl1, hwm1
+	case !ok0:
+		return fmt.Errorf("%w: %s: no valid meta page (not a store, or damaged)", ErrCorrupt, path)
+	}
+	if ps < 1024 || ps > 1<<20 || hwm*ps > uint64(st.Size()) || fl >= hwm && fl != ^uint64(0) {
+		return fmt.Errorf("%w: %s: %d bytes, but its metadata names %d pages of %d bytes (truncated?)", ErrCorrupt, path, st.Size(), hwm, ps)
+	}
+	return nil
 }
 
 // check runs bbolt's page-level consistency check: every page reachable

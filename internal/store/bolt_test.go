@@ -121,3 +121,35 @@ func TestCorruptFiles(t *testing.T) {
 		})
 	}
 }
+
+// A store cut short anywhere is refused with ErrCorrupt, and refusing it
+// leaves no lock behind: the next open of the same path works.
+func TestTruncatedAnywhere(t *testing.T) {
+	s, path := openTemp(t)
+	s.Update(func(tx Tx) error {
+		for i := range 300 {
+			tx.Put(BucketHosts, fmt.Sprintf("host-%03d", i), make([]byte, 500))
+		}
+		return nil
+	})
+	s.Close()
+	good, _ := os.ReadFile(path)
+	p := filepath.Join(t.TempDir(), FileName)
+	for n := 8192; n < len(good); n += 1536 {
+		os.WriteFile(p, good[:n], 0o600)
+		s, err := OpenBolt(p, BoltOptions{LockTimeout: 50 * time.Millisecond})
+		if err == nil {
+			s.Close()
+			continue // a prefix can be a valid older store
+		}
+		if !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("cut at %d: %v", n, err)
+		}
+	}
+	os.WriteFile(p, good, 0o600)
+	s, err := OpenBolt(p, BoltOptions{LockTimeout: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatalf("the intact file after refused ones: %v", err)
+	}
+	s.Close()
+}
