@@ -54,3 +54,10 @@ var ErrReadOnly = errors.New("disk: device is read-only")
 
 // ErrNoSpace is returned (wrapped) when the backing store is full.
 var ErrNoSpace = errors.New("disk: no space left on backing store")
+
+// ErrDeviceFailed is returned (wrapped) once a flush of the device failed:
+// it refuses writes and flushes until it is reopened (or cleared), so no
+// later SYNCHRONIZE CACHE can report GOOD over writes the failed flush may
+// have lost. Reads keep working. The failing flush itself returns its own
+// error, not this one.
+var ErrDeviceFailed = errors.New("disk: device failed a flush and refuses writes")
