@@ -3,6 +3,7 @@ package disk
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"sync"
@@ -227,25 +228,36 @@ func TestOverlayPartialWholeRace(t *testing.T) {
 	}
 }
 
-// TestOverlayConcurrent runs writers on disjoint regions with readers,
-// flushes, snapshots and merges at the same time, then checks the result.
+// TestOverlayConcurrent runs writers on disjoint regions while readers
+// check a region no one writes (written before, so held by the top, then
+// by lower layers as they are pushed and merged), and the stack changes
+// under them: flushes, snapshots, merges into a lower layer and into the
+// top. At the end the disk must equal the model, before and after a
+// reopen.
 func TestOverlayConcurrent(t *testing.T) {
 	const (
 		cs      = 4096
-		writers = 4
+		writers = 3
 		region  = 256 << 10
-		size    = writers * region
+		stable  = writers * region // [stable, size) is written once, first
+		size    = stable + region
 	)
 	base, content := newBase(t, size, 5)
 	s := newStack(t, size, cs)
 	o := s.open(t, base, OverlayOptions{})
 	defer func() { o.Close() }()
 	m := newModel(content, cs)
-	var wg sync.WaitGroup
-	stop := make(chan struct{})
+	for off := int64(stable); off+cs+100 <= size; off += 3 * cs {
+		p := pattern(cs, uint64(off))
+		if _, err := o.WriteAt(p, off+100); err != nil {
+			t.Fatal(err)
+		}
+		m.write(p, off+100)
+	}
+	want := bytes.Clone(m.cur[stable:])
 	errs := make(chan error, 16)
 	var mmu sync.Mutex
-	var writersDone sync.WaitGroup
+	var writersDone, readersDone sync.WaitGroup
 	for w := range writers {
 		writersDone.Add(1)
 		go func() {
@@ -265,50 +277,53 @@ func TestOverlayConcurrent(t *testing.T) {
 			}
 		}()
 	}
-	wg.Add(1)
-	go func() { // readers check only that reads succeed while the stack changes
-		defer wg.Done()
-		buf := make([]byte, 64<<10)
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			if _, err := o.ReadAt(buf, int64(len(buf))*int64(rand.IntN(size/len(buf)))); err != nil {
-				errs <- err
-				return
-			}
-		}
-	}()
-	var admin sync.WaitGroup
-	admin.Add(1)
-	go func() {
-		defer admin.Done()
-		for i := range 6 {
-			if err := o.Flush(); err != nil {
-				errs <- err
-				return
-			}
-			if i%2 == 0 {
-				dir := s.nextDir()
-				if err := o.Push(dir, s.id(dir)); err != nil {
+	stop := make(chan struct{})
+	for r := range 2 {
+		readersDone.Add(1)
+		go func() {
+			defer readersDone.Done()
+			buf := make([]byte, 16<<10)
+			rng := rand.New(rand.NewPCG(uint64(r), 10))
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				off := rng.Int64N(region - int64(len(buf)))
+				if _, err := o.ReadAt(buf, stable+off); err != nil {
 					errs <- err
 					return
 				}
-			} else {
-				lower, _ := o.Layers()
-				if err := o.MergeInto(lower[len(lower)-1]); err != nil { // into the top, under load
-					errs <- err
+				if !bytes.Equal(buf, want[off:off+int64(len(buf))]) {
+					errs <- fmt.Errorf("stable region at %d read wrong while the stack changed", off)
 					return
 				}
 			}
+		}()
+	}
+	for _, op := range []string{"push", "push", "push", "merge-bottom", "merge-top", "push", "merge-bottom", "merge-top"} {
+		if err := o.Flush(); err != nil {
+			t.Fatal(err)
 		}
-	}()
-	admin.Wait()
+		lower, _ := o.Layers()
+		var err error
+		switch op {
+		case "push":
+			dir := s.nextDir()
+			err = o.Push(dir, s.id(dir))
+		case "merge-bottom": // into the layer above, a lower one
+			err = o.MergeInto(lower[0])
+		case "merge-top":
+			err = o.MergeInto(lower[len(lower)-1])
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", op, err)
+		}
+	}
 	writersDone.Wait()
 	close(stop)
-	wg.Wait()
+	readersDone.Wait()
 	close(errs)
 	for err := range errs {
 		t.Fatal(err)
@@ -320,6 +335,56 @@ func TestOverlayConcurrent(t *testing.T) {
 	}
 	o = s.open(t, base, OverlayOptions{})
 	checkAll(t, o, m.cur)
+}
+
+// TestFlushCoalescing: a Flush called while another is past its capture
+// must not return before what was written before it is durable; it waits
+// for the running flush and then makes its own.
+func TestFlushCoalescing(t *testing.T) {
+	base, _ := newBase(t, 1<<20, 6)
+	s := newStack(t, 1<<20, 4096)
+	o := s.open(t, base, OverlayOptions{})
+	defer o.Close()
+	if _, err := o.WriteAt(pattern(4096, 1), 0); err != nil {
+		t.Fatal(err)
+	}
+	inSync, release := make(chan struct{}), make(chan struct{})
+	orig, fd := fdatasync, o.top.fd
+	var once sync.Once
+	fdatasync = func(f int) error {
+		if f == fd {
+			once.Do(func() { close(inSync); <-release })
+		}
+		return orig(f)
+	}
+	defer func() { fdatasync = orig }()
+	first := make(chan error)
+	go func() { first <- o.Flush() }()
+	select { // the first flush captured cluster 0 and is syncing data
+	case <-inSync:
+	case err := <-first:
+		t.Fatalf("Flush returned (%v) without syncing data", err)
+	}
+	if _, err := o.WriteAt(pattern(4096, 2), 64*4096*2); err != nil { // cluster 128, another word
+		t.Fatal(err)
+	}
+	second := make(chan error)
+	go func() { second <- o.Flush() }()
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-second; err != nil {
+		t.Fatal(err)
+	}
+	m, err := openMeta(s.top, false, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.f.Close()
+	if !m.bits.has(0) || !m.bits.has(128) {
+		t.Fatalf("durable bitmap misses a cluster written before its Flush: 0 %v, 128 %v", m.bits.has(0), m.bits.has(128))
+	}
 }
 
 // TestOverlayReadOnly: every modifying call fails with ErrReadOnly and
