@@ -1,8 +1,12 @@
 // Package disk owns the block devices that diskless exports as SCSI logical
-// units: raw image files now, copy-on-write overlays and snapshots later,
-// other back ends (Ceph RBD) behind the same interface.
+// units: raw image files (File), and copy-on-write overlays (Overlay) that
+// give each host a writable disk over a shared read-only base image, with
+// snapshots as read-only layers (docs/overlay-format.md). Other back ends
+// (Ceph RBD) can come behind the same interface.
 //
 // It knows nothing of SCSI or networking: offsets and lengths are in bytes.
+// It does not decide which layers make up a host's disk: the inventory
+// passes them in and records what Push and MergeInto did.
 package disk
 
 import "errors"
@@ -54,3 +58,10 @@ var ErrReadOnly = errors.New("disk: device is read-only")
 
 // ErrNoSpace is returned (wrapped) when the backing store is full.
 var ErrNoSpace = errors.New("disk: no space left on backing store")
+
+// ErrDeviceFailed is returned (wrapped) once a flush of the device failed:
+// it refuses writes and flushes until it is reopened (or cleared), so no
+// later SYNCHRONIZE CACHE can report GOOD over writes the failed flush may
+// have lost. Reads keep working. The failing flush itself returns its own
+// error, not this one.
+var ErrDeviceFailed = errors.New("disk: device failed a flush and refuses writes")

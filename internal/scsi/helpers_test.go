@@ -20,6 +20,7 @@ type memDevice struct {
 	prefetch  atomic.Int64
 	readErr   error
 	writeErr  error
+	flushErr  error
 	readOnly  bool
 	sizeBytes atomic.Int64
 }
@@ -63,7 +64,7 @@ func (d *memDevice) WriteAt(p []byte, off int64) (int, error) {
 }
 
 func (d *memDevice) Size() int64  { return d.sizeBytes.Load() }
-func (d *memDevice) Flush() error { d.flushes.Add(1); return nil }
+func (d *memDevice) Flush() error { d.flushes.Add(1); return d.flushErr }
 func (d *memDevice) Close() error { return nil }
 
 func (d *memDevice) Unmap(off, length int64) error {

@@ -243,6 +243,27 @@ func TestDiskErrorsBecomeSense(t *testing.T) {
 	}
 }
 
+// TestFailedDeviceIsWriteProtected: the flush that fails is a MEDIUM
+// ERROR, WRITE ERROR; from then on the device reports ErrDeviceFailed and
+// writes and SYNCHRONIZE CACHE become DATA PROTECT, WRITE PROTECTED, so an
+// initiator never gets GOOD for a cache sync over lost writes. Reads work.
+func TestFailedDeviceIsWriteProtected(t *testing.T) {
+	tl := newMemLU(t, LUConfig{})
+	syncCache := cdb10(opSyncCache10, 0, 0, 0)
+	tl.dev.flushErr = errors.New("fdatasync: EIO")
+	expectSense(t, "SYNCHRONIZE CACHE whose flush fails", tl.run(nexusA, syncCache, nil, 0),
+		SenseMediumError, ascWriteError)
+	failed := fmt.Errorf("overlay host1: %w", disk.ErrDeviceFailed)
+	tl.dev.flushErr, tl.dev.writeErr = failed, failed
+	expectSense(t, "SYNCHRONIZE CACHE after a failed flush", tl.run(nexusA, syncCache, nil, 0),
+		SenseDataProtect, ascWriteProtected)
+	expectSense(t, "WRITE after a failed flush", tl.run(nexusA, cdb10(opWrite10, 0, 0, 1), fill(512, 1), 0),
+		SenseDataProtect, ascWriteProtected)
+	expectSense(t, "WRITE FUA after a failed flush", tl.run(nexusA, cdb10(opWrite10, 0x08, 0, 1), fill(512, 1), 0),
+		SenseDataProtect, ascWriteProtected)
+	expectGood(t, "READ after a failed flush", tl.run(nexusA, cdb10(opRead10, 0, 0, 1), nil, 512))
+}
+
 func TestReadOnlyLU(t *testing.T) {
 	tl := newMemLU(t, LUConfig{ReadOnly: true})
 	block := fill(512, 1)
