@@ -383,7 +383,11 @@ type LayerInfo struct {
 // corruption (a *CorruptError), on a layer open for writing by an overlay
 // (ErrLayerInUse: its log is moving), and on a missing or mis-sized data
 // file. It changes nothing.
-func CheckLayer(dir string) (LayerInfo, error) {
+func CheckLayer(dir string) (LayerInfo, error) { return checkLayer(dir, true) }
+
+// checkLayer is CheckLayer; without lock it checks a layer an overlay
+// holds, which must keep its metadata still meanwhile (Overlay.Check).
+func checkLayer(dir string, lock bool) (LayerInfo, error) {
 	info := LayerInfo{Dir: dir}
 	dpath := filepath.Join(dir, dataName)
 	data, err := os.Open(dpath)
@@ -391,8 +395,10 @@ func CheckLayer(dir string) (LayerInfo, error) {
 		return info, fmt.Errorf("disk: check layer: %w", err)
 	}
 	defer data.Close()
-	if err := lockFile(data, false); err != nil {
-		return info, fmt.Errorf("disk: check layer %s: %w", dir, err)
+	if lock {
+		if err := lockFile(data, false); err != nil {
+			return info, fmt.Errorf("disk: check layer %s: %w", dir, err)
+		}
 	}
 	m, err := openMeta(dir, false, false)
 	if err != nil {
