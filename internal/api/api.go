@@ -1,0 +1,246 @@
+// Package api is the admin REST API of diskless: JSON under /api/v1 for
+// images, versions, hosts, snapshots, sessions and long-running jobs,
+// behind a bearer token. It turns HTTP into calls of the inventory (which
+// owns every rule) and the inventory's refusals into status codes: 400
+// with the bad field for invalid input, 404, 409 for conflicts with the
+// state. It serves no boot endpoint (internal/web does) and is mounted on
+// the admin plane. docs/api.md and docs/openapi.yaml describe it.
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"strings"
+
+	"github.com/diskless-boot/diskless/internal/inventory"
+	"github.com/diskless-boot/diskless/internal/iscsi"
+	"github.com/diskless-boot/diskless/internal/storage"
+)
+
+// Prefix is where the API lives.
+const Prefix = "/api/v1"
+
+// maxBody bounds a request body: requests are small JSON documents.
+const maxBody = 1 << 20
+
+// Status is what the running server knows about hosts: their sessions and
+// addresses. Without a server (the CLI on the data directory) it is nil:
+// nothing is online.
+type Status interface {
+	// Sessions lists the logged-in sessions of a target.
+	Sessions(target string) []iscsi.SessionInfo
+	// HostIP is the host's current IPv4 address (DHCP lease or iSCSI
+	// session), "" when unknown.
+	HostIP(h *inventory.Host) string
+}
+
+// ServerInfo says where hosts reach the server: for the configuration
+// texts of `host show --config`.
+type ServerInfo struct {
+	Address        netip.Addr // invalid when unknown (no server running)
+	HTTPPort       uint16
+	ISCSIPort      uint16
+	PortalGroupTag uint16
+}
+
+// Importer opens a disk image file of any supported format as a source of
+// bytes; origin describes it ("import /srv/x.qcow2 (qcow2)").
+type Importer func(ctx context.Context, path string) (src storage.Source, origin string, closeFn func() error, err error)
+
+// Exporter writes size bytes of src to path in format ("raw", "qcow2");
+// srcPath, when not empty, is a file holding the same bytes (for tools
+// that need one).
+type Exporter func(ctx context.Context, src storage.Source, srcPath, path, format string, progress func(done int64)) error
+
+// Config configures a Handler.
+type Config struct {
+	Inventory *inventory.Inventory // required
+	Status    Status
+	Server    ServerInfo
+	Import    Importer // required for imports
+	Export    Exporter // required for exports
+	// NoAuth skips the token check: only for the CLI's in-process
+	// handler on a data directory it has opened itself.
+	NoAuth bool
+	Logger *slog.Logger
+	// Context bounds the jobs (default: background).
+	Context context.Context
+}
+
+// Handler serves the API. It is safe for concurrent use.
+type Handler struct {
+	cfg  Config
+	inv  *inventory.Inventory
+	log  *slog.Logger
+	mux  *http.ServeMux
+	jobs *jobs
+}
+
+// New returns the API handler.
+func New(cfg Config) (*Handler, error) {
+	if cfg.Inventory == nil {
+		return nil, errors.New("api: an inventory is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Context == nil {
+		cfg.Context = context.Background()
+	}
+	h := &Handler{cfg: cfg, inv: cfg.Inventory, log: cfg.Logger, mux: http.NewServeMux(), jobs: newJobs(cfg.Context)}
+	h.routes()
+	return h, nil
+}
+
+// ServeHTTP authenticates the request and dispatches it.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !h.cfg.NoAuth {
+		if _, err := authenticate(h.inv.Store(), r.Header.Get("Authorization")); err != nil {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="diskless"`)
+			writeError(w, http.StatusUnauthorized, "", "a valid bearer token is required (Authorization: Bearer <token>; the server's is in data_dir/api-token)")
+			return
+		}
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+	h.mux.ServeHTTP(w, r)
+}
+
+// WaitJob blocks until a job ends (the CLI's in-process handler).
+func (h *Handler) WaitJob(ctx context.Context, id string) { h.jobs.wait(ctx, id) }
+
+func (h *Handler) routes() {
+	m := h.mux
+	p := Prefix
+	m.HandleFunc("GET "+p+"/images", h.listImages)
+	m.HandleFunc("POST "+p+"/images", h.createImage)
+	m.HandleFunc("GET "+p+"/images/{image}", h.getImage)
+	m.HandleFunc("DELETE "+p+"/images/{image}", h.deleteImage)
+	m.HandleFunc("GET "+p+"/images/{image}/versions", h.listVersions)
+	m.HandleFunc("POST "+p+"/images/{image}/versions", h.importVersion)
+	m.HandleFunc("GET "+p+"/images/{image}/versions/{version}", h.getVersion)
+	m.HandleFunc("DELETE "+p+"/images/{image}/versions/{version}", h.deleteVersion)
+	m.HandleFunc("POST "+p+"/images/{image}/versions/{version}/export", h.exportVersion)
+	m.HandleFunc("GET "+p+"/hosts", h.listHosts)
+	m.HandleFunc("POST "+p+"/hosts", h.addHost)
+	m.HandleFunc("GET "+p+"/hosts/{host}", h.getHost)
+	m.HandleFunc("PATCH "+p+"/hosts/{host}", h.setHost)
+	m.HandleFunc("DELETE "+p+"/hosts/{host}", h.removeHost)
+	m.HandleFunc("GET "+p+"/hosts/{host}/config", h.hostConfig)
+	m.HandleFunc("POST "+p+"/hosts/{host}/reset", h.resetHost)
+	m.HandleFunc("POST "+p+"/hosts/{host}/check", h.checkHost)
+	m.HandleFunc("POST "+p+"/hosts/{host}/promote", h.promoteHost)
+	m.HandleFunc("GET "+p+"/hosts/{host}/snapshots", h.listSnapshots)
+	m.HandleFunc("POST "+p+"/hosts/{host}/snapshots", h.createSnapshot)
+	m.HandleFunc("DELETE "+p+"/hosts/{host}/snapshots/{snapshot}", h.deleteSnapshot)
+	m.HandleFunc("POST "+p+"/hosts/{host}/snapshots/{snapshot}/rollback", h.rollback)
+	m.HandleFunc("GET "+p+"/sessions", h.listSessions)
+	m.HandleFunc("GET "+p+"/unknown-hosts", h.listUnknown)
+	m.HandleFunc("GET "+p+"/jobs", h.listJobs)
+	m.HandleFunc("GET "+p+"/jobs/{job}", h.getJob)
+	m.HandleFunc("DELETE "+p+"/jobs/{job}", h.cancelJob)
+	m.HandleFunc(p+"/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "", "no such endpoint: "+r.Method+" "+r.URL.Path+" (see docs/api.md)")
+	})
+}
+
+// Error is the body of every error response.
+type Error struct {
+	Error string `json:"error"`
+	Field string `json:"field,omitempty"` // the request field at fault
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, field, msg string) {
+	writeJSON(w, code, Error{Error: msg, Field: field})
+}
+
+// fail answers an error from the model or the storage.
+func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
+	var e *inventory.Error
+	switch {
+	case errors.As(err, &e) && e.Kind == inventory.Invalid:
+		writeError(w, http.StatusBadRequest, e.Field, e.Msg)
+	case errors.As(err, &e) && e.Kind == inventory.NotFound:
+		writeError(w, http.StatusNotFound, e.Field, e.Msg)
+	case errors.As(err, &e) && e.Kind == inventory.Conflict:
+		writeError(w, http.StatusConflict, e.Field, e.Msg)
+	case errors.Is(err, inventory.ErrBusy):
+		writeError(w, http.StatusConflict, "", err.Error())
+	default:
+		h.log.Error("api", "method", r.Method, "path", r.URL.Path, "err", err)
+		writeError(w, http.StatusInternalServerError, "", err.Error())
+	}
+}
+
+// decode reads a JSON body into v strictly: unknown fields, wrong types,
+// trailing data and oversized bodies are 400s naming the field. An empty
+// body decodes as {}.
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		writeError(w, http.StatusUnsupportedMediaType, "", "send application/json")
+		return false
+	}
+	err := decodeJSON(r.Body, v)
+	if err == nil {
+		return true
+	}
+	var he *fieldError
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		writeError(w, http.StatusRequestEntityTooLarge, "", fmt.Sprintf("body larger than %d bytes", mbe.Limit))
+	case errors.As(err, &he):
+		writeError(w, http.StatusBadRequest, he.field, he.msg)
+	default:
+		writeError(w, http.StatusBadRequest, "", "bad JSON body: "+err.Error())
+	}
+	return false
+}
+
+// fieldError is a decoding problem of one field.
+type fieldError struct{ field, msg string }
+
+func (e *fieldError) Error() string { return e.field + ": " + e.msg }
+
+// decodeJSON is decode without the HTTP: the pure part, fuzzed.
+func decodeJSON(body io.Reader, v any) error {
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	if err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return &fieldError{field: te.Field, msg: fmt.Sprintf("want %s, got %s", te.Type, te.Value)}
+		}
+		if f, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+			return &fieldError{field: strings.Trim(f, `"`), msg: "unknown field"}
+		}
+		return err
+	}
+	if dec.More() {
+		return errors.New("one JSON object expected, more data follows")
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return errors.New("one JSON object expected, more data follows")
+	}
+	return nil
+}
+
+func bytesReader(b []byte) io.Reader { return strings.NewReader(string(b)) }
