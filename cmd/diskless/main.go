@@ -18,6 +18,14 @@ var version = "dev"
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if err := newRootCommand().ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "diskless:", err)
+		os.Exit(1)
+	}
+}
+
+// newRootCommand is the whole command tree.
+func newRootCommand() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "diskless",
 		Short:         "Network-boot server: iSCSI target, DHCP/TFTP/HTTP boot, disk images",
@@ -30,8 +38,7 @@ func main() {
 	root.PersistentFlags().String("debug-listen", "", "serve Go profiling (/debug/pprof) on this address, e.g. 127.0.0.1:6060")
 	root.AddCommand(newTargetCommand())
 	root.AddCommand(newServeCommand())
-	if err := root.ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "diskless:", err)
-		os.Exit(1)
-	}
+	root.AddCommand(newImageCommand())
+	root.AddCommand(newHostCommand())
+	return root
 }

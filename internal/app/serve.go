@@ -3,6 +3,7 @@ package app
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,19 +12,20 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"time"
 
 	"golang.org/x/net/ipv6"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/diskless-boot/diskless/internal/api"
 	"github.com/diskless-boot/diskless/internal/boot"
 	"github.com/diskless-boot/diskless/internal/config"
 	"github.com/diskless-boot/diskless/internal/dhcp"
-	"github.com/diskless-boot/diskless/internal/disk"
+	"github.com/diskless-boot/diskless/internal/fsutil"
 	"github.com/diskless-boot/diskless/internal/iscsi"
 	"github.com/diskless-boot/diskless/internal/ra"
-	"github.com/diskless-boot/diskless/internal/scsi"
 	"github.com/diskless-boot/diskless/internal/tftp"
 	"github.com/diskless-boot/diskless/internal/web"
 )
@@ -31,18 +33,25 @@ import (
 // ServeOptions configures RunServe.
 type ServeOptions struct {
 	// Config is a validated configuration, from config.Load or
-	// config.FromQuickFlags. RunServe resolves and finalizes it.
+	// config.FromQuickFlags. RunServe resolves it against the interface.
 	Config *config.Config
 	// Logger receives every service's logs (default: discard).
 	Logger *slog.Logger
-	// Stdout receives the CHAP secrets generated in this run, once
-	// (default: discard).
+	// Stdout receives what is shown once: CHAP secrets generated for
+	// declared hosts and the API token made at first start (default:
+	// discard).
 	Stdout io.Writer
 	// InterfaceAddrs looks up the interface's addresses (default: the
 	// running system's).
 	InterfaceAddrs config.InterfaceAddrs
 	// ShutdownTimeout bounds the graceful shutdown (default 10 s).
 	ShutdownTimeout time.Duration
+	// Neighbors replaces the kernel's neighbour table for the HTTP
+	// server's "is this request from that host" check (tests).
+	Neighbors web.Neighbors
+	// Ready, when set, is called once every socket is open and every
+	// host served, with the API's base URL.
+	Ready func(apiURL string)
 }
 
 // shutdowner is what every server has.
@@ -50,10 +59,22 @@ type shutdowner interface {
 	Shutdown(ctx context.Context) error
 }
 
+// ServerFile is written in data_dir while a server runs: where its API is,
+// for the CLI on the same machine.
+const ServerFile = "server.json"
+
+// ServerRecord is the content of ServerFile.
+type ServerRecord struct {
+	API string `json:"api"` // base URL, e.g. http://127.0.0.1:8080
+	PID int    `json:"pid"`
+}
+
 // RunServe runs every service of `diskless serve` on the configured
 // interface until ctx is done: the iSCSI target (one target per host, its
-// image as LUN 0), HTTP (iPXE scripts), TFTP (iPXE binaries), DHCP and the
-// IPv6 router-solicitation answerer. Everything is checked and every socket
+// disk as LUN 0), HTTP (iPXE scripts) with the admin API, TFTP (iPXE
+// binaries), DHCP and the IPv6 router-solicitation answerer, with the
+// hosts and images of the state store in data_dir (the configuration's
+// declared ones added to it). Everything is checked and every socket
 // opened before anything serves, so a bad configuration or a port in use
 // starts nothing. Shutdown goes in the opposite order of a boot: no new
 // DHCP offers first, the iSCSI sessions of running hosts last.
@@ -73,10 +94,6 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	if err := cfg.ResolveNetwork(opts.InterfaceAddrs); err != nil {
 		return err
 	}
-	secrets, err := cfg.Finalize()
-	if err != nil {
-		return err
-	}
 	serverIP := cfg.Server()
 
 	var closers []io.Closer
@@ -88,7 +105,21 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 		}
 	}()
 
-	// Boot decisions.
+	site, err := OpenSite(ctx, cfg.DataDir, SiteOptions{IQNBase: cfg.IQNBase, Logger: log})
+	if err != nil {
+		return err
+	}
+	closers = append(closers, site)
+	secrets, err := declare(ctx, site, cfg, log)
+	if err != nil {
+		return err
+	}
+	token, err := api.EnsureToken(site.Store, site.Dir)
+	if err != nil {
+		return err
+	}
+
+	// Boot decisions; the supervisor fills in the hosts.
 	var binaries fs.FS
 	if cfg.TFTP.Root != "" {
 		root, err := os.OpenRoot(cfg.TFTP.Root)
@@ -98,67 +129,30 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 		closers = append(closers, root)
 		binaries = root.FS()
 	}
-	hosts := make(map[string]*config.Host) // by target IQN
-	bcfg := boot.Config{
+	booter, err := boot.New(boot.Config{
 		Unknown:        boot.Policy(cfg.UnknownHosts.Policy),
 		HTTPPort:       cfg.HTTPPort(),
 		ISCSIPort:      cfg.ISCSIPort(),
 		PortalGroupTag: uint16(cfg.ISCSI.PortalGroupTag),
 		Binaries:       binaries,
-	}
-	for i := range cfg.Hosts {
-		h := &cfg.Hosts[i]
-		hosts[h.TargetIQN] = h
-		bcfg.Hosts = append(bcfg.Hosts, boot.Host{
-			MAC: h.HardwareAddr(), Name: h.Name, Mode: boot.Mode(h.Boot),
-			InitiatorIQN: h.InitiatorIQN, TargetIQN: h.TargetIQN, LUN: 0,
-			CHAP: bootCreds(h.CHAP), MutualCHAP: bootCreds(h.MutualCHAP),
-			Kernel: h.Kernel, Initrd: h.Initrd, Cmdline: h.Cmdline,
-		})
-	}
-	booter, err := boot.New(bcfg)
+	})
 	if err != nil {
 		return err
 	}
 
-	// iSCSI: one target per host, its image as LUN 0, only its initiator.
-	isrv := iscsi.New(iscsi.Config{
-		PortalGroupTag: uint16(cfg.ISCSI.PortalGroupTag),
-		Logger:         log,
-		OnLogin:        loginLogger(log, hosts),
-	})
-	var devices []disk.Device
-	for i := range cfg.Hosts {
-		h := &cfg.Hosts[i]
-		dev, err := disk.OpenFile(h.Image, false)
-		if err != nil {
-			return fmt.Errorf("hosts[%d] (%s): image: %w", i, h.MAC, err)
-		}
-		closers = append(closers, dev)
-		devices = append(devices, dev)
-		st := scsi.NewTarget(scsi.TargetConfig{Name: h.TargetIQN, RelTargetPort: 1, TargetPortGroup: 1})
-		lu, err := scsi.NewLogicalUnit(dev, scsi.LUConfig{Serial: h.Name})
-		if err != nil {
-			return fmt.Errorf("hosts[%d] (%s): %w", i, h.MAC, err)
-		}
-		if err := st.AddLU(0, lu); err != nil {
-			return err
-		}
-		if err := isrv.AddTarget(&iscsi.Target{
-			Name: h.TargetIQN, SCSI: st,
-			CHAP: iscsiCreds(h.CHAP), MutualCHAP: iscsiCreds(h.MutualCHAP),
-			AllowedInitiators: []string{h.InitiatorIQN},
-		}); err != nil {
-			return err
-		}
-		log.Info("host", "mac", h.MAC, "host", h.Name, "image", h.Image, "bytes", dev.Size(),
-			"iqn", h.InitiatorIQN, "target", h.TargetIQN, "boot", h.Boot, "chap", h.CHAP.Enabled)
-	}
+	var sup *supervisor
+	isrv := iscsi.New(iscsi.Config{PortalGroupTag: uint16(cfg.ISCSI.PortalGroupTag), Logger: log,
+		OnLogin: func(e iscsi.LoginEvent) { sup.logLogin(e) }})
+	sup = newSupervisor(site.Inv, isrv, booter, log)
 
 	// HTTP. Secrets only go to the address the kernel resolved to the
-	// host's MAC on the served interface.
-	arp := web.ARPTable{Interface: cfg.Interface}
-	wsrv, err := web.New(web.Config{Booter: booter, Neighbors: arp, Logger: log})
+	// host's MAC on the served interface; only such a request starts a
+	// host's new boot.
+	var neighbors web.Neighbors = web.ARPTable{Interface: cfg.Interface}
+	if opts.Neighbors != nil {
+		neighbors = opts.Neighbors
+	}
+	wsrv, err := web.New(web.Config{Booter: booter, Neighbors: neighbors, Logger: log, BeginBoot: sup.beginBoot})
 	if err != nil {
 		return err
 	}
@@ -166,11 +160,9 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	// TFTP, with a log line per transfer naming the host.
 	var tsrv *tftp.Server
 	if cfg.TFTP.Enabled {
-		// The root opened above for the boot decisions, when there is
-		// one (closed with closers); else tftp's default directory.
 		tsrv, err = tftp.New(tftp.Config{
 			Dir: cfg.TFTP.Root, FS: binaries, Logger: log, DropWhenBusy: true,
-			OnTransfer: func(ti tftp.TransferInfo) { logTransfer(log, booter, arp, ti) },
+			OnTransfer: func(ti tftp.TransferInfo) { logTransfer(log, booter, neighbors, ti) },
 		})
 		if err != nil {
 			return fmt.Errorf("tftp: %w", err)
@@ -180,10 +172,26 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	// DHCP.
 	var dsrv *dhcp.Server
 	if cfg.DHCP.Mode != config.DHCPOff {
-		dsrv, err = dhcp.NewServer(dhcpConfig(cfg, booter, log))
+		dsrv, err = dhcp.NewServer(dhcpConfig(cfg, booter, sup, log))
 		if err != nil {
 			return err
 		}
+		if cfg.DHCP.Mode == config.DHCPFull {
+			sup.dhcp = dsrv
+		}
+	}
+	site.Inv.SetRuntime(sup)
+	if err := sup.start(); err != nil {
+		return err
+	}
+	defer sup.stop()
+
+	// The admin API, on the HTTP listener or its own.
+	apiH, err := api.New(api.Config{Inventory: site.Inv, Status: sup, Logger: log, Context: ctx,
+		Server: api.ServerInfo{Address: serverIP, HTTPPort: cfg.HTTPPort(), ISCSIPort: cfg.ISCSIPort(), PortalGroupTag: uint16(cfg.ISCSI.PortalGroupTag)},
+		Import: OpenImport, Export: ExportImage})
+	if err != nil {
+		return err
 	}
 
 	// Open every socket before serving anything.
@@ -197,6 +205,17 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 		return fmt.Errorf("http.listen: %w", err)
 	}
 	closers = append(closers, hln)
+	apiLn := hln
+	var asrv *api.Server
+	if cfg.API.Listen != "" {
+		if apiLn, err = net.Listen("tcp", cfg.API.Listen); err != nil {
+			return fmt.Errorf("api.listen: %w", err)
+		}
+		closers = append(closers, apiLn)
+		asrv = api.NewServer(apiH, log)
+	} else {
+		wsrv.Mount(api.Prefix+"/", apiH)
+	}
 	var tconn net.PacketConn
 	if tsrv != nil {
 		if tconn, err = net.ListenPacket("udp4", net.JoinHostPort(serverIP.String(), "69")); err != nil {
@@ -231,18 +250,37 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	}
 
 	for _, s := range secrets {
-		fmt.Fprintf(out, "generated CHAP secret (shown once, kept in %s): host=%s mac=%s %s user=%s secret=%s\n",
-			cfg.DataDir, s.Host, s.MAC, s.Key, s.User, s.Secret)
+		fmt.Fprintf(out, "generated CHAP secret (shown once, kept in the state store): host=%s mac=%s %s user=%s secret=%s\n",
+			s.Host, s.MAC, s.Key, s.User, s.Secret)
+	}
+	if token != "" {
+		fmt.Fprintf(out, "API token (shown once; the CLI on this machine reads it from %s): %s\n",
+			filepath.Join(site.Dir, api.TokenFile), token)
+	}
+	apiURL := "http://" + loopbackFor(apiLn.Addr())
+	if err := writeServerFile(site.Dir, apiURL); err != nil {
+		return err
+	}
+	defer os.Remove(filepath.Join(site.Dir, ServerFile))
+	hostCount := 0
+	if hs, err := site.Inv.Hosts(); err == nil {
+		hostCount = len(hs)
 	}
 	log.Info("serving", "interface", cfg.Interface, "ip", serverIP.String(), "dhcp", cfg.DHCP.Mode,
-		"http", hln.Addr().String(), "iscsi", iln.Addr().String(), "hosts", len(cfg.Hosts))
+		"http", hln.Addr().String(), "api", apiURL+api.Prefix, "iscsi", iln.Addr().String(), "hosts", hostCount)
 
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	unknownDone := make(chan struct{})
+	go func() { sup.keepUnknown(sctx); close(unknownDone) }()
+	defer func() { cancel(); <-unknownDone }()
 	g, gctx := errgroup.WithContext(sctx)
 	var order []shutdowner // in shutdown order
 	g.Go(func() error { return isrv.Serve(gctx, iln) })
 	g.Go(func() error { return wsrv.Serve(gctx, hln) })
+	if asrv != nil {
+		g.Go(func() error { return asrv.Serve(gctx, apiLn) })
+	}
 	if tsrv != nil {
 		g.Go(func() error { return tsrv.Serve(gctx, tconn) })
 	}
@@ -260,7 +298,14 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	if tsrv != nil {
 		order = append(order, tsrv)
 	}
-	order = append(order, wsrv, isrv)
+	order = append(order, wsrv)
+	if asrv != nil {
+		order = append(order, asrv)
+	}
+	order = append(order, isrv)
+	if opts.Ready != nil {
+		opts.Ready(apiURL)
+	}
 
 	// Wait for the end (signal) or a service failing, then stop all.
 	<-gctx.Done()
@@ -276,31 +321,30 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	if gerr := g.Wait(); gerr != nil && !errors.Is(gerr, context.Canceled) {
 		err = errors.Join(err, gerr)
 	}
-	for _, d := range devices {
-		if ferr := d.Flush(); ferr != nil {
-			err = errors.Join(err, ferr)
-		}
-	}
 	return err
 }
 
-func bootCreds(c config.CHAP) *boot.Credentials {
-	if !c.Enabled {
-		return nil
+// loopbackFor is the address the CLI on this machine reaches a listener
+// at: a wildcard listener through loopback.
+func loopbackFor(a net.Addr) string {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return a.String()
 	}
-	return &boot.Credentials{User: c.User, Secret: c.Secret}
+	if ta.IP.IsUnspecified() {
+		return net.JoinHostPort("127.0.0.1", fmt.Sprint(ta.Port))
+	}
+	return ta.String()
 }
 
-func iscsiCreds(c config.CHAP) *iscsi.Credentials {
-	if !c.Enabled {
-		return nil
-	}
-	return &iscsi.Credentials{User: c.User, Secret: c.Secret}
+func writeServerFile(dir, apiURL string) error {
+	b, _ := json.Marshal(ServerRecord{API: apiURL, PID: os.Getpid()})
+	return fsutil.WriteFileAtomic(filepath.Join(dir, ServerFile), append(b, '\n'), 0o600)
 }
 
 // dhcpConfig maps the dhcp section onto the DHCP server, with the Booter as
 // its boot policy.
-func dhcpConfig(cfg *config.Config, booter *boot.Booter, log *slog.Logger) dhcp.Config {
+func dhcpConfig(cfg *config.Config, booter *boot.Booter, sup *supervisor, log *slog.Logger) dhcp.Config {
 	serverIP := cfg.Server()
 	ones, _ := cfg.DHCP.Mask().Size()
 	dc := dhcp.Config{
@@ -313,19 +357,19 @@ func dhcpConfig(cfg *config.Config, booter *boot.Booter, log *slog.Logger) dhcp.
 		LeaseTime: cfg.DHCP.LeaseTime,
 		Logger:    log,
 		Boot: func(ci dhcp.ClientInfo) (dhcp.Boot, bool) {
-			file, ok := booter.DHCPBoot(ci.MAC, archCode(ci), ci.IPXE, ci.HTTPClient, serverIP)
+			code := archCode(ci)
+			if h, ok := booter.Host(ci.MAC); ok {
+				sup.learnArch(h.Name, code)
+			}
+			file, ok := booter.DHCPBoot(ci.MAC, code, ci.IPXE, ci.HTTPClient, serverIP)
 			return dhcp.Boot{Filename: file}, ok
 		},
 	}
 	if cfg.DHCP.Mode == config.DHCPFull {
+		// Reservations come from the hosts in the store: the supervisor
+		// sets them when it serves them, and again when they change.
 		dc.PoolStart, dc.PoolEnd = cfg.DHCP.Pool()
 		dc.LeaseFile = cfg.DHCP.LeaseFile
-		for i := range cfg.Hosts {
-			h := &cfg.Hosts[i]
-			if ip := h.Reservation(); ip.IsValid() {
-				dc.Reservations = append(dc.Reservations, dhcp.Reservation{MAC: h.HardwareAddr(), IP: ip, Hostname: h.Name})
-			}
-		}
 	}
 	return dc
 }
@@ -380,16 +424,4 @@ func logTransfer(log *slog.Logger, booter *boot.Booter, arp web.Neighbors, ti tf
 		return
 	}
 	log.Info("boot: TFTP file", args...)
-}
-
-// loginLogger logs, for each iSCSI login, which host's target the
-// initiator logged into: the boot stage an admin follows per MAC.
-func loginLogger(log *slog.Logger, hosts map[string]*config.Host) func(iscsi.LoginEvent) {
-	return func(e iscsi.LoginEvent) {
-		h, ok := hosts[e.Target]
-		if !ok {
-			return
-		}
-		log.Info("boot: iSCSI login", "mac", h.MAC, "host", h.Name, "iqn", e.Initiator, "target", e.Target)
-	}
 }

@@ -15,7 +15,6 @@ import (
 
 	"github.com/diskless-boot/diskless/internal/config"
 	"github.com/diskless-boot/diskless/internal/dhcp"
-	"github.com/diskless-boot/diskless/internal/iscsi"
 	"github.com/diskless-boot/diskless/internal/testutil/output"
 )
 
@@ -100,8 +99,9 @@ func TestRunServeLoopback(t *testing.T) {
 		t.Fatalf("iSCSI portal: %v", err)
 	}
 	c.Close()
-	if !strings.Contains(stdout.String(), "generated CHAP secret") || strings.Count(stdout.String(), "\n") != 1 {
-		t.Errorf("stdout: %q, want one generated secret", stdout.String())
+	if !strings.Contains(stdout.String(), "generated CHAP secret") || !strings.Contains(stdout.String(), "API token") ||
+		strings.Count(stdout.String(), "\n") != 2 {
+		t.Errorf("stdout: %q, want one generated secret and the API token", stdout.String())
 	}
 	if strings.Contains(logs.String(), "secret=") && !strings.Contains(logs.String(), "REDACTED") {
 		t.Errorf("a secret reached the logs")
@@ -175,20 +175,5 @@ func TestArchCode(t *testing.T) {
 		if got := archCode(tc.ci); got != tc.want {
 			t.Errorf("%+v: %d want %d", tc.ci, got, tc.want)
 		}
-	}
-}
-
-// An iSCSI login becomes an app line naming the host.
-func TestLoginLogger(t *testing.T) {
-	var buf strings.Builder
-	log := slog.New(slog.NewTextHandler(&buf, nil))
-	hosts := map[string]*config.Host{"iqn.2026-01.x:disk": {MAC: "52:54:00:12:34:56", Name: "pc1"}}
-	on := loginLogger(log, hosts)
-	on(iscsi.LoginEvent{Initiator: "iqn.2026-01.x:host", Target: "iqn.2026-01.x:disk"})
-	on(iscsi.LoginEvent{Initiator: "iqn.2026-01.x:other", Target: "iqn.2026-01.x:unknown"})
-	out := buf.String()
-	if !strings.Contains(out, "boot: iSCSI login") || !strings.Contains(out, "mac=52:54:00:12:34:56") ||
-		strings.Contains(out, "unknown") {
-		t.Errorf("log:\n%s", out)
 	}
 }

@@ -25,6 +25,7 @@ type Sighting struct {
 // bounded memory. It is safe for concurrent use.
 type Registry struct {
 	mu    sync.Mutex
+	gen   uint64 // bumped by every change, so a saver can tell
 	max   int
 	now   func() time.Time
 	m     map[string]*list.Element // of *Sighting, in order
@@ -62,6 +63,7 @@ func (r *Registry) Observe(mac net.HardwareAddr, ip netip.Addr, arch string) {
 		s = &Sighting{MAC: append(net.HardwareAddr(nil), mac...), FirstSeen: now}
 		r.m[key] = r.order.PushFront(s)
 	}
+	r.gen++
 	s.LastSeen = now
 	s.Count++
 	if ip.IsValid() {
@@ -69,6 +71,39 @@ func (r *Registry) Observe(mac net.HardwareAddr, ip netip.Addr, arch string) {
 	}
 	if arch != "" {
 		s.Arch = arch
+	}
+}
+
+// Gen counts the changes so far: a caller keeping the registry elsewhere
+// (the state store) saves only when it moved.
+func (r *Registry) Gen() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.gen
+}
+
+// Restore adds sightings kept from an earlier run (oldest first wins the
+// back of the queue), keeping the bound.
+func (r *Registry) Restore(list []Sighting) {
+	sort.Slice(list, func(i, j int) bool { return list[i].LastSeen.Before(list[j].LastSeen) })
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, s := range list {
+		if len(s.MAC) != 6 {
+			continue
+		}
+		key := s.MAC.String()
+		if _, ok := r.m[key]; ok {
+			continue
+		}
+		if len(r.m) >= r.max {
+			oldest := r.order.Back()
+			r.order.Remove(oldest)
+			delete(r.m, oldest.Value.(*Sighting).MAC.String())
+		}
+		c := s
+		c.MAC = append(net.HardwareAddr(nil), s.MAC...)
+		r.m[key] = r.order.PushFront(&c)
 	}
 }
 

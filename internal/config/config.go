@@ -2,12 +2,13 @@
 // struct with its documented defaults, loading it from YAML (unknown keys
 // are errors), building the same Config from the quick-start flags, and
 // Validate, whose errors name the file and line, the key and the reason so
-// that nothing starts on a bad configuration. It also persists what the
-// configuration leaves to be generated (the install ID behind generated
-// IQNs, generated CHAP secrets) in data_dir.
+// that nothing starts on a bad configuration.
 //
-// It must not start services or log: the app reads a Config and wires the
-// servers. There are no package globals; a Config is a plain value, not safe
+// Configuration is input, not state: what is generated (install ID, IQNs,
+// CHAP secrets) and everything changed at run time lives in the state
+// store (internal/inventory, internal/store). It must not start services
+// or log: the app reads a Config, declares its images and hosts to the
+// inventory and wires the servers. There are no package globals; a Config is a plain value, not safe
 // for concurrent mutation.
 //
 // docs/config.md is the reference of every key; a test keeps it in step
@@ -73,16 +74,23 @@ type Config struct {
 	HTTP HTTP `yaml:"http"`
 	// ISCSI configures the iSCSI target.
 	ISCSI ISCSI `yaml:"iscsi"`
-	// DataDir holds persistent state: the install ID, generated CHAP
-	// secrets, DHCP leases. Default "/var/lib/diskless".
+	// DataDir holds the state store (state.db: images, hosts, generated
+	// names and secrets, API tokens), image versions, host disks and DHCP
+	// leases. Default "/var/lib/diskless".
 	DataDir string `yaml:"data_dir"`
 	// IQNBase is the prefix of generated IQNs. Default
 	// "iqn.2026-01.boot.diskless:" followed by this install's random ID
-	// (kept in data_dir/install-id), so two installs never clash.
+	// (kept in the state store), so two installs never clash.
 	IQNBase string `yaml:"iqn_base"`
+	// API configures the admin REST API.
+	API API `yaml:"api"`
 	// UnknownHosts says what machines not listed in Hosts get.
 	UnknownHosts UnknownHosts `yaml:"unknown_hosts"`
-	// Hosts are the machines diskless boots. Default: none.
+	// Images are images declared here (infrastructure as code): each is
+	// created in the store when missing. Default: none.
+	Images []Image `yaml:"images"`
+	// Hosts are machines declared here; more can be added through the
+	// API and CLI. Default: none.
 	Hosts []Host `yaml:"hosts"`
 
 	src *source // where each key came from, for errors
@@ -136,6 +144,28 @@ type ISCSI struct {
 	PortalGroupTag int `yaml:"portal_group_tag"`
 }
 
+// API is the api section.
+type API struct {
+	// Listen is the address of the admin API, "[HOST]:PORT". Default ""
+	// serves it on http.listen beside the boot endpoints; set it to move
+	// the admin plane to a loopback or management address.
+	Listen string `yaml:"listen"`
+}
+
+// Image is one image declared in the images section.
+type Image struct {
+	// Name is the image's name: 1-63 of a-z 0-9 . _ -. Required, unique.
+	Name string `yaml:"name"`
+	// Import is a disk file (raw, qcow2, or vmdk/vhdx/vdi with qemu-img)
+	// imported as version 1 when the image does not exist yet.
+	Import string `yaml:"import"`
+	// Size makes version 1 an empty disk of this size ("8G", "512M",
+	// bytes) when the image does not exist yet. One of Import and Size.
+	Size string `yaml:"size"`
+	// Description is a free text for listings.
+	Description string `yaml:"description"`
+}
+
 // UnknownHosts is the unknown_hosts section.
 type UnknownHosts struct {
 	// Policy is what a machine not in hosts gets: "local" (boot from its
@@ -152,9 +182,16 @@ type Host struct {
 	// Name is a label for logs and the CHAP user name. Default
 	// "host-<mac without colons>". Letters, digits, '-', '_', '.'.
 	Name string `yaml:"name"`
-	// Image is the disk image file (or block device) exported as LUN 0 of
-	// the host's target. Required; two hosts may not share one.
+	// Image is the name of an image (declared in images or made with the
+	// CLI/API), or the path of a disk file or block device the host uses
+	// alone (a value with a '/' or naming an existing file). Required.
 	Image string `yaml:"image"`
+	// Version pins the host to one image version. Default 0: the newest.
+	Version int `yaml:"version"`
+	// Disk is the disk mode: "persistent" (a copy-on-write overlay kept
+	// across boots), "volatile" (discarded at each new boot) or "raw" (a
+	// private full copy). Default persistent for an image, raw for a file.
+	Disk string `yaml:"disk"`
 	// Boot is "sanboot" (iPXE boots the LUN's boot loader) or "kernel"
 	// (iPXE loads Kernel and Initrd over HTTP, the initramfs logs into
 	// the LUN). Default "sanboot".
@@ -169,7 +206,7 @@ type Host struct {
 	// kernel only), e.g. "root=/dev/sda1 console=ttyS0". Default empty.
 	Cmdline string `yaml:"cmdline"`
 	// CHAP is false (default), true (user = Name, secret generated and
-	// kept in data_dir) or {user, secret}.
+	// kept in the state store) or {user, secret}.
 	CHAP CHAP `yaml:"chap"`
 	// MutualCHAP makes the target prove itself to the host too; same forms
 	// as CHAP (user default Name + "-target"). Requires chap. Default false.
@@ -218,6 +255,17 @@ func (c *Config) fillDerived() {
 		}
 	}
 }
+
+// Disk modes (hosts[].disk).
+const (
+	DiskPersistent = "persistent"
+	DiskVolatile   = "volatile"
+	DiskRaw        = "raw"
+)
+
+// ImageFile reports whether Image names a disk file rather than an image
+// (after Load or FromQuickFlags, which make file paths absolute).
+func (h *Host) ImageFile() bool { return strings.Contains(h.Image, "/") }
 
 // HardwareAddr is the host's MAC (valid after Validate).
 func (h *Host) HardwareAddr() net.HardwareAddr {

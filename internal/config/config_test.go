@@ -2,7 +2,6 @@ package config
 
 import (
 	"bytes"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -10,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -170,6 +168,17 @@ func TestFromQuickFlags(t *testing.T) {
 	}
 }
 
+func TestCHAPRedacted(t *testing.T) {
+	c := CHAP{Enabled: true, User: "u", Secret: "topsecret-123"}
+	var logs bytes.Buffer
+	slog.New(slog.NewTextHandler(&logs, nil)).Info("x", "chap", c)
+	for _, s := range []string{fmt.Sprint(c), fmt.Sprintf("%+v", c), fmt.Sprintf("%#v", c), fmt.Sprint(Host{CHAP: c}), logs.String()} {
+		if strings.Contains(s, "topsecret") {
+			t.Errorf("secret shown: %s", s)
+		}
+	}
+}
+
 func quick(t *testing.T, dataDir string, chap bool, macs ...string) *Config {
 	t.Helper()
 	imgDir := t.TempDir()
@@ -184,106 +193,6 @@ func quick(t *testing.T, dataDir string, chap bool, macs ...string) *Config {
 		t.Fatal(err)
 	}
 	return c
-}
-
-var generatedIQN = regexp.MustCompile(`^iqn\.2026-01\.boot\.diskless:[0-9a-f]{8}\.(host|disk)\.525400123456$`)
-
-func TestGeneratedIQNsStable(t *testing.T) {
-	dir := t.TempDir()
-	c1 := quick(t, dir, false, "52:54:00:12:34:56")
-	if _, err := c1.Finalize(); err != nil {
-		t.Fatal(err)
-	}
-	h := c1.Hosts[0]
-	for _, iqn := range []string{h.InitiatorIQN, h.TargetIQN} {
-		if !generatedIQN.MatchString(iqn) || checkIQN(iqn) != "" {
-			t.Errorf("generated IQN %q", iqn)
-		}
-	}
-	// A restart (same data_dir) gives the same names ...
-	c2 := quick(t, dir, false, "52:54:00:12:34:56")
-	c2.Finalize()
-	if c2.Hosts[0].InitiatorIQN != h.InitiatorIQN || c2.Hosts[0].TargetIQN != h.TargetIQN {
-		t.Errorf("IQNs changed across restarts: %q %q", c2.Hosts[0].InitiatorIQN, h.InitiatorIQN)
-	}
-	// ... another install other names.
-	c3 := quick(t, t.TempDir(), false, "52:54:00:12:34:56")
-	c3.Finalize()
-	if c3.Hosts[0].TargetIQN == h.TargetIQN {
-		t.Errorf("two installs generate the same IQN %q", h.TargetIQN)
-	}
-	// iqn_base replaces the install ID.
-	c4 := quick(t, t.TempDir(), false, "52:54:00:12:34:56")
-	c4.IQNBase = "iqn.2005-03.org.example:lab"
-	c4.Finalize()
-	if c4.Hosts[0].TargetIQN != "iqn.2005-03.org.example:lab.disk.525400123456" {
-		t.Errorf("with iqn_base: %q", c4.Hosts[0].TargetIQN)
-	}
-}
-
-var secretChars = regexp.MustCompile(`^[A-Za-z0-9]{16}$`)
-
-func TestGeneratedSecretsPersist(t *testing.T) {
-	dir := t.TempDir()
-	c1 := quick(t, dir, true, "52:54:00:12:34:56", "52:54:00:12:34:57")
-	c1.Hosts[0].MutualCHAP = CHAP{Enabled: true}
-	fresh, err := c1.Finalize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(fresh) != 3 {
-		t.Fatalf("fresh secrets: %v", fresh)
-	}
-	seen := map[string]bool{}
-	for _, s := range fresh {
-		if !secretChars.MatchString(s.Secret) || seen[s.Secret] {
-			t.Errorf("secret %d chars, repeated %v", len(s.Secret), seen[s.Secret])
-		}
-		seen[s.Secret] = true
-		if strings.Contains(s.String(), s.Secret) || strings.Contains(fmt.Sprint(s), s.Secret) {
-			t.Errorf("NewSecret prints its secret")
-		}
-	}
-	h := c1.Hosts[0]
-	if h.CHAP.User != "host-525400123456" || h.MutualCHAP.User != "host-525400123456-target" {
-		t.Errorf("users %q %q", h.CHAP.User, h.MutualCHAP.User)
-	}
-	st, err := os.Stat(filepath.Join(dir, SecretsFile))
-	if err != nil || st.Mode().Perm() != 0o600 {
-		t.Fatalf("secrets file: %v %v", st, err)
-	}
-	// Restart: same secrets, nothing new to print.
-	c2 := quick(t, dir, true, "52:54:00:12:34:56", "52:54:00:12:34:57")
-	c2.Hosts[0].MutualCHAP = CHAP{Enabled: true}
-	fresh2, err := c2.Finalize()
-	if err != nil || len(fresh2) != 0 {
-		t.Fatalf("restart generated %v (%v)", fresh2, err)
-	}
-	for i := range c1.Hosts {
-		if c1.Hosts[i].CHAP != c2.Hosts[i].CHAP || c1.Hosts[i].MutualCHAP != c2.Hosts[i].MutualCHAP {
-			t.Errorf("host %d credentials changed across restart", i)
-		}
-	}
-	// A secret given in the config is used as is and not stored.
-	c3 := quick(t, t.TempDir(), false, "52:54:00:12:34:56")
-	c3.Hosts[0].CHAP = CHAP{Enabled: true, User: "me", Secret: "given-secret-1"}
-	if fresh, _ := c3.Finalize(); len(fresh) != 0 || c3.Hosts[0].CHAP.Secret != "given-secret-1" {
-		t.Errorf("configured secret replaced: %v", fresh)
-	}
-	if _, err := os.Stat(filepath.Join(c3.DataDir, SecretsFile)); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("configured secret written to data_dir: %v", err)
-	}
-}
-
-func TestCHAPRedacted(t *testing.T) {
-	c := CHAP{Enabled: true, User: "u", Secret: "topsecret-123"}
-	var logs bytes.Buffer
-	slog.New(slog.NewTextHandler(&logs, nil)).Info("x", "chap", c)
-	for _, s := range []string{fmt.Sprint(c), fmt.Sprintf("%+v", c), fmt.Sprintf("%#v", c), fmt.Sprint(Host{CHAP: c}), logs.String()} {
-		if strings.Contains(s, "topsecret") {
-			t.Errorf("secret shown: %s", s)
-		}
-	}
 }
 
 func TestResolveNetwork(t *testing.T) {
@@ -315,29 +224,6 @@ func TestResolveNetwork(t *testing.T) {
 	c.Interface = "eth9"
 	if err := c.ResolveNetwork(addrs); err == nil || !strings.Contains(err.Error(), `--interface "br0": interface: no interface eth9`) {
 		t.Errorf("missing interface: %v", err)
-	}
-}
-
-func TestGenerateSecret(t *testing.T) {
-	counts := map[byte]int{}
-	for range 2000 {
-		s, err := GenerateSecret()
-		if err != nil || !secretChars.MatchString(s) {
-			t.Fatalf("%q %v", s, err)
-		}
-		for i := range len(s) {
-			counts[s[i]]++
-		}
-	}
-	// 32000 characters over 62: each about 516; a biased generator (plain
-	// modulo, a fixed character) falls far outside.
-	if len(counts) != 62 {
-		t.Fatalf("%d distinct characters", len(counts))
-	}
-	for ch, n := range counts {
-		if n < 380 || n > 660 {
-			t.Errorf("character %q drawn %d times", ch, n)
-		}
 	}
 }
 

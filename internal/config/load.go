@@ -128,10 +128,37 @@ func (c *Config) relativeTo(dir string) {
 	abs(&c.DataDir)
 	abs(&c.TFTP.Root)
 	abs(&c.DHCP.LeaseFile)
+	for i := range c.Images {
+		abs(&c.Images[i].Import)
+	}
 	for i := range c.Hosts {
-		abs(&c.Hosts[i].Image)
+		resolveImage(dir, &c.Hosts[i].Image)
 		abs(&c.Hosts[i].Kernel)
 		abs(&c.Hosts[i].Initrd)
+	}
+}
+
+// resolveImage turns a host's image that names a file into an absolute
+// path: a value with a '/', or one naming a file that exists in dir. Any
+// other value is an image name and stays as it is.
+func resolveImage(dir string, img *string) {
+	v := *img
+	if v == "" {
+		return
+	}
+	p := v
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(dir, p)
+	}
+	if strings.Contains(v, "/") {
+		*img = p
+		return
+	}
+	if _, err := os.Stat(p); err == nil {
+		if !strings.Contains(p, "/") {
+			p = "./" + p // still a path, not a name, to ImageFile
+		}
+		*img = p
 	}
 }
 

@@ -48,6 +48,7 @@ func FromQuickFlags(q QuickFlags) (*Config, error) {
 			errs = append(errs, &FieldError{Where: c.src.where(key), Key: key, Reason: "want MAC=IMAGE, e.g. 52:54:00:12:34:56=/srv/disk.img"})
 			continue
 		}
+		resolveImage(".", &image)
 		c.Hosts = append(c.Hosts, Host{MAC: mac, Image: image, CHAP: CHAP{Enabled: q.CHAP}})
 	}
 	if len(errs) > 0 {

@@ -7,11 +7,13 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/diskless-boot/diskless/internal/boot"
+	"github.com/diskless-boot/diskless/internal/inventory"
 	"github.com/diskless-boot/diskless/internal/iscsi"
 )
 
@@ -80,6 +82,10 @@ func (v *validator) check() {
 			v.fail("iqn_base", "too long: generated IQNs would exceed %d bytes", iscsi.MaxNameLen)
 		}
 	}
+	if c.API.Listen != "" {
+		v.listen("api.listen", c.API.Listen)
+	}
+	v.checkImages()
 	switch c.UnknownHosts.Policy {
 	case UnknownLocal, UnknownMenu, UnknownRefuse:
 	default:
@@ -161,12 +167,35 @@ func (v *validator) checkHosts() {
 			v.fail(k("name"), "%q: use 1-%d letters, digits, '-', '_' or '.'", h.Name, maxNameLen)
 		}
 		unique(k("name"), "name", h.Name, h.Name)
-		if h.Image == "" {
-			v.fail(k("image"), "required: the disk image file this host boots from")
-		} else {
+		switch {
+		case h.Image == "":
+			v.fail(k("image"), "required: the image this host boots (a name from images, or a disk file)")
+		case h.ImageFile():
 			v.file(k("image"), h.Image, true)
 			if abs, err := filepath.Abs(h.Image); err == nil {
 				unique(k("image"), "image", abs, h.Image)
+			}
+			if h.Disk != "" && h.Disk != DiskRaw {
+				v.fail(k("disk"), "%q: a disk file is used as it is (raw); give an image name for a copy-on-write disk", h.Disk)
+			}
+			if h.Version != 0 {
+				v.fail(k("version"), "only with an image name")
+			}
+		default:
+			if !imageName.MatchString(h.Image) {
+				v.fail(k("image"), "%q is neither a file nor an image name (1-63 of a-z 0-9 . _ -)", h.Image)
+			}
+			switch h.Disk {
+			case "", DiskPersistent, DiskVolatile:
+			case DiskRaw:
+				if h.Version == 0 {
+					v.fail(k("version"), "a raw disk is a private copy of one version: give the version")
+				}
+			default:
+				v.fail(k("disk"), "%q: want persistent, volatile or raw", h.Disk)
+			}
+			if h.Version < 0 {
+				v.fail(k("version"), "%d: want a version number, or leave it out for the newest", h.Version)
 			}
 		}
 		switch h.Boot {
@@ -215,6 +244,37 @@ func (v *validator) checkHosts() {
 			if mask != nil && first.IsValid() && !sameSubnet(first, a, mask) {
 				v.fail(k("ip"), "%s is outside the subnet of dhcp.range (netmask %s)", a, c.DHCP.Netmask)
 			}
+		}
+	}
+}
+
+// imageName is what an image name may be (storage.NamePattern).
+var imageName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+
+func (v *validator) checkImages() {
+	seen := map[string]bool{}
+	for i, im := range v.c.Images {
+		k := func(name string) string { return fmt.Sprintf("images[%d].%s", i, name) }
+		if !imageName.MatchString(im.Name) {
+			v.fail(k("name"), "%q: want 1-63 of a-z 0-9 . _ -, starting with a letter or digit", im.Name)
+		} else if seen[im.Name] {
+			v.fail(k("name"), "%q declared twice", im.Name)
+		}
+		seen[im.Name] = true
+		switch {
+		case im.Import != "" && im.Size != "":
+			v.fail(k("size"), "give import or size, not both")
+		case im.Import != "":
+			v.file(k("import"), im.Import, true)
+		case im.Size != "":
+			if _, err := inventory.ParseSize(im.Size); err != nil {
+				v.fail(k("size"), "%v", err)
+			}
+		default:
+			v.fail(k("import"), "required: a disk file to import, or size for an empty image")
+		}
+		if len(im.Description) > 256 {
+			v.fail(k("description"), "at most 256 bytes")
 		}
 	}
 }

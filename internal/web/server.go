@@ -13,7 +13,6 @@ package web
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -99,38 +98,7 @@ func (s *Server) newMux() *http.ServeMux {
 	mux.HandleFunc("GET "+boot.ScriptPath, s.script)
 	mux.HandleFunc("GET /hosts/{mac}/{file}", s.hostFile)
 	mux.HandleFunc("GET "+boot.BinaryPathPrefix+"{name...}", s.binary)
-	mux.HandleFunc("GET /unknown-hosts", s.unknownHosts)
 	return mux
-}
-
-// unknownHosts lists the machines that asked to boot but are not
-// configured (MAC, addresses, architecture, when), as JSON, so an admin can
-// add them. Only asked from this machine: the boot network has no business
-// enumerating its neighbours.
-func (s *Server) unknownHosts(w http.ResponseWriter, r *http.Request) {
-	ap, err := netip.ParseAddrPort(r.RemoteAddr)
-	if err != nil || !ap.Addr().IsLoopback() {
-		http.Error(w, "forbidden: ask from the server itself", http.StatusForbidden)
-		return
-	}
-	type entry struct {
-		MAC       string    `json:"mac"`
-		IP        string    `json:"ip,omitempty"`
-		Arch      string    `json:"arch,omitempty"`
-		FirstSeen time.Time `json:"first_seen"`
-		LastSeen  time.Time `json:"last_seen"`
-		Count     uint64    `json:"count"`
-	}
-	out := []entry{}
-	for _, h := range s.cfg.Booter.Registry().List() {
-		e := entry{MAC: h.MAC.String(), Arch: h.Arch, FirstSeen: h.FirstSeen, LastSeen: h.LastSeen, Count: h.Count}
-		if h.IP.IsValid() {
-			e.IP = h.IP.String()
-		}
-		out = append(out, e)
-	}
-	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(out)
 }
 
 // Serve serves l until ctx is done or Shutdown is called; it returns nil

@@ -1,0 +1,140 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/diskless-boot/diskless/internal/app"
+	"github.com/diskless-boot/diskless/internal/config"
+)
+
+// cli runs one command of the tree in this process and returns what it
+// printed and its error.
+func cli(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	root := newRootCommand()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(io.Discard)
+	root.SetArgs(args)
+	err := root.ExecuteContext(t.Context())
+	return out.String(), err
+}
+
+// Values that differ between two data directories or two runs.
+var (
+	// usage_bytes: a server opens (and so makes) a host's top layer.
+	volatileJSON = regexp.MustCompile(`"(created|updated|since|started|finished|bytes_per_second|id|remote|isid|tsih|usage_bytes)": [^,\n]*`)
+	installID    = regexp.MustCompile(`diskless:[0-9a-f]{8}`)
+	secret       = regexp.MustCompile(`"secret": "[A-Za-z0-9]{16}"`)
+	timeName     = regexp.MustCompile(`\d{8}-\d{6}`)
+	dataDir      = regexp.MustCompile(`/tmp/\S+?/(local|server)`)
+)
+
+func normalize(s string) string {
+	s = volatileJSON.ReplaceAllString(s, `"$1": X`)
+	s = installID.ReplaceAllString(s, "diskless:ID")
+	s = secret.ReplaceAllString(s, `"secret": "S"`)
+	s = timeName.ReplaceAllString(s, "TIME")
+	return dataDir.ReplaceAllString(s, "DATA")
+}
+
+// Every CLI action does the same through a running server's API as on the
+// data directory with no server: the same script of commands, run both
+// ways, prints the same (but for times, IDs and generated secrets).
+func TestCLISameWithAndWithoutServer(t *testing.T) {
+	script := [][]string{
+		{"image", "create", "img", "--size", "4M", "--description", "a test image"},
+		{"host", "add", "a", "--image", "img", "--mac", "52:54:00:00:00:0a", "--json"},
+		{"host", "add", "b", "--image", "img", "--disk", "volatile", "--no-chap", "--json"},
+		{"host", "add", "a", "--image", "img"}, // exists: 409
+		{"host", "add", "c", "--image", "nope"},
+		{"host", "set", "a", "--disk", "volatile", "--json"},
+		{"host", "set", "a", "--disk", "persistent", "--json"},
+		{"host", "snapshot", "a", "s1", "--json"},
+		{"host", "snapshots", "a", "--json"},
+		{"host", "reset", "b", "--json"},
+		{"host", "promote", "a", "--yes", "--json"},
+		{"image", "versions", "img", "--json"},
+		{"host", "snapshots", "a", "--json"},
+		{"host", "check", "a"},                       // outcome only: a server has made the top layer it opened
+		{"image", "delete", "img", "--version", "1"}, // used by a's automatic snapshot: 409
+		{"host", "show", "a", "--json"},
+		{"host", "show", "a", "--config"}, // outcome only: a server knows its address
+		{"host", "remove", "b"},
+		{"host", "list", "--json"},
+		{"image", "list", "--json"},
+	}
+	outcomeOnly := map[int]bool{13: true, 16: true}
+	run := func(dir string) []string {
+		var out []string
+		for _, args := range script {
+			got, err := cli(t, append(args, "--data-dir", dir)...)
+			if err != nil {
+				got += "error: " + err.Error()
+			}
+			out = append(out, normalize(got))
+		}
+		return out
+	}
+	base := t.TempDir()
+	local := run(filepath.Join(base, "local"))
+
+	// The same with a server on the other data directory.
+	dir := filepath.Join(base, "server")
+	port := func() int {
+		l, _ := net.Listen("tcp", "127.0.0.1:0")
+		defer l.Close()
+		return l.Addr().(*net.TCPAddr).Port
+	}
+	y := fmt.Sprintf("interface: lo\nserver_ip: 127.0.0.1\ndata_dir: %s\ndhcp: {mode: off}\ntftp: {enabled: false}\n"+
+		"http: {listen: \"127.0.0.1:%d\"}\niscsi: {listen: \"127.0.0.1:%d\"}\n", dir, port(), port())
+	cfgPath := filepath.Join(base, "diskless.yaml")
+	os.WriteFile(cfgPath, []byte(y), 0o644)
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	ready, done := make(chan string, 1), make(chan error, 1)
+	go func() { done <- app.RunServe(ctx, app.ServeOptions{Config: cfg, Ready: func(u string) { ready <- u }}) }()
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatal(err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("server not ready")
+	}
+	served := run(dir)
+	// The commands really went through the API: the store is the
+	// server's (locked), so a direct open would have failed.
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for i := range script {
+		if outcomeOnly[i] {
+			if strings.Contains(local[i], "error:") != strings.Contains(served[i], "error:") {
+				t.Errorf("diskless %s: without server %q, through the API %q", strings.Join(script[i], " "), local[i], served[i])
+			}
+			continue
+		}
+		if local[i] != served[i] {
+			t.Errorf("diskless %s:\nwithout server:\n%s\nthrough the API:\n%s", strings.Join(script[i], " "), local[i], served[i])
+		}
+	}
+	for i, want := range map[int]string{3: "exists", 4: "no image", 14: "used by host"} {
+		if !strings.Contains(local[i], want) {
+			t.Errorf("diskless %s: %q, want an error saying %q", strings.Join(script[i], " "), local[i], want)
+		}
+	}
+}

@@ -1,0 +1,523 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/diskless-boot/diskless/internal/api"
+	"github.com/diskless-boot/diskless/internal/inventory"
+	"github.com/diskless-boot/diskless/internal/storage"
+)
+
+func newHostCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "host",
+		Short: "Manage hosts: the machines diskless boots, their disks and snapshots",
+	}
+	addClientFlags(cmd)
+	cmd.AddCommand(hostAdd(), hostList(), hostShow(), hostSet(), hostRemove(), hostSnapshot(), hostSnapshots(),
+		hostRollback(), hostReset(), hostPromote(), hostCheck(), hostUnknown())
+	return cmd
+}
+
+func hostAdd() *cobra.Command {
+	var req api.AddHostRequest
+	var noCHAP, noMutual bool
+	var chapUser, chapSecret string
+	cmd := &cobra.Command{
+		Use:   "add NAME --image IMAGE [--mac MAC]...",
+		Short: "Add a host: its disk is made at once (an empty overlay, or a raw copy)",
+		Example: `  diskless host add lab-01 --image debian12 --mac 52:54:00:12:34:56
+  diskless host add kiosk-3 --image debian12 --disk volatile --mac 52:54:00:00:00:03
+  diskless host add build --image debian12 --version 2 --disk raw`,
+		Args: cobra.ExactArgs(1),
+		RunE: withClient(func(cmd *cobra.Command, c *client, args []string) error {
+			req.Name = args[0]
+			if noCHAP {
+				req.CHAP = &api.CHAP{CHAPSpec: inventory.CHAPSpec{}}
+			} else if chapUser != "" || chapSecret != "" {
+				req.CHAP = &api.CHAP{CHAPSpec: inventory.CHAPSpec{Enabled: true, User: chapUser, Secret: chapSecret}}
+			}
+			if noMutual || noCHAP {
+				req.MutualCHAP = &api.CHAP{CHAPSpec: inventory.CHAPSpec{}}
+			}
+			var ch api.HostChange
+			if err := c.do(cmd.Context(), http.MethodPost, "/hosts", req, &ch); err != nil {
+				return err
+			}
+			if jsonFlag(cmd) {
+				return printJSON(cmd, ch)
+			}
+			h := ch.Host
+			fmt.Fprintf(cmd.OutOrStdout(), "host %s added: %s disk on %s\n", h.Name, h.Disk.Mode, orDash(h.Disk.Base+h.Disk.File))
+			fmt.Fprintf(cmd.OutOrStdout(), "  initiator %s\n  target    %s\n", h.InitiatorIQN, h.TargetIQN)
+			if h.CHAP != nil {
+				fmt.Fprintf(cmd.OutOrStdout(), "  CHAP        user %s secret %s\n", h.CHAP.User, h.CHAP.Secret)
+			}
+			if h.MutualCHAP != nil {
+				fmt.Fprintf(cmd.OutOrStdout(), "  mutual CHAP user %s secret %s\n", h.MutualCHAP.User, h.MutualCHAP.Secret)
+			}
+			for _, n := range ch.Notes {
+				fmt.Fprintln(cmd.OutOrStdout(), "note:", n)
+			}
+			return nil
+		}),
+	}
+	f := cmd.Flags()
+	f.StringVar(&req.Image, "image", "", "image the host boots")
+	f.IntVar(&req.Version, "version", 0, "pin to this version (default: follow the newest)")
+	f.StringArrayVar(&req.MACs, "mac", nil, "MAC address of the host (repeatable)")
+	f.StringVar(&req.DiskMode, "disk", "", "disk mode: persistent (default), volatile or raw")
+	f.StringVar(&req.RawPath, "raw-file", "", "with --disk raw: use this disk file as it is instead of a copy of the image")
+	f.StringVar(&req.Boot, "boot", "", "sanboot (default) or kernel")
+	f.StringVar(&req.Kernel, "kernel", "", "kernel file (boot kernel)")
+	f.StringVar(&req.Initrd, "initrd", "", "initrd file (boot kernel)")
+	f.StringVar(&req.Cmdline, "cmdline", "", "extra kernel command line (boot kernel)")
+	f.StringVar(&req.Arch, "arch", "", "bios or uefi (default: learnt from DHCP)")
+	f.StringVar(&req.InitiatorIQN, "initiator-iqn", "", "the host's initiator name (default: generated)")
+	f.StringVar(&req.TargetIQN, "target-iqn", "", "its target's name (default: generated)")
+	f.StringVar(&req.IP, "ip", "", "fixed DHCP address (dhcp mode full)")
+	f.BoolVar(&noCHAP, "no-chap", false, "no CHAP (anyone who knows the initiator name can log in)")
+	f.BoolVar(&noMutual, "no-mutual-chap", false, "CHAP without mutual CHAP")
+	f.StringVar(&chapUser, "chap-user", "", "CHAP user (default: the host name)")
+	f.StringVar(&chapSecret, "chap-secret", "", "CHAP secret (default: generated)")
+	return cmd
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func hostList() *cobra.Command {
+	return &cobra.Command{
+		Use:   "list",
+		Short: "List hosts: disk, state (online since, address, I/O) and what changes at their next boot",
+		Args:  cobra.NoArgs,
+		RunE: withClient(func(cmd *cobra.Command, c *client, _ []string) error {
+			var hosts []api.HostView
+			if err := c.do(cmd.Context(), http.MethodGet, "/hosts", nil, &hosts); err != nil {
+				return err
+			}
+			if jsonFlag(cmd) {
+				return printJSON(cmd, hosts)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tMAC\tIMAGE\tDISK\tSTATE\tIP\tREAD\tWRITTEN\tUSED\tPENDING")
+			for _, h := range hosts {
+				state, rd, wr := "offline", int64(0), int64(0)
+				if h.Online {
+					since := h.Sessions[0].Since
+					state = fmt.Sprintf("online %s (%d session", time.Since(since).Round(time.Second), len(h.Sessions))
+					if len(h.Sessions) > 1 {
+						state += "s"
+					}
+					state += ")"
+					for _, s := range h.Sessions {
+						rd += int64(s.ReadBytes)
+						wr += int64(s.WrittenBytes)
+					}
+				}
+				mac := "-"
+				if len(h.MACs) > 0 {
+					mac = strings.Join(h.MACs, ",")
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.Name, mac, orDash(h.Disk.Base+h.Disk.File),
+					h.Disk.Mode, state, orDash(h.IP), humanBytes(rd), humanBytes(wr), humanBytes(h.Disk.UsageBytes), orDash(h.Pending))
+			}
+			return tw.Flush()
+		}),
+	}
+}
+
+func hostShow() *cobra.Command {
+	var showConfig bool
+	cmd := &cobra.Command{
+		Use:   "show NAME",
+		Short: "Show a host; --config prints what the HOWTO has the admin write by hand for it",
+		Args:  cobra.ExactArgs(1),
+		RunE: withClient(func(cmd *cobra.Command, c *client, args []string) error {
+			if showConfig {
+				var hc api.HostConfig
+				if err := c.do(cmd.Context(), http.MethodGet, "/hosts/"+args[0]+"/config", nil, &hc); err != nil {
+					return err
+				}
+				if jsonFlag(cmd) {
+					return printJSON(cmd, hc)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "# iPXE script (served to the host at boot)\n%s\n", hc.IPXEScript)
+				fmt.Fprintf(cmd.OutOrStdout(), "# /etc/default/grub\n%s\n\n", hc.GrubCmdline)
+				fmt.Fprintf(cmd.OutOrStdout(), "%s\n", hc.ISCSIInitramfs)
+				fmt.Fprintf(cmd.OutOrStdout(), "# /etc/iscsi/initiatorname.iscsi\n%s", hc.InitiatorName)
+				for _, n := range hc.Notes {
+					fmt.Fprintln(cmd.OutOrStdout(), "# note:", n)
+				}
+				return nil
+			}
+			var h api.HostView
+			if err := c.do(cmd.Context(), http.MethodGet, "/hosts/"+args[0], nil, &h); err != nil {
+				return err
+			}
+			if jsonFlag(cmd) {
+				return printJSON(cmd, h)
+			}
+			printHost(cmd, &h)
+			return nil
+		}),
+	}
+	cmd.Flags().BoolVar(&showConfig, "config", false, "print the host's iPXE script, GRUB_CMDLINE_LINUX, /etc/iscsi/iscsi.initramfs and initiatorname.iscsi (with its secrets)")
+	return cmd
+}
+
+func printHost(cmd *cobra.Command, h *api.HostView) {
+	tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+	row := func(k, v string) { fmt.Fprintf(tw, "%s\t%s\n", k, v) }
+	row("name", h.Name+"  ("+h.Source+")")
+	row("macs", orDash(strings.Join(h.MACs, ", ")))
+	arch := orDash(h.Arch)
+	if h.ArchLearnt {
+		arch += " (learnt)"
+	}
+	row("arch", arch)
+	want := "-"
+	if h.Image != "" {
+		want = h.Image + " newest"
+		if h.Version != 0 {
+			want = fmt.Sprintf("%s v%d (pinned)", h.Image, h.Version)
+		}
+	}
+	row("image", want)
+	row("disk", fmt.Sprintf("%s on %s, %s used", h.Disk.Mode, orDash(h.Disk.Base+h.Disk.File), humanBytes(h.Disk.UsageBytes)))
+	row("boot", h.Boot)
+	row("initiator", h.InitiatorIQN)
+	row("target", h.TargetIQN)
+	chap := "off"
+	if h.CHAP != nil {
+		chap = "user " + h.CHAP.User
+		if h.MutualCHAP != nil {
+			chap += ", mutual: user " + h.MutualCHAP.User
+		}
+	}
+	row("chap", chap)
+	if h.ReservedIP != "" {
+		row("reserved ip", h.ReservedIP)
+	}
+	row("pending", orDash(h.Pending))
+	state := "offline"
+	if h.Online {
+		state = "online"
+	}
+	if h.IP != "" {
+		state += ", " + h.IP
+	}
+	row("state", state)
+	for _, s := range h.Sessions {
+		row("session", fmt.Sprintf("%s from %s since %s, read %s, written %s", s.Initiator, s.Remote,
+			s.Since.Local().Format(time.DateTime), humanBytes(int64(s.ReadBytes)), humanBytes(int64(s.WrittenBytes))))
+	}
+	for _, s := range h.Disk.Snapshots {
+		auto := ""
+		if s.Auto {
+			auto = " (automatic)"
+		}
+		row("snapshot", fmt.Sprintf("%s  %s  on %s%s", s.Name, s.Created.Local().Format(time.DateTime), s.Base, auto))
+	}
+	tw.Flush()
+}
+
+func hostSet() *cobra.Command {
+	var (
+		image, version, disk, boot, kernel, initrd, cmdline, ip, arch string
+		macs                                                          []string
+	)
+	cmd := &cobra.Command{
+		Use:   "set NAME [--image I] [--version N|latest] [--disk MODE] ...",
+		Short: "Change a host; disk changes apply now if it is offline, at its next boot if it runs",
+		Args:  cobra.ExactArgs(1),
+		RunE: withClient(func(cmd *cobra.Command, c *client, args []string) error {
+			var req api.SetHostRequest
+			fl := cmd.Flags()
+			str := func(name string, v string) *string {
+				if fl.Changed(name) {
+					return &v
+				}
+				return nil
+			}
+			req.Image, req.DiskMode, req.Boot = str("image", image), str("disk", disk), str("boot", boot)
+			req.Kernel, req.Initrd, req.Cmdline = str("kernel", kernel), str("initrd", initrd), str("cmdline", cmdline)
+			req.IP, req.Arch = str("ip", ip), str("arch", arch)
+			if fl.Changed("mac") {
+				req.MACs = &macs
+			}
+			if fl.Changed("version") {
+				n, err := inventory.ParseVersion(version)
+				if err != nil {
+					return err
+				}
+				req.Version = &n
+			}
+			var ch api.HostChange
+			if err := c.do(cmd.Context(), http.MethodPatch, "/hosts/"+args[0], req, &ch); err != nil {
+				return err
+			}
+			if jsonFlag(cmd) {
+				return printJSON(cmd, ch)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "host %s changed\n", args[0])
+			for _, n := range ch.Notes {
+				fmt.Fprintln(cmd.OutOrStdout(), "note:", n)
+			}
+			return nil
+		}),
+	}
+	f := cmd.Flags()
+	f.StringVar(&image, "image", "", "image the host boots")
+	f.StringVar(&version, "version", "", "version number to pin to, or latest to follow the newest")
+	f.StringVar(&disk, "disk", "", "persistent or volatile")
+	f.StringVar(&boot, "boot", "", "sanboot or kernel")
+	f.StringVar(&kernel, "kernel", "", "kernel file (boot kernel)")
+	f.StringVar(&initrd, "initrd", "", "initrd file (boot kernel)")
+	f.StringVar(&cmdline, "cmdline", "", "extra kernel command line")
+	f.StringVar(&ip, "ip", "", "fixed DHCP address (empty: from the pool)")
+	f.StringVar(&arch, "arch", "", "bios, uefi, or empty to learn it")
+	f.StringArrayVar(&macs, "mac", nil, "the host's MAC addresses (replaces the list; repeatable)")
+	return cmd
+}
+
+func hostRemove() *cobra.Command {
+	return &cobra.Command{
+		Use:   "remove NAME",
+		Short: "Remove a host and its disk (refused while it is online)",
+		Args:  cobra.ExactArgs(1),
+		RunE: withClient(func(cmd *cobra.Command, c *client, args []string) error {
+			if err := c.do(cmd.Context(), http.MethodDelete, "/hosts/"+args[0], nil, nil); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "host %s removed\n", args[0])
+			return nil
+		}),
+	}
+}
+
+func hostSnapshot() *cobra.Command {
+	var del string
+	cmd := &cobra.Command{
+		Use:   "snapshot NAME [SNAPSHOT]",
+		Short: "Take a snapshot of a persistent host disk (the host may run), or --delete one",
+		Args:  cobra.RangeArgs(1, 2),
+		RunE: withClient(func(cmd *cobra.Command, c *client, args []string) error {
+			if del != "" {
+				if err := c.do(cmd.Context(), http.MethodDelete, "/hosts/"+args[0]+"/snapshots/"+del, nil, nil); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "snapshot %s of %s deleted\n", del, args[0])
+				return nil
+			}
+			req := api.SnapshotRequest{}
+			if len(args) == 2 {
+				req.Name = args[1]
+			}
+			var s storage.Snapshot
+			if err := c.do(cmd.Context(), http.MethodPost, "/hosts/"+args[0]+"/snapshots", req, &s); err != nil {
+				return err
+			}
+			if jsonFlag(cmd) {
+				return printJSON(cmd, s)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "snapshot %s of %s taken (on %s)\n", s.Name, args[0], s.Base)
+			return nil
+		}),
+	}
+	cmd.Flags().StringVar(&del, "delete", "", "delete this snapshot instead")
+	return cmd
+}
+
+func hostSnapshots() *cobra.Command {
+	return &cobra.Command{
+		Use:   "snapshots NAME",
+		Short: "List a host's snapshots",
+		Args:  cobra.ExactArgs(1),
+		RunE: withClient(func(cmd *cobra.Command, c *client, args []string) error {
+			var ss []storage.Snapshot
+			if err := c.do(cmd.Context(), http.MethodGet, "/hosts/"+args[0]+"/snapshots", nil, &ss); err != nil {
+				return err
+			}
+			if jsonFlag(cmd) {
+				return printJSON(cmd, ss)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "SNAPSHOT\tCREATED\tVERSION\tAUTOMATIC")
+			for _, s := range ss {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%v\n", s.Name, s.Created.Local().Format(time.DateTime), s.Base, s.Auto)
+			}
+			return tw.Flush()
+		}),
+	}
+}
+
+func notesOut(cmd *cobra.Command, n api.Notes) error {
+	if jsonFlag(cmd) {
+		return printJSON(cmd, n)
+	}
+	for _, s := range n.Notes {
+		fmt.Fprintln(cmd.OutOrStdout(), s)
+	}
+	return nil
+}
+
+func hostRollback() *cobra.Command {
+	return &cobra.Command{
+		Use:   "rollback NAME SNAPSHOT",
+		Short: "Make a snapshot the host's disk again (the host must be offline; later writes are lost)",
+		Args:  cobra.ExactArgs(2),
+		RunE: withClient(func(cmd *cobra.Command, c *client, args []string) error {
+			var n api.Notes
+			if err := c.do(cmd.Context(), http.MethodPost, "/hosts/"+args[0]+"/snapshots/"+args[1]+"/rollback", nil, &n); err != nil {
+				return err
+			}
+			return notesOut(cmd, n)
+		}),
+	}
+}
+
+func hostReset() *cobra.Command {
+	return &cobra.Command{
+		Use:   "reset NAME",
+		Short: "Discard a host's writes: its disk becomes its image version again (now, or at its next boot if it runs)",
+		Args:  cobra.ExactArgs(1),
+		RunE: withClient(func(cmd *cobra.Command, c *client, args []string) error {
+			var n api.Notes
+			if err := c.do(cmd.Context(), http.MethodPost, "/hosts/"+args[0]+"/reset", nil, &n); err != nil {
+				return err
+			}
+			return notesOut(cmd, n)
+		}),
+	}
+}
+
+func hostPromote() *cobra.Command {
+	var yes bool
+	cmd := &cobra.Command{
+		Use:   "promote NAME [IMAGE]",
+		Short: "Make a host's disk the next version of an image (default: its own); says first which hosts move",
+		Args:  cobra.RangeArgs(1, 2),
+		RunE: withClient(func(cmd *cobra.Command, c *client, args []string) error {
+			req := api.PromoteRequest{DryRun: true}
+			if len(args) == 2 {
+				req.Image = args[1]
+			}
+			var plan inventory.PromotePlan
+			if err := c.do(cmd.Context(), http.MethodPost, "/hosts/"+args[0]+"/promote", req, &plan); err != nil {
+				return err
+			}
+			fmt.Fprintf(os.Stderr, "promote %s to %s v%d (%s):\n", plan.Host, plan.Image, plan.Version, humanBytes(plan.Size))
+			if len(plan.Effects) == 0 {
+				fmt.Fprintln(os.Stderr, "  no host follows the image's newest version: nothing else changes")
+			}
+			for _, e := range plan.Effects {
+				fmt.Fprintln(os.Stderr, "  "+e)
+			}
+			if !yes && !confirm("go ahead?") {
+				return fmt.Errorf("not promoted (pass --yes to skip the question)")
+			}
+			req.Image, req.DryRun = plan.Image, false
+			var acc api.Accepted
+			if err := c.do(cmd.Context(), http.MethodPost, "/hosts/"+args[0]+"/promote", req, &acc); err != nil {
+				return err
+			}
+			job, err := c.wait(cmd.Context(), acc.Job, "promote "+args[0])
+			if err != nil {
+				return err
+			}
+			if jsonFlag(cmd) {
+				return printJSON(cmd, job)
+			}
+			if m, ok := job.Result.(map[string]any); ok {
+				if ns, ok := m["notes"].([]any); ok {
+					for _, n := range ns {
+						fmt.Fprintln(cmd.OutOrStdout(), n)
+					}
+				}
+			}
+			return nil
+		}),
+	}
+	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask")
+	return cmd
+}
+
+// confirm asks on the terminal; without one the answer is no.
+func confirm(q string) bool {
+	st, err := os.Stdin.Stat()
+	if err != nil || st.Mode()&os.ModeCharDevice == 0 {
+		return false
+	}
+	fmt.Fprintf(os.Stderr, "%s [y/N] ", q)
+	line, _ := bufio.NewReader(os.Stdin).ReadString('\n')
+	a := strings.ToLower(strings.TrimSpace(line))
+	return a == "y" || a == "yes"
+}
+
+func hostCheck() *cobra.Command {
+	return &cobra.Command{
+		Use:   "check NAME",
+		Short: "Verify a host disk's metadata (checksums, records, layers)",
+		Args:  cobra.ExactArgs(1),
+		RunE: withClient(func(cmd *cobra.Command, c *client, args []string) error {
+			var rep storage.CheckReport
+			if err := c.do(cmd.Context(), http.MethodPost, "/hosts/"+args[0]+"/check", nil, &rep); err != nil {
+				return err
+			}
+			if jsonFlag(cmd) {
+				if err := printJSON(cmd, rep); err != nil {
+					return err
+				}
+			} else {
+				for _, p := range rep.Parts {
+					mark := "ok  "
+					if !p.OK {
+						mark = "FAIL"
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "%s %s: %s\n", mark, p.Name, p.Detail)
+				}
+			}
+			if !rep.OK {
+				return fmt.Errorf("host %s: disk check failed", args[0])
+			}
+			return nil
+		}),
+	}
+}
+
+func hostUnknown() *cobra.Command {
+	return &cobra.Command{
+		Use:   "unknown",
+		Short: "List machines that asked to boot but are not hosts (MAC, address, architecture, when)",
+		Args:  cobra.NoArgs,
+		RunE: withClient(func(cmd *cobra.Command, c *client, _ []string) error {
+			var list []inventory.UnknownHost
+			if err := c.do(cmd.Context(), http.MethodGet, "/unknown-hosts", nil, &list); err != nil {
+				return err
+			}
+			if jsonFlag(cmd) {
+				return printJSON(cmd, list)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "MAC\tIP\tARCH\tFIRST SEEN\tLAST SEEN\tREQUESTS")
+			for _, u := range list {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\n", u.MAC, orDash(u.IP), orDash(u.Arch),
+					u.FirstSeen.Local().Format(time.DateTime), u.LastSeen.Local().Format(time.DateTime), u.Count)
+			}
+			return tw.Flush()
+		}),
+	}
+}
