@@ -87,7 +87,12 @@ func TestConformance(t *testing.T) {
 			t.Errorf("MultipathIO.%s: %q, want passed", name, v)
 		}
 	}
+	rawFileVerdicts = verdicts.Tests
 }
+
+// rawFileVerdicts are TestConformance's verdicts on a raw file, the
+// baseline TestConformanceHostDisks compares copy-on-write disks with.
+var rawFileVerdicts map[string]string
 
 // TestConformanceRemovable runs the suites that need a removable medium
 // (skipped on the fixed LUN above) on a removable LUN and requires CUnit to
