@@ -152,6 +152,7 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	if opts.Neighbors != nil {
 		neighbors = opts.Neighbors
 	}
+	sup.neighbors = neighbors
 	wsrv, err := web.New(web.Config{Booter: booter, Neighbors: neighbors, Logger: log, BeginBoot: sup.beginBoot})
 	if err != nil {
 		return err
@@ -189,7 +190,7 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	// The admin API, on the HTTP listener or its own.
 	apiH, err := api.New(api.Config{Inventory: site.Inv, Status: sup, Logger: log, Context: ctx,
 		Server: api.ServerInfo{Address: serverIP, HTTPPort: cfg.HTTPPort(), ISCSIPort: cfg.ISCSIPort(), PortalGroupTag: uint16(cfg.ISCSI.PortalGroupTag)},
-		Import: OpenImport, Export: ExportImage})
+		Import: OpenImport, Inspect: InspectImport, Export: ExportImage})
 	if err != nil {
 		return err
 	}

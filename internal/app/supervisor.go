@@ -14,6 +14,7 @@ import (
 	"github.com/diskless-boot/diskless/internal/inventory"
 	"github.com/diskless-boot/diskless/internal/iscsi"
 	"github.com/diskless-boot/diskless/internal/scsi"
+	"github.com/diskless-boot/diskless/internal/web"
 )
 
 // supervisor serves the inventory's hosts on the running servers - one
@@ -25,7 +26,9 @@ type supervisor struct {
 	isrv   *iscsi.Server
 	booter *boot.Booter
 	dhcp   *dhcp.Server // nil unless DHCP runs in full mode
-	log    *slog.Logger
+	// neighbors names the MAC behind an address (boot logs are per MAC).
+	neighbors web.Neighbors
+	log       *slog.Logger
 
 	mu     sync.Mutex
 	hosts  map[string]*served     // by host name
@@ -283,7 +286,13 @@ func (s *supervisor) logLogin(e iscsi.LoginEvent) {
 	if !ok {
 		return
 	}
-	s.log.Info("boot: iSCSI login", "host", h.Name, "iqn", e.Initiator, "target", e.Target, "ip", e.Remote.String())
+	args := []any{"host", h.Name, "iqn", e.Initiator, "target", e.Target, "ip", e.Remote.String()}
+	if ap, err := netip.ParseAddrPort(e.Remote.String()); err == nil && s.neighbors != nil {
+		if mac, ok := s.neighbors.MACOf(ap.Addr().Unmap()); ok {
+			args = append([]any{"mac", mac.String()}, args...)
+		}
+	}
+	s.log.Info("boot: iSCSI login", args...)
 }
 
 // Sessions implements api.Status.
