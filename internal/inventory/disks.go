@@ -160,8 +160,15 @@ func (inv *Inventory) BeginBoot(name string) ([]string, error) {
 		return nil, ErrBusy
 	}
 	defer unlock()
+	h, err := inv.HostWithSecrets(name)
+	if err != nil {
+		return nil, err
+	}
+	if h.Mode == storage.Raw || h.Mode == storage.Persistent && inv.Pending(&h) == "" {
+		return nil, nil // the disk stays as it is: no need to close it
+	}
 	var notes []string
-	err := inv.rt.WithDiskClosed(name, func() error {
+	err = inv.rt.WithDiskClosed(name, func() error {
 		var err error
 		notes, err = inv.reconcile(name, true)
 		return err
@@ -344,20 +351,7 @@ func (inv *Inventory) Reset(host string) ([]string, error) {
 	if h.Mode == storage.Raw {
 		return nil, conflict("host %q has a raw disk: there is no image to reset it to", host)
 	}
-	if inv.rt.Online(host) {
-		err := inv.st.Update(func(tx store.Tx) error {
-			cur, err := getHost(tx, host)
-			if err != nil {
-				return err
-			}
-			cur.ResetPending = true
-			return putJSON(tx, store.BucketHosts, host, cur)
-		})
-		if err != nil {
-			return nil, err
-		}
-		return []string{fmt.Sprintf("host %s is online: its disk is reset when it next boots", host)}, nil
-	}
+	// Recorded first: if the host is online, its next boot does it.
 	err = inv.st.Update(func(tx store.Tx) error {
 		cur, err := getHost(tx, host)
 		if err != nil {
@@ -368,6 +362,9 @@ func (inv *Inventory) Reset(host string) ([]string, error) {
 	})
 	if err != nil {
 		return nil, err
+	}
+	if inv.rt.Online(host) {
+		return []string{fmt.Sprintf("host %s is online: its disk is reset when it next boots", host)}, nil
 	}
 	var notes []string
 	err = inv.rt.WithDiskClosed(host, func() error {

@@ -247,25 +247,7 @@ func (inv *Inventory) AddVersion(ctx context.Context, image string, size int64, 
 	if err := CheckSize("size", size); err != nil {
 		return Version{}, err
 	}
-	var v Version
-	unlock := inv.lock("")
-	err := inv.st.Update(func(tx store.Tx) error {
-		var img Image
-		if err := getJSON(tx, store.BucketImages, image, &img); err != nil {
-			if errors.Is(err, store.ErrNotFound) {
-				return notFound("no image %q", image)
-			}
-			return err
-		}
-		v = Version{Image: image, Number: max(img.Next, 1), Size: size, Created: inv.now().UTC(),
-			State: VersionWriting, Origin: origin}
-		img.Next = v.Number + 1
-		if err := putJSON(tx, store.BucketImages, image, img); err != nil {
-			return err
-		}
-		return putJSON(tx, store.BucketVersions, versionKey(image, v.Number), v)
-	})
-	unlock()
+	v, err := inv.reserveVersion(image, size, origin)
 	if err != nil {
 		return Version{}, err
 	}

@@ -153,15 +153,21 @@ func (inv *Inventory) Store() store.Store { return inv.st }
 // IQNBase is the prefix of generated IQNs.
 func (inv *Inventory) IQNBase() string { return inv.iqnBase }
 
-// lock serializes changes to one host ("" for image versions).
-func (inv *Inventory) lock(name string) func() {
+// hostMutex is the mutex of one host ("" for image versions).
+func (inv *Inventory) hostMutex(name string) *sync.Mutex {
 	inv.locksMu.Lock()
+	defer inv.locksMu.Unlock()
 	m := inv.locks[name]
 	if m == nil {
 		m = &sync.Mutex{}
 		inv.locks[name] = m
 	}
-	inv.locksMu.Unlock()
+	return m
+}
+
+// lock serializes changes to one host ("" for image versions).
+func (inv *Inventory) lock(name string) func() {
+	m := inv.hostMutex(name)
 	m.Lock()
 	return m.Unlock
 }
@@ -169,13 +175,7 @@ func (inv *Inventory) lock(name string) func() {
 // tryLock is lock for the boot path, which must not wait behind a long
 // operation (a promote copying gigabytes): ok false means busy.
 func (inv *Inventory) tryLock(name string) (unlock func(), ok bool) {
-	inv.locksMu.Lock()
-	m := inv.locks[name]
-	if m == nil {
-		m = &sync.Mutex{}
-		inv.locks[name] = m
-	}
-	inv.locksMu.Unlock()
+	m := inv.hostMutex(name)
 	if !m.TryLock() {
 		return nil, false
 	}
