@@ -73,7 +73,7 @@ func newClient(cmd *cobra.Command) (*client, error) {
 		return nil, err
 	}
 	h, err := api.New(api.Config{Inventory: site.Inv, NoAuth: true, Context: cmd.Context(),
-		Import: app.OpenImport, Export: app.ExportImage})
+		Import: app.OpenImport, Inspect: app.InspectImport, Export: app.ExportImage})
 	if err != nil {
 		site.Close()
 		return nil, err

@@ -64,7 +64,11 @@ type Config struct {
 	Status    Status
 	Server    ServerInfo
 	Import    Importer // required for imports
-	Export    Exporter // required for exports
+	// Inspect tells a file's virtual size without converting it, so a
+	// request naming a file that cannot be imported fails at once
+	// (default: Import opens and closes it).
+	Inspect func(ctx context.Context, path string) (int64, error)
+	Export  Exporter // required for exports
 	// NoAuth skips the token check: only for the CLI's in-process
 	// handler on a data directory it has opened itself.
 	NoAuth bool

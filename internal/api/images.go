@@ -92,13 +92,11 @@ func (h *Handler) createImage(w http.ResponseWriter, r *http.Request) {
 	}
 	if req.Import != "" {
 		// Checked before the image exists, so a bad file leaves nothing.
-		src, _, closeSrc, err := h.open(r.Context(), req.Import)
+		size, err := h.probe(r.Context(), req.Import)
 		if err != nil {
 			writeError(w, http.StatusBadRequest, "import", err.Error())
 			return
 		}
-		size := src.Size()
-		closeSrc()
 		if _, err := h.inv.CreateImage(r.Context(), inventory.NewImage{Name: req.Name, Description: req.Description}); err != nil {
 			h.fail(w, r, err)
 			return
@@ -114,15 +112,24 @@ func (h *Handler) createImage(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, img)
 }
 
-func (h *Handler) open(ctx context.Context, path string) (src interface{ Size() int64 }, origin string, closeFn func() error, err error) {
+// probe opens a file to import and says its size: a request naming a
+// file that cannot be imported fails at once, not in its job.
+func (h *Handler) probe(ctx context.Context, path string) (int64, error) {
 	if h.cfg.Import == nil {
-		return nil, "", nil, fmt.Errorf("this server cannot import images")
+		return 0, fmt.Errorf("this server cannot import images")
 	}
 	if path == "" {
-		return nil, "", nil, fmt.Errorf("required: a file on the server")
+		return 0, fmt.Errorf("required: a file on the server")
 	}
-	s, o, c, err := h.cfg.Import(ctx, path)
-	return s, o, c, err
+	if h.cfg.Inspect != nil {
+		return h.cfg.Inspect(ctx, path)
+	}
+	src, _, closeSrc, err := h.cfg.Import(ctx, path)
+	if err != nil {
+		return 0, err
+	}
+	defer closeSrc()
+	return src.Size(), nil
 }
 
 // startImport imports path as the image's next version, as a job.
@@ -151,13 +158,11 @@ func (h *Handler) importVersion(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	src, _, closeSrc, err := h.open(r.Context(), req.Source)
+	size, err := h.probe(r.Context(), req.Source)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "source", err.Error())
 		return
 	}
-	size := src.Size()
-	closeSrc()
 	writeJSON(w, http.StatusAccepted, Accepted{Job: h.startImport(image, req.Source, size)})
 }
 

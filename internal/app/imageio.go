@@ -25,6 +25,19 @@ func OpenImport(ctx context.Context, path string) (storage.Source, string, func(
 	return src, fmt.Sprintf("import %s (%s)", path, src.Format()), src.Close, nil
 }
 
+// InspectImport checks a file to import without converting it and says
+// its virtual size (api.Config.Inspect).
+func InspectImport(ctx context.Context, path string) (int64, error) {
+	in, err := imagefmt.Inspect(ctx, path)
+	if err != nil {
+		return 0, err
+	}
+	if in.Size%4096 != 0 {
+		return 0, fmt.Errorf("%s: %d bytes is not a whole number of 4 KiB blocks", path, in.Size)
+	}
+	return in.Size, nil
+}
+
 // ExportImage writes a version to a new file, raw or qcow2 (api.Exporter).
 // A file that exists is refused: an export never overwrites.
 func ExportImage(ctx context.Context, src storage.Source, srcPath, path, format string, progress func(int64)) error {
