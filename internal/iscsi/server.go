@@ -210,16 +210,8 @@ func (s *Server) RemoveTarget(name string) error {
 		return fmt.Errorf("iscsi: no target %s", name)
 	}
 	delete(s.targets, name)
-	var drop []*session
-	for k, ss := range s.sessions {
-		if k.target == name {
-			drop = append(drop, ss)
-		}
-	}
 	s.mu.Unlock()
-	for _, ss := range drop {
-		ss.close(errors.New("target removed"))
-	}
+	s.DropSessions(name, "target removed")
 	return nil
 }
 
