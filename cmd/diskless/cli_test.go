@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/diskless-boot/diskless/internal/app"
 	"github.com/diskless-boot/diskless/internal/config"
+	"github.com/diskless-boot/diskless/internal/testutil/ports"
 )
 
 // cli runs one command of the tree in this process and returns what it
@@ -91,11 +91,7 @@ func TestCLISameWithAndWithoutServer(t *testing.T) {
 
 	// The same with a server on the other data directory.
 	dir := filepath.Join(base, "server")
-	port := func() int {
-		l, _ := net.Listen("tcp", "127.0.0.1:0")
-		defer l.Close()
-		return l.Addr().(*net.TCPAddr).Port
-	}
+	port := func() int { return ports.FreeTCP(t) }
 	y := fmt.Sprintf("interface: lo\nserver_ip: 127.0.0.1\ndata_dir: %s\ndhcp: {mode: off}\ntftp: {enabled: false}\n"+
 		"http: {listen: \"127.0.0.1:%d\"}\niscsi: {listen: \"127.0.0.1:%d\"}\n", dir, port(), port())
 	cfgPath := filepath.Join(base, "diskless.yaml")

@@ -46,23 +46,7 @@ type site struct {
 
 func startSite(t *testing.T, dataDir, yamlExtra string) *site {
 	t.Helper()
-	httpPort, iscsiPort := freeTCPPort(t), freeTCPPort(t)
-	path := filepath.Join(t.TempDir(), "diskless.yaml")
-	y := fmt.Sprintf(`interface: lo
-server_ip: 127.0.0.1
-data_dir: %s
-dhcp: {mode: off}
-tftp: {enabled: false}
-http: {listen: "127.0.0.1:%d"}
-iscsi: {listen: "127.0.0.1:%d"}
-%s`, dataDir, httpPort, iscsiPort, yamlExtra)
-	if err := os.WriteFile(path, []byte(y), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg, httpPort, iscsiPort := writeConfig(t, dataDir, yamlExtra)
 	s := &site{t: t, cfg: cfg, logs: &output.Output{}, done: make(chan error, 1),
 		iscsi: fmt.Sprintf("127.0.0.1:%d", iscsiPort), http: fmt.Sprintf("http://127.0.0.1:%d", httpPort)}
 	s.neighbour.Store(net.HardwareAddr(nil))

@@ -16,19 +16,11 @@ import (
 	"github.com/diskless-boot/diskless/internal/config"
 	"github.com/diskless-boot/diskless/internal/dhcp"
 	"github.com/diskless-boot/diskless/internal/testutil/output"
+	"github.com/diskless-boot/diskless/internal/testutil/ports"
 )
 
-func freeTCPPort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// loadConfig writes a YAML config serving 127.0.0.1 (on "lo") and loads it.
+// loadConfig writes a YAML config serving 127.0.0.1 (on "lo") with one
+// host on a raw disk file and loads it.
 func loadConfig(t *testing.T, extra string) (*config.Config, int, int) {
 	t.Helper()
 	dir := t.TempDir()
@@ -36,8 +28,19 @@ func loadConfig(t *testing.T, extra string) (*config.Config, int, int) {
 	if err := os.WriteFile(img, make([]byte, 1<<20), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	httpPort, iscsiPort := freeTCPPort(t), freeTCPPort(t)
-	path := filepath.Join(dir, "diskless.yaml")
+	return writeConfig(t, filepath.Join(dir, "state"), fmt.Sprintf(`hosts:
+  - mac: 52:54:00:12:34:56
+    name: client1
+    image: %s
+%s`, img, extra))
+}
+
+// writeConfig writes and loads a config serving data on 127.0.0.1 with
+// free ports, no DHCP and no TFTP, plus extra YAML.
+func writeConfig(t *testing.T, data, extra string) (*config.Config, int, int) {
+	t.Helper()
+	httpPort, iscsiPort := ports.FreeTCP(t), ports.FreeTCP(t)
+	path := filepath.Join(t.TempDir(), "diskless.yaml")
 	y := fmt.Sprintf(`interface: lo
 server_ip: 127.0.0.1
 data_dir: %s
@@ -45,11 +48,7 @@ dhcp: {mode: off}
 tftp: {enabled: false}
 http: {listen: "127.0.0.1:%d"}
 iscsi: {listen: "127.0.0.1:%d"}
-hosts:
-  - mac: 52:54:00:12:34:56
-    name: client1
-    image: %s
-%s`, filepath.Join(dir, "state"), httpPort, iscsiPort, img, extra)
+%s`, data, httpPort, iscsiPort, extra)
 	if err := os.WriteFile(path, []byte(y), 0o644); err != nil {
 		t.Fatal(err)
 	}

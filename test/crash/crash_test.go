@@ -15,11 +15,9 @@ import (
 	"hash/crc32"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"testing"
@@ -28,7 +26,7 @@ import (
 	"github.com/diskless-boot/diskless/internal/api"
 	"github.com/diskless-boot/diskless/internal/testutil/build"
 	"github.com/diskless-boot/diskless/internal/testutil/iscsiclient"
-	"github.com/diskless-boot/diskless/internal/testutil/proc"
+	"github.com/diskless-boot/diskless/internal/testutil/served"
 )
 
 const (
@@ -96,28 +94,16 @@ func TestKill9(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	data := t.TempDir()
-	cli := func(args ...string) []byte {
-		t.Helper()
-		out, err := exec.Command(bin, append(args, "--data-dir", data)...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("diskless %v: %v\n%s", args, err, out)
-		}
-		return out
-	}
-	cli("image", "create", "golden", "--size", "64M")
+	site := served.New(t, bin)
+	site.CLI("image", "create", "golden", "--size", "64M")
 	targets := make([]api.HostView, hosts)
 	for i := range targets {
 		var ch api.HostChange
-		if err := json.Unmarshal(cli("host", "add", fmt.Sprintf("h%d", i), "--image", "golden", "--no-chap", "--json"), &ch); err != nil {
+		if err := json.Unmarshal(site.CLI("host", "add", fmt.Sprintf("h%d", i), "--image", "golden", "--no-chap", "--json"), &ch); err != nil {
 			t.Fatal(err)
 		}
 		targets[i] = ch.Host
 	}
-	iscsiPort, httpPort := freePort(t), freePort(t)
-	cfg := filepath.Join(t.TempDir(), "diskless.yaml")
-	os.WriteFile(cfg, fmt.Appendf(nil, "interface: lo\nserver_ip: 127.0.0.1\ndata_dir: %s\ndhcp: {mode: off}\ntftp: {enabled: false}\n"+
-		"http: {listen: \"127.0.0.1:%d\"}\niscsi: {listen: \"127.0.0.1:%d\"}\n", data, httpPort, iscsiPort), 0o644)
 	token := ""
 
 	var ws []*writer
@@ -131,20 +117,14 @@ func TestKill9(t *testing.T) {
 	start := time.Now()
 	var totalWrites, totalSyncs int
 	for k := 0; k <= kills; k++ {
-		p, err := proc.Start(t, proc.Config{Name: "diskless", MaxOutput: 1 << 20}, bin, "serve", "--config", cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, _, err := p.WaitFor(30*time.Second, "msg=serving"); err != nil {
-			t.Fatalf("restart %d: %v\n%s", k, err, p.Output())
-		}
+		p := site.Start()
 		if token == "" {
-			token, _ = api.ReadTokenFile(data)
+			token = site.Token()
 		}
 		sessions := make([]*iscsiclient.Session, hosts)
 		for h := range hosts {
 			ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
-			sessions[h], err = iscsiclient.Dial(ctx, iscsiclient.Config{Addr: fmt.Sprintf("127.0.0.1:%d", iscsiPort),
+			sessions[h], err = iscsiclient.Dial(ctx, iscsiclient.Config{Addr: site.Portal(),
 				Initiator: targets[h].InitiatorIQN, Target: targets[h].TargetIQN, Timeout: 5 * time.Second})
 			cancel()
 			if err != nil {
@@ -157,7 +137,7 @@ func TestKill9(t *testing.T) {
 			verify(t, k, w, sessions[w.host])
 		}
 		for h := range hosts {
-			if !checkHost(t, httpPort, token, fmt.Sprintf("h%d", h)) {
+			if !checkHost(t, site.API(), token, fmt.Sprintf("h%d", h)) {
 				t.Fatalf("restart %d: h%d fails host check\n%s", k, h, p.Output())
 			}
 		}
@@ -272,9 +252,9 @@ func contains(s []uint64, v uint64) bool {
 	return false
 }
 
-func checkHost(t *testing.T, port int, token, host string) bool {
+func checkHost(t *testing.T, base, token, host string) bool {
 	t.Helper()
-	req, _ := http.NewRequest("POST", fmt.Sprintf("http://127.0.0.1:%d%s/hosts/%s/check", port, api.Prefix, host), nil)
+	req, _ := http.NewRequest("POST", base+api.Prefix+"/hosts/"+host+"/check", nil)
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -290,14 +270,4 @@ func checkHost(t *testing.T, port int, token, host string) bool {
 		t.Logf("check %s: %s", host, body)
 	}
 	return rep.OK
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }

@@ -35,17 +35,7 @@ func TestConformance(t *testing.T) {
 	}
 	tg := startTarget(t, targetConfig{LUNs: []lunConfig{{Path: img}}})
 
-	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
-	defer cancel()
-	start := time.Now()
-	report := filepath.Join(dir, "conformance.json")
-	url := tg.URL(0, nil)
-	out, err := exec.CommandContext(ctx, tool, url, "--multipath", url, "--json", report, "--timeout", "1200").CombinedOutput()
-	t.Logf("iscsi-conformance ran %v", time.Since(start).Round(time.Second))
-	if err != nil {
-		t.Fatalf("iscsi-conformance: %v\n%s", err, output.Tail(string(out), 4000))
-	}
-
+	out, tests := runConformance(t, tool, tg.URL(0, nil), nil)
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 	var passed, skipped, failed, total int
 	if _, err := fmt.Sscanf(lines[len(lines)-1], "conformance passed=%d skipped=%d failed=%d total=%d",
@@ -72,22 +62,41 @@ func TestConformance(t *testing.T) {
 		t.Errorf("only %d conformance tests passed, want at least 200", passed)
 	}
 
+	for _, name := range []string{"Simple", "Reset", "CompareAndWrite", "CompareAndWriteAsync"} {
+		if v := tests["MultipathIO."+name]; v != "passed" {
+			t.Errorf("MultipathIO.%s: %q, want passed", name, v)
+		}
+	}
+	rawFileVerdicts = tests
+}
+
+// runConformance runs the scoring tool on url, given twice (a second
+// session), with env added to its environment, and returns its output and
+// each test's verdict from its JSON report: passed, skipped or failed.
+func runConformance(t *testing.T, tool, url string, env []string) ([]byte, map[string]string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	defer cancel()
+	report := filepath.Join(t.TempDir(), "conformance.json")
+	cmd := exec.CommandContext(ctx, tool, url, "--multipath", url, "--json", report, "--timeout", "1200")
+	cmd.Env = append(os.Environ(), env...)
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	t.Logf("iscsi-conformance ran %v", time.Since(start).Round(time.Second))
+	if err != nil {
+		t.Fatalf("iscsi-conformance: %v\n%s", err, output.Tail(string(out), 4000))
+	}
 	b, err := os.ReadFile(report)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var verdicts struct {
-		Tests map[string]string `json:"tests"` // passed, skipped or failed
+	var r struct {
+		Tests map[string]string `json:"tests"`
 	}
-	if err := json.Unmarshal(b, &verdicts); err != nil {
+	if err := json.Unmarshal(b, &r); err != nil {
 		t.Fatalf("%s: %v", report, err)
 	}
-	for _, name := range []string{"Simple", "Reset", "CompareAndWrite", "CompareAndWriteAsync"} {
-		if v := verdicts.Tests["MultipathIO."+name]; v != "passed" {
-			t.Errorf("MultipathIO.%s: %q, want passed", name, v)
-		}
-	}
-	rawFileVerdicts = verdicts.Tests
+	return out, r.Tests
 }
 
 // rawFileVerdicts are TestConformance's verdicts on a raw file, the

@@ -8,11 +8,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/diskless-boot/diskless/internal/api"
-	"github.com/diskless-boot/diskless/internal/testutil/output"
-	"github.com/diskless-boot/diskless/internal/testutil/proc"
+	"github.com/diskless-boot/diskless/internal/testutil/served"
 )
 
 // TestConformanceHostDisks runs libiscsi's conformance suite, with a second
@@ -29,16 +27,8 @@ func TestConformanceHostDisks(t *testing.T) {
 	if disklessBin == "" {
 		t.Fatalf("no diskless binary: %v", disklessBuild)
 	}
-	data := t.TempDir()
-	cli := func(args ...string) []byte {
-		t.Helper()
-		out, err := exec.Command(disklessBin, append(args, "--data-dir", data)...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("diskless %v: %v\n%s", args, err, out)
-		}
-		return out
-	}
-	cli("image", "create", "scratch", "--size", "1G")
+	site := served.New(t, disklessBin)
+	site.CLI("image", "create", "scratch", "--size", "1G")
 	disks := []string{"persistent", "volatile"}
 	if rawFileVerdicts == nil {
 		disks = append(disks, "raw")
@@ -50,27 +40,12 @@ func TestConformanceHostDisks(t *testing.T) {
 			args = append(args, "--version", "1")
 		}
 		var ch api.HostChange
-		if err := json.Unmarshal(cli(args...), &ch); err != nil {
+		if err := json.Unmarshal(site.CLI(args...), &ch); err != nil {
 			t.Fatal(err)
 		}
 		hosts[d] = ch.Host
 	}
-	iscsiPort, httpPort := freePort(t), freePort(t)
-	cfg := filepath.Join(t.TempDir(), "diskless.yaml")
-	os.WriteFile(cfg, fmt.Appendf(nil, "interface: lo\nserver_ip: 127.0.0.1\ndata_dir: %s\ndhcp: {mode: off}\ntftp: {enabled: false}\n"+
-		"http: {listen: \"127.0.0.1:%d\"}\niscsi: {listen: \"127.0.0.1:%d\"}\n", data, httpPort, iscsiPort), 0o644)
-	p, err := proc.Start(t, proc.Config{Name: "diskless serve", MaxOutput: 4 << 20}, disklessBin, "serve", "--config", cfg, "--log-level", "warn")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if _, err := os.Stat(filepath.Join(data, "server.json")); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("diskless serve did not start:\n%s", p.Output())
-		}
-	}
+	site.Start()
 	// iscsi-test-cu as the host: a wrapper first in PATH adds its name.
 	wrap := t.TempDir()
 	real, err := exec.LookPath("iscsi-test-cu")
@@ -83,28 +58,11 @@ func TestConformanceHostDisks(t *testing.T) {
 	verdicts := map[string]map[string]string{}
 	for _, d := range disks {
 		h := hosts[d]
-		url := fmt.Sprintf("iscsi://%s%%%s@127.0.0.1:%d/%s/0", h.CHAP.User, h.CHAP.Secret, iscsiPort, h.TargetIQN)
-		report := filepath.Join(t.TempDir(), d+".json")
-		cmd := exec.Command(tool, url, "--multipath", url, "--json", report, "--timeout", "1200")
-		cmd.Env = append(os.Environ(), "PATH="+wrap+":"+os.Getenv("PATH"), "DISKLESS_INITIATOR="+h.InitiatorIQN)
-		start := time.Now()
-		out, err := cmd.CombinedOutput()
+		url := fmt.Sprintf("iscsi://%s%%%s@%s/%s/0", h.CHAP.User, h.CHAP.Secret, site.Portal(), h.TargetIQN)
+		out, tests := runConformance(t, tool, url, []string{"PATH=" + wrap + ":" + os.Getenv("PATH"), "DISKLESS_INITIATOR=" + h.InitiatorIQN})
 		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-		t.Logf("%s disk: %s (%v)", d, lines[len(lines)-1], time.Since(start).Round(time.Second))
-		if err != nil {
-			t.Fatalf("iscsi-conformance on the %s disk: %v\n%s", d, err, output.Tail(string(out), 3000))
-		}
-		b, err := os.ReadFile(report)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var r struct {
-			Tests map[string]string `json:"tests"`
-		}
-		if err := json.Unmarshal(b, &r); err != nil {
-			t.Fatal(err)
-		}
-		verdicts[d] = r.Tests
+		t.Logf("%s disk: %s", d, lines[len(lines)-1])
+		verdicts[d] = tests
 	}
 	base := rawFileVerdicts
 	if base == nil {

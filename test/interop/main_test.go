@@ -69,15 +69,6 @@ func needFile(t *testing.T, path, pkg string) {
 }
 
 // freePort returns a TCP port on 127.0.0.1 that nothing listens on now.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
 
 // waitTCP waits until addr accepts a TCP connection, or until exited is
 // closed (the server died) or the timeout passes.

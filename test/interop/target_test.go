@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/diskless-boot/diskless/internal/testutil/output"
+	"github.com/diskless-boot/diskless/internal/testutil/ports"
 	"github.com/diskless-boot/diskless/internal/testutil/proc"
 )
 
@@ -107,7 +108,7 @@ func startDiskless(t *testing.T, cfg targetConfig) *target {
 	if disklessBin == "" {
 		t.Fatalf("no diskless binary: %v", disklessBuild)
 	}
-	port := freePort(t)
+	port := ports.FreeTCP(t)
 	args := []string{"target",
 		"--listen", fmt.Sprintf("127.0.0.1:%d", port),
 		"--iqn", targetIQN,
@@ -175,7 +176,7 @@ func startDiskless(t *testing.T, cfg targetConfig) *target {
 func startTgt(t *testing.T, cfg targetConfig) *target {
 	t.Helper()
 	needPeers(t, "tgtd", "tgtadm")
-	port := freePort(t)
+	port := ports.FreeTCP(t)
 	// The control "port" names tgtd's management socket; it must differ
 	// between tgtd instances and tgtadm takes at most 32767.
 	ctl := strconv.Itoa(1 + port%32767)
