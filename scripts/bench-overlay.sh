@@ -6,7 +6,8 @@
 # through ../shared/tools/iscsi-perf-compare (qemu-img bench over libiscsi;
 # A = raw, B = cow, "B/A speed" > 1 means the overlay is faster):
 #   1. reads of blocks the overlay never wrote (they come from the version)
-#   2. writes to clusters the overlay does not own yet (reset before each round)
+#   2. writes to clusters the overlay does not own yet (reset before each round),
+#      against the raw file cached and not cached
 #   3. reads and writes of clusters the overlay owns
 # then N hosts with overlays on the same version read at once (bench/hosts):
 # aggregate throughput, fairness, server RSS and CPU.
@@ -87,11 +88,42 @@ echo "# $(date -u +%FT%TZ) $(nproc) cores, image $size; A = raw file, B = overla
 echo "## 1. reads of blocks the overlay never wrote"
 "$compare" "$raw" "$cow" --pid-a "$pid" --pid-b "$pid" --rounds "$rounds" --only read-1m-qd8,read-4k-qd32,read-4k-qd1
 
-echo "## 2. writes to clusters the overlay does not own yet (overlay reset before each round)"
-for r in $(seq "$rounds"); do
-	dl host reset cow >/dev/null
-	"$compare" "$raw" "$cow" --rounds 1 --only write-1m-qd8,write-4k-qd32 | grep -E '^(write|name|perf)' || true
+# Writing a block nobody wrote costs the kernel a new page-cache page (and
+# ext4 an allocation); overwriting a cached page costs a copy. The raw
+# file's pages are cached from part 1, the overlay's new layer has none:
+# 2a compares them so, 2b with the raw file's pages dropped first
+# (POSIX_FADV_DONTNEED), like a raw disk whose blocks were not touched
+# since the server started.
+evict_raw() {
+	python3 -c 'import os,sys; fd=os.open(sys.argv[1],os.O_RDONLY); os.fsync(fd); os.posix_fadvise(fd,0,0,os.POSIX_FADV_DONTNEED)' "$data/hosts/raw/disk.img"
+}
+for cold in no yes; do
+	if [ "$cold" = no ]; then
+		echo "## 2a. writes to clusters the overlay does not own yet (overlay reset before each round; raw file cached)"
+	else
+		echo "## 2b. the same, raw file's pages dropped from the page cache before each round"
+	fi
+	for r in $(seq "$rounds"); do
+		dl host reset cow >/dev/null
+		[ "$cold" = yes ] && evict_raw
+		"$compare" "$raw" "$cow" --rounds 1 --only write-1m-qd8,write-4k-qd32 | grep -E '^(write|name|perf)' || true
+	done
 done
+echo "## page cache: 1 GiB of 1 MiB pwrite()s into a new sparse file vs over a cached one (no iSCSI)"
+python3 - "$work" <<'PY'
+import os, sys, time
+buf = os.urandom(1 << 20)
+new, old = os.path.join(sys.argv[1], "new.img"), os.path.join(sys.argv[1], "old.img")
+os.truncate(os.open(new, os.O_CREAT | os.O_WRONLY, 0o600), 1 << 30)
+with open(old, "wb") as f:
+    for i in range(1024): f.write(buf)
+for name in (new, old):
+    fd = os.open(name, os.O_WRONLY); t = time.time()
+    for i in range(1024): os.pwrite(fd, buf, i << 20)
+    d = time.time() - t; os.close(fd)
+    print(f"{'new sparse file' if name == new else 'cached file    '}  {1024 / d:7.0f} MiB/s")
+os.remove(new); os.remove(old)
+PY
 
 echo "## 3. reads and writes of clusters the overlay owns"
 "$compare" "$raw" "$cow" --rounds "$rounds" --only read-1m-qd8,read-4k-qd32,write-1m-qd8,write-4k-qd32
