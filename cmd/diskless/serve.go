@@ -16,9 +16,10 @@ func newServeCommand() *cobra.Command {
 		q    config.QuickFlags
 	)
 	cmd := &cobra.Command{
-		Use:   "serve (--config FILE | --interface IF --host MAC=IMAGE ...)",
-		Short: "Serve DHCP, TFTP, HTTP and iSCSI on one interface: boot hosts from their images",
+		Use:   "serve (--config FILE | --interface IF [--host MAC=IMAGE ...])",
+		Short: "Serve DHCP, TFTP, HTTP, iSCSI and the admin API on one interface: boot the hosts of the state store",
 		Example: `  diskless serve --config /etc/diskless.yaml
+  diskless serve --interface br0 --dhcp full --dhcp-range 10.77.0.100-10.77.0.200 [--data-dir DIR]
   diskless serve --interface br0 --dhcp full --dhcp-range 10.77.0.100-10.77.0.200 \
       --host 52:54:00:12:34:56=/srv/disk.img [--host MAC=IMAGE ...] [--chap] [--data-dir DIR]
   diskless serve --interface br0 --dhcp proxy --host 52:54:00:12:34:56=/srv/disk.img`,

@@ -163,8 +163,9 @@ func TestFromQuickFlags(t *testing.T) {
 	if _, err := FromQuickFlags(QuickFlags{Hosts: []string{"52:54:00:12:34:56=" + img}}); err == nil || !strings.Contains(err.Error(), "--interface (not given): interface: required") {
 		t.Errorf("no interface: %v", err)
 	}
-	if _, err := FromQuickFlags(QuickFlags{Interface: "br0"}); err == nil {
-		t.Error("no host accepted")
+	// No --host: the hosts of the state store are served.
+	if c, err := FromQuickFlags(QuickFlags{Interface: "br0"}); err != nil || len(c.Hosts) != 0 {
+		t.Errorf("no --host: %v", err)
 	}
 }
 

@@ -10,7 +10,9 @@ import (
 // file):
 //
 //	diskless serve --interface br0 --dhcp full --dhcp-range A-B \
-//	    --host MAC=IMAGE [--host MAC=IMAGE ...] [--chap] [--data-dir DIR]
+//	    [--host MAC=IMAGE ...] [--chap] [--data-dir DIR]
+//
+// Hosts given with --host are added to those of the state store.
 //
 // Empty fields keep the defaults of Default().
 type QuickFlags struct {
@@ -53,9 +55,6 @@ func FromQuickFlags(q QuickFlags) (*Config, error) {
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
-	}
-	if len(q.Hosts) == 0 {
-		return nil, errors.New("--host MAC=IMAGE: at least one host is needed")
 	}
 	c.fillDerived()
 	if err := c.Validate(); err != nil {
