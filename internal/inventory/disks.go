@@ -415,7 +415,7 @@ func (inv *Inventory) PlanPromote(host, image string) (PromotePlan, error) {
 		case storage.Persistent:
 			p.Effects = append(p.Effects, fmt.Sprintf("%s moves to %s@v%d %s: its overlay is reset after an automatic snapshot it can roll back to", o.Name, image, p.Version, when))
 		default:
-			p.Effects = append(p.Effects, fmt.Sprintf("%s boots %s@v%d from its next boot", o.Name, image, p.Version))
+			p.Effects = append(p.Effects, fmt.Sprintf("%s moves to %s@v%d %s (a volatile disk: nothing to keep)", o.Name, image, p.Version, when))
 		}
 	}
 	if !h.Disk.Base().IsZero() || h.Mode == storage.Raw {
