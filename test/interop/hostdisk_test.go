@@ -1,6 +1,9 @@
 package interop
 
 import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -82,4 +85,98 @@ func TestConformanceHostDisks(t *testing.T) {
 		}
 		t.Logf("%s disk: %d tests, %d worse than on a raw file", d, len(verdicts[d]), worse)
 	}
+}
+
+// TestHostDisksWithLibiscsi puts three hosts on one image version - two
+// persistent overlays and a volatile one - and has QEMU's libiscsi log in
+// to all three at once (qemu-io, each with its host's initiator name and
+// CHAP): each writes its own pattern, then each disk is copied out with
+// qemu-img and must be the image with that host's pattern and nothing of
+// the others'. The version file never changes; a host's initiator name on
+// another host's target, or a wrong secret, cannot log in.
+func TestHostDisksWithLibiscsi(t *testing.T) {
+	needPeers(t, "qemu-io", "qemu-img")
+	if disklessBin == "" {
+		t.Fatalf("no diskless binary: %v", disklessBuild)
+	}
+	const size = 64 << 20
+	golden := make([]byte, size)
+	rand.Read(golden)
+	dir := t.TempDir()
+	goldenPath := filepath.Join(dir, "golden.raw")
+	if err := os.WriteFile(goldenPath, golden, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	site := served.New(t, disklessBin)
+	site.CLI("image", "import", "golden", goldenPath)
+	hosts := make([]api.HostView, 3)
+	for i, mode := range []string{"persistent", "persistent", "volatile"} {
+		var ch api.HostChange
+		out := site.CLI("host", "add", fmt.Sprintf("pc%d", i+1), "--image", "golden", "--disk", mode, "--no-mutual-chap", "--json")
+		if err := json.Unmarshal(out, &ch); err != nil {
+			t.Fatal(err)
+		}
+		hosts[i] = ch.Host
+	}
+	versionFile := filepath.Join(site.Data, "images", "golden", "v1.img")
+	before := fileSum(t, versionFile)
+	site.Start()
+	opts := func(h api.HostView, initiator, secret string) string {
+		return fmt.Sprintf("driver=iscsi,transport=tcp,portal=%s,target=%s,lun=0,user=%s,password=%s,initiator-name=%s",
+			site.Portal(), h.TargetIQN, h.CHAP.User, secret, initiator)
+	}
+	// At the same time: each host writes 4 MiB of its own byte at 1 MiB
+	// and reads it back in the same session.
+	errs := make(chan error, len(hosts))
+	for i, h := range hosts {
+		go func() {
+			pat := fmt.Sprintf("0x%x", 0x41+i)
+			out, err := libiscsiRun(t, "qemu-io", "--image-opts", opts(h, h.InitiatorIQN, h.CHAP.Secret),
+				"-c", "write -P "+pat+" 1M 4M", "-c", "read -P "+pat+" 1M 4M", "-c", "flush")
+			if err != nil || strings.Contains(out, "Pattern verification failed") {
+				err = fmt.Errorf("%s: %v\n%s", h.Name, err, out)
+			}
+			errs <- err
+		}()
+	}
+	for range hosts {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, h := range hosts {
+		out := filepath.Join(dir, h.Name+".raw")
+		if o, err := libiscsiRun(t, "qemu-img", "convert", "--image-opts", opts(h, h.InitiatorIQN, h.CHAP.Secret), "-O", "raw", out); err != nil {
+			t.Fatalf("copy %s out: %v\n%s", h.Name, err, o)
+		}
+		got, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := append([]byte(nil), golden...)
+		copy(want[1<<20:5<<20], bytes.Repeat([]byte{byte(0x41 + i)}, 4<<20))
+		if j := firstDiff(got, want); j >= 0 {
+			t.Fatalf("%s's disk differs from the image plus its own writes at byte %d", h.Name, j)
+		}
+	}
+	if fileSum(t, versionFile) != before {
+		t.Fatal("the image version changed under the hosts")
+	}
+	for name, o := range map[string]string{
+		"pc1's initiator name on pc2's target": opts(hosts[1], hosts[0].InitiatorIQN, hosts[1].CHAP.Secret),
+		"a wrong CHAP secret":                  opts(hosts[1], hosts[1].InitiatorIQN, hosts[0].CHAP.Secret),
+	} {
+		if out, err := libiscsiRun(t, "qemu-img", "info", "--image-opts", o); err == nil {
+			t.Errorf("%s logged in:\n%s", name, out)
+		}
+	}
+}
+
+func fileSum(t *testing.T, path string) [32]byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sha256.Sum256(b)
 }
