@@ -1,8 +1,10 @@
 package pxe
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -45,6 +47,51 @@ func TestPXEBoot(t *testing.T) {
 		took := expectMarker(t, v, marker, 120*time.Second)
 		t.Logf("BIOS, dhcp full: power-on to marker %v", took.Round(100*time.Millisecond))
 		expectStages(t, srv, "dhcp: ", "iPXE script", "boot: iSCSI login")
+	})
+
+	// A host of the state store on a volatile copy-on-write disk over an
+	// image version: the whole chain from the store (no --host), and the
+	// architecture learnt from its DHCP request.
+	t.Run("bios-overlay", func(t *testing.T) {
+		need(t, []string{"ip", "qemu-system-x86_64"}, map[string]string{ipxeROM: "ipxe-qemu"})
+		n := newTestNet(t, false)
+		dir := tempDir(t)
+		marker := bootdisk.Marker(t, "DISKLESS-PXE-")
+		img := filepath.Join(dir, "golden.img")
+		if err := os.WriteFile(img, bootdisk.MBR(4<<20, marker), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		data := filepath.Join(dir, "state")
+		cli := func(args ...string) string {
+			t.Helper()
+			// In the server's namespace: with the server running the CLI
+			// talks to its API there.
+			argv := append([]string{"netns", "exec", n.srvNS, disklessBin}, append(args, "--data-dir", data)...)
+			out, err := exec.Command("ip", argv...).CombinedOutput()
+			if err != nil {
+				t.Fatalf("diskless %v: %v\n%s", args, err, out)
+			}
+			return string(out)
+		}
+		cli("image", "import", "golden", img)
+		cli("host", "add", "pc1", "--image", "golden", "--disk", "volatile", "--mac", clientMAC)
+		srv := startServe(t, n, "--interface", n.srvIf, "--dhcp", "full", "--dhcp-range", poolRange, "--data-dir", data)
+		v := startVM(t, n.vmNS, biosArgs(n)...)
+		took := expectMarker(t, v, marker, 120*time.Second)
+		t.Logf("BIOS, volatile overlay host from the store: power-on to marker %v", took.Round(100*time.Millisecond))
+		expectStages(t, srv, "dhcp: ", "iPXE script", "boot: iSCSI login")
+		var h struct {
+			Arch       string `json:"arch"`
+			ArchLearnt bool   `json:"arch_learnt"`
+			Online     bool   `json:"online"`
+			IP         string `json:"ip"`
+		}
+		if err := json.Unmarshal([]byte(cli("host", "show", "pc1", "--json")), &h); err != nil {
+			t.Fatal(err)
+		}
+		if h.Arch != "bios" || !h.ArchLearnt || !h.Online || h.IP != "10.77.0.100" {
+			t.Errorf("host after its boot: %+v", h)
+		}
 	})
 
 	t.Run("bios-proxy", func(t *testing.T) {
