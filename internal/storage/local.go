@@ -214,6 +214,9 @@ func (l *Local) CreateDisk(ctx context.Context, host string, mode DiskMode, base
 		return st, nil
 	case Raw:
 		if rawPath != "" {
+			if err := l.foreign(rawPath); err != nil {
+				return DiskState{}, err
+			}
 			return DiskState{Mode: Raw, RawPath: rawPath}, nil
 		}
 		if base.IsZero() {
@@ -300,6 +303,11 @@ func (l *Local) OpenDisk(host string, st DiskState) (disk.Device, error) {
 // or the raw file. l.mu is held.
 func (l *Local) openChain(host string, st DiskState, top string, ro bool) (*openDisk, error) {
 	if st.Mode == Raw {
+		if !st.Owned {
+			if err := l.foreign(st.RawPath); err != nil {
+				return nil, err
+			}
+		}
 		f, err := disk.OpenFile(st.RawPath, ro)
 		if err != nil {
 			return nil, fmt.Errorf("storage: disk of %s: %w", host, err)
@@ -395,25 +403,30 @@ func (l *Local) Snapshot(host string, st DiskState, name string, now time.Time, 
 // frozen (a snapshot) moves on to the new top.
 func (l *Local) Sync(host string, st DiskState) error {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	od, ok := l.open[host]
+	l.mu.Unlock()
 	if !ok || od.overlay == nil {
 		return nil
 	}
 	_, cur := od.overlay.Layers()
 	curID := filepath.Base(cur)
-	if curID == st.Top {
-		od.st = st
-		return nil
+	if curID != st.Top {
+		if st.Layers[st.Top].Parent != curID {
+			return fmt.Errorf("storage: %s: open disk on layer %s cannot move to %s", host, curID, st.Top)
+		}
+		// Push flushes and makes a layer: not under l.mu (the caller
+		// holds the host's lock).
+		if err := od.overlay.Push(l.layerDir(host, st.Top), st.Top); err != nil {
+			return fmt.Errorf("storage: snapshot of %s: %w", host, err)
+		}
+		if err := syncDir(filepath.Dir(l.layerDir(host, st.Top))); err != nil {
+			return err
+		}
 	}
-	if st.Layers[st.Top].Parent != curID {
-		return fmt.Errorf("storage: %s: open disk on layer %s cannot move to %s", host, curID, st.Top)
-	}
-	if err := od.overlay.Push(l.layerDir(host, st.Top), st.Top); err != nil {
-		return fmt.Errorf("storage: snapshot of %s: %w", host, err)
-	}
+	l.mu.Lock()
 	od.st = st
-	return syncDir(filepath.Dir(l.layerDir(host, st.Top)))
+	l.mu.Unlock()
+	return nil
 }
 
 // Rebase implements Backend.
@@ -498,18 +511,16 @@ func (s *DiskState) snapshotAt(id string) bool {
 // merge copies what layer x holds and its child does not into the child,
 // through the open disk when the child is in its chain.
 func (l *Local) merge(host string, st DiskState, x, child string) error {
+	dir := l.layerDir(host, x)
 	l.mu.Lock()
 	od, open := l.open[host]
 	if open && od.overlay != nil && slices.Contains(od.st.Chain(), child) {
 		// Copying may take a while: not under l.mu, which every open of
 		// every host needs. The caller holds the host's own lock.
 		l.mu.Unlock()
-		if err := od.overlay.MergeInto(l.layerDir(host, x)); err != nil {
-			return fmt.Errorf("storage: merge layer %s of %s: %w", x, host, err)
-		}
-		return nil
+		return mergeInto(od.overlay, dir, host, x)
 	}
-	if _, err := os.Stat(filepath.Join(l.layerDir(host, x), "meta")); errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(dir, "meta")); errors.Is(err, os.ErrNotExist) {
 		l.mu.Unlock()
 		return nil // x was never written: nothing to merge
 	}
@@ -518,8 +529,22 @@ func (l *Local) merge(host string, st DiskState, x, child string) error {
 	if err != nil {
 		return err
 	}
-	err = od.overlay.MergeInto(l.layerDir(host, x))
+	err = mergeInto(od.overlay, dir, host, x)
 	return errors.Join(err, od.close())
+}
+
+// mergeInto merges layer dir into the layer above it in ov. A layer a
+// merge already absorbed before a crash (the store still naming it) is
+// left out of the stack by OpenOverlay: that merge is done.
+func mergeInto(ov *disk.Overlay, dir, host, x string) error {
+	lower, _ := ov.Layers()
+	if !slices.Contains(lower, filepath.Clean(dir)) {
+		return nil
+	}
+	if err := ov.MergeInto(dir); err != nil {
+		return fmt.Errorf("storage: merge layer %s of %s: %w", x, host, err)
+	}
+	return nil
 }
 
 // gc drops layers no chain needs: neither the current one nor a
@@ -596,28 +621,19 @@ func (l *Local) CopyDisk(ctx context.Context, host string, st DiskState, snapsho
 		top = sn.Layer
 	}
 	l.mu.Lock()
-	var src disk.Device
-	var od *openDisk
 	if o, ok := l.open[host]; ok && o.st.Top == top {
-		// The live disk: flush so the copy sees every acknowledged write.
-		src = o.dev
-		if err := src.Flush(); err != nil {
-			l.mu.Unlock()
-			return err
-		}
-	} else {
-		var err error
-		if od, err = l.openChain(host, st, top, true); err != nil {
-			l.mu.Unlock()
-			return err
-		}
-		src = od.dev
+		// A disk being written is never copied: the copy would mix
+		// its state before and after writes made during it.
+		l.mu.Unlock()
+		return fmt.Errorf("%w: close %s's disk before copying it", ErrDiskOpen, host)
 	}
+	od, err := l.openChain(host, st, top, true)
 	l.mu.Unlock()
-	if od != nil {
-		defer od.close()
+	if err != nil {
+		return err
 	}
-	return l.WriteVersion(ctx, dst, src.Size(), src, progress)
+	defer od.close()
+	return l.WriteVersion(ctx, dst, od.dev.Size(), od.dev, progress)
 }
 
 // Check implements Backend.
@@ -750,6 +766,29 @@ func (l *Local) Hosts() ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// foreign refuses a disk file the admin names inside the data directory:
+// versions and other hosts' layers live there, and a version never changes.
+func (l *Local) foreign(path string) error {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return fmt.Errorf("storage: %w", err)
+	}
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = real
+	}
+	root, err := filepath.Abs(l.root)
+	if err != nil {
+		return fmt.Errorf("storage: %w", err)
+	}
+	if r, err := filepath.EvalSymlinks(root); err == nil {
+		root = r
+	}
+	if rel, err := filepath.Rel(root, abs); err == nil && rel != ".." && !strings.HasPrefix(rel, "../") {
+		return fmt.Errorf("storage: %s is inside the data directory %s: a host cannot use a version or another disk as its raw file", path, l.root)
+	}
+	return nil
 }
 
 // syncDir makes a directory's entries (a rename, a new file) durable.
