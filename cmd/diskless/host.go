@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -40,6 +41,9 @@ func hostAdd() *cobra.Command {
 		Args: cobra.ExactArgs(1),
 		RunE: withClient(func(cmd *cobra.Command, c *client, args []string) error {
 			req.Name = args[0]
+			for _, p := range []*string{&req.RawPath, &req.Kernel, &req.Initrd} {
+				absPath(p)
+			}
 			if noCHAP {
 				req.CHAP = &api.CHAP{CHAPSpec: inventory.CHAPSpec{}}
 			} else if chapUser != "" || chapSecret != "" {
@@ -89,6 +93,16 @@ func hostAdd() *cobra.Command {
 	f.StringVar(&chapUser, "chap-user", "", "CHAP user (default: the host name)")
 	f.StringVar(&chapSecret, "chap-secret", "", "CHAP secret (default: generated)")
 	return cmd
+}
+
+// absPath makes a file named on the command line absolute: the server may
+// run in another directory.
+func absPath(p *string) {
+	if *p != "" {
+		if a, err := filepath.Abs(*p); err == nil {
+			*p = a
+		}
+	}
 }
 
 func orDash(s string) string {
@@ -254,6 +268,11 @@ func hostSet() *cobra.Command {
 			}
 			req.Image, req.DiskMode, req.Boot = str("image", image), str("disk", disk), str("boot", boot)
 			req.Kernel, req.Initrd, req.Cmdline = str("kernel", kernel), str("initrd", initrd), str("cmdline", cmdline)
+			for _, p := range []*string{req.Kernel, req.Initrd} {
+				if p != nil {
+					absPath(p)
+				}
+			}
 			req.IP, req.Arch = str("ip", ip), str("arch", arch)
 			if fl.Changed("mac") {
 				req.MACs = &macs

@@ -72,6 +72,19 @@ func newImageCommand() *cobra.Command {
 			if abs, err := filepath.Abs(file); err == nil {
 				file = abs
 			}
+			// Say first which hosts the new version will move.
+			var hosts []api.HostView
+			if err := c.do(cmd.Context(), http.MethodGet, "/hosts", nil, &hosts); err == nil {
+				for _, h := range hosts {
+					if h.Image == name && h.Version == 0 && h.DiskMode != "raw" {
+						when := "now (offline)"
+						if h.Online {
+							when = "at its next boot"
+						}
+						fmt.Fprintf(cmd.ErrOrStderr(), "%s follows %s's newest version: it moves to the new one %s (a persistent disk keeps its old state as a snapshot)\n", h.Name, name, when)
+					}
+				}
+			}
 			var acc api.Accepted
 			err := c.do(cmd.Context(), http.MethodPost, "/images/"+name+"/versions", api.ImportRequest{Source: file}, &acc)
 			if e, ok := err.(*apiError); ok && e.Status == http.StatusNotFound {
@@ -88,8 +101,15 @@ func newImageCommand() *cobra.Command {
 			if jsonFlag(cmd) {
 				return printJSON(cmd, job)
 			}
-			if v, ok := job.Result.(map[string]any); ok {
-				fmt.Fprintf(cmd.OutOrStdout(), "image %s version %v imported (%v)\n", name, v["version"], v["origin"])
+			if r, ok := job.Result.(map[string]any); ok {
+				if v, ok := r["version"].(map[string]any); ok {
+					fmt.Fprintf(cmd.OutOrStdout(), "image %s version %v imported (%v)\n", name, v["version"], v["origin"])
+				}
+				if notes, ok := r["notes"].([]any); ok {
+					for _, n := range notes {
+						fmt.Fprintln(cmd.OutOrStdout(), n)
+					}
+				}
 			}
 			return nil
 		}),

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/diskless-boot/diskless/internal/inventory"
 	"github.com/diskless-boot/diskless/internal/iscsi"
@@ -28,6 +29,9 @@ const Prefix = "/api/v1"
 
 // maxBody bounds a request body: requests are small JSON documents.
 const maxBody = 1 << 20
+
+// apiWriteTimeout bounds the answer of one request.
+const apiWriteTimeout = 30 * time.Minute
 
 // Status is what the running server knows about hosts: their sessions and
 // addresses. Without a server (the CLI on the data directory) it is nil:
@@ -112,6 +116,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+	// Mounted on the boot network's server, the API would inherit its
+	// short timeouts; some calls (a raw host's copy, a snapshot merge)
+	// take longer, and their answer must not be cut (it may hold secrets
+	// shown once).
+	rc := http.NewResponseController(w)
+	rc.SetWriteDeadline(time.Now().Add(apiWriteTimeout))
 	h.mux.ServeHTTP(w, r)
 }
 
@@ -229,6 +239,10 @@ func decodeJSON(body io.Reader, v any) error {
 		return nil
 	}
 	if err != nil {
+		var fe *fieldError
+		if errors.As(err, &fe) {
+			return fe // from a field type's own UnmarshalJSON (Size, CHAP)
+		}
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
 			return &fieldError{field: te.Field, msg: fmt.Sprintf("want %s, got %s", te.Type, te.Value)}

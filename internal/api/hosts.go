@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"time"
 
@@ -46,7 +45,8 @@ func (c *CHAP) UnmarshalJSON(b []byte) error {
 	dec := json.NewDecoder(bytesReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&o); err != nil {
-		return fmt.Errorf("want true, false or {\"user\": ..., \"secret\": ...}")
+		// The same type serves chap and mutual_chap.
+		return &fieldError{field: "chap", msg: `want true, false or {"user": ..., "secret": ...}`}
 	}
 	c.CHAPSpec = inventory.CHAPSpec{Enabled: true, User: o.User, Secret: o.Secret}
 	return nil

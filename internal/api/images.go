@@ -23,11 +23,11 @@ func (s *Size) UnmarshalJSON(b []byte) error {
 	}
 	var str string
 	if err := json.Unmarshal(b, &str); err != nil {
-		return fmt.Errorf("want a number of bytes or a string like \"8G\"")
+		return &fieldError{field: "size", msg: `want a number of bytes or a string like "8G"`}
 	}
 	v, err := inventory.ParseSize(str)
 	if err != nil {
-		return err
+		return &fieldError{field: "size", msg: err.Error()}
 	}
 	*s = Size(v)
 	return nil
@@ -53,6 +53,13 @@ type ImportRequest struct {
 type ExportRequest struct {
 	Path   string `json:"path"`             // a new file on the server
 	Format string `json:"format,omitempty"` // raw (default) or qcow2
+}
+
+// ImportResult is the result of an import job: the new version and what
+// happened to the hosts that follow the image's newest version.
+type ImportResult struct {
+	Version inventory.Version `json:"version"`
+	Notes   []string          `json:"notes"`
 }
 
 // Accepted is the answer to a request that started a job.
@@ -140,11 +147,14 @@ func (h *Handler) startImport(image, path string, size int64) Job {
 			return nil, err
 		}
 		defer closeSrc()
-		v, err := h.inv.AddVersion(ctx, image, src.Size(), src, origin, progress)
+		v, notes, err := h.inv.AddVersion(ctx, image, src.Size(), src, origin, progress)
 		if err != nil {
 			return nil, err
 		}
-		return v, nil
+		if notes == nil {
+			notes = []string{}
+		}
+		return ImportResult{Version: v, Notes: notes}, nil
 	})
 }
 

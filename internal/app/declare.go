@@ -66,7 +66,11 @@ func declare(ctx context.Context, site *Site, cfg *config.Config, log *slog.Logg
 		if cur.Source != inventory.SourceYAML {
 			log.Warn("host made through the API is now declared in the configuration, which manages it from now on", "host", h.Name)
 		}
-		if err := declareChanges(inv, h, spec, &cur); err != nil {
+		if err := declareChanges(inv, h, spec, &cur); inventory.KindOf(err) == inventory.Conflict {
+			// The state does not allow it now (the host may be running):
+			// the host keeps what it had, every other host is served.
+			log.Error("declared host not changed", "host", h.Name, "err", err)
+		} else if err != nil {
 			return nil, fmt.Errorf("hosts[%d] (%s): %w", i, h.Name, err)
 		}
 	}
@@ -111,7 +115,7 @@ func declareImage(ctx context.Context, inv *inventory.Inventory, im config.Image
 	if _, err := inv.CreateImage(ctx, req); err != nil {
 		return err
 	}
-	_, err = inv.AddVersion(ctx, im.Name, src.Size(), src, origin, nil)
+	_, _, err = inv.AddVersion(ctx, im.Name, src.Size(), src, origin, nil)
 	return err
 }
 

@@ -24,6 +24,7 @@ import (
 	"github.com/diskless-boot/diskless/internal/config"
 	"github.com/diskless-boot/diskless/internal/dhcp"
 	"github.com/diskless-boot/diskless/internal/fsutil"
+	"github.com/diskless-boot/diskless/internal/inventory"
 	"github.com/diskless-boot/diskless/internal/iscsi"
 	"github.com/diskless-boot/diskless/internal/ra"
 	"github.com/diskless-boot/diskless/internal/tftp"
@@ -110,6 +111,10 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 		return err
 	}
 	closers = append(closers, site)
+	// A host may be running while the server starts (it lost its sessions
+	// with the last one): what the file changes of its disk waits for its
+	// next boot.
+	site.Inv.SetRuntime(inventory.StartingUp{})
 	secrets, err := declare(ctx, site, cfg, log)
 	if err != nil {
 		return err
@@ -180,6 +185,7 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 		if cfg.DHCP.Mode == config.DHCPFull {
 			sup.dhcp = dsrv
 		}
+		sup.dhcpOn = true
 	}
 	site.Inv.SetRuntime(sup)
 	if err := sup.start(); err != nil {
@@ -319,7 +325,9 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 		}
 	}
 	cancel()
-	if gerr := g.Wait(); gerr != nil && !errors.Is(gerr, context.Canceled) {
+	// A server shut down before its Serve began says net.ErrClosed: that
+	// is a clean stop too.
+	if gerr := g.Wait(); gerr != nil && !errors.Is(gerr, context.Canceled) && !errors.Is(gerr, net.ErrClosed) {
 		err = errors.Join(err, gerr)
 	}
 	return err
@@ -360,7 +368,7 @@ func dhcpConfig(cfg *config.Config, booter *boot.Booter, sup *supervisor, log *s
 		Boot: func(ci dhcp.ClientInfo) (dhcp.Boot, bool) {
 			code := archCode(ci)
 			if h, ok := booter.Host(ci.MAC); ok {
-				sup.learnArch(h.Name, code)
+				sup.sawNetboot(ci.MAC, h.Name, code)
 			}
 			file, ok := booter.DHCPBoot(ci.MAC, code, ci.IPXE, ci.HTTPClient, serverIP)
 			return dhcp.Boot{Filename: file}, ok

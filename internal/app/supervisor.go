@@ -30,21 +30,27 @@ type supervisor struct {
 	neighbors web.Neighbors
 	log       *slog.Logger
 
-	mu     sync.Mutex
-	hosts  map[string]*served     // by host name
-	hostMu map[string]*sync.Mutex // serializes work on one host's target
+	// dhcpOn: a DHCP server (full or proxy) sees network boots.
+	dhcpOn bool
+
+	mu       sync.Mutex
+	hosts    map[string]*served     // by host name
+	hostMu   map[string]*sync.Mutex // serializes work on one host's target
+	dhcpSeen map[string]time.Time   // MAC -> last network-boot DHCP request (bounded: known hosts only)
+	learning map[string]bool        // hosts whose architecture is being saved
+	stopped  bool
 }
 
 // served is a host as the servers see it.
 type served struct {
-	rec inventory.Host // as last applied, with secrets
+	rec inventory.Host // as last applied, with secrets; read and written under supervisor.mu
 	st  *scsi.Target
-	lu  *scsi.LogicalUnit // nil while the disk is closed
+	lu  *scsi.LogicalUnit // nil while the disk is closed; the host's lock
 }
 
 func newSupervisor(inv *inventory.Inventory, isrv *iscsi.Server, booter *boot.Booter, log *slog.Logger) *supervisor {
 	return &supervisor{inv: inv, isrv: isrv, booter: booter, log: log,
-		hosts: map[string]*served{}, hostMu: map[string]*sync.Mutex{}}
+		hosts: map[string]*served{}, hostMu: map[string]*sync.Mutex{}, dhcpSeen: map[string]time.Time{}, learning: map[string]bool{}}
 }
 
 // start serves every host of the inventory. A host whose disk cannot be
@@ -113,13 +119,15 @@ func (s *supervisor) syncLocked(name string) {
 		s.hosts[name] = sv
 		s.mu.Unlock()
 	} else {
+		s.mu.Lock()
 		sv.rec = rec
+		s.mu.Unlock()
 		if err := s.isrv.UpdateTarget(s.target(&rec, sv.st)); err != nil {
 			s.log.Error("host target not updated", "host", name, "err", err)
 		}
 	}
 	if sv.lu == nil {
-		s.openDisk(name, sv)
+		s.openDisk(name, sv, &rec)
 	}
 }
 
@@ -128,9 +136,10 @@ func (s *supervisor) target(h *inventory.Host, st *scsi.Target) *iscsi.Target {
 		AllowedInitiators: []string{h.InitiatorIQN}}
 }
 
-// openDisk opens the host's disk and makes it LUN 0 of its target.
-func (s *supervisor) openDisk(name string, sv *served) {
-	dev, err := s.inv.Backend().OpenDisk(name, sv.rec.Disk)
+// openDisk opens the host's disk (as rec says) and makes it LUN 0 of its
+// target. The host's lock is held.
+func (s *supervisor) openDisk(name string, sv *served, rec *inventory.Host) {
+	dev, err := s.inv.Backend().OpenDisk(name, rec.Disk)
 	if err != nil {
 		s.log.Error("host disk not opened: its target has no LUN", "host", name, "err", err)
 		return
@@ -145,8 +154,8 @@ func (s *supervisor) openDisk(name string, sv *served) {
 		return
 	}
 	sv.lu = lu
-	s.log.Info("host", "host", name, "target", sv.rec.TargetIQN, "iqn", sv.rec.InitiatorIQN, "disk", sv.rec.Disk.Mode,
-		"base", sv.rec.Disk.Base().String(), "bytes", dev.Size(), "chap", sv.rec.CHAP != nil)
+	s.log.Info("host", "host", name, "target", rec.TargetIQN, "iqn", rec.InitiatorIQN, "disk", rec.Disk.Mode,
+		"base", rec.Disk.Base().String(), "bytes", dev.Size(), "chap", rec.CHAP != nil)
 }
 
 // closeDisk takes LUN 0 away and closes the disk (flushing it).
@@ -161,26 +170,61 @@ func (s *supervisor) closeDisk(name string, sv *served) {
 	}
 }
 
-// Online implements inventory.Runtime.
-func (s *supervisor) Online(name string) bool {
+// targetOf is the target IQN of a served host.
+func (s *supervisor) targetOf(name string) (string, bool) {
 	s.mu.Lock()
-	sv := s.hosts[name]
-	s.mu.Unlock()
-	return sv != nil && len(s.isrv.Sessions(sv.rec.TargetIQN)) > 0
+	defer s.mu.Unlock()
+	if sv := s.hosts[name]; sv != nil {
+		return sv.rec.TargetIQN, true
+	}
+	return "", false
 }
 
-// WithDiskClosed implements inventory.Runtime.
+// Online implements inventory.Runtime.
+func (s *supervisor) Online(name string) bool {
+	iqn, ok := s.targetOf(name)
+	return ok && len(s.isrv.Sessions(iqn)) > 0
+}
+
+// CheckHost implements inventory.Runtime: a fixed address must be one the
+// DHCP server can hand out (full mode).
+func (s *supervisor) CheckHost(h *inventory.Host) error {
+	if s.dhcp == nil || h.IP == "" {
+		return nil
+	}
+	ip, err := netip.ParseAddr(h.IP)
+	if err != nil {
+		return nil // checkHost reports it
+	}
+	for _, mac := range h.HardwareAddrs() {
+		if err := s.dhcp.CheckReservation(mac, ip); err != nil {
+			return &inventory.Error{Kind: inventory.Invalid, Field: "ip", Msg: err.Error()}
+		}
+	}
+	return nil
+}
+
+// WithDiskClosed implements inventory.Runtime. The LU goes first, then
+// the sessions are counted: a login racing the check then finds no LUN
+// instead of writing into a disk about to be copied or changed.
 func (s *supervisor) WithDiskClosed(name string, fn func() error) error {
 	unlock := s.lockHost(name)
 	defer unlock()
-	if s.Online(name) {
-		return &inventory.Error{Kind: inventory.Conflict, Msg: fmt.Sprintf("host %q is online; shut it down first", name)}
-	}
 	s.mu.Lock()
 	sv := s.hosts[name]
 	s.mu.Unlock()
+	if sv != nil && sv.lu != nil {
+		sv.st.RemoveLU(0)
+		sv.lu = nil
+	}
+	if s.Online(name) {
+		s.syncLocked(name) // serve the disk again as it was
+		return &inventory.Error{Kind: inventory.Conflict, Msg: fmt.Sprintf("host %q is online; shut it down first", name)}
+	}
 	if sv != nil {
-		s.closeDisk(name, sv)
+		if err := s.inv.Backend().CloseDisk(name); err != nil {
+			s.log.Error("host disk close", "host", name, "err", err)
+		}
 	}
 	err := fn()
 	s.syncLocked(name)
@@ -205,9 +249,17 @@ func (s *supervisor) refreshTables() error {
 		h := &sv.rec
 		for _, mac := range h.HardwareAddrs() {
 			hosts = append(hosts, bootHost(h, mac))
-			if ip, err := netip.ParseAddr(h.IP); err == nil {
-				res = append(res, dhcp.Reservation{MAC: mac, IP: ip, Hostname: h.Name})
+			ip, err := netip.ParseAddr(h.IP)
+			if err != nil || s.dhcp == nil {
+				continue
 			}
+			if err := s.dhcp.CheckReservation(mac, ip); err != nil {
+				// Saved before this server's subnet was known (another
+				// configuration): the host gets an address from the pool.
+				s.log.Error("host's fixed address not reserved", "host", h.Name, "mac", mac.String(), "err", err)
+				continue
+			}
+			res = append(res, dhcp.Reservation{MAC: mac, IP: ip, Hostname: h.Name})
 		}
 	}
 	s.mu.Unlock()
@@ -231,13 +283,20 @@ func bootHost(h *inventory.Host, mac net.HardwareAddr) boot.Host {
 // address: the sessions of its previous boot are ended (that machine is
 // gone) and the inventory applies what a new boot brings.
 func (s *supervisor) beginBoot(mac net.HardwareAddr, name string) error {
-	s.mu.Lock()
-	sv := s.hosts[name]
-	s.mu.Unlock()
-	if sv == nil {
+	iqn, ok := s.targetOf(name)
+	if !ok {
 		return nil
 	}
-	if n := s.isrv.DropSessions(sv.rec.TargetIQN, "the host started a new boot"); n > 0 {
+	if !s.netbooted(mac) {
+		// The running system itself can fetch its script (any process,
+		// no privilege needed): that is not a boot, and must not end the
+		// sessions or wipe the disk under it. A real boot asked DHCP a
+		// moment ago, as a network-boot client.
+		s.log.Warn("iPXE script fetched without a network boot's DHCP request from this MAC just before: not starting a new boot",
+			"host", name, "mac", mac.String())
+		return nil
+	}
+	if n := s.isrv.DropSessions(iqn, "the host started a new boot"); n > 0 {
 		s.log.Info("boot: sessions of the previous boot ended", "host", name, "mac", mac.String(), "sessions", n)
 	}
 	notes, err := s.inv.BeginBoot(name)
@@ -262,6 +321,7 @@ func (s *supervisor) hostByTarget(iqn string) (inventory.Host, bool) {
 // stop closes every disk (after the iSCSI server stopped).
 func (s *supervisor) stop() {
 	s.mu.Lock()
+	s.stopped = true
 	names := make([]string, 0, len(s.hosts))
 	for n := range s.hosts {
 		names = append(names, n)
@@ -316,25 +376,52 @@ func (s *supervisor) HostIP(h *inventory.Host) string {
 	return ""
 }
 
-// learnArch records the architecture of a host's PXE request when its
-// record has none (or only a learnt one that changed).
-func (s *supervisor) learnArch(name string, code uint16) {
+// bootWindow is how long after a network-boot DHCP request of a MAC a
+// script fetch counts as that machine's new boot: PXE firmware and iPXE
+// ask DHCP seconds before they fetch the script.
+const bootWindow = 2 * time.Minute
+
+// sawNetboot records a network-boot DHCP request (PXE firmware or iPXE)
+// of a known host's MAC, and learns the host's architecture from it when
+// its record has none (or only a learnt one that changed).
+func (s *supervisor) sawNetboot(mac net.HardwareAddr, name string, code uint16) {
 	arch := inventory.ArchBIOS
 	if code != boot.ArchBIOS {
 		arch = inventory.ArchUEFI
 	}
 	s.mu.Lock()
+	s.dhcpSeen[mac.String()] = time.Now()
 	sv := s.hosts[name]
-	known := sv != nil && (sv.rec.Arch == arch || sv.rec.Arch != "" && !sv.rec.ArchLearnt)
+	known := sv == nil || sv.rec.Arch == arch || sv.rec.Arch != "" && !sv.rec.ArchLearnt
+	busy := s.learning[name] || s.stopped
+	if !known && !busy {
+		s.learning[name] = true
+	}
 	s.mu.Unlock()
-	if known {
+	if known || busy {
 		return
 	}
-	// Off the DHCP worker: a store write must not hold up replies.
+	// Off the DHCP worker: a store write must not hold up replies; one
+	// at a time per host, so a flood of requests is one write.
 	go func() {
 		s.inv.LearnArch(name, arch)
 		s.sync(name)
+		s.mu.Lock()
+		delete(s.learning, name)
+		s.mu.Unlock()
 	}()
+}
+
+// netbooted reports a network-boot DHCP request of mac within bootWindow.
+// Without a DHCP server (dhcp off) every script fetch is taken for a boot.
+func (s *supervisor) netbooted(mac net.HardwareAddr) bool {
+	if !s.dhcpOn {
+		return true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.dhcpSeen[mac.String()]
+	return ok && time.Since(t) < bootWindow
 }
 
 // unknownSaveEvery is how often the registry of machines seen but not

@@ -45,3 +45,12 @@ func (s *Server) LeaseOf(mac net.HardwareAddr) (netip.Addr, bool) {
 	}
 	return netip.Addr{}, false
 }
+
+// CheckReservation says why ip cannot be reserved for mac in the served
+// subnet (full mode), nil when it can.
+func (s *Server) CheckReservation(mac net.HardwareAddr, ip netip.Addr) error {
+	if s.leases == nil {
+		return nil
+	}
+	return s.cfg.checkReservations([]Reservation{{MAC: mac, IP: ip.Unmap()}})
+}

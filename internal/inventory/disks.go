@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/diskless-boot/diskless/internal/storage"
@@ -111,6 +112,12 @@ func (inv *Inventory) reconcile(name string, fresh bool) ([]string, error) {
 	case want != old:
 		if d.Mode == storage.Persistent {
 			snap := fmt.Sprintf("auto-%s-%s-v%d", inv.now().UTC().Format("20060102-150405"), old.Image, old.Version)
+			for i := 2; ; i++ {
+				if _, taken := d.Snapshot(snap); !taken {
+					break
+				}
+				snap = fmt.Sprintf("auto-%s-%s-v%d-%d", inv.now().UTC().Format("20060102-150405"), old.Image, old.Version, i)
+			}
 			if d, err = inv.be.Snapshot(name, d, snap, inv.now(), true); err != nil {
 				return nil, err
 			}
@@ -210,8 +217,8 @@ func (inv *Inventory) Snapshot(host, name string) (storage.Snapshot, error) {
 	if err != nil {
 		return storage.Snapshot{}, err
 	}
-	if h.Disk.Mode != storage.Persistent {
-		return storage.Snapshot{}, conflict("host %q has a %s disk; snapshots are of persistent disks", host, h.Disk.Mode)
+	if h.Disk.Mode != storage.Persistent || h.Mode != storage.Persistent {
+		return storage.Snapshot{}, conflict("host %q has a %s disk; snapshots are of persistent disks", host, h.Mode)
 	}
 	if name == "" {
 		name = "snap-" + inv.now().UTC().Format("20060102-150405")
@@ -229,8 +236,12 @@ func (inv *Inventory) Snapshot(host, name string) (storage.Snapshot, error) {
 	if err := inv.saveDisk(host, d); err != nil {
 		return storage.Snapshot{}, err
 	}
-	// Committed: now the running disk moves on to the new top.
+	// Committed: now the running disk moves on to the new top. If it
+	// cannot, it still writes the old top, so the snapshot must not stay.
 	if err := inv.be.Sync(host, d); err != nil {
+		if rerr := inv.saveDisk(host, h.Disk); rerr != nil {
+			inv.log.Error("snapshot failed and could not be taken back", "host", host, "snapshot", name, "err", rerr)
+		}
 		return storage.Snapshot{}, err
 	}
 	sn, _ := d.Snapshot(name)
@@ -302,6 +313,10 @@ func (inv *Inventory) Rollback(host, name string) ([]string, error) {
 			}
 			want, werr := wantedBase(tx, &cur)
 			if werr != nil || want != sn.Base {
+				if cur.Source == SourceYAML {
+					return conflict("host %q is declared in the YAML configuration on %s; snapshot %s is on %s: set image %s, version %d there first",
+						host, want, name, sn.Base, sn.Base.Image, sn.Base.Version)
+				}
 				cur.Image, cur.Version = sn.Base.Image, sn.Base.Version
 				notes = append(notes, fmt.Sprintf("%s: pinned to %s, the version snapshot %s is on (set its version to follow another)", host, sn.Base, name))
 			}
@@ -418,10 +433,12 @@ func (inv *Inventory) PlanPromote(host, image string) (PromotePlan, error) {
 			p.Effects = append(p.Effects, fmt.Sprintf("%s moves to %s@v%d %s (a volatile disk: nothing to keep)", o.Name, image, p.Version, when))
 		}
 	}
-	if !h.Disk.Base().IsZero() || h.Mode == storage.Raw {
-		if v, err := inv.ResolveVersionOf(&h); err == nil {
-			p.Size = v.Size
+	if h.Mode == storage.Raw {
+		if st, err := os.Stat(h.Disk.RawPath); err == nil {
+			p.Size = st.Size()
 		}
+	} else if v, err := inv.ResolveVersionOf(&h); err == nil {
+		p.Size = v.Size
 	}
 	return p, nil
 }
@@ -451,15 +468,10 @@ func (inv *Inventory) Promote(ctx context.Context, host, image string, progress 
 		return Version{}, nil, err
 	}
 	size := plan.Size
-	if size == 0 {
-		dev, err := inv.be.OpenVersion(h.Disk.Base())
-		if err == nil {
-			size = dev.Size()
-			dev.Close()
-		}
-	}
 	if h.Mode == storage.Raw {
-		size = 0 // CopyDisk takes the raw file's size
+		if st, err := os.Stat(h.Disk.RawPath); err == nil {
+			size = st.Size()
+		}
 	}
 	v, err := inv.reserveVersion(image, size, "promote "+host)
 	if err != nil {
@@ -467,7 +479,12 @@ func (inv *Inventory) Promote(ctx context.Context, host, image string, progress 
 		return Version{}, nil, err
 	}
 	start := time.Now()
-	err = inv.be.CopyDisk(ctx, host, h.Disk, "", v.Ref(), progress)
+	// The copy runs with the host's disk taken from its target: a host that
+	// logs in meanwhile finds no LUN instead of writing into what is being
+	// published (and is refused from the start when it is online).
+	err = inv.rt.WithDiskClosed(host, func() error {
+		return inv.be.CopyDisk(ctx, host, h.Disk, "", v.Ref(), progress)
+	})
 	unlock()
 	if err != nil {
 		inv.dropVersionRecord(v)

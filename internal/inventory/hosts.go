@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 
@@ -136,6 +137,9 @@ func (inv *Inventory) AddHost(ctx context.Context, spec HostSpec, progress stora
 	if err != nil {
 		return Host{}, err
 	}
+	if err := inv.rt.CheckHost(&h); err != nil {
+		return Host{}, err
+	}
 	unlock := inv.lock(h.Name)
 	defer unlock()
 	var base storage.VersionRef
@@ -146,9 +150,15 @@ func (inv *Inventory) AddHost(ctx context.Context, spec HostSpec, progress stora
 		if err := checkUnique(tx, &h); err != nil {
 			return err
 		}
+		if err := rawPathTaken(tx, h.Name, spec.RawPath); err != nil {
+			return err
+		}
 		if h.Image != "" {
 			var err error
 			base, err = wantedBase(tx, &h)
+			if KindOf(err) == NotFound {
+				err = invalid("image", "%v", err)
+			}
 			return err
 		}
 		return nil
@@ -166,6 +176,15 @@ func (inv *Inventory) AddHost(ctx context.Context, spec HostSpec, progress stora
 		}
 		if err := checkUnique(tx, &h); err != nil {
 			return err
+		}
+		if err := rawPathTaken(tx, h.Name, spec.RawPath); err != nil {
+			return err
+		}
+		// The version may have been deleted while the disk was made.
+		for _, v := range h.Disk.Versions() {
+			if _, err := getVersion(tx, v.Image, v.Version); err != nil {
+				return conflict("version %s was deleted while the host was added", v)
+			}
 		}
 		return putJSON(tx, store.BucketHosts, h.Name, h)
 	})
@@ -205,6 +224,9 @@ func (inv *Inventory) hostFromSpec(spec HostSpec) (Host, error) {
 	case spec.RawPath != "":
 		if h.Mode != storage.Raw {
 			return h, invalid("raw_path", "only with disk mode raw")
+		}
+		if !filepath.IsAbs(spec.RawPath) {
+			return h, invalid("raw_path", "%q: give an absolute path (the server may run elsewhere)", spec.RawPath)
 		}
 		if h.Image != "" {
 			return h, invalid("raw_path", "give an image or a raw file, not both")
@@ -331,6 +353,9 @@ func checkHost(h *Host) error {
 			if f.path == "" {
 				continue
 			}
+			if !filepath.IsAbs(f.path) {
+				return invalid(f.field, "%q: give an absolute path", f.path)
+			}
 			if st, err := os.Stat(f.path); err != nil || !st.Mode().IsRegular() {
 				return invalid(f.field, "%q is not a readable file", f.path)
 			}
@@ -381,6 +406,20 @@ func normalizeMACs(in []string) ([]string, error) {
 		out = append(out, hw.String())
 	}
 	return out, nil
+}
+
+// rawPathTaken refuses a disk file another host uses: two hosts must never
+// write one disk.
+func rawPathTaken(tx store.Tx, name, path string) error {
+	if path == "" {
+		return nil
+	}
+	return forEachHost(tx, func(o *Host) error {
+		if o.Name != name && o.Disk.Mode == storage.Raw && o.Disk.RawPath == path {
+			return conflict("disk file %s is host %q's", path, o.Name)
+		}
+		return nil
+	})
 }
 
 // checkUnique refuses a MAC, target IQN, initiator IQN or IP another host
@@ -509,8 +548,8 @@ func (inv *Inventory) SetHost(name string, p HostPatch) (Host, []string, error) 
 		if h.Disk.Mode != storage.Raw || h.Disk.Owned {
 			return Host{}, nil, conflict("host %q: only a raw disk file the admin named can be changed", name)
 		}
-		if st, err := os.Stat(*p.RawPath); err != nil || !st.Mode().IsRegular() && st.Mode()&os.ModeDevice == 0 {
-			return Host{}, nil, invalid("raw_path", "%q is not a disk file", *p.RawPath)
+		if st, err := os.Stat(*p.RawPath); err != nil || !filepath.IsAbs(*p.RawPath) || !st.Mode().IsRegular() && st.Mode()&os.ModeDevice == 0 {
+			return Host{}, nil, invalid("raw_path", "%q is not a disk file given by its absolute path", *p.RawPath)
 		}
 		if inv.rt.Online(name) {
 			return Host{}, nil, conflict("host %q is online; its disk file changes when it is off", name)
@@ -522,11 +561,19 @@ func (inv *Inventory) SetHost(name string, p HostPatch) (Host, []string, error) 
 	if err := checkHost(&h); err != nil {
 		return Host{}, nil, err
 	}
+	if err := inv.rt.CheckHost(&h); err != nil {
+		return Host{}, nil, err
+	}
 	h.Updated = inv.now().UTC()
 	save := func() error {
 		return inv.st.Update(func(tx store.Tx) error {
 			if err := checkUnique(tx, &h); err != nil {
 				return err
+			}
+			if newRaw {
+				if err := rawPathTaken(tx, name, h.Disk.RawPath); err != nil {
+					return err
+				}
 			}
 			if h.Image != "" {
 				if _, err := wantedBase(tx, &h); err != nil {
@@ -546,6 +593,10 @@ func (inv *Inventory) SetHost(name string, p HostPatch) (Host, []string, error) 
 		return Host{}, nil, err
 	}
 	notes, err := inv.applyOrDefer(name)
+	if KindOf(err) == Conflict {
+		// Saved; the host came online meanwhile: its next boot applies it.
+		notes, err = append(notes, fmt.Sprintf("host %s is online: the change applies at its next boot", name)), nil
+	}
 	inv.rt.Changed(name)
 	h, _ = inv.HostWithSecrets(name)
 	return h.redacted(), notes, err

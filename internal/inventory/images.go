@@ -228,7 +228,7 @@ func (inv *Inventory) CreateImage(ctx context.Context, req NewImage) (ImageInfo,
 		return ImageInfo{}, err
 	}
 	if req.Size != 0 {
-		if _, err := inv.AddVersion(ctx, req.Name, req.Size, nil, "empty", nil); err != nil {
+		if _, _, err := inv.AddVersion(ctx, req.Name, req.Size, nil, "empty", nil); err != nil {
 			return ImageInfo{}, err
 		}
 	}
@@ -240,28 +240,28 @@ func (inv *Inventory) CreateImage(ctx context.Context, req NewImage) (ImageInfo,
 // imports never collide; the version is published (ready, newest) only
 // once its bytes are durable. Hosts that follow the image's newest
 // version move to it at their next boot, or at once when offline.
-func (inv *Inventory) AddVersion(ctx context.Context, image string, size int64, src storage.Source, origin string, progress storage.Progress) (Version, error) {
+func (inv *Inventory) AddVersion(ctx context.Context, image string, size int64, src storage.Source, origin string, progress storage.Progress) (Version, []string, error) {
 	if src != nil && size == 0 {
 		size = src.Size()
 	}
 	if err := CheckSize("size", size); err != nil {
-		return Version{}, err
+		return Version{}, nil, err
 	}
 	v, err := inv.reserveVersion(image, size, origin)
 	if err != nil {
-		return Version{}, err
+		return Version{}, nil, err
 	}
 	if err := inv.be.WriteVersion(ctx, v.Ref(), size, src, progress); err != nil {
 		inv.dropVersionRecord(v)
-		return Version{}, err
+		return Version{}, nil, err
 	}
 	if err := inv.publish(v); err != nil {
-		return Version{}, err
+		return Version{}, nil, err
 	}
 	inv.log.Info("image version published", "image", image, "version", v.Number, "bytes", size, "origin", origin)
-	inv.followersMoved(image)
+	notes := inv.followersMoved(image)
 	v.State = VersionReady
-	return v, nil
+	return v, notes, nil
 }
 
 // publish makes a written version ready and, when it is the highest, the
@@ -301,12 +301,12 @@ func (inv *Inventory) DeleteVersion(image string, n int) error {
 	unlock := inv.lock("")
 	defer unlock()
 	var v Version
+	var img Image
 	err := inv.st.Update(func(tx store.Tx) error {
 		var err error
 		if v, err = getVersion(tx, image, n); err != nil {
 			return err
 		}
-		var img Image
 		if err := getJSON(tx, store.BucketImages, image, &img); err != nil {
 			return err
 		}
@@ -320,31 +320,46 @@ func (inv *Inventory) DeleteVersion(image string, n int) error {
 		if v.State == VersionWriting {
 			return conflict("version %s is still being written", v.Ref())
 		}
+		// The record goes in the same transaction that found no user, so
+		// a host added meanwhile either counts as a user or finds no
+		// version (AddHost checks again when it commits).
 		if err := tx.Delete(store.BucketVersions, versionKey(image, n)); err != nil {
 			return err
 		}
-		if img.Latest == n {
-			img.Latest = 0
-			err := tx.ForEach(store.BucketVersions, image+"/", func(k string, b []byte) error {
-				var o Version
-				if err := getJSON(tx, store.BucketVersions, k, &o); err != nil {
-					return err
-				}
-				if o.State == VersionReady && o.Number > img.Latest {
-					img.Latest = o.Number
-				}
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-		}
-		return putJSON(tx, store.BucketImages, image, img)
+		return putJSON(tx, store.BucketImages, image, withLatest(tx, img, n))
 	})
 	if err != nil {
 		return err
 	}
-	return inv.be.DeleteVersion(v.Ref())
+	if err := inv.be.DeleteVersion(v.Ref()); err != nil {
+		// Still open (an export, a copy): the version stays.
+		if rerr := inv.st.Update(func(tx store.Tx) error {
+			if err := putJSON(tx, store.BucketVersions, versionKey(image, n), v); err != nil {
+				return err
+			}
+			return putJSON(tx, store.BucketImages, image, img)
+		}); rerr != nil {
+			inv.log.Error("version record not restored after a failed delete", "image", image, "version", n, "err", rerr)
+		}
+		return diskErr(err)
+	}
+	return nil
+}
+
+// withLatest is img with Latest recomputed after version gone went.
+func withLatest(tx store.Tx, img Image, gone int) Image {
+	if img.Latest != gone {
+		return img
+	}
+	img.Latest = 0
+	tx.ForEach(store.BucketVersions, img.Name+"/", func(k string, b []byte) error {
+		var o Version
+		if getJSON(tx, store.BucketVersions, k, &o) == nil && o.State == VersionReady && o.Number > img.Latest && o.Number != gone {
+			img.Latest = o.Number
+		}
+		return nil
+	})
+	return img
 }
 
 // DeleteImage removes an image and all its versions; refused while any

@@ -48,14 +48,27 @@ type Runtime interface {
 	// Changed is told after a host was added, changed or removed, so the
 	// server serves it as its record now says (names, secrets, MACs).
 	Changed(host string)
+	// CheckHost refuses what the running servers cannot serve (a DHCP
+	// reservation outside the served subnet) before it is saved.
+	CheckHost(h *Host) error
 }
 
-// NoRuntime is the Runtime of a data directory no server runs on.
+// NoRuntime is the Runtime of a data directory no server runs on: nothing
+// is online, every disk is closed, changes apply at once.
 type NoRuntime struct{}
 
 func (NoRuntime) Online(string) bool                             { return false }
 func (NoRuntime) WithDiskClosed(_ string, fn func() error) error { return fn() }
 func (NoRuntime) Changed(string)                                 {}
+func (NoRuntime) CheckHost(*Host) error                          { return nil }
+
+// StartingUp is the Runtime while a server starts, before it serves: disks
+// are closed, but a host may well be running (it lost its sessions with
+// the server that stopped and will log in again), so what a change does to
+// a disk waits for the host's next boot, as for a host online.
+type StartingUp struct{ NoRuntime }
+
+func (StartingUp) Online(string) bool { return true }
 
 // Options configures New.
 type Options struct {
