@@ -154,12 +154,30 @@ func hostList() *cobra.Command {
 }
 
 func hostShow() *cobra.Command {
-	var showConfig bool
+	var showConfig, showSecrets bool
 	cmd := &cobra.Command{
 		Use:   "show NAME",
 		Short: "Show a host; --config prints what the HOWTO has the admin write by hand for it",
 		Args:  cobra.ExactArgs(1),
 		RunE: withClient(func(cmd *cobra.Command, c *client, args []string) error {
+			if showSecrets {
+				var hc api.HostCredentials
+				if err := c.do(cmd.Context(), http.MethodGet, "/hosts/"+args[0]+"/credentials", nil, &hc); err != nil {
+					return err
+				}
+				if jsonFlag(cmd) {
+					return printJSON(cmd, hc)
+				}
+				if hc.CHAP == nil {
+					fmt.Fprintf(cmd.OutOrStdout(), "host %s has no CHAP\n", hc.Host)
+					return nil
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "chap         user %s  secret %s\n", hc.CHAP.User, hc.CHAP.Secret)
+				if hc.MutualCHAP != nil {
+					fmt.Fprintf(cmd.OutOrStdout(), "mutual_chap  user %s  secret %s\n", hc.MutualCHAP.User, hc.MutualCHAP.Secret)
+				}
+				return nil
+			}
 			if showConfig {
 				var hc api.HostConfig
 				if err := c.do(cmd.Context(), http.MethodGet, "/hosts/"+args[0]+"/config", nil, &hc); err != nil {
@@ -189,6 +207,7 @@ func hostShow() *cobra.Command {
 		}),
 	}
 	cmd.Flags().BoolVar(&showConfig, "config", false, "print the host's iPXE script, GRUB_CMDLINE_LINUX, /etc/iscsi/iscsi.initramfs and initiatorname.iscsi (with its secrets)")
+	cmd.Flags().BoolVar(&showSecrets, "secrets", false, "print the host's CHAP users and secrets (they are never logged or printed otherwise)")
 	return cmd
 }
 

@@ -146,6 +146,7 @@ func (h *Handler) routes() {
 	m.HandleFunc("PATCH "+p+"/hosts/{host}", h.setHost)
 	m.HandleFunc("DELETE "+p+"/hosts/{host}", h.removeHost)
 	m.HandleFunc("GET "+p+"/hosts/{host}/config", h.hostConfig)
+	m.HandleFunc("GET "+p+"/hosts/{host}/credentials", h.hostCredentials)
 	m.HandleFunc("POST "+p+"/hosts/{host}/reset", h.resetHost)
 	m.HandleFunc("POST "+p+"/hosts/{host}/check", h.checkHost)
 	m.HandleFunc("POST "+p+"/hosts/{host}/promote", h.promoteHost)

@@ -42,6 +42,24 @@ func (h *Handler) hostConfig(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, cfg)
 }
 
+// HostCredentials are a host's CHAP credentials, secrets included: what an
+// admin copies into a host (or an initramfs) by hand. Only on this request.
+type HostCredentials struct {
+	Host       string       `json:"host"`
+	CHAP       *Credentials `json:"chap"`
+	MutualCHAP *Credentials `json:"mutual_chap"`
+}
+
+func (h *Handler) hostCredentials(w http.ResponseWriter, r *http.Request) {
+	host, err := h.inv.HostWithSecrets(r.PathValue("host"))
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	v := h.view(host, true)
+	writeJSON(w, http.StatusOK, HostCredentials{Host: host.Name, CHAP: v.CHAP, MutualCHAP: v.MutualCHAP})
+}
+
 func renderHostConfig(host *inventory.Host, srv ServerInfo) (HostConfig, error) {
 	out := HostConfig{Host: host.Name, Notes: []string{}}
 	addr := srv.Address

@@ -58,7 +58,7 @@ func startSite(t *testing.T, dataDir, yamlExtra string) *site {
 		return mac, mac != nil && ip.IsLoopback()
 	})
 	go func() {
-		s.done <- RunServe(ctx, ServeOptions{Config: cfg, Neighbors: neighbors, Stdout: io.Discard,
+		s.done <- RunServe(ctx, ServeOptions{Config: cfg, Neighbors: neighbors,
 			Logger: slog.New(slog.NewTextHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 			Ready:  func(u string) { ready <- u }})
 	}()

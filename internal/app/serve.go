@@ -38,10 +38,6 @@ type ServeOptions struct {
 	Config *config.Config
 	// Logger receives every service's logs (default: discard).
 	Logger *slog.Logger
-	// Stdout receives what is shown once: CHAP secrets generated for
-	// declared hosts and the API token made at first start (default:
-	// discard).
-	Stdout io.Writer
 	// InterfaceAddrs looks up the interface's addresses (default: the
 	// running system's).
 	InterfaceAddrs config.InterfaceAddrs
@@ -87,10 +83,6 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
-	}
-	out := opts.Stdout
-	if out == nil {
-		out = io.Discard
 	}
 	if err := cfg.ResolveNetwork(opts.InterfaceAddrs); err != nil {
 		return err
@@ -256,13 +248,14 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 		closers = append(closers, c)
 	}
 
+	// Secrets never reach stdout or the log (the journal keeps both):
+	// the CLI shows them from the store on demand.
 	for _, s := range secrets {
-		fmt.Fprintf(out, "generated CHAP secret (shown once, kept in the state store): host=%s mac=%s %s user=%s secret=%s\n",
-			s.Host, s.MAC, s.Key, s.User, s.Secret)
+		log.Info("CHAP credentials generated; `diskless host show HOST --secrets` prints them",
+			"host", s.Host, "mac", s.MAC, "key", s.Key, "user", s.User)
 	}
 	if token != "" {
-		fmt.Fprintf(out, "API token (shown once; the CLI on this machine reads it from %s): %s\n",
-			filepath.Join(site.Dir, api.TokenFile), token)
+		log.Info("API token made; the CLI on this machine reads it, others pass it with --token", "file", filepath.Join(site.Dir, api.TokenFile))
 	}
 	apiURL := "http://" + loopbackFor(apiLn.Addr())
 	if err := writeServerFile(site.Dir, apiURL); err != nil {

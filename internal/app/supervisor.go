@@ -63,6 +63,11 @@ func (s *supervisor) start() error {
 	}
 	for _, h := range hosts {
 		s.sync(h.Name)
+		if h.CHAP == nil {
+			// Said at every start: the admin turned it off, keep it seen.
+			s.log.Warn("host without CHAP: anyone on its network who learns its initiator name can read and write its disk",
+				"host", h.Name, "iqn", h.InitiatorIQN)
+		}
 	}
 	return s.refreshTables()
 }

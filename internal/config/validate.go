@@ -67,8 +67,12 @@ func (v *validator) check() {
 	if c.TFTP.Enabled && c.TFTP.Root == "" {
 		v.fail("tftp.root", "required when tftp.enabled is true")
 	}
-	v.listen("http.listen", c.HTTP.Listen)
-	v.listen("iscsi.listen", c.ISCSI.Listen)
+	if c.HTTP.Listen != "" {
+		v.listen("http.listen", c.HTTP.Listen)
+	}
+	if c.ISCSI.Listen != "" {
+		v.listen("iscsi.listen", c.ISCSI.Listen)
+	}
 	if c.ISCSI.PortalGroupTag < 1 || c.ISCSI.PortalGroupTag > 65535 {
 		v.fail("iscsi.portal_group_tag", "%d is not in 1-65535", c.ISCSI.PortalGroupTag)
 	}
@@ -378,7 +382,10 @@ func sameSubnet(a, b netip.Addr, mask net.IPMask) bool {
 	return true
 }
 
-func listenPort(s string) uint16 {
+func listenPort(s string, def uint16) uint16 {
+	if s == "" {
+		return def
+	}
 	_, port, _ := net.SplitHostPort(s)
 	n, _ := strconv.ParseUint(port, 10, 16)
 	return uint16(n)

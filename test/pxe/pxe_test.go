@@ -40,9 +40,12 @@ func TestPXEBoot(t *testing.T) {
 			t.Fatal(err)
 		}
 		srv := startServe(t, n, "--interface", n.srvIf, "--dhcp", "full", "--dhcp-range", poolRange,
-			"--host", clientMAC+"="+img, "--chap", "--data-dir", filepath.Join(dir, "state"))
-		// --chap: the generated secret is printed once, on stdout.
-		waitOutput(t, srv, "generated CHAP secret", time.Second)
+			"--host", clientMAC+"="+img, "--data-dir", filepath.Join(dir, "state"))
+		// CHAP and mutual CHAP by default: generated, never printed.
+		waitOutput(t, srv, "CHAP credentials generated", time.Second)
+		if strings.Contains(srv.Output(), "secret=") {
+			t.Errorf("a secret in the server's output")
+		}
 		v := startVM(t, n.vmNS, biosArgs(n)...)
 		took := expectMarker(t, v, marker, 120*time.Second)
 		t.Logf("BIOS, dhcp full: power-on to marker %v", took.Round(100*time.Millisecond))
