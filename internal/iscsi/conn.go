@@ -8,6 +8,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
+	"os"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -91,37 +93,54 @@ type conn struct {
 	pingPending atomic.Uint32
 	pingDone    chan struct{}
 
+	// Admission (admit), under srv.mu.
+	src      netip.Prefix
+	accepted time.Time
+	tracked  bool // counted in srv.conns and its source
+	pending  bool // not (yet) a normal session: may be evicted
+
 	closeOnce sync.Once
 	finished  chan struct{} // closed when the connection has cleaned up
 }
 
+// newConn returns the bare connection that admit counts; serve sets up
+// the rest, so that a refused or evicted connection costs little.
 func newConn(s *Server, nc net.Conn) *conn {
+	return &conn{
+		srv:      s,
+		nc:       nc,
+		log:      s.log,
+		closed:   make(chan struct{}),
+		finished: make(chan struct{}),
+	}
+}
+
+// setup prepares an admitted connection for serve.
+func (c *conn) setup() {
+	nc := c.nc
 	if tc, ok := nc.(*net.TCPConn); ok {
 		// Sessions sit idle for long stretches (GRUB menu, iPXE
 		// console); TCP keepalive finds dead peers without iSCSI pings
 		// that iPXE would ignore.
 		tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: 30 * time.Second, Interval: 10 * time.Second, Count: 6})
 		tc.SetNoDelay(true)
-	}
-	c := &conn{
-		srv:      s,
-		nc:       nc,
-		log:      s.log.With("remote", nc.RemoteAddr().String()),
-		tasks:    make(map[uint32]*task),
-		queued:   make(map[uint32]func()),
-		aborted:  make(map[uint32]struct{}),
-		closed:   make(chan struct{}),
-		finished: make(chan struct{}),
-	}
-	c.br = bufio.NewReaderSize(nc, 64<<10)
-	c.rd = pdu.Reader{R: c.br, MaxData: loginMaxData}
-	if tc, ok := nc.(*net.TCPConn); ok {
 		if rc, err := tc.SyscallConn(); err == nil {
 			c.rawConn = rc
 		}
 	}
-	return c
+	c.log = c.srv.log.With("remote", nc.RemoteAddr().String())
+	c.tasks = make(map[uint32]*task)
+	c.queued = make(map[uint32]func())
+	c.aborted = make(map[uint32]struct{})
+	c.br = bufio.NewReaderSize(nc, 64<<10)
+	c.rd = pdu.Reader{R: c.br, MaxData: loginMaxData}
 }
+
+// warn logs client misbehaviour or a refusal, rate limited.
+func (c *conn) warn(msg string, args ...any) { c.srv.warn.Log(c.log, slog.LevelWarn, msg, args...) }
+
+// info logs a state change a client can cause at will, rate limited.
+func (c *conn) info(msg string, args ...any) { c.srv.info.Log(c.log, slog.LevelInfo, msg, args...) }
 
 // isClosed reports whether abort has been called.
 func (c *conn) isClosed() bool {
@@ -148,16 +167,25 @@ func (c *conn) serve() {
 	defer close(c.finished)
 	defer func() {
 		if r := recover(); r != nil {
-			c.srv.panics.Add(1)
-			c.log.Error("iscsi connection handler panicked", "panic", r, "stack", string(debug.Stack()))
+			c.srv.stats.panics.Add(1)
+			c.srv.warn.Log(c.log, slog.LevelError, "iscsi connection handler panicked", "panic", r, "stack", string(debug.Stack()))
 			c.abort(fmt.Errorf("panic: %v", r))
 			c.teardown()
 		}
 	}()
+	c.setup()
 	c.nc.SetDeadline(time.Now().Add(c.srv.cfg.LoginTimeout))
 	if err := c.login(); err != nil {
-		if !errors.Is(err, io.EOF) {
-			c.log.Info("iscsi login failed", "err", err)
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			// The deadline covers the whole login, however slowly its
+			// PDUs trickle in.
+			c.srv.stats.loginTimeouts.Add(1)
+			c.warn("iscsi login timed out", "after", c.srv.cfg.LoginTimeout)
+		case c.isClosed():
+			// Evicted or shut down: whoever closed it has said so.
+		case !errors.Is(err, io.EOF):
+			c.info("iscsi login failed", "err", err)
 		}
 		c.abort(err)
 		return
@@ -172,7 +200,7 @@ func (c *conn) serve() {
 	}
 	err := c.readLoop()
 	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, errLogout) {
-		c.log.Info("iscsi connection closed", "tsih", c.sess.tsih, "err", err)
+		c.info("iscsi connection closed", "tsih", c.sess.tsih, "err", err)
 	}
 	c.abort(err)
 	c.teardown()
@@ -200,7 +228,7 @@ func (c *conn) teardown() {
 	if !c.sess.discovery {
 		c.srv.unbindSession(c.sess)
 		c.sess.target.SCSI.NexusLost(c.sess.nexus)
-		c.log.Info("iscsi session ended", "tsih", c.sess.tsih)
+		c.info("iscsi session ended", "tsih", c.sess.tsih)
 	}
 	c.sess = nil
 }
@@ -420,13 +448,13 @@ func (c *conn) handleLogout(m pdu.LogoutRequest) bool {
 	item.release = func() { close(flushed) }
 	c.send(item)
 	<-flushed
-	c.log.Info("iscsi logout", "tsih", c.sess.tsih)
+	c.info("iscsi logout", "tsih", c.sess.tsih)
 	return true
 }
 
 // reject sends a Reject PDU carrying the offending header (RFC 7143 11.17).
 func (c *conn) reject(h *pdu.BHS, reason uint8) {
-	c.log.Warn("iscsi PDU rejected", "reason", reason, "op", opName(h))
+	c.warn("iscsi PDU rejected", "reason", reason, "op", opName(h))
 	item := &outItem{pdus: []outPDU{{sn: snAdvance}}}
 	r := pdu.Reject{Reason: reason, DataSN: 0}
 	r.Marshal(&item.pdus[0].bhs)

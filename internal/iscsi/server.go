@@ -15,15 +15,19 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/diskless-boot/diskless/internal/ratelog"
 	"github.com/diskless-boot/diskless/internal/scsi"
 )
 
-// Config is the configuration of a Server. The zero value is usable.
+// Config is the configuration of a Server. The zero value is usable, and
+// safe on a LAN where anyone can plug in: every bound below is on by
+// default.
 type Config struct {
 	// PortalGroupTag is the TargetPortalGroupTag of every portal (default 1).
 	// It must match what initiators are configured with (the initramfs'
@@ -34,28 +38,43 @@ type Config struct {
 	// QueueDepth is the CmdSN window: how many commands a session may have
 	// outstanding (default 64).
 	QueueDepth int
+
 	// SessionMemory bounds the data buffers one session may hold at once;
 	// a command that would exceed it gets TASK SET FULL (default 256 MiB).
 	SessionMemory int64
 	// TotalMemory bounds the data buffers of all sessions together
 	// (default 1 GiB); beyond it commands get TASK SET FULL too.
 	TotalMemory int64
+
 	// MaxConnections bounds concurrent connections, logged in or not
-	// (default 1024); more are closed at once.
+	// (default 1024). When it is reached, a new connection takes the
+	// place of one not logged in to a normal session yet (a login under
+	// way or a discovery session) from the source that has the most of
+	// those, the oldest first; when every connection is a normal session
+	// it is closed at once.
 	MaxConnections int
+	// MaxConnectionsPerSource bounds the connections from one source
+	// address, an IPv6 /64 counting as one (default 32); more are closed
+	// at once.
+	MaxConnectionsPerSource int
 	// MaxTransferLength caps the ExpectedDataTransferLength of one command
 	// (default 16 MiB); larger commands fail with INVALID FIELD IN CDB.
 	MaxTransferLength uint32
+
 	// NOPInterval, when positive, makes the target ping idle connections
 	// with NOP-In and drop those that do not answer within another
 	// interval. Off by default: iPXE does not answer while GRUB or the OS
 	// loader sits idle, and dropping it would kill the boot.
 	NOPInterval time.Duration
-	// LoginTimeout bounds the whole login phase (default 30 s).
+	// LoginTimeout bounds the whole login phase, however the PDUs trickle
+	// in (default 30 s).
 	LoginTimeout time.Duration
 	// WriteTimeout bounds each write to a connection (default 60 s).
 	WriteTimeout time.Duration
-	// Logger receives the target's logs (default: discard).
+
+	// Logger receives the target's logs (default: discard). Every line a
+	// client can trigger is rate limited: a line of each kind at most
+	// every few seconds, carrying how many were held back.
 	Logger *slog.Logger
 	// OnLogin, when set, is called after each normal session's login
 	// completes, so the application can tie the session to what it knows
@@ -70,6 +89,13 @@ type LoginEvent struct {
 	TSIH      uint16
 	Target    string // TargetName
 	Remote    net.Addr
+}
+
+// Defaults returns the Config that New fills a zero Config with, for
+// callers that start from the documented defaults and change a few.
+func Defaults() Config {
+	var c Config
+	return c.withDefaults()
 }
 
 func (c *Config) withDefaults() Config {
@@ -92,6 +118,9 @@ func (c *Config) withDefaults() Config {
 	}
 	if d.MaxConnections <= 0 {
 		d.MaxConnections = 1024
+	}
+	if d.MaxConnectionsPerSource <= 0 {
+		d.MaxConnectionsPerSource = 32
 	}
 	if d.MaxTransferLength == 0 {
 		d.MaxTransferLength = 16 << 20
@@ -132,6 +161,11 @@ func (t *Target) allows(initiator string) bool {
 type Server struct {
 	cfg Config
 	log *slog.Logger
+	// warn and info rate-limit the lines clients can trigger: warnings
+	// (refusals, timeouts, protocol errors) at most one per kind every
+	// few seconds, state changes (login, logout) with room for a room
+	// full of machines booting at once.
+	warn, info *ratelog.Logger
 
 	mu        sync.Mutex
 	targets   map[string]*Target
@@ -139,11 +173,12 @@ type Server struct {
 	nextTSIH  uint16
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]struct{}
+	sources   map[netip.Prefix]*source
 	closing   bool
 
 	wg           sync.WaitGroup
 	shutdownOnce sync.Once
-	panics       atomic.Int64
+	stats        counters
 	memUsed      atomic.Int64 // data buffer bytes held by all sessions
 }
 
@@ -173,6 +208,9 @@ func New(cfg Config) *Server {
 		sessions:  make(map[sessionKey]*session),
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*conn]struct{}),
+		sources:   make(map[netip.Prefix]*source),
+		warn:      ratelog.NewLogger(5*time.Second, 1),
+		info:      ratelog.NewLogger(100*time.Millisecond, 100),
 	}
 }
 
@@ -257,27 +295,23 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			return err
 		}
 		backoff = 0
-		c := newConn(s, nc)
-		s.mu.Lock()
-		if s.closing {
-			s.mu.Unlock()
-			nc.Close()
-			return nil
-		}
-		if len(s.conns) >= s.cfg.MaxConnections {
-			s.mu.Unlock()
-			s.log.Warn("iscsi connection refused: too many connections", "remote", nc.RemoteAddr().String())
+		c, victim, refused := s.admit(nc)
+		if refused != "" {
 			nc.Close()
 			continue
 		}
-		s.conns[c] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
+		if c == nil { // shutting down
+			nc.Close()
+			return nil
+		}
+		if victim != nil {
+			victim.abort(errEvicted)
+		}
 		go func() {
 			defer s.wg.Done()
 			c.serve()
 			s.mu.Lock()
-			delete(s.conns, c)
+			s.untrackLocked(c)
 			s.mu.Unlock()
 		}()
 	}
@@ -309,7 +343,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 // Panics reports how many connection handlers recovered from a panic.
-func (s *Server) Panics() int64 { return s.panics.Load() }
+func (s *Server) Panics() int64 { return int64(s.stats.panics.Load()) }
 
 // SessionCount reports the number of logged-in sessions.
 func (s *Server) SessionCount() int {
