@@ -172,17 +172,24 @@ type Stats struct {
 	Evicted uint64
 	// Connections closed for a time bound.
 	LoginTimeouts uint64 // LoginTimeout
-	Panics        uint64 // connection handlers that recovered from a panic
+	// Commands answered TASK SET FULL, by the memory bound they hit.
+	TaskSetFullSession  uint64 // SessionMemory
+	TaskSetFullTarget   uint64 // TargetMemory
+	TaskSetFullTotal    uint64 // TotalMemory
+	TaskSetFullReserved uint64 // only ReservedMemory was left, and the target holds more than ReservedMemoryPerTarget
+	Panics              uint64 // connection handlers that recovered from a panic
 
 	// Gauges, now.
-	Connections int // open connections
-	Pending     int // of which not in a normal session (login under way, discovery)
-	Sessions    int // normal sessions
+	Connections int   // open connections
+	Pending     int   // of which not in a normal session (login under way, discovery)
+	Sessions    int   // normal sessions
+	MemoryUsed  int64 // data buffer bytes held by commands
 }
 
 type counters struct {
 	accepted, refusedPerSource, refusedTotal, evicted atomic.Uint64
 	loginTimeouts                                     atomic.Uint64
+	tsfSession, tsfTarget, tsfTotal, tsfReserved      atomic.Uint64
 	panics                                            atomic.Uint64
 }
 
@@ -200,7 +207,10 @@ func (s *Server) Stats() Stats {
 	c := &s.stats
 	st := Stats{
 		Accepted: c.accepted.Load(), RefusedPerSource: c.refusedPerSource.Load(), RefusedTotal: c.refusedTotal.Load(),
-		Evicted: c.evicted.Load(), LoginTimeouts: c.loginTimeouts.Load(), Panics: c.panics.Load(),
+		Evicted: c.evicted.Load(), LoginTimeouts: c.loginTimeouts.Load(), TaskSetFullSession: c.tsfSession.Load(),
+		TaskSetFullTarget: c.tsfTarget.Load(), TaskSetFullTotal: c.tsfTotal.Load(),
+		TaskSetFullReserved: c.tsfReserved.Load(), Panics: c.panics.Load(),
+		MemoryUsed: s.mem.used(),
 	}
 	s.mu.Lock()
 	st.Connections = len(s.conns)

@@ -18,7 +18,6 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/diskless-boot/diskless/internal/ratelog"
@@ -39,12 +38,26 @@ type Config struct {
 	// outstanding (default 64).
 	QueueDepth int
 
-	// SessionMemory bounds the data buffers one session may hold at once;
-	// a command that would exceed it gets TASK SET FULL (default 256 MiB).
-	SessionMemory int64
-	// TotalMemory bounds the data buffers of all sessions together
-	// (default 1 GiB); beyond it commands get TASK SET FULL too.
-	TotalMemory int64
+	// The data buffers of commands in flight are shared so that no session
+	// and no target can take what another host needs to boot (SAM-5 5.3:
+	// a command that does not fit gets TASK SET FULL and is retried):
+	//
+	//   - SessionMemory bounds one session (default 256 MiB);
+	//   - TargetMemory bounds all sessions of one target, i.e. one host
+	//     (default 512 MiB);
+	//   - TotalMemory bounds all sessions together (default 1 GiB);
+	//   - the last ReservedMemory of TotalMemory (default 256 MiB) only
+	//     goes to targets that hold at most ReservedMemoryPerTarget
+	//     (default 16 MiB, one largest command) once the command is
+	//     counted: however many sessions of a few hosts hold buffers (WRITEs
+	//     whose Data-Out never comes), ReservedMemory/ReservedMemoryPerTarget
+	//     other hosts still get theirs. A negative ReservedMemory turns the
+	//     reserve off.
+	SessionMemory           int64
+	TargetMemory            int64
+	TotalMemory             int64
+	ReservedMemory          int64
+	ReservedMemoryPerTarget int64
 
 	// MaxConnections bounds concurrent connections, logged in or not
 	// (default 1024). When it is reached, a new connection takes the
@@ -113,9 +126,22 @@ func (c *Config) withDefaults() Config {
 	if d.SessionMemory <= 0 {
 		d.SessionMemory = 256 << 20
 	}
+	if d.TargetMemory <= 0 {
+		d.TargetMemory = 512 << 20
+	}
 	if d.TotalMemory <= 0 {
 		d.TotalMemory = 1 << 30
 	}
+	if d.ReservedMemory == 0 {
+		d.ReservedMemory = 256 << 20
+	}
+	// The reserve is part of the total and never all of it. Negative
+	// (off) stays negative, so that resolving twice changes nothing.
+	d.ReservedMemory = min(d.ReservedMemory, d.TotalMemory/2)
+	if d.ReservedMemoryPerTarget <= 0 {
+		d.ReservedMemoryPerTarget = 16 << 20
+	}
+	d.ReservedMemoryPerTarget = min(d.ReservedMemoryPerTarget, max(d.ReservedMemory, 1))
 	if d.MaxConnections <= 0 {
 		d.MaxConnections = 1024
 	}
@@ -179,16 +205,7 @@ type Server struct {
 	wg           sync.WaitGroup
 	shutdownOnce sync.Once
 	stats        counters
-	memUsed      atomic.Int64 // data buffer bytes held by all sessions
-}
-
-// reserveMem takes n bytes from the server-wide buffer budget.
-func (s *Server) reserveMem(n int64) bool {
-	if s.memUsed.Add(n) > s.cfg.TotalMemory {
-		s.memUsed.Add(-n)
-		return false
-	}
-	return true
+	mem          memBudget
 }
 
 // sessionKey identifies a session by its I_T nexus (RFC 7143 4.4.3).
@@ -211,6 +228,7 @@ func New(cfg Config) *Server {
 		sources:   make(map[netip.Prefix]*source),
 		warn:      ratelog.NewLogger(5*time.Second, 1),
 		info:      ratelog.NewLogger(100*time.Millisecond, 100),
+		mem:       memBudget{byTarget: make(map[string]int64)},
 	}
 }
 

@@ -1,20 +1,26 @@
 package iscsi
 
 // Tests of "one client can never starve the others" (issue 13): limits on
-// connections per source and in total, and the login time bound.
+// connections per source and in total, the login time bound, and the fair
+// share of command memory.
 
 import (
 	"bufio"
 	"bytes"
+	"crypto/rand"
 	"errors"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/diskless-boot/diskless/internal/disk"
 	"github.com/diskless-boot/diskless/internal/iscsi/pdu"
+	"github.com/diskless-boot/diskless/internal/scsi"
 )
 
 // dialFrom connects to addr from the loopback address local (any of
@@ -231,6 +237,123 @@ func TestLoginTimeoutBoundsSlowDrip(t *testing.T) {
 		}, 20*time.Millisecond)
 	})
 	waitFor(t, "two login timeouts counted", func() bool { return srv.Stats().LoginTimeouts == 2 })
+}
+
+// writeNoData sends a WRITE(10) of n bytes with no data: the target asks
+// for it with R2T, or (final=false, InitialR2T=No) expects it unsolicited.
+func (in *testInitiator) writeNoData(lba uint32, n int, final bool) uint32 {
+	in.itt++
+	m := pdu.SCSICommand{Final: final, Write: true, Attr: pdu.AttrSimple, ITT: in.itt, CmdSN: in.cmdSN, ExpStatSN: in.expStatSN,
+		ExpectedDataTransferLength: uint32(n)}
+	in.cmdSN++
+	copy(m.CDB[:], rw10(0x2a, lba, uint16(n/512)))
+	var p pdu.PDU
+	m.Marshal(&p)
+	in.sendPDU(&p)
+	return in.itt
+}
+
+// addTestTarget exports one more target, with an 8 MiB LU, on srv.
+func addTestTarget(t *testing.T, srv *Server, name string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, 8<<20); err != nil {
+		t.Fatal(err)
+	}
+	dev, err := disk.OpenFile(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dev.Close() })
+	st := scsi.NewTarget(scsi.TargetConfig{Name: name, RelTargetPort: 1, TargetPortGroup: 1})
+	lu, err := scsi.NewLogicalUnit(dev, scsi.LUConfig{Serial: name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.AddLU(0, lu); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.AddTarget(&Target{Name: name, SCSI: st}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestMemoryFairness: eight sessions on four hosts hold WRITEs whose
+// Data-Out never comes, as many as the target lets them; a ninth session,
+// of another host, still does I/O. Without the per-target bound and the
+// reserve, the eight would hold the whole budget (8 x SessionMemory) and
+// the ninth would only get TASK SET FULL.
+func TestMemoryFairness(t *testing.T) {
+	t.Parallel()
+	const mib = 1 << 20
+	cfg := Config{TotalMemory: 16 * mib, SessionMemory: 2 * mib, TargetMemory: 3 * mib,
+		ReservedMemory: 8 * mib, ReservedMemoryPerTarget: 1 * mib}
+	srv, addr := startTargetWith(t, cfg, nil)
+	hosts := []string{"iqn.2026-11.org.example:a", "iqn.2026-11.org.example:b", "iqn.2026-11.org.example:c",
+		"iqn.2026-11.org.example:d", "iqn.2026-11.org.example:e"}
+	for _, h := range hosts {
+		addTestTarget(t, srv, h)
+	}
+	var attackers []*testInitiator
+	full := 0
+	for i := range 8 {
+		in := dialInitiator(t, addr)
+		if st := in.login(loginOpts{initiator: testInitiator1, target: hosts[i/2], isid: uint64(0x800000000800 + i)}); st != 0 {
+			t.Fatalf("attacker %d: login 0x%04x", i, st)
+		}
+		in.clearUnitAttention()
+		attackers = append(attackers, in)
+		for range 8 {
+			in.writeNoData(0, 512<<10, true)
+			r := in.readPDU()
+			switch r.BHS.Opcode() {
+			case pdu.OpR2T:
+			case pdu.OpSCSIResponse:
+				resp, _ := pdu.ParseSCSIResponse(&r.BHS)
+				if resp.Status != uint8(scsi.StatusTaskSetFull) {
+					t.Fatalf("attacker %d: status %#x, want an R2T or TASK SET FULL", i, resp.Status)
+				}
+				in.expStatSN = resp.StatSN + 1
+				full++
+			default:
+				t.Fatalf("attacker %d: got %s", i, r.BHS.Opcode())
+			}
+		}
+	}
+	held := srv.mem.used()
+	t.Logf("eight sessions hold %d MiB of %d; %d of their WRITEs got TASK SET FULL", held/mib, cfg.TotalMemory/mib, full)
+	if full == 0 || held > cfg.TotalMemory-cfg.ReservedMemoryPerTarget {
+		t.Fatalf("the eight sessions hold %d bytes, leaving no room for another host", held)
+	}
+
+	ninth := dialInitiator(t, addr)
+	if st := ninth.login(loginOpts{initiator: testInitiator1, target: hosts[4], isid: 0x800000000900}); st != 0 {
+		t.Fatalf("ninth session: login 0x%04x", st)
+	}
+	ninth.clearUnitAttention()
+	data := make([]byte, 512<<10)
+	for i := range 4 {
+		rand.Read(data)
+		lba := uint32(i * 1024)
+		if st, sense, _ := ninth.command(0, rw10(0x2a, lba, 1024), data, 0); st != 0 {
+			t.Fatalf("ninth session WRITE %d: status %#x sense %x", i, st, sense)
+		}
+		st, _, got := ninth.command(0, rw10(0x28, lba, 1024), nil, uint32(len(data)))
+		if st != 0 || !bytes.Equal(got, data) {
+			t.Fatalf("ninth session READ %d: status %#x, equal %v", i, st, bytes.Equal(got, data))
+		}
+	}
+	st := srv.Stats()
+	if st.TaskSetFullTarget+st.TaskSetFullReserved+st.TaskSetFullSession == 0 {
+		t.Fatalf("stats %+v: no refusal counted", st)
+	}
+	for _, in := range attackers {
+		in.nc.Close()
+	}
+	waitFor(t, "memory given back", func() bool { return srv.mem.used() == 0 })
 }
 
 func TestSourceOf(t *testing.T) {

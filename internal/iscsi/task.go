@@ -85,14 +85,16 @@ func (c *conn) handleSCSICommand(p *pdu.PDU) error {
 	}
 	if t.edtl > 0 && (cmd.Read || cmd.Write) {
 		c.mu.Lock()
-		ok := c.memUsed+int64(t.edtl) <= c.srv.cfg.SessionMemory && c.srv.reserveMem(int64(t.edtl))
-		if ok {
+		bound := c.srv.reserveMem(c.memKey, c.memUsed, int64(t.edtl))
+		if bound == memOK {
 			c.memUsed += int64(t.edtl)
 		}
 		c.mu.Unlock()
-		if !ok {
+		if bound != memOK {
 			// SAM-5 5.3: TASK SET FULL tells the initiator to retry
 			// later; the buffers of the commands in flight bound us.
+			c.srv.stats.countTaskSetFull(bound)
+			c.warn("iscsi command refused: memory budget", "bound", bound.String(), "bytes", t.edtl)
 			return c.refuse(t, dsl, scsi.StatusTaskSetFull, nil)
 		}
 		t.buf = getBuf(int(t.edtl))
@@ -304,7 +306,7 @@ func (c *conn) failTask(t *task, sense []byte) {
 func (c *conn) releaseMemLocked(t *task) {
 	if t.memHeld {
 		c.memUsed -= int64(t.edtl)
-		c.srv.memUsed.Add(-int64(t.edtl))
+		c.srv.releaseMem(c.memKey, int64(t.edtl))
 		t.memHeld = false
 	}
 }
