@@ -171,7 +171,11 @@ type Stats struct {
 	// make room for a new connection when MaxConnections was reached.
 	Evicted uint64
 	// Connections closed for a time bound.
-	LoginTimeouts uint64 // LoginTimeout
+	LoginTimeouts        uint64 // LoginTimeout
+	DiscoveryTimeouts    uint64 // DiscoveryTimeout
+	FirstCommandTimeouts uint64 // FirstCommandTimeout
+	NOPTimeouts          uint64 // a NOP-In ping unanswered
+	DataOutTimeouts      uint64 // DataOutTimeout: commands waited for Data-Out or a CmdSN gap
 	// Commands answered TASK SET FULL, by the memory bound they hit.
 	TaskSetFullSession  uint64 // SessionMemory
 	TaskSetFullTarget   uint64 // TargetMemory
@@ -187,10 +191,11 @@ type Stats struct {
 }
 
 type counters struct {
-	accepted, refusedPerSource, refusedTotal, evicted atomic.Uint64
-	loginTimeouts                                     atomic.Uint64
-	tsfSession, tsfTarget, tsfTotal, tsfReserved      atomic.Uint64
-	panics                                            atomic.Uint64
+	accepted, refusedPerSource, refusedTotal, evicted                   atomic.Uint64
+	loginTimeouts, discoveryTimeouts, firstCommandTimeouts, nopTimeouts atomic.Uint64
+	dataOutTimeouts                                                     atomic.Uint64
+	tsfSession, tsfTarget, tsfTotal, tsfReserved                        atomic.Uint64
+	panics                                                              atomic.Uint64
 }
 
 func (c *counters) refuse(reason string) {
@@ -207,7 +212,9 @@ func (s *Server) Stats() Stats {
 	c := &s.stats
 	st := Stats{
 		Accepted: c.accepted.Load(), RefusedPerSource: c.refusedPerSource.Load(), RefusedTotal: c.refusedTotal.Load(),
-		Evicted: c.evicted.Load(), LoginTimeouts: c.loginTimeouts.Load(), TaskSetFullSession: c.tsfSession.Load(),
+		Evicted: c.evicted.Load(), LoginTimeouts: c.loginTimeouts.Load(), DiscoveryTimeouts: c.discoveryTimeouts.Load(),
+		FirstCommandTimeouts: c.firstCommandTimeouts.Load(), NOPTimeouts: c.nopTimeouts.Load(),
+		DataOutTimeouts: c.dataOutTimeouts.Load(), TaskSetFullSession: c.tsfSession.Load(),
 		TaskSetFullTarget: c.tsfTarget.Load(), TaskSetFullTotal: c.tsfTotal.Load(),
 		TaskSetFullReserved: c.tsfReserved.Load(), Panics: c.panics.Load(),
 		MemoryUsed: s.mem.used(),

@@ -88,10 +88,14 @@ type conn struct {
 	textPending []byte
 	textTTT     uint32
 
-	// NOP-In pings (Config.NOPInterval).
-	lastRecv    atomic.Int64 // unix nanoseconds of the last PDU received
-	pingPending atomic.Uint32
-	pingDone    chan struct{}
+	// What the watchdog (watch) reads to enforce the time bounds of the
+	// full feature phase; the reader writes them.
+	rxCount      atomic.Uint64 // PDUs received
+	dataOutCount atomic.Uint64 // Data-Out PDUs placed in a task's buffer
+	gotCommand   atomic.Bool   // a SCSI command has arrived
+	nopProven    atomic.Bool   // the initiator sent a NOP-Out ping of its own
+	pingPending  atomic.Uint32 // TTT of our unanswered NOP-In ping, 0 if none
+	watchDone    chan struct{}
 
 	// Admission (admit), under srv.mu.
 	src      netip.Prefix
@@ -197,9 +201,9 @@ func (c *conn) serve() {
 	c.out = make(chan *outItem, 256)
 	c.writerDone = make(chan struct{})
 	go c.writeLoop()
-	if iv := c.srv.cfg.NOPInterval; iv > 0 {
-		c.pingDone = make(chan struct{})
-		go c.pingLoop(iv)
+	if tick := c.watchTick(); tick > 0 {
+		c.watchDone = make(chan struct{})
+		go c.watch(tick)
 	}
 	err := c.readLoop()
 	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, errLogout) {
@@ -216,13 +220,23 @@ func (c *conn) teardown() {
 		return
 	}
 	c.mu.Lock()
+	var idle []*task
 	for _, t := range c.tasks {
+		if !t.executing {
+			idle = append(idle, t)
+		}
 		c.dropTaskLocked(t)
 	}
 	c.mu.Unlock()
+	// The reader is done: the buffers of tasks that never ran (WRITEs
+	// still waiting for Data-Out) have no other user.
+	for _, t := range idle {
+		putBuf(t.buf)
+		t.buf = nil
+	}
 	c.running.Wait()
-	if c.pingDone != nil {
-		<-c.pingDone
+	if c.watchDone != nil {
+		<-c.watchDone
 	}
 	if c.out != nil {
 		close(c.out)
@@ -249,9 +263,7 @@ func (c *conn) readLoop() error {
 			c.flushHeld()
 		}
 		err := c.rd.ReadHeader(&p)
-		if c.pingDone != nil {
-			c.lastRecv.Store(time.Now().UnixNano()) // for pingLoop only
-		}
+		c.rxCount.Add(1) // for the watchdog
 		if err == nil && c.isClosed() {
 			// Aborted by what the last PDU did (a cold reset): the
 			// rest, even if already buffered, is not for us.
@@ -382,6 +394,11 @@ func (c *conn) handleControl(p *pdu.PDU) error {
 			// Answer to a NOP-In ping of ours: nothing to send (11.18.1).
 			c.pingPending.CompareAndSwap(m.TTT, 0)
 			return nil
+		}
+		// A ping of the initiator's own: it implements NOPs, so it
+		// answers ours (Config.ProvenNOPInterval).
+		if !c.nopProven.Load() {
+			c.nopProven.Store(true)
 		}
 		if len(p.Data) > int(c.params.MaxRecvDataSegmentLength) {
 			c.reject(h, pdu.RejectProtocolError)
@@ -665,39 +682,6 @@ func (c *conn) writeBatchLocked() {
 	if err != nil {
 		c.wfailed = true
 		c.abort(err)
-	}
-}
-
-// pingLoop sends a NOP-In ping (RFC 7143 11.19) when the connection has
-// been idle for an interval, and drops the connection when a ping goes
-// unanswered for another.
-func (c *conn) pingLoop(interval time.Duration) {
-	defer close(c.pingDone)
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	var ttt uint32
-	for {
-		select {
-		case <-c.closed:
-			return
-		case <-tick.C:
-		}
-		if c.pingPending.Load() != 0 {
-			c.abort(fmt.Errorf("no answer to NOP-In within %v", interval))
-			return
-		}
-		if time.Since(time.Unix(0, c.lastRecv.Load())) < interval {
-			continue
-		}
-		ttt++
-		if ttt == pdu.ReservedTag || ttt == 0 {
-			ttt = 1
-		}
-		c.pingPending.Store(ttt)
-		m := pdu.NOPIn{ITT: pdu.ReservedTag, TTT: ttt}
-		item := &outItem{pdus: []outPDU{{sn: snPeek}}}
-		m.Marshal(&item.pdus[0].bhs)
-		c.send(item)
 	}
 }
 

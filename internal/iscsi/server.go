@@ -26,7 +26,7 @@ import (
 
 // Config is the configuration of a Server. The zero value is usable, and
 // safe on a LAN where anyone can plug in: every bound below is on by
-// default.
+// default. Durations that can be turned off say so (a negative value).
 type Config struct {
 	// PortalGroupTag is the TargetPortalGroupTag of every portal (default 1).
 	// It must match what initiators are configured with (the initramfs'
@@ -74,14 +74,46 @@ type Config struct {
 	// (default 16 MiB); larger commands fail with INVALID FIELD IN CDB.
 	MaxTransferLength uint32
 
-	// NOPInterval, when positive, makes the target ping idle connections
-	// with NOP-In and drop those that do not answer within another
-	// interval. Off by default: iPXE does not answer while GRUB or the OS
-	// loader sits idle, and dropping it would kill the boot.
-	NOPInterval time.Duration
 	// LoginTimeout bounds the whole login phase, however the PDUs trickle
 	// in (default 30 s).
 	LoginTimeout time.Duration
+	// DiscoveryTimeout bounds a discovery session from its login to its
+	// end, idle or not (default 60 s; negative: no bound). Initiators log
+	// in, ask SendTargets and log out within a second; one that comes
+	// back later logs in again.
+	DiscoveryTimeout time.Duration
+	// FirstCommandTimeout closes a normal session that has sent no SCSI
+	// command this long after its login (default 2 min; negative: never).
+	// Every initiator that boots or mounts a disk sends its first
+	// commands (INQUIRY, READ CAPACITY) right after login; a session that
+	// sends none only holds a connection slot.
+	FirstCommandTimeout time.Duration
+	// DataOutTimeout bounds how long commands may wait for the initiator:
+	// when a command waits for its Data-Out (solicited by R2T or
+	// unsolicited) or for a command before it in CmdSN order, and no
+	// Data-Out and no new command arrives for this long, the connection is
+	// closed, freeing the commands' buffers (default 30 s; negative: no
+	// bound). At ErrorRecoveryLevel 0 a command cannot be recovered
+	// within the connection (RFC 7143 7.1.4.1 and 7.1.5: recovery R2T
+	// needs level 1); the initiator recovers by logging in again.
+	DataOutTimeout time.Duration
+
+	// ProvenNOPInterval pings, with NOP-In (RFC 7143 11.19), connections
+	// idle this long whose initiator has shown it handles NOPs by sending
+	// a NOP-Out ping of its own, and drops them when the ping goes
+	// unanswered for another interval (default 30 s; negative: never).
+	// open-iscsi (the Linux initiator, in the initramfs too) pings every
+	// 5 s of idleness and answers pings; QEMU's libiscsi does both too.
+	// iPXE never sends a NOP-Out and never answers a NOP-In ping
+	// (src/net/tcp/iscsi.c, iscsi_rx_nop_in), and while GRUB or an OS
+	// loader sits at a menu nothing in iPXE reads the socket at all:
+	// pinging it would kill the boot. Its idle sessions are left to TCP
+	// keepalive, FirstCommandTimeout and the connection limits.
+	ProvenNOPInterval time.Duration
+	// NOPInterval, when positive, pings every idle connection with NOP-In
+	// and drops those that do not answer within another interval, iPXE's
+	// included. Off by default: for sites whose initiators all answer.
+	NOPInterval time.Duration
 	// WriteTimeout bounds each write to a connection (default 60 s).
 	WriteTimeout time.Duration
 
@@ -154,6 +186,10 @@ func (c *Config) withDefaults() Config {
 	if d.LoginTimeout <= 0 {
 		d.LoginTimeout = 30 * time.Second
 	}
+	d.DiscoveryTimeout = orDefault(d.DiscoveryTimeout, 60*time.Second)
+	d.FirstCommandTimeout = orDefault(d.FirstCommandTimeout, 2*time.Minute)
+	d.DataOutTimeout = orDefault(d.DataOutTimeout, 30*time.Second)
+	d.ProvenNOPInterval = orDefault(d.ProvenNOPInterval, 30*time.Second)
 	if d.WriteTimeout <= 0 {
 		d.WriteTimeout = 60 * time.Second
 	}
@@ -161,6 +197,16 @@ func (c *Config) withDefaults() Config {
 		d.Logger = slog.New(slog.DiscardHandler)
 	}
 	return d
+}
+
+// orDefault gives a bound that can be turned off its default: zero means
+// the default, negative means off and stays negative, so that resolving a
+// resolved Config changes nothing. Users test for > 0.
+func orDefault(v, def time.Duration) time.Duration {
+	if v == 0 {
+		return def
+	}
+	return v
 }
 
 // Target is one iSCSI target node exported by the Server.

@@ -1,8 +1,8 @@
 package iscsi
 
 // Tests of "one client can never starve the others" (issue 13): limits on
-// connections per source and in total, the login time bound, and the fair
-// share of command memory.
+// connections per source and in total, time bounds on logins, discovery
+// and idle sessions, held WRITEs, and the fair share of command memory.
 
 import (
 	"bufio"
@@ -239,6 +239,120 @@ func TestLoginTimeoutBoundsSlowDrip(t *testing.T) {
 	waitFor(t, "two login timeouts counted", func() bool { return srv.Stats().LoginTimeouts == 2 })
 }
 
+// TestDiscoverySessionBounded: a discovery session ends within
+// DiscoveryTimeout, idle or busy.
+func TestDiscoverySessionBounded(t *testing.T) {
+	t.Parallel()
+	const bound = 200 * time.Millisecond
+	srv, addr := startTargetWith(t, Config{DiscoveryTimeout: bound}, nil)
+	t.Run("idle", func(t *testing.T) {
+		in := dialInitiator(t, addr)
+		if st := in.login(loginOpts{initiator: testInitiator1, discovery: true}); st != 0 {
+			t.Fatalf("discovery login 0x%04x", st)
+		}
+		start := time.Now()
+		if !closedWithin(in.nc, 10*bound) {
+			t.Fatal("idle discovery session not closed")
+		}
+		if took := time.Since(start); took < bound*3/4 {
+			t.Fatalf("closed after %v, before the bound %v", took, bound)
+		}
+	})
+	t.Run("busy", func(t *testing.T) {
+		in := dialInitiator(t, addr)
+		if st := in.login(loginOpts{initiator: testInitiator1, discovery: true}); st != 0 {
+			t.Fatalf("discovery login 0x%04x", st)
+		}
+		deadline := time.Now().Add(10 * bound)
+		for {
+			if time.Now().After(deadline) {
+				t.Fatal("a discovery session kept busy outlived its bound")
+			}
+			in.itt++
+			var p pdu.PDU
+			(&pdu.NOPOut{Immediate: true, ITT: in.itt, TTT: pdu.ReservedTag, CmdSN: in.cmdSN, ExpStatSN: in.expStatSN}).Marshal(&p.BHS)
+			if err := p.WriteTo(in.nc, false, false); err != nil {
+				break
+			}
+			var r pdu.PDU
+			if err := in.rd.ReadPDU(&r); err != nil {
+				break
+			}
+			time.Sleep(bound / 8)
+		}
+	})
+	waitFor(t, "two discovery timeouts counted", func() bool { return srv.Stats().DiscoveryTimeouts == 2 })
+}
+
+// TestFirstCommandTimeout: a session that logs in and sends no command is
+// closed; one that works is kept.
+func TestFirstCommandTimeout(t *testing.T) {
+	t.Parallel()
+	const bound = 200 * time.Millisecond
+	srv, addr := startTargetWith(t, Config{FirstCommandTimeout: bound}, nil)
+	silent := dialInitiator(t, addr)
+	if st := silent.login(loginOpts{initiator: testInitiator1, target: testIQN, isid: 0x800000000501}); st != 0 {
+		t.Fatalf("login 0x%04x", st)
+	}
+	working := loggedInISID(t, addr, 0x800000000502)
+	if !closedWithin(silent.nc, 10*bound) {
+		t.Fatal("a session that sent no command was not closed")
+	}
+	time.Sleep(2 * bound)
+	if st := tur(working); st != 0 {
+		t.Fatalf("working session after the bound: status %#x", st)
+	}
+	if st := srv.Stats(); st.FirstCommandTimeouts != 1 || st.Sessions != 1 {
+		t.Fatalf("stats %+v, want 1 first-command timeout and 1 session left", st)
+	}
+}
+
+// TestNOPPingsOnlyProvenInitiators: with the default settings, a session
+// whose initiator never pinged (iPXE) is never pinged, however long it
+// idles; one whose initiator did (open-iscsi, libiscsi) is pinged when
+// idle and dropped when it stops answering.
+func TestNOPPingsOnlyProvenInitiators(t *testing.T) {
+	t.Parallel()
+	const iv = 100 * time.Millisecond
+	srv, addr := startTargetWith(t, Config{ProvenNOPInterval: iv}, nil)
+
+	ipxe := loggedInISID(t, addr, 0x800000000601)
+	ipxe.nc.SetReadDeadline(time.Now().Add(6 * iv))
+	var p pdu.PDU
+	if err := ipxe.rd.ReadPDU(&p); err == nil {
+		t.Fatalf("a session that never pinged got %s", p.BHS.Opcode())
+	}
+	ipxe.nc.SetDeadline(time.Now().Add(30 * time.Second))
+
+	linux := loggedInISID(t, addr, 0x800000000602)
+	linux.itt++
+	(&pdu.NOPOut{Immediate: true, ITT: linux.itt, TTT: pdu.ReservedTag, CmdSN: linux.cmdSN, ExpStatSN: linux.expStatSN}).Marshal(&p.BHS)
+	linux.sendPDU(&p)
+	if r := linux.readPDU(); r.BHS.Opcode() != pdu.OpNOPIn || r.BHS.ITT() != linux.itt {
+		t.Fatalf("answer to our ping: %s ITT %#x", r.BHS.Opcode(), r.BHS.ITT())
+	}
+	for range 2 {
+		r := linux.readPDU()
+		ping, err := pdu.ParseNOPIn(&r.BHS)
+		if err != nil || ping.ITT != pdu.ReservedTag || ping.TTT == pdu.ReservedTag {
+			t.Fatalf("got %s %+v, want a NOP-In ping", r.BHS.Opcode(), ping)
+		}
+		var a pdu.PDU
+		(&pdu.NOPOut{Immediate: true, ITT: pdu.ReservedTag, TTT: ping.TTT, CmdSN: linux.cmdSN, ExpStatSN: linux.expStatSN}).Marshal(&a.BHS)
+		linux.sendPDU(&a)
+	}
+	linux.readPDU() // a ping we leave unanswered
+	if !closedWithin(linux.nc, 10*iv) {
+		t.Fatal("a proven initiator that stopped answering was not dropped")
+	}
+	if st := tur(ipxe); st != 0 {
+		t.Fatalf("the session that never pinged after %v idle: status %#x", 6*iv, st)
+	}
+	if st := srv.Stats(); st.NOPTimeouts != 1 {
+		t.Fatalf("%d NOP timeouts, want 1", st.NOPTimeouts)
+	}
+}
+
 // writeNoData sends a WRITE(10) of n bytes with no data: the target asks
 // for it with R2T, or (final=false, InitialR2T=No) expects it unsolicited.
 func (in *testInitiator) writeNoData(lba uint32, n int, final bool) uint32 {
@@ -251,6 +365,85 @@ func (in *testInitiator) writeNoData(lba uint32, n int, final bool) uint32 {
 	m.Marshal(&p)
 	in.sendPDU(&p)
 	return in.itt
+}
+
+// TestHeldWriteAborted: commands whose Data-Out does not come (solicited
+// or unsolicited), or that wait behind a CmdSN that never comes, close
+// the connection after DataOutTimeout and give their memory back; data
+// that keeps coming, however slowly, is not cut off.
+func TestHeldWriteAborted(t *testing.T) {
+	t.Parallel()
+	const bound = 200 * time.Millisecond
+	srv, addr := startTargetWith(t, Config{DataOutTimeout: bound}, nil)
+	cases := []struct {
+		name string
+		send func(in *testInitiator)
+	}{
+		{"solicited", func(in *testInitiator) {
+			in.writeNoData(0, 1<<20, true)
+			if r := in.readPDU(); r.BHS.Opcode() != pdu.OpR2T {
+				t.Fatalf("got %s, want R2T", r.BHS.Opcode())
+			}
+		}},
+		{"unsolicited", func(in *testInitiator) { in.writeNoData(0, 32<<10, false) }},
+		{"CmdSN gap", func(in *testInitiator) {
+			in.cmdSN++ // the command at ExpCmdSN never comes
+			in.itt++
+			m := pdu.SCSICommand{Final: true, Read: true, ITT: in.itt, CmdSN: in.cmdSN, ExpectedDataTransferLength: 4096}
+			copy(m.CDB[:], rw10(0x28, 0, 8))
+			var p pdu.PDU
+			m.Marshal(&p)
+			in.sendPDU(&p)
+		}},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			in := loggedInISID(t, addr, uint64(0x800000000700+i))
+			tc.send(in)
+			waitFor(t, "the held command's memory", func() bool { return srv.mem.used() > 0 })
+			start := time.Now()
+			if !closedWithin(in.nc, 10*bound) {
+				t.Fatal("connection with a held command not closed")
+			}
+			if took := time.Since(start); took < bound*3/4 {
+				t.Fatalf("closed after %v, before the bound %v", took, bound)
+			}
+			waitFor(t, "memory given back", func() bool { return srv.mem.used() == 0 })
+		})
+	}
+	t.Run("slow but steady", func(t *testing.T) {
+		in := loggedInISID(t, addr, 0x800000000710)
+		data := make([]byte, 32<<10)
+		rand.Read(data)
+		itt := in.writeNoData(8, len(data), true)
+		r := in.readPDU()
+		r2t, err := pdu.ParseR2T(&r.BHS)
+		if err != nil || r2t.DesiredDataTransferLength != uint32(len(data)) {
+			t.Fatalf("got %s %+v, want an R2T for it all", r.BHS.Opcode(), r2t)
+		}
+		// Four pieces, half a bound apart: twice the bound in all.
+		for i := range 4 {
+			time.Sleep(bound / 2)
+			off := uint32(i * 8 << 10)
+			d := pdu.DataOut{Final: i == 3, LUN: 0, ITT: itt, TTT: r2t.TTT, ExpStatSN: in.expStatSN, DataSN: uint32(i), BufferOffset: off}
+			var dp pdu.PDU
+			d.Marshal(&dp.BHS)
+			dp.Data = data[off : off+8<<10]
+			in.sendPDU(&dp)
+		}
+		r = in.readPDU()
+		resp, err := pdu.ParseSCSIResponse(&r.BHS)
+		if err != nil || resp.Status != 0 {
+			t.Fatalf("got %s %+v, want GOOD", r.BHS.Opcode(), resp)
+		}
+		in.expStatSN = resp.StatSN + 1
+		if st, _, got := in.command(0, rw10(0x28, 8, 64), nil, uint32(len(data))); st != 0 || !bytes.Equal(got, data) {
+			t.Fatalf("read back: status %#x, equal %v", st, bytes.Equal(got, data))
+		}
+	})
+	if st := srv.Stats(); st.DataOutTimeouts != 3 {
+		t.Fatalf("%d Data-Out timeouts, want 3", st.DataOutTimeouts)
+	}
 }
 
 // addTestTarget exports one more target, with an 8 MiB LU, on srv.
@@ -290,7 +483,7 @@ func TestMemoryFairness(t *testing.T) {
 	t.Parallel()
 	const mib = 1 << 20
 	cfg := Config{TotalMemory: 16 * mib, SessionMemory: 2 * mib, TargetMemory: 3 * mib,
-		ReservedMemory: 8 * mib, ReservedMemoryPerTarget: 1 * mib}
+		ReservedMemory: 8 * mib, ReservedMemoryPerTarget: 1 * mib, DataOutTimeout: -1}
 	srv, addr := startTargetWith(t, cfg, nil)
 	hosts := []string{"iqn.2026-11.org.example:a", "iqn.2026-11.org.example:b", "iqn.2026-11.org.example:c",
 		"iqn.2026-11.org.example:d", "iqn.2026-11.org.example:e"}

@@ -33,7 +33,10 @@ type task struct {
 	delivered bool        // reached in CmdSN order
 	executing bool        // handed to the SCSI layer
 	aborted   atomic.Bool // response must not be sent
-	done      chan struct{}
+	// waiting: the task waits for something only the initiator can
+	// send, its Data-Out or a command before it (Config.DataOutTimeout).
+	waiting atomic.Bool
+	done    chan struct{}
 }
 
 // r2t is one outstanding Ready To Transfer (RFC 7143 11.8).
@@ -72,6 +75,9 @@ func (c *conn) handleSCSICommand(p *pdu.PDU) error {
 	c.mu.Unlock()
 	if busy || cmd.ITT == pdu.ReservedTag {
 		return c.rejectData(h, pdu.RejectInvalidPDUField)
+	}
+	if !c.gotCommand.Load() {
+		c.gotCommand.Store(true) // Config.FirstCommandTimeout
 	}
 
 	t := &task{cmd: cmd, lun: decodeLUN(cmd.LUN), edtl: cmd.ExpectedDataTransferLength, write: cmd.Write, done: make(chan struct{})}
@@ -185,8 +191,10 @@ func (c *conn) progress(t *task) {
 		}
 	}
 	if !t.delivered || (t.write && !t.dataDone) {
+		t.waiting.Store(true)
 		return
 	}
+	t.waiting.Store(false)
 	c.mu.Lock()
 	if t.aborted.Load() {
 		c.mu.Unlock()
@@ -271,6 +279,7 @@ func (c *conn) handleDataOut(p *pdu.PDU) error {
 		}
 		return err
 	}
+	c.dataOutCount.Add(1) // for the watchdog
 	if seq == nil {
 		t.unsolicitedRecv += dsl
 		t.unsolDataSN++
