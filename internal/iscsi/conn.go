@@ -195,6 +195,9 @@ func (c *conn) serve() {
 			c.info("iscsi login failed", "err", err)
 		}
 		c.abort(err)
+		// A login that failed after binding its session (the last
+		// response could not be sent) must not leave it registered.
+		c.teardown()
 		return
 	}
 	c.nc.SetDeadline(time.Time{})

@@ -2,7 +2,8 @@ package iscsi
 
 // Tests of "one client can never starve the others" (issue 13): limits on
 // connections per source and in total, time bounds on logins, discovery
-// and idle sessions, held WRITEs, and the fair share of command memory.
+// and idle sessions, held WRITEs, the fair share of command memory, and
+// a login with a host's ISID that fails CHAP.
 
 import (
 	"bufio"
@@ -547,6 +548,54 @@ func TestMemoryFairness(t *testing.T) {
 		in.nc.Close()
 	}
 	waitFor(t, "memory given back", func() bool { return srv.mem.used() == 0 })
+}
+
+// TestISIDHijackWithWrongSecret: logins with a host's initiator name and
+// ISID (and even its TSIH) that fail CHAP, or come as discovery sessions,
+// leave the host's session alone: sessions are bound only after
+// authentication.
+func TestISIDHijackWithWrongSecret(t *testing.T) {
+	t.Parallel()
+	creds := &Credentials{User: "host1", Secret: "secret-of-host1"}
+	srv, addr := startTarget(t, func(tg *Target) { tg.CHAP = creds })
+	const isid = 0x800000000a00
+	host := dialInitiator(t, addr)
+	if st := host.login(loginOpts{initiator: testInitiator1, target: testIQN, isid: isid, chapUser: "host1", chapSec: "secret-of-host1"}); st != 0 {
+		t.Fatalf("host login 0x%04x", st)
+	}
+	host.clearUnitAttention()
+
+	attempts := []struct {
+		name string
+		tsih uint16
+		o    loginOpts
+		want uint16
+	}{
+		{"wrong secret", 0, loginOpts{chapUser: "host1", chapSec: "guessed-secret"}, pdu.LoginAuthFailure},
+		{"wrong secret, host's TSIH", host.tsih, loginOpts{chapUser: "host1", chapSec: "guessed-secret"}, pdu.LoginAuthFailure},
+		{"no authentication", 0, loginOpts{}, pdu.LoginAuthFailure},
+		{"discovery with the host's TSIH", host.tsih, loginOpts{discovery: true}, pdu.LoginSessionDoesNotExist},
+	}
+	for _, a := range attempts {
+		t.Run(a.name, func(t *testing.T) {
+			in := dialInitiator(t, addr)
+			in.tsih = a.tsih
+			a.o.initiator, a.o.isid = testInitiator1, isid
+			if !a.o.discovery {
+				a.o.target = testIQN
+			}
+			if got := in.login(a.o); got != a.want {
+				t.Fatalf("login status 0x%04x, want 0x%04x", got, a.want)
+			}
+			if st := tur(host); st != 0 {
+				t.Fatalf("host session after the attempt: status %#x", st)
+			}
+			if n := srv.SessionCount(); n != 1 {
+				t.Fatalf("%d sessions, want the host's only", n)
+			}
+		})
+	}
+	host.logout()
 }
 
 func TestSourceOf(t *testing.T) {
