@@ -103,8 +103,9 @@ type conn struct {
 	tracked  bool // counted in srv.conns and its source
 	pending  bool // not (yet) a normal session: may be evicted
 
-	// memKey is the target whose memory budget the tasks draw on.
-	memKey string
+	// memTarget counts the memory of the session's target (memBudget);
+	// nil in discovery sessions, which carry no commands.
+	memTarget *atomic.Int64
 
 	closeOnce sync.Once
 	finished  chan struct{} // closed when the connection has cleaned up

@@ -294,7 +294,9 @@ func (ls *loginState) finish(req pdu.LoginRequest, reply []pdu.KV) error {
 		return &loginError{status: status, err: errors.New("session binding refused")}
 	}
 	c.sess = ss
-	c.memKey = key.target
+	if !ls.discovery {
+		c.memTarget = c.srv.mem.forTarget(key.target)
+	}
 	c.sessCID = ls.cid
 	c.params = ls.neg.Params()
 	c.sendSeg.Store(c.params.MaxRecvDataSegmentLength)

@@ -18,6 +18,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/diskless-boot/diskless/internal/ratelog"
@@ -274,7 +275,7 @@ func New(cfg Config) *Server {
 		sources:   make(map[netip.Prefix]*source),
 		warn:      ratelog.NewLogger(5*time.Second, 1),
 		info:      ratelog.NewLogger(100*time.Millisecond, 100),
-		mem:       memBudget{byTarget: make(map[string]int64)},
+		mem:       memBudget{byTarget: make(map[string]*atomic.Int64)},
 	}
 }
 
@@ -313,6 +314,7 @@ func (s *Server) RemoveTarget(name string) error {
 	}
 	delete(s.targets, name)
 	s.mu.Unlock()
+	s.mem.forget(name)
 	s.DropSessions(name, "target removed")
 	return nil
 }

@@ -91,7 +91,7 @@ func (c *conn) handleSCSICommand(p *pdu.PDU) error {
 	}
 	if t.edtl > 0 && (cmd.Read || cmd.Write) {
 		c.mu.Lock()
-		bound := c.srv.reserveMem(c.memKey, c.memUsed, int64(t.edtl))
+		bound := c.srv.reserveMem(c.memTarget, c.memUsed, int64(t.edtl))
 		if bound == memOK {
 			c.memUsed += int64(t.edtl)
 		}
@@ -315,7 +315,7 @@ func (c *conn) failTask(t *task, sense []byte) {
 func (c *conn) releaseMemLocked(t *task) {
 	if t.memHeld {
 		c.memUsed -= int64(t.edtl)
-		c.srv.releaseMem(c.memKey, int64(t.edtl))
+		c.srv.releaseMem(c.memTarget, int64(t.edtl))
 		t.memHeld = false
 	}
 }
