@@ -311,7 +311,7 @@ func (c *conn) inCmdSNWindow(cmdSN uint32) bool {
 	if snLessEq(exp, cmdSN) && snLessEq(cmdSN, max) {
 		return true
 	}
-	c.log.Debug("iscsi command outside the CmdSN window dropped", "cmdsn", cmdSN, "exp", exp, "max", max)
+	c.srv.info.Log(c.log, slog.LevelDebug, "iscsi command outside the CmdSN window dropped", "cmdsn", cmdSN, "exp", exp, "max", max)
 	return false
 }
 

@@ -11,9 +11,11 @@ import (
 	"crypto/rand"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -111,7 +113,9 @@ func tur(in *testInitiator) uint8 {
 // address still logs in.
 func TestConnectionsPerSource(t *testing.T) {
 	t.Parallel()
-	srv, addr := startTargetWith(t, Config{MaxConnectionsPerSource: 4}, nil)
+	var logs lockedBuffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	srv, addr := startTargetWith(t, Config{MaxConnectionsPerSource: 4, Logger: log}, nil)
 	var idle []net.Conn
 	for range 10 {
 		idle = append(idle, dialFrom(t, addr, "127.0.0.1"))
@@ -127,6 +131,28 @@ func TestConnectionsPerSource(t *testing.T) {
 	if st := srv.Stats(); st.RefusedPerSource != 6 || st.Sessions != 1 {
 		t.Fatalf("stats %+v, want 6 refused per source and 1 session", st)
 	}
+	// Six refusals, one line: a flood of them cannot flood the log.
+	if n := strings.Count(logs.String(), `msg="iscsi connection refused"`); n != 1 {
+		t.Fatalf("%d log lines for 6 refused connections, want 1:\n%s", n, logs.String())
+	}
+}
+
+// lockedBuffer is a log destination the target's goroutines share.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // TestConnectionTableFull: when MaxConnections is reached, a new
