@@ -91,10 +91,11 @@ type Config struct {
 	FirstCommandTimeout time.Duration
 	// DataOutTimeout bounds how long commands may wait for the initiator:
 	// when a command waits for its Data-Out (solicited by R2T or
-	// unsolicited) or for a command before it in CmdSN order, and no
-	// Data-Out and no new command arrives for this long, the connection is
-	// closed, freeing the commands' buffers (default 30 s; negative: no
-	// bound). At ErrorRecoveryLevel 0 a command cannot be recovered
+	// unsolicited) and no Data-Out arrives on the connection for this
+	// long, or waits for a command before it in CmdSN order and ExpCmdSN
+	// does not move for this long, the connection is closed, freeing the
+	// commands' buffers (default 30 s; negative: no bound). Other
+	// commands do not count: they cannot keep a buffer pinned. At ErrorRecoveryLevel 0 a command cannot be recovered
 	// within the connection (RFC 7143 7.1.4.1 and 7.1.5: recovery R2T
 	// needs level 1); the initiator recovers by logging in again.
 	DataOutTimeout time.Duration

@@ -55,18 +55,23 @@ func initiatorFrom(t *testing.T, addr, local string) *testInitiator {
 		isid: 0x800000001234, keys: map[string]string{}, mrdsl: 8192}
 }
 
-// closedWithin reports whether the peer closes nc within d (a read ends in
+// closedWithin reports whether the peer closes nc within d (reads end in
 // EOF or a reset rather than the deadline; a nil nc was reset at once).
-// Nothing may arrive first.
+// What arrives before is read and dropped.
 func closedWithin(nc net.Conn, d time.Duration) bool {
 	if nc == nil {
 		return true
 	}
 	nc.SetReadDeadline(time.Now().Add(d))
-	var b [1]byte
-	_, err := nc.Read(b[:])
-	var ne net.Error
-	return err != nil && !(errors.As(err, &ne) && ne.Timeout())
+	b := make([]byte, 4096)
+	for {
+		_, err := nc.Read(b)
+		if err == nil {
+			continue
+		}
+		var ne net.Error
+		return !(errors.As(err, &ne) && ne.Timeout())
+	}
 }
 
 // countClosed reads all conns at once for d and counts those the target
@@ -413,6 +418,27 @@ func TestHeldWriteAborted(t *testing.T) {
 			}
 		}},
 		{"unsolicited", func(in *testInitiator) { in.writeNoData(0, 32<<10, false) }},
+		{"solicited, other commands going on", func(in *testInitiator) {
+			in.writeNoData(0, 1<<20, true)
+			if r := in.readPDU(); r.BHS.Opcode() != pdu.OpR2T {
+				t.Fatalf("got %s, want R2T", r.BHS.Opcode())
+			}
+			// TEST UNIT READY now and then does not keep the
+			// WRITE's megabyte pinned.
+			go func() {
+				for range 60 { // longer than closedWithin waits
+					time.Sleep(bound / 4)
+					in.itt++
+					m := pdu.SCSICommand{Final: true, ITT: in.itt, CmdSN: in.cmdSN, ExpStatSN: in.expStatSN}
+					in.cmdSN++
+					var p pdu.PDU
+					m.Marshal(&p)
+					if p.WriteTo(in.nc, false, false) != nil {
+						return
+					}
+				}
+			}()
+		}},
 		{"CmdSN gap", func(in *testInitiator) {
 			in.cmdSN++ // the command at ExpCmdSN never comes
 			in.itt++
@@ -468,8 +494,8 @@ func TestHeldWriteAborted(t *testing.T) {
 			t.Fatalf("read back: status %#x, equal %v", st, bytes.Equal(got, data))
 		}
 	})
-	if st := srv.Stats(); st.DataOutTimeouts != 3 {
-		t.Fatalf("%d Data-Out timeouts, want 3", st.DataOutTimeouts)
+	if st := srv.Stats(); st.DataOutTimeouts != 4 {
+		t.Fatalf("%d Data-Out timeouts, want 4", st.DataOutTimeouts)
 	}
 }
 

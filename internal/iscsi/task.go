@@ -33,11 +33,17 @@ type task struct {
 	delivered bool        // reached in CmdSN order
 	executing bool        // handed to the SCSI layer
 	aborted   atomic.Bool // response must not be sent
-	// waiting: the task waits for something only the initiator can
-	// send, its Data-Out or a command before it (Config.DataOutTimeout).
-	waiting atomic.Bool
+	// waiting: what the task waits for that only the initiator can
+	// send (waitData, waitOrder), for Config.DataOutTimeout.
+	waiting atomic.Uint32
 	done    chan struct{}
 }
+
+// What a task may wait for from the initiator (task.waiting).
+const (
+	waitData  = 1 << iota // its Data-Out
+	waitOrder             // a command before it in CmdSN order
+)
 
 // r2t is one outstanding Ready To Transfer (RFC 7143 11.8).
 type r2t struct {
@@ -190,11 +196,17 @@ func (c *conn) progress(t *task) {
 			t.dataDone = true
 		}
 	}
-	if !t.delivered || (t.write && !t.dataDone) {
-		t.waiting.Store(true)
+	var w uint32
+	if !t.delivered {
+		w |= waitOrder
+	}
+	if t.write && !t.dataDone {
+		w |= waitData
+	}
+	t.waiting.Store(w)
+	if w != 0 {
 		return
 	}
-	t.waiting.Store(false)
 	c.mu.Lock()
 	if t.aborted.Load() {
 		c.mu.Unlock()

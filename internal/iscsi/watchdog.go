@@ -48,13 +48,14 @@ func (c *conn) watch(tick time.Duration) {
 	defer t.Stop()
 	start := time.Now()
 	var (
-		rx, rxAt     = c.rxCount.Load(), start // last PDU seen
-		progress     = c.initiatorProgress()
-		progressAt   = start // last Data-Out or command delivered
-		waitingSince time.Time
-		pingAt       time.Time
-		ttt          uint32
-		now          time.Time
+		rx, rxAt = c.rxCount.Load(), start // last PDU seen
+		// Two things commands wait for, each with its own sign of
+		// progress: Data-Out arriving, and ExpCmdSN moving.
+		data   = stall{seen: uint64(c.dataOutCount.Load()), at: start}
+		order  = stall{seen: uint64(c.expCmdSN.Load()), at: start}
+		pingAt time.Time
+		ttt    uint32
+		now    time.Time
 	)
 	for {
 		select {
@@ -64,9 +65,6 @@ func (c *conn) watch(tick time.Duration) {
 		}
 		if n := c.rxCount.Load(); n != rx {
 			rx, rxAt = n, now
-		}
-		if p := c.initiatorProgress(); p != progress {
-			progress, progressAt = p, now
 		}
 
 		if discovery {
@@ -81,25 +79,20 @@ func (c *conn) watch(tick time.Duration) {
 				c.expire(&c.srv.stats.firstCommandTimeouts, "iscsi session closed: no command since login", d)
 				return
 			}
-			// Commands waiting for the initiator (Data-Out, or a
-			// CmdSN before theirs): as long as Data-Out or commands
-			// keep coming, the initiator is working through its
-			// queue; when nothing comes for the bound, it never will.
+			// Commands waiting for the initiator, for their Data-Out
+			// or for a CmdSN before theirs: as long as Data-Out (or
+			// commands, for a gap) keep coming, the initiator is
+			// working through its queue; when none comes for the
+			// bound, none will. New commands do not count for
+			// Data-Out: an initiator sends data as soon as it is
+			// asked, and a client that pins a WRITE's buffer must not
+			// keep it with a TEST UNIT READY now and then.
 			if d := cfg.DataOutTimeout; d > 0 {
-				if !c.waitingForInitiator() {
-					waitingSince = time.Time{}
-				} else {
-					if waitingSince.IsZero() {
-						waitingSince = now
-					}
-					since := waitingSince
-					if progressAt.After(since) {
-						since = progressAt
-					}
-					if now.Sub(since) >= d {
-						c.expire(&c.srv.stats.dataOutTimeouts, "iscsi connection closed: Data-Out overdue", d)
-						return
-					}
+				waitData, waitOrder := c.waitingForInitiator()
+				if data.overdue(waitData, uint64(c.dataOutCount.Load()), now, d) ||
+					order.overdue(waitOrder, uint64(c.expCmdSN.Load()), now, d) {
+					c.expire(&c.srv.stats.dataOutTimeouts, "iscsi connection closed: Data-Out overdue", d)
+					return
 				}
 			}
 		}
@@ -142,21 +135,43 @@ func (c *conn) expire(counter *atomic.Uint64, msg string, bound time.Duration) {
 	c.abort(fmt.Errorf("%s (%v)", msg, bound))
 }
 
-// initiatorProgress changes whenever the initiator moves its commands
-// on: a Data-Out placed in a buffer, or ExpCmdSN advanced by a command.
-func (c *conn) initiatorProgress() uint64 {
-	return c.dataOutCount.Load() + uint64(c.expCmdSN.Load())
+// stall tracks one thing commands may wait for: since when they have
+// waited, and when the counter that shows progress on it last moved.
+type stall struct {
+	seen  uint64    // the counter when last looked at
+	at    time.Time // when it last moved
+	since time.Time // when the current wait began; zero when none
 }
 
-// waitingForInitiator reports whether a command waits for something only
-// the initiator can send: its Data-Out, or a command before it.
-func (c *conn) waitingForInitiator() bool {
+// overdue reports whether commands have waited, with the counter
+// standing still, for d.
+func (s *stall) overdue(waiting bool, counter uint64, now time.Time, d time.Duration) bool {
+	if counter != s.seen {
+		s.seen, s.at = counter, now
+	}
+	if !waiting {
+		s.since = time.Time{}
+		return false
+	}
+	if s.since.IsZero() {
+		s.since = now
+	}
+	from := s.since
+	if s.at.After(from) {
+		from = s.at
+	}
+	return now.Sub(from) >= d
+}
+
+// waitingForInitiator reports whether a command waits for its Data-Out,
+// and whether one waits for a command before it in CmdSN order.
+func (c *conn) waitingForInitiator() (data, order bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, t := range c.tasks {
-		if t.waiting.Load() {
-			return true
-		}
+		w := t.waiting.Load()
+		data = data || w&waitData != 0
+		order = order || w&waitOrder != 0
 	}
-	return false
+	return data, order
 }
