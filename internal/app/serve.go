@@ -138,8 +138,13 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	}
 
 	var sup *supervisor
-	isrv := iscsi.New(iscsi.Config{PortalGroupTag: uint16(cfg.ISCSI.PortalGroupTag), Logger: log,
-		OnLogin: func(e iscsi.LoginEvent) { sup.logLogin(e) }})
+	// The target's defaults bound every client (connections per source
+	// and in total, login, discovery and Data-Out time, memory per host).
+	icfg := iscsi.Defaults()
+	icfg.PortalGroupTag = uint16(cfg.ISCSI.PortalGroupTag)
+	icfg.Logger = log
+	icfg.OnLogin = func(e iscsi.LoginEvent) { sup.logLogin(e) }
+	isrv := iscsi.New(icfg)
 	sup = newSupervisor(site.Inv, isrv, booter, log)
 
 	// HTTP. Secrets only go to the address the kernel resolved to the
