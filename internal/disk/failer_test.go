@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -78,7 +79,9 @@ func TestFileFlushFailure(t *testing.T) {
 		t.Run(errno.Error(), func(t *testing.T) {
 			_, path := newImage(t, 1<<20, 0x33, false)
 			var logs logBuffer
-			d, err := OpenFileWith(path, FileOptions{Name: "pc7", Logger: logs.logger()})
+			var told []error
+			d, err := OpenFileWith(path, FileOptions{Name: "pc7", Logger: logs.logger(),
+				OnFail: func(err error) { told = append(told, err) }})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -100,6 +103,9 @@ func TestFileFlushFailure(t *testing.T) {
 						t.Fatalf("%s after a failed flush = %v, want ErrDeviceFailed", name, err)
 					}
 				}
+			}
+			if len(told) != 1 || !errors.Is(told[0], errno) {
+				t.Fatalf("OnFail told %v, want the flush's error once", told)
 			}
 			if n := calls.Load(); n != 1 {
 				t.Fatalf("%d fdatasyncs after the failure: a failed File must not ask the kernel again", n-1)
@@ -221,7 +227,9 @@ func TestOverlayClearError(t *testing.T) {
 			s := newStack(t, size, 4096)
 			m := newModel(content, 4096)
 			var logs logBuffer
-			o := s.open(t, base, OverlayOptions{Name: "pc8", Logger: logs.logger()})
+			var told []error
+			o := s.open(t, base, OverlayOptions{Name: "pc8", Logger: logs.logger(),
+				OnFail: func(err error) { told = append(told, err) }})
 			p := pattern(9000, 1)
 			o.WriteAt(p, 1000)
 			m.write(p, 1000)
@@ -241,6 +249,9 @@ func TestOverlayClearError(t *testing.T) {
 			}
 			if err := o.ClearError(); err == nil || o.Err() == nil {
 				t.Fatalf("ClearError on failing storage = %v, Err %v: want both errors", err, o.Err())
+			}
+			if len(told) != 1 || !errors.Is(told[0], unix.EIO) {
+				t.Fatalf("OnFail told %v, want the failed flush's EIO once", told)
 			}
 			fdatasync = unix.Fdatasync
 			if err := o.ClearError(); err != nil {
@@ -289,5 +300,26 @@ func TestOverlayOpenedFailed(t *testing.T) {
 	}
 	if _, err := o.WriteAt([]byte{1}, 0); err != nil {
 		t.Fatalf("write after ClearError: %v", err)
+	}
+}
+
+// TestFileFlushAfterClose: a closed File never hands its old descriptor
+// number, maybe another file's by now, to fdatasync.
+func TestFileFlushAfterClose(t *testing.T) {
+	_, path := newImage(t, 1<<20, 0, false)
+	d, err := OpenFileWith(path, FileOptions{Failed: errors.New("earlier")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := failSyncOnce(t, d.fd, unix.EIO)
+	d.Close()
+	if err := d.ClearError(); !errors.Is(err, os.ErrClosed) {
+		t.Fatalf("ClearError after Close = %v, want os.ErrClosed", err)
+	}
+	if err := d.Flush(); !errors.Is(err, os.ErrClosed) {
+		t.Fatalf("Flush after Close = %v, want os.ErrClosed", err)
+	}
+	if calls.Load() != 0 {
+		t.Fatal("fdatasync called on a closed File")
 	}
 }

@@ -28,6 +28,7 @@ type File struct {
 	path     string
 	name     string
 	log      *slog.Logger
+	onFail   func(error)
 	readOnly bool
 	blockDev bool
 	size     atomic.Int64 // last size seen; Size refreshes it
@@ -39,6 +40,7 @@ type File struct {
 	fmu      sync.Mutex
 	flushGen atomic.Uint64 // flushes started
 	doneGen  uint64        // the last flush that succeeded (under fmu)
+	closed   bool          // under fmu: no fdatasync may reach a reused descriptor
 	failed   atomic.Pointer[error]
 
 	// Cleared the first time the kernel says a mode is unsupported, so
@@ -67,6 +69,10 @@ type FileOptions struct {
 	// The kernel reports a write-back error to the descriptors open when
 	// it happened, never to a new one. Default: healthy.
 	Failed error
+	// OnFail, when set, is called once when a flush fails the device,
+	// with the flush's error (so the caller can remember the failure
+	// across a restart). Default: none.
+	OnFail func(err error)
 }
 
 // OpenFile opens path as a Device. With readOnly the file is opened
@@ -85,7 +91,8 @@ func OpenFileWith(path string, opts FileOptions) (*File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("disk: open: %w", err)
 	}
-	d := &File{f: f, fd: int(f.Fd()), path: path, name: opts.Name, log: opts.Logger, readOnly: opts.ReadOnly}
+	d := &File{f: f, fd: int(f.Fd()), path: path, name: opts.Name, log: opts.Logger, readOnly: opts.ReadOnly,
+		onFail: opts.OnFail}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
 	}
@@ -203,6 +210,9 @@ func (d *File) Flush() error {
 	gen := d.flushGen.Load()
 	d.fmu.Lock()
 	defer d.fmu.Unlock()
+	if d.closed {
+		return os.ErrClosed
+	}
 	if p := d.failed.Load(); p != nil {
 		return *p
 	}
@@ -227,6 +237,9 @@ func (d *File) fail(err error) error {
 	if d.failed.CompareAndSwap(nil, &ferr) {
 		d.log.Error("disk: a flush failed; writes and flushes are refused until the error is cleared",
 			d.attrs("err", err)...)
+		if d.onFail != nil {
+			d.onFail(err)
+		}
 	}
 	return err
 }
@@ -256,6 +269,9 @@ func (d *File) ClearError() error {
 	if p == nil {
 		return nil
 	}
+	if d.closed {
+		return os.ErrClosed
+	}
 	g := d.flushGen.Add(1)
 	if err := fdatasync(d.fd); err != nil {
 		return fmt.Errorf("disk: %s still fails: fdatasync: %w", d.path, err)
@@ -266,8 +282,13 @@ func (d *File) ClearError() error {
 	return nil
 }
 
-// Close closes the file.
-func (d *File) Close() error { return d.f.Close() }
+// Close closes the file, after the flush running, if any.
+func (d *File) Close() error {
+	d.fmu.Lock()
+	defer d.fmu.Unlock()
+	d.closed = true
+	return d.f.Close()
+}
 
 // Unmap deallocates [off, off+length): fallocate PUNCH_HOLE|KEEP_SIZE, so
 // the range reads back as zeros and its blocks return to the file system.

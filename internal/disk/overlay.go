@@ -65,6 +65,10 @@ type OverlayOptions struct {
 	// What that failure lost is not in the layers, and nothing reopened
 	// could tell. Default: healthy.
 	Failed error
+	// OnFail, when set, is called once when a flush fails the overlay,
+	// with the flush's error (so the caller can remember the failure
+	// across a restart). Default: none.
+	OnFail func(err error)
 }
 
 // layer is an open layer directory. A lower layer holds just its data
@@ -93,6 +97,7 @@ type layer struct {
 type Overlay struct {
 	name     string
 	log      *slog.Logger
+	onFail   func(error)
 	readOnly bool
 	g        geometry
 
@@ -155,7 +160,7 @@ func OpenOverlay(base Device, lower []string, top string, opts OverlayOptions) (
 	if len(lower) > maxLowerLayers {
 		return nil, fmt.Errorf("disk: open overlay: %d lower layers, at most %d", len(lower), maxLowerLayers)
 	}
-	o := &Overlay{name: opts.Name, log: opts.Logger, readOnly: opts.ReadOnly, base: base}
+	o := &Overlay{name: opts.Name, log: opts.Logger, onFail: opts.OnFail, readOnly: opts.ReadOnly, base: base}
 	if o.name == "" {
 		o.name = filepath.Base(filepath.Clean(top))
 	}
@@ -403,6 +408,9 @@ func (o *Overlay) fail(op string, err error) error {
 	if o.failed.CompareAndSwap(nil, &ferr) {
 		o.log.Error("overlay: a flush failed; writes and flushes are refused until the error is cleared",
 			"host", o.name, "op", op, "err", err)
+		if o.onFail != nil {
+			o.onFail(err)
+		}
 	}
 	return err
 }
