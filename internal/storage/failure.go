@@ -29,7 +29,11 @@ type diskFailure struct {
 }
 
 // applies reports whether a disk made of st still holds the failed part.
+// A record that cannot be read names no part: it applies to any disk.
 func (f *diskFailure) applies(st DiskState) bool {
+	if f.Part == "" {
+		return true
+	}
 	if f.Raw || st.Mode == Raw {
 		return f.Raw && st.Mode == Raw && st.RawPath == f.Part
 	}

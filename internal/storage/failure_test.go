@@ -115,6 +115,8 @@ func TestDiskFailureApplies(t *testing.T) {
 		{diskFailure{Raw: true, Part: "/srv/b.img"}, raw, false},
 		{diskFailure{Raw: true, Part: "/srv/a.img"}, chain, false},
 		{diskFailure{Part: "l3"}, raw, false},
+		{diskFailure{Error: "failure record corrupt"}, chain, true}, // unreadable: failed
+		{diskFailure{Error: "failure record corrupt"}, raw, true},
 	} {
 		if got := c.f.applies(c.st); got != c.want {
 			t.Errorf("%+v applies to %s/%s%s = %v", c.f, c.st.Mode, c.st.Top, c.st.RawPath, got)
