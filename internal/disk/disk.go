@@ -63,7 +63,8 @@ var ErrNoSpace = errors.New("disk: no space left on backing store")
 // on every write and flush returns Err (wrapping ErrDeviceFailed), so no
 // later flush can report success over writes the failed one may have lost
 // (the kernel reports a write-back error to one fdatasync only, and may
-// drop the pages it could not write). Reads keep working.
+// drop the pages it could not write). Reads keep working. Like Device,
+// implementations are safe for concurrent use.
 type Failer interface {
 	// Err is nil while the device is healthy; after a failed flush it is
 	// the error every write and flush returns.
