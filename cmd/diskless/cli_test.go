@@ -73,6 +73,7 @@ func TestCLISameWithAndWithoutServer(t *testing.T) {
 		{"host", "remove", "b"},
 		{"host", "list", "--json"},
 		{"image", "list", "--json"},
+		{"host", "clear-error", "a", "--json"}, // a healthy disk: nothing to clear
 	}
 	outcomeOnly := map[int]bool{13: true, 16: true}
 	run := func(dir string) []string {

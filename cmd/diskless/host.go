@@ -24,7 +24,7 @@ func newHostCommand() *cobra.Command {
 	}
 	addClientFlags(cmd)
 	cmd.AddCommand(hostAdd(), hostList(), hostShow(), hostSet(), hostRemove(), hostSnapshot(), hostSnapshots(),
-		hostRollback(), hostReset(), hostPromote(), hostCheck(), hostUnknown())
+		hostRollback(), hostReset(), hostPromote(), hostCheck(), hostClearError(), hostUnknown())
 	return cmd
 }
 
@@ -141,6 +141,9 @@ func hostList() *cobra.Command {
 						wr += int64(s.WrittenBytes)
 					}
 				}
+				if h.DiskError != "" {
+					state += ", DISK FAILED"
+				}
 				mac := "-"
 				if len(h.MACs) > 0 {
 					mac = strings.Join(h.MACs, ",")
@@ -230,6 +233,9 @@ func printHost(cmd *cobra.Command, h *api.HostView) {
 	}
 	row("image", want)
 	row("disk", fmt.Sprintf("%s on %s, %s used", h.Disk.Mode, orDash(h.Disk.Base+h.Disk.File), humanBytes(h.Disk.UsageBytes)))
+	if h.DiskError != "" {
+		row("disk error", "FAILED, writes refused until `diskless host clear-error "+h.Name+"`: "+h.DiskError)
+	}
 	row("boot", h.Boot)
 	row("initiator", h.InitiatorIQN)
 	row("target", h.TargetIQN)
@@ -532,6 +538,28 @@ func hostCheck() *cobra.Command {
 				return fmt.Errorf("host %s: disk check failed", args[0])
 			}
 			return nil
+		}),
+	}
+}
+
+func hostClearError() *cobra.Command {
+	return &cobra.Command{
+		Use:   "clear-error NAME",
+		Short: "Accept writes to a host's disk again after a failed flush, once its storage is fixed (the host's file system may have lost writes)",
+		Long: `Once a flush of a host's disk fails (an I/O error or a full thin volume under its
+file), the disk refuses every write and flush, so the host never gets a success
+over writes that may be lost; reads keep working. host show and host list say so.
+Fix the storage, then clear the error: one more flush must succeed. Writes the
+host made before the failed flush may be missing: check its file system.
+The error outlives restarts of the server; a disk made anew (reset, rollback,
+another version) starts without it.`,
+		Args: cobra.ExactArgs(1),
+		RunE: withClient(func(cmd *cobra.Command, c *client, args []string) error {
+			var n api.Notes
+			if err := c.do(cmd.Context(), http.MethodPost, "/hosts/"+args[0]+"/clear-error", nil, &n); err != nil {
+				return err
+			}
+			return notesOut(cmd, n)
 		}),
 	}
 }

@@ -25,6 +25,13 @@ type testAPI struct {
 
 func newTestAPI(t *testing.T) *testAPI {
 	t.Helper()
+	return newTestAPIOn(t, nil)
+}
+
+// newTestAPIOn is newTestAPI with the storage backend wrap returns
+// (nil: the Local one).
+func newTestAPIOn(t *testing.T, wrap func(*storage.Local) storage.Backend) *testAPI {
+	t.Helper()
 	dir := t.TempDir()
 	st, err := store.OpenBolt(filepath.Join(dir, store.FileName), store.BoltOptions{})
 	if err != nil {
@@ -35,7 +42,11 @@ func newTestAPI(t *testing.T) *testAPI {
 	if err != nil {
 		t.Fatal(err)
 	}
-	inv, err := inventory.New(inventory.Options{Store: st, Backend: be})
+	var backend storage.Backend = be
+	if wrap != nil {
+		backend = wrap(be)
+	}
+	inv, err := inventory.New(inventory.Options{Store: st, Backend: backend})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -122,6 +122,9 @@ type HostView struct {
 	Online   bool                `json:"online"`
 	Sessions []iscsi.SessionInfo `json:"sessions"`
 	IP       string              `json:"ip,omitempty"` // current address: DHCP lease or session
+	// DiskError is set once a flush of the disk failed: its writes and
+	// flushes fail until POST /hosts/{host}/clear-error.
+	DiskError string `json:"disk_error,omitempty"`
 }
 
 // DiskView is a host disk as the API shows it.
@@ -170,6 +173,9 @@ func (h *Handler) view(host inventory.Host, withSecrets bool) HostView {
 		v.Disk.Snapshots = []storage.Snapshot{}
 	}
 	v.Disk.UsageBytes, _ = h.inv.Backend().Usage(host.Name, host.Disk)
+	if err := h.inv.DiskError(&host); err != nil {
+		v.DiskError = err.Error()
+	}
 	if st := h.cfg.Status; st != nil {
 		v.Sessions = st.Sessions(host.TargetIQN)
 		v.Online = len(v.Sessions) > 0
@@ -273,6 +279,15 @@ func notes(n []string) Notes {
 
 func (h *Handler) resetHost(w http.ResponseWriter, r *http.Request) {
 	n, err := h.inv.Reset(r.PathValue("host"))
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, notes(n))
+}
+
+func (h *Handler) clearDiskError(w http.ResponseWriter, r *http.Request) {
+	n, err := h.inv.ClearDiskError(r.PathValue("host"))
 	if err != nil {
 		h.fail(w, r, err)
 		return

@@ -144,7 +144,17 @@ func (s *supervisor) target(h *inventory.Host, st *scsi.Target) *iscsi.Target {
 // openDisk opens the host's disk (as rec says) and makes it LUN 0 of its
 // target. The host's lock is held.
 func (s *supervisor) openDisk(name string, sv *served, rec *inventory.Host) {
-	dev, err := s.inv.Backend().OpenDisk(name, rec.Disk)
+	// A failure of the disk is logged with the image it is on (a raw
+	// copy: the image it was made from; the admin's file: none).
+	image := rec.Disk.Base().String()
+	if rec.Disk.Base().IsZero() {
+		image = rec.Image
+	}
+	log := s.log
+	if image != "" {
+		log = log.With("image", image)
+	}
+	dev, err := s.inv.Backend().OpenDisk(name, rec.Disk, log)
 	if err != nil {
 		s.log.Error("host disk not opened: its target has no LUN", "host", name, "err", err)
 		return

@@ -125,7 +125,8 @@ func RunTarget(ctx context.Context, opts TargetOptions) (err error) {
 		}
 	}()
 	for _, l := range opts.LUNs {
-		dev, err := disk.OpenFile(l.Path, l.ReadOnly)
+		dev, err := disk.OpenFileWith(l.Path, disk.FileOptions{ReadOnly: l.ReadOnly,
+			Logger: log.With("target", opts.IQN, "lun", l.LUN)})
 		if err != nil {
 			return fmt.Errorf("--lun %d: %w", l.LUN, err)
 		}

@@ -533,6 +533,31 @@ func (inv *Inventory) Check(host string) (storage.CheckReport, error) {
 	return inv.be.Check(host, h.Disk)
 }
 
+// DiskError is nil while h's disk is healthy; once a flush of it failed
+// (logged then with the host and image), the error its writes and flushes
+// return until ClearDiskError, across restarts.
+func (inv *Inventory) DiskError(h *Host) error { return inv.be.DiskError(h.Name, h.Disk) }
+
+// ClearDiskError returns a host's failed disk to service after the
+// operator fixed its storage. Nothing is cleared while the storage still
+// fails a flush (Conflict).
+func (inv *Inventory) ClearDiskError(host string) ([]string, error) {
+	unlock := inv.lock(host)
+	defer unlock()
+	h, err := inv.HostWithSecrets(host)
+	if err != nil {
+		return nil, err
+	}
+	if inv.be.DiskError(host, h.Disk) == nil {
+		return []string{"the disk has no error to clear"}, nil
+	}
+	if err := inv.be.ClearDiskError(host); err != nil {
+		return nil, conflict("the disk still fails; fix its storage first: %v", err)
+	}
+	inv.log.Info("host disk error cleared", "host", host)
+	return []string{"the disk accepts writes again; writes the host made before the failed flush may be lost: check its file system"}, nil
+}
+
 // Recover cleans up after an interrupted run: versions left "writing"
 // are forgotten (their partial files go with the backend's own cleanup)
 // and disk parts no host names are pruned. Call it at start, before
