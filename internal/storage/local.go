@@ -836,7 +836,8 @@ func (l *Local) Hosts() ([]string, error) {
 	}
 	var out []string
 	for _, e := range ents {
-		if e.IsDir() {
+		// lost+found: hosts/ may be a file system of its own.
+		if e.IsDir() && e.Name() != "lost+found" {
 			out = append(out, e.Name())
 		}
 	}
