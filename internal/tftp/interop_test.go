@@ -183,6 +183,9 @@ func TestInteropAtftp(t *testing.T) {
 		{name: "blksize 8192 capped", size: 300_000, args: get("blksize 65464"), wantBlk: 8192, wantWin: 1},
 		{name: "windowsize 4", size: 300_000, args: get("blksize 1468", "windowsize 4", "tsize 0"), wantBlk: 1468, wantWin: 4},
 		{name: "windowsize 16", size: 1_000_000, args: get("blksize 1468", "windowsize 16", "tsize 0", "timeout 1"), wantBlk: 1468, wantWin: 16},
+		// Above Config.MaxTimeout the option is left out of the OACK;
+		// atftp then keeps its own timer.
+		{name: "timeout 255 ignored", size: 100_000, args: get("blksize 1468", "timeout 255", "tsize 0"), wantBlk: 1468, wantWin: 1},
 		{name: "windowsize 8 lossy", loss: 0.03, size: 300_000, args: get("blksize 1468", "windowsize 8", "tsize 0"), wantBlk: 1468, wantWin: 8},
 		{name: "lossy", loss: 0.05, size: 200_000, args: get("blksize 1024"), wantBlk: 1024, wantWin: 1},
 	}

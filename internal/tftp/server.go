@@ -54,6 +54,15 @@ type Config struct {
 	// negotiate one (default 1 s). It doubles after each unanswered
 	// retransmission, up to 10 s or the negotiated timeout if longer.
 	Timeout time.Duration
+	// MaxTimeout is the largest timeout option (RFC 2349) accepted
+	// (default 10 s; at most 255 s, the option's range). A client asking
+	// for more gets an OACK without the option - RFC 2349 lets a server
+	// ignore it but not lower it, and EDK2 fails a transfer whose OACK
+	// changes it - and the server retransmits after Timeout. A transfer
+	// that stops answering then holds its slot for at most
+	// (Retries+1) x max(MaxTimeout, 10 s): 1 min by default.
+	// Counted in Stats.TimeoutIgnored.
+	MaxTimeout time.Duration
 	// Retries is how many times a packet is retransmitted before the
 	// transfer is abandoned (default 5).
 	Retries int
@@ -87,6 +96,10 @@ func (c *Config) withDefaults() Config {
 	if d.MaxTransfers <= 0 {
 		d.MaxTransfers = 256
 	}
+	if d.MaxTimeout <= 0 {
+		d.MaxTimeout = 10 * time.Second
+	}
+	d.MaxTimeout = min(d.MaxTimeout, 255*time.Second)
 	if d.Timeout <= 0 {
 		d.Timeout = time.Second
 	}
@@ -139,24 +152,25 @@ var (
 
 // Stats are the server's counters since New.
 type Stats struct {
-	Requests    uint64 // RRQs and WRQs parsed, duplicates and busy ones included
-	Duplicates  uint64 // RRQs repeated while their transfer runs: ignored
-	Busy        uint64 // RRQs turned away because MaxTransfers were running
-	Refused     uint64 // requests answered with an ERROR: not found, access, mode, WRQ
-	Completed   uint64 // transfers whose last block was acknowledged
-	Aborted     uint64 // transfers the client ended with an ERROR (e.g. a tsize probe)
-	TimedOut    uint64 // transfers abandoned after Retries retransmissions
-	Failed      uint64 // transfers ended by a server-side error or shutdown
-	Malformed   uint64 // packets dropped: unparsable, or an opcode not expected there
-	UnknownTID  uint64 // packets from a stranger on a transfer port (answered ERROR 5)
-	Retransmits uint64 // OACK and DATA packets sent again
-	BytesSent   uint64 // payload bytes acknowledged by clients
-	Panics      uint64 // transfers that ended in a recovered panic
-	Active      int    // transfers running now
+	Requests       uint64 // RRQs and WRQs parsed, duplicates and busy ones included
+	Duplicates     uint64 // RRQs repeated while their transfer runs: ignored
+	Busy           uint64 // RRQs turned away because MaxTransfers were running
+	Refused        uint64 // requests answered with an ERROR: not found, access, mode, WRQ
+	TimeoutIgnored uint64 // timeout options above MaxTimeout, left out of the OACK
+	Completed      uint64 // transfers whose last block was acknowledged
+	Aborted        uint64 // transfers the client ended with an ERROR (e.g. a tsize probe)
+	TimedOut       uint64 // transfers abandoned after Retries retransmissions
+	Failed         uint64 // transfers ended by a server-side error or shutdown
+	Malformed      uint64 // packets dropped: unparsable, or an opcode not expected there
+	UnknownTID     uint64 // packets from a stranger on a transfer port (answered ERROR 5)
+	Retransmits    uint64 // OACK and DATA packets sent again
+	BytesSent      uint64 // payload bytes acknowledged by clients
+	Panics         uint64 // transfers that ended in a recovered panic
+	Active         int    // transfers running now
 }
 
 type counters struct {
-	requests, duplicates, busy, refused, completed, aborted, timedOut, failed,
+	requests, duplicates, busy, refused, timeoutIgnored, completed, aborted, timedOut, failed,
 	malformed, unknownTID, retransmits, bytesSent, panics atomic.Uint64
 }
 
@@ -215,7 +229,7 @@ func (s *Server) Stats() Stats {
 	c := &s.stats
 	return Stats{
 		Requests: c.requests.Load(), Duplicates: c.duplicates.Load(), Busy: c.busy.Load(),
-		Refused: c.refused.Load(), Completed: c.completed.Load(), Aborted: c.aborted.Load(),
+		Refused: c.refused.Load(), TimeoutIgnored: c.timeoutIgnored.Load(), Completed: c.completed.Load(), Aborted: c.aborted.Load(),
 		TimedOut: c.timedOut.Load(), Failed: c.failed.Load(), Malformed: c.malformed.Load(),
 		UnknownTID: c.unknownTID.Load(), Retransmits: c.retransmits.Load(),
 		BytesSent: c.bytesSent.Load(), Panics: c.panics.Load(), Active: active,

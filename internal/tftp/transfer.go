@@ -89,11 +89,15 @@ func (t *transfer) run(ctx context.Context) error {
 	}
 	_, canReadAt := f.(io.ReaderAt)
 	streaming := mode == "netascii" || !canReadAt
-	neg := negotiate(t.req.Options, size, t.s.cfg.MaxBlockSize, t.s.cfg.MaxWindowSize)
+	cfg := &t.s.cfg
+	neg := negotiate(t.req.Options, size, cfg.MaxBlockSize, cfg.MaxWindowSize, cfg.MaxTimeout)
 	if streaming && neg.windowSize*neg.blockSize > maxStreamWindow {
 		// A streamed file keeps its unacknowledged window in memory: offer
 		// a smaller window rather than hold megabytes per client.
-		neg = negotiate(t.req.Options, size, t.s.cfg.MaxBlockSize, max(1, maxStreamWindow/neg.blockSize))
+		neg = negotiate(t.req.Options, size, cfg.MaxBlockSize, max(1, maxStreamWindow/neg.blockSize), cfg.MaxTimeout)
+	}
+	if neg.timeoutIgnored {
+		t.s.stats.timeoutIgnored.Add(1)
 	}
 	t.info.BlockSize, t.info.WindowSize = neg.blockSize, neg.windowSize
 	t.timeout = t.s.cfg.Timeout
