@@ -153,6 +153,25 @@ func TestInteropTFTPHPA(t *testing.T) {
 			t.Fatalf("netascii round trip:\n got %q\nwant %q", got, text)
 		}
 	})
+	t.Run("too many from one address", func(t *testing.T) {
+		ts := interopServer(t, 0, Config{MaxTransfersPerSource: 1})
+		writeFile(ts.dir, "f", 5000, 1)
+		hog, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer hog.Close()
+		hog.WriteTo((&Request{Op: OpRRQ, Filename: "f", Mode: "octet"}).AppendBinary(nil), ts.addr)
+		tid := hogTID(t, hog) // its DATA 1: the one slot of 127.0.0.1 is taken
+		defer hog.WriteTo((&Error{ErrCodeNotDefined, "done"}).AppendBinary(nil), tid)
+		out, err := runClient(t, bin, "-m", "binary", "127.0.0.1", port(ts), "-c", "get", "f", filepath.Join(t.TempDir(), "f"))
+		if !strings.Contains(out, "too many transfers from your address") {
+			t.Fatalf("refusal not shown to the user (err %v): %q", err, out)
+		}
+		if st := ts.Stats(); st.SourceBusy != 1 {
+			t.Errorf("%+v", st)
+		}
+	})
 	t.Run("not found", func(t *testing.T) {
 		ts := interopServer(t, 0, Config{})
 		out, _ := runClient(t, bin, "-m", "binary", "127.0.0.1", port(ts), "-c", "get", "../../etc/passwd", filepath.Join(t.TempDir(), "x"))

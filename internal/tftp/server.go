@@ -8,10 +8,17 @@
 // (DHCP and boot do) and never writes: write requests are refused.
 //
 // Each transfer runs in its own goroutine on its own ephemeral UDP socket
-// (its transfer ID, RFC 1350 section 4); the number of transfers is
-// bounded by Config.MaxTransfers. Octet transfers read blocks by offset
-// and buffer one packet; only streamed transfers (netascii) buffer their
-// window, at most 256 KiB.
+// (its transfer ID, RFC 1350 section 4). Octet transfers read blocks by
+// offset and buffer one packet; only streamed transfers (netascii) buffer
+// their window, at most 256 KiB.
+//
+// No client can hold the server: transfers are bounded in total
+// (Config.MaxTransfers) and per client address (MaxTransfersPerSource), a
+// transfer that stops answering is abandoned after its retransmissions
+// (at most about a minute, as the timeout option is capped by MaxTimeout),
+// and every transfer ends after MaxTransferTime. A request that gets no
+// slot is answered with an ERROR, counted by reason in Stats and logged
+// (rate-limited).
 package tftp
 
 import (
@@ -44,11 +51,21 @@ type Config struct {
 	// (*os.Root).FS() does, os.DirFS does not.
 	FS fs.FS
 	// MaxTransfers bounds the transfers running at once (default 256).
+	// A request beyond it is refused (see DropWhenBusy) and counted in
+	// Stats.Busy.
 	MaxTransfers int
+	// MaxTransfersPerSource bounds the transfers running at once for one
+	// client IP address (default 8). A booting machine runs one or two (a
+	// tsize probe, then the file), so one address cannot take the slots
+	// every other machine needs. A request beyond it gets ERROR 0 "too
+	// many transfers from your address" and is counted in
+	// Stats.SourceBusy.
+	MaxTransfersPerSource int
 	// DropWhenBusy, when true, silently drops requests beyond MaxTransfers
 	// so that the client retransmits its RRQ later (PXE ROMs and iPXE do).
-	// By default such a request gets ERROR 0 "server busy", which most
-	// firmware treats as fatal.
+	// By default such a request gets ERROR 0 "server busy", which the
+	// client shows and most firmware treats as fatal for that boot. It
+	// never applies to MaxTransfersPerSource.
 	DropWhenBusy bool
 	// Timeout is the first retransmission timeout when the client does not
 	// negotiate one (default 1 s). It doubles after each unanswered
@@ -63,6 +80,13 @@ type Config struct {
 	// (Retries+1) x max(MaxTimeout, 10 s): 1 min by default.
 	// Counted in Stats.TimeoutIgnored.
 	MaxTimeout time.Duration
+	// MaxTransferTime bounds the lifetime of a transfer (default 5 min,
+	// for files of a few MB: iPXE is about 1 MB and takes well under a
+	// second on a LAN). A transfer still running then is ended with ERROR
+	// 0 and counted in Stats.Expired, so a client acknowledging just often
+	// enough cannot hold a slot for ever. Raise it to serve large files
+	// over slow links.
+	MaxTransferTime time.Duration
 	// Retries is how many times a packet is retransmitted before the
 	// transfer is abandoned (default 5).
 	Retries int
@@ -96,10 +120,16 @@ func (c *Config) withDefaults() Config {
 	if d.MaxTransfers <= 0 {
 		d.MaxTransfers = 256
 	}
+	if d.MaxTransfersPerSource <= 0 {
+		d.MaxTransfersPerSource = 8
+	}
 	if d.MaxTimeout <= 0 {
 		d.MaxTimeout = 10 * time.Second
 	}
 	d.MaxTimeout = min(d.MaxTimeout, 255*time.Second)
+	if d.MaxTransferTime <= 0 {
+		d.MaxTransferTime = 5 * time.Minute
+	}
 	if d.Timeout <= 0 {
 		d.Timeout = time.Second
 	}
@@ -139,7 +169,7 @@ type TransferInfo struct {
 	Duration    time.Duration
 	// Err is nil when the client acknowledged the last block. Otherwise it
 	// is an *Error the server sent (refusal, busy), or wraps ErrTimeout,
-	// ErrClientAbort (with the client's *Error) or ErrShutdown.
+	// ErrClientAbort (with the client's *Error), ErrExpired or ErrShutdown.
 	Err error
 }
 
@@ -148,15 +178,20 @@ var (
 	ErrTimeout     = errors.New("tftp: client stopped answering")
 	ErrClientAbort = errors.New("tftp: client aborted the transfer")
 	ErrShutdown    = errors.New("tftp: server shutting down")
+	// ErrExpired: the transfer ran longer than Config.MaxTransferTime.
+	ErrExpired = errors.New("tftp: transfer time limit reached")
 )
 
-// Stats are the server's counters since New.
+// Stats are the server's counters since New. Requests turned away are
+// counted by reason: Busy, SourceBusy and Refused.
 type Stats struct {
 	Requests       uint64 // RRQs and WRQs parsed, duplicates and busy ones included
 	Duplicates     uint64 // RRQs repeated while their transfer runs: ignored
 	Busy           uint64 // RRQs turned away because MaxTransfers were running
+	SourceBusy     uint64 // RRQs turned away because their address ran MaxTransfersPerSource
 	Refused        uint64 // requests answered with an ERROR: not found, access, mode, WRQ
 	TimeoutIgnored uint64 // timeout options above MaxTimeout, left out of the OACK
+	Expired        uint64 // transfers ended after MaxTransferTime
 	Completed      uint64 // transfers whose last block was acknowledged
 	Aborted        uint64 // transfers the client ended with an ERROR (e.g. a tsize probe)
 	TimedOut       uint64 // transfers abandoned after Retries retransmissions
@@ -170,8 +205,20 @@ type Stats struct {
 }
 
 type counters struct {
-	requests, duplicates, busy, refused, timeoutIgnored, completed, aborted, timedOut, failed,
-	malformed, unknownTID, retransmits, bytesSent, panics atomic.Uint64
+	requests, duplicates, busy, sourceBusy, refused, timeoutIgnored, expired,
+	completed, aborted, timedOut, failed, malformed, unknownTID, retransmits, bytesSent,
+	panics atomic.Uint64
+}
+
+// slot is one running transfer's claim on the server's capacity. key,
+// src, start and cancel never change; the other fields are guarded by
+// Server.mu.
+type slot struct {
+	key    string     // the client's address:port, its key in Server.active
+	src    netip.Addr // the client's address, its key in Server.perSource
+	start  time.Time
+	cancel context.CancelCauseFunc
+	gone   bool // given back: the transfer ended
 }
 
 // Server is a read-only TFTP server. It is safe for concurrent use; one
@@ -189,7 +236,8 @@ type Server struct {
 	mu        sync.Mutex
 	closing   bool
 	listeners map[net.PacketConn]struct{}
-	active    map[string]struct{} // client address of each running transfer
+	active    map[string]*slot   // running transfers by client address:port
+	perSource map[netip.Addr]int // running transfers by client address
 
 	wg           sync.WaitGroup
 	shutdownOnce sync.Once
@@ -205,7 +253,8 @@ func New(cfg Config) (*Server, error) {
 		cfg:       c,
 		log:       c.Logger,
 		listeners: make(map[net.PacketConn]struct{}),
-		active:    make(map[string]struct{}),
+		active:    make(map[string]*slot),
+		perSource: make(map[netip.Addr]int),
 		warnLimit: limiter{rate: 10, burst: 20},
 	}
 	if c.FS != nil {
@@ -229,7 +278,9 @@ func (s *Server) Stats() Stats {
 	c := &s.stats
 	return Stats{
 		Requests: c.requests.Load(), Duplicates: c.duplicates.Load(), Busy: c.busy.Load(),
-		Refused: c.refused.Load(), TimeoutIgnored: c.timeoutIgnored.Load(), Completed: c.completed.Load(), Aborted: c.aborted.Load(),
+		SourceBusy: c.sourceBusy.Load(), Refused: c.refused.Load(),
+		TimeoutIgnored: c.timeoutIgnored.Load(), Expired: c.expired.Load(),
+		Completed: c.completed.Load(), Aborted: c.aborted.Load(),
 		TimedOut: c.timedOut.Load(), Failed: c.failed.Load(), Malformed: c.malformed.Load(),
 		UnknownTID: c.unknownTID.Load(), Retransmits: c.retransmits.Load(),
 		BytesSent: c.bytesSent.Load(), Panics: c.panics.Load(), Active: active,
@@ -297,6 +348,8 @@ func (s *Server) handleRequest(conn net.PacketConn, b []byte, peer net.Addr) {
 	}
 
 	key := peer.String()
+	src := addrPort(peer).Addr()
+	now := time.Now()
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
@@ -309,19 +362,33 @@ func (s *Server) handleRequest(conn net.PacketConn, b []byte, peer net.Addr) {
 		s.stats.duplicates.Add(1)
 		return
 	}
+	if n := s.perSource[src]; n >= s.cfg.MaxTransfersPerSource {
+		s.mu.Unlock()
+		s.stats.sourceBusy.Add(1)
+		s.warn("tftp: too many transfers from one address, request refused", "ip", src.String(),
+			"file", req.Filename, "max_transfers_per_source", s.cfg.MaxTransfersPerSource)
+		// Always answered: silence would only make it ask again.
+		s.send(conn, peer, errSourceBusy.AppendBinary(nil))
+		s.report(TransferInfo{Client: addrPort(peer), File: req.Filename, Mode: req.Mode,
+			Size: -1, Start: now, Err: errSourceBusy})
+		return
+	}
 	if len(s.active) >= s.cfg.MaxTransfers {
 		s.mu.Unlock()
 		s.stats.busy.Add(1)
-		s.warn("tftp busy: request turned away", "ip", addrString(peer), "file", req.Filename,
+		s.warn("tftp: all transfer slots taken, request refused", "ip", src.String(), "file", req.Filename,
 			"max_transfers", s.cfg.MaxTransfers)
 		if !s.cfg.DropWhenBusy {
 			s.send(conn, peer, errBusy.AppendBinary(nil))
 		}
 		s.report(TransferInfo{Client: addrPort(peer), File: req.Filename, Mode: req.Mode,
-			Size: -1, Start: time.Now(), Err: errBusy})
+			Size: -1, Start: now, Err: errBusy})
 		return
 	}
-	s.active[key] = struct{}{}
+	ctx, cancel := context.WithCancelCause(s.ctx)
+	sl := &slot{key: key, src: src, start: now, cancel: cancel}
+	s.active[key] = sl
+	s.perSource[src]++
 	s.wg.Add(1)
 	s.mu.Unlock()
 
@@ -329,18 +396,35 @@ func (s *Server) handleRequest(conn net.PacketConn, b []byte, peer net.Addr) {
 		defer s.wg.Done()
 		defer func() {
 			s.mu.Lock()
-			delete(s.active, key)
+			s.releaseLocked(sl)
 			s.mu.Unlock()
+			cancel(nil)
 		}()
-		s.runTransfer(conn, peer, req)
+		ctx, stop := context.WithTimeoutCause(ctx, s.cfg.MaxTransferTime, ErrExpired)
+		defer stop()
+		s.runTransfer(ctx, sl, conn, peer, req)
 	}()
+}
+
+// releaseLocked gives a slot back, once. Caller holds mu.
+func (s *Server) releaseLocked(sl *slot) {
+	if sl.gone {
+		return
+	}
+	sl.gone = true
+	if s.active[sl.key] == sl {
+		delete(s.active, sl.key)
+	}
+	if s.perSource[sl.src]--; s.perSource[sl.src] <= 0 {
+		delete(s.perSource, sl.src)
+	}
 }
 
 // runTransfer serves one RRQ and reports how it ended. A panic ends only
 // this transfer.
-func (s *Server) runTransfer(reqConn net.PacketConn, peer net.Addr, req Request) {
+func (s *Server) runTransfer(ctx context.Context, sl *slot, reqConn net.PacketConn, peer net.Addr, req Request) {
 	t := &transfer{
-		s: s, reqConn: reqConn, peer: peer, req: req,
+		s: s, slot: sl, reqConn: reqConn, peer: peer, req: req,
 		info: TransferInfo{Client: addrPort(peer), File: req.Filename, Mode: req.Mode,
 			Size: -1, Start: time.Now(), BlockSize: DefaultBlockSize, WindowSize: 1},
 	}
@@ -355,7 +439,7 @@ func (s *Server) runTransfer(reqConn net.PacketConn, peer net.Addr, req Request)
 		t.close()
 		s.finish(t)
 	}()
-	t.info.Err = t.run(s.ctx)
+	t.info.Err = t.run(ctx)
 }
 
 // finish counts, logs and reports a transfer that ended.
@@ -383,6 +467,10 @@ func (s *Server) finish(t *transfer) {
 	case errors.Is(err, ErrTimeout):
 		s.stats.timedOut.Add(1)
 		s.warn("tftp transfer timed out", append(attrs, "err", err)...)
+	case errors.Is(err, ErrExpired):
+		s.stats.expired.Add(1)
+		s.warn("tftp transfer ended: time limit reached", append(attrs, "err", err,
+			"max_transfer_time", s.cfg.MaxTransferTime)...)
 	default:
 		s.stats.failed.Add(1)
 		if !t.panicked { // already logged with its stack

@@ -24,8 +24,10 @@ const maxStreamWindow = 256 << 10
 // transfer is one RRQ being served. It is owned by one goroutine.
 type transfer struct {
 	s       *Server
-	reqConn net.PacketConn // the request port: refusals before a socket exists
-	conn    net.PacketConn // this transfer's own socket (its TID)
+	slot    *slot
+	ctx     context.Context // ends with the transfer's slot: shutdown, time limit
+	reqConn net.PacketConn  // the request port: refusals before a socket exists
+	conn    net.PacketConn  // this transfer's own socket (its TID)
 	peer    net.Addr
 	req     Request
 	file    fs.File
@@ -71,6 +73,7 @@ func (t *transfer) refuse(e *Error) error {
 // run serves the request and returns nil once the client acknowledged the
 // last block.
 func (t *transfer) run(ctx context.Context) error {
+	t.ctx = ctx
 	mode := strings.ToLower(t.req.Mode)
 	if mode != "octet" && mode != "netascii" {
 		// "mail" is obsolete (RFC 1350 section 1) and meaningless for reads.
@@ -182,8 +185,7 @@ func (t *transfer) exchange(send func(retry bool) error, ack func(block uint16) 
 				return err
 			}
 			if t.isCancelled() {
-				t.s.send(t.conn, t.peer, errShutdown.AppendBinary(nil))
-				return ErrShutdown
+				return t.stopped()
 			}
 			attempt++
 			if attempt > t.s.cfg.Retries {
@@ -299,10 +301,23 @@ func (t *transfer) setDeadline(d time.Time) error {
 	t.deadlineMu.Lock()
 	defer t.deadlineMu.Unlock()
 	if t.cancelled {
-		t.s.send(t.conn, t.peer, errShutdown.AppendBinary(nil))
-		return ErrShutdown
+		return t.stopped()
 	}
 	return t.conn.SetReadDeadline(d)
+}
+
+// stopped tells the client why its transfer ends before its time and
+// returns that as the outcome: the time limit was reached, or the server
+// shuts down.
+func (t *transfer) stopped() error {
+	cause := context.Cause(t.ctx)
+	switch {
+	case errors.Is(cause, ErrExpired):
+		t.s.send(t.conn, t.peer, errExpired.AppendBinary(nil))
+		return fmt.Errorf("%w (%v)", ErrExpired, t.s.cfg.MaxTransferTime)
+	}
+	t.s.send(t.conn, t.peer, errShutdown.AppendBinary(nil))
+	return ErrShutdown
 }
 
 func (t *transfer) isCancelled() bool {
