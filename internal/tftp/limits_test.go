@@ -2,8 +2,10 @@ package tftp
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"testing/fstest"
 	"testing/synctest"
@@ -93,6 +95,79 @@ func TestPerSourceCap(t *testing.T) {
 	})
 }
 
+// TestPreemptUnacknowledged: with every slot taken, a transfer whose
+// client never acknowledged anything gives its slot to a new request once
+// it has waited Config.Timeout; a transfer whose client answers, however
+// slowly, is never taken over, and a request that finds no such slot is
+// refused with an ERROR.
+func TestPreemptUnacknowledged(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var mu sync.Mutex
+		var preempted []TransferInfo
+		s, mn, l, stop := synctestServer(t, Config{
+			FS:           fstest.MapFS{"f": {Data: make([]byte, 5000)}},
+			MaxTransfers: 2,
+			Timeout:      2 * time.Second,
+			OnTransfer: func(ti TransferInfo) {
+				mu.Lock()
+				defer mu.Unlock()
+				if errors.Is(ti.Err, ErrPreempted) {
+					preempted = append(preempted, ti)
+				}
+			},
+		})
+		defer stop()
+		live := rrqFrom(mn, l, "10.0.0.2", 5000) // oldest, but it answers
+		synctest.Wait()
+		_, tid := next(t, live)
+		live.WriteTo((&Ack{1}).AppendBinary(nil), tid)
+		hog := rrqFrom(mn, l, "10.0.0.3", 5000, opts("timeout", "255")...)
+		synctest.Wait()
+		next(t, hog) // its DATA 1, never acknowledged
+		next(t, live)
+
+		// Before the hog's first timeout: nothing to take over.
+		time.Sleep(time.Second)
+		early := rrqFrom(mn, l, "10.0.0.4", 5000)
+		synctest.Wait()
+		p, _ := next(t, early)
+		wantError(t, p, "server busy")
+
+		time.Sleep(time.Second) // the hog has waited Timeout
+		synctest.Wait()
+		for len(hog.in) > 0 {
+			next(t, hog) // its retransmission
+		}
+		late := rrqFrom(mn, l, "10.0.0.5", 5000)
+		synctest.Wait()
+		if p, _ := next(t, late); p[1] != byte(OpDATA) {
+			t.Fatalf("new request not served: %x", p)
+		}
+		p, _ = next(t, hog)
+		wantError(t, p, "slot given to another client")
+		for len(live.in) > 0 {
+			// Retransmissions of its DATA 2, never an ERROR.
+			if p, _ := next(t, live); p[1] != byte(OpDATA) {
+				t.Fatalf("answering client got %x", p)
+			}
+		}
+		st := s.Stats()
+		if st.Preempted != 1 || st.Busy != 1 || st.Active != 2 {
+			t.Fatalf("%+v", st)
+		}
+		mu.Lock()
+		if len(preempted) != 1 || preempted[0].Client.Addr().String() != "10.0.0.3" {
+			t.Fatalf("reports %+v", preempted)
+		}
+		mu.Unlock()
+		// Now both slots hold transfers younger than Timeout or answered.
+		again := rrqFrom(mn, l, "10.0.0.6", 5000)
+		synctest.Wait()
+		p, _ = next(t, again)
+		wantError(t, p, "server busy")
+	})
+}
+
 // TestTransferTimeLimit: a client that acknowledges just often enough to
 // keep its transfer alive is cut off after MaxTransferTime with an ERROR.
 func TestTransferTimeLimit(t *testing.T) {
@@ -139,4 +214,100 @@ func TestTransferTimeLimit(t *testing.T) {
 			t.Errorf("info %+v", info)
 		}
 	})
+}
+
+// TestHostileFlood is the TFTP attack of issue 13: 1000 read requests
+// asking for timeout=255, from 50 addresses, none ever acknowledged.
+// Every one is answered (DATA, or an ERROR saying why not), a real client
+// arriving a second later gets its file, and the slots are all free again
+// after the server's own 35 s retransmission schedule.
+func TestHostileFlood(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s, mn, l, stop := synctestServer(t, Config{FS: fstest.MapFS{"f": {Data: make([]byte, 100_000)}}})
+		defer stop()
+		var hogs []*memConn
+		for i := range 1000 {
+			ip := fmt.Sprintf("10.0.1.%d", 1+i/20)
+			hogs = append(hogs, rrqFrom(mn, l, ip, 6000+i, opts("timeout", "255")...))
+			if i%100 == 99 {
+				synctest.Wait() // the request socket's queue holds 256
+			}
+		}
+		synctest.Wait()
+		var data, sourceBusy, busy int
+		for _, h := range hogs {
+			p, _ := next(t, h)
+			switch e, err := ParseError(p); {
+			case err != nil:
+				data++
+			case strings.Contains(e.Message, "your address"):
+				sourceBusy++
+			case strings.Contains(e.Message, "busy"):
+				busy++
+			default:
+				t.Fatalf("unexpected %q", e.Message)
+			}
+		}
+		st := s.Stats()
+		t.Logf("flood answered: %d served, %d refused per source, %d refused busy; %+v", data, sourceBusy, busy, st)
+		// 32 addresses get 8 slots each; the rest is refused, per address
+		// first.
+		if data != 256 || st.Active != 256 || sourceBusy != 32*12 || busy != 1000-256-32*12 ||
+			uint64(sourceBusy) != st.SourceBusy || uint64(busy) != st.Busy || st.TimeoutIgnored != 256 {
+			t.Fatalf("%+v", st)
+		}
+
+		// A real client a second later: it takes the slot of a hog.
+		time.Sleep(time.Second)
+		start := time.Now()
+		res := synctestGet(t, mn, l, "10.0.2.1", 7000, opts("blksize", "1468"))
+		if res != 100_000 {
+			t.Fatalf("legitimate client got %d bytes", res)
+		}
+		t.Logf("legitimate client served in %v (fake clock) during the flood", time.Since(start))
+		if time.Since(start) > 0 {
+			t.Errorf("legitimate client waited %v", time.Since(start))
+		}
+		time.Sleep(35 * time.Second)
+		synctest.Wait()
+		if st := s.Stats(); st.Active != 0 || st.Preempted != 1 || st.TimedOut != 255 {
+			t.Fatalf("after 36 s: %+v", st)
+		}
+	})
+}
+
+// synctestGet downloads "f" as a well-behaved client and returns its size.
+func synctestGet(t *testing.T, mn *memNet, l *memConn, ip string, port int, o []Option) int {
+	t.Helper()
+	c := rrqFrom(mn, l, ip, port, o...)
+	defer c.Close()
+	blk := DefaultBlockSize
+	buf := make([]byte, 70000)
+	total := 0
+	for {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, from, err := c.ReadFrom(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch op, _ := PeekOpcode(buf[:n]); op {
+		case OpOACK:
+			oa, _ := ParseOAck(buf[:n])
+			for _, opt := range oa.Options {
+				if opt.Name == "blksize" {
+					fmt.Sscan(opt.Value, &blk)
+				}
+			}
+			c.WriteTo((&Ack{0}).AppendBinary(nil), from)
+		case OpDATA:
+			d, _ := ParseData(buf[:n])
+			total += len(d.Payload)
+			c.WriteTo((&Ack{d.Block}).AppendBinary(nil), from)
+			if len(d.Payload) < blk {
+				return total
+			}
+		default:
+			t.Fatalf("got %x", buf[:n])
+		}
+	}
 }

@@ -16,12 +16,14 @@
 // (Config.MaxTransfers) and per client address (MaxTransfersPerSource), a
 // transfer that stops answering is abandoned after its retransmissions
 // (at most about a minute, as the timeout option is capped by MaxTimeout),
-// and every transfer ends after MaxTransferTime. A request that gets no
-// slot is answered with an ERROR, counted by reason in Stats and logged
-// (rate-limited).
+// every transfer ends after MaxTransferTime, and when every slot is taken
+// a transfer whose client never acknowledged anything gives its slot to a
+// new request. A request that gets no slot is answered with an ERROR,
+// counted by reason in Stats and logged (rate-limited).
 package tftp
 
 import (
+	"container/list"
 	"context"
 	"errors"
 	"fmt"
@@ -51,8 +53,10 @@ type Config struct {
 	// (*os.Root).FS() does, os.DirFS does not.
 	FS fs.FS
 	// MaxTransfers bounds the transfers running at once (default 256).
-	// A request beyond it is refused (see DropWhenBusy) and counted in
-	// Stats.Busy.
+	// When all are taken, a new request takes the slot of the oldest
+	// transfer whose client has not acknowledged anything within Timeout
+	// (a live client answers within a round trip); if there is none, it
+	// is refused (see DropWhenBusy) and counted in Stats.Busy.
 	MaxTransfers int
 	// MaxTransfersPerSource bounds the transfers running at once for one
 	// client IP address (default 8). A booting machine runs one or two (a
@@ -169,7 +173,8 @@ type TransferInfo struct {
 	Duration    time.Duration
 	// Err is nil when the client acknowledged the last block. Otherwise it
 	// is an *Error the server sent (refusal, busy), or wraps ErrTimeout,
-	// ErrClientAbort (with the client's *Error), ErrExpired or ErrShutdown.
+	// ErrClientAbort (with the client's *Error), ErrPreempted, ErrExpired
+	// or ErrShutdown.
 	Err error
 }
 
@@ -178,6 +183,9 @@ var (
 	ErrTimeout     = errors.New("tftp: client stopped answering")
 	ErrClientAbort = errors.New("tftp: client aborted the transfer")
 	ErrShutdown    = errors.New("tftp: server shutting down")
+	// ErrPreempted: the client had acknowledged nothing and its slot went
+	// to a new request (Config.MaxTransfers).
+	ErrPreempted = errors.New("tftp: slot given to another client")
 	// ErrExpired: the transfer ran longer than Config.MaxTransferTime.
 	ErrExpired = errors.New("tftp: transfer time limit reached")
 )
@@ -191,6 +199,7 @@ type Stats struct {
 	SourceBusy     uint64 // RRQs turned away because their address ran MaxTransfersPerSource
 	Refused        uint64 // requests answered with an ERROR: not found, access, mode, WRQ
 	TimeoutIgnored uint64 // timeout options above MaxTimeout, left out of the OACK
+	Preempted      uint64 // transfers without any ACK that gave their slot to a new request
 	Expired        uint64 // transfers ended after MaxTransferTime
 	Completed      uint64 // transfers whose last block was acknowledged
 	Aborted        uint64 // transfers the client ended with an ERROR (e.g. a tsize probe)
@@ -205,7 +214,7 @@ type Stats struct {
 }
 
 type counters struct {
-	requests, duplicates, busy, sourceBusy, refused, timeoutIgnored, expired,
+	requests, duplicates, busy, sourceBusy, refused, timeoutIgnored, preempted, expired,
 	completed, aborted, timedOut, failed, malformed, unknownTID, retransmits, bytesSent,
 	panics atomic.Uint64
 }
@@ -218,7 +227,10 @@ type slot struct {
 	src    netip.Addr // the client's address, its key in Server.perSource
 	start  time.Time
 	cancel context.CancelCauseFunc
-	gone   bool // given back: the transfer ended
+	// waiting is its element in Server.unacked while the client has
+	// acknowledged nothing; nil after.
+	waiting *list.Element
+	gone    bool // given back: the transfer ended or was preempted
 }
 
 // Server is a read-only TFTP server. It is safe for concurrent use; one
@@ -238,6 +250,7 @@ type Server struct {
 	listeners map[net.PacketConn]struct{}
 	active    map[string]*slot   // running transfers by client address:port
 	perSource map[netip.Addr]int // running transfers by client address
+	unacked   *list.List         // of *slot without any ACK yet, oldest first
 
 	wg           sync.WaitGroup
 	shutdownOnce sync.Once
@@ -255,6 +268,7 @@ func New(cfg Config) (*Server, error) {
 		listeners: make(map[net.PacketConn]struct{}),
 		active:    make(map[string]*slot),
 		perSource: make(map[netip.Addr]int),
+		unacked:   list.New(),
 		warnLimit: limiter{rate: 10, burst: 20},
 	}
 	if c.FS != nil {
@@ -279,7 +293,7 @@ func (s *Server) Stats() Stats {
 	return Stats{
 		Requests: c.requests.Load(), Duplicates: c.duplicates.Load(), Busy: c.busy.Load(),
 		SourceBusy: c.sourceBusy.Load(), Refused: c.refused.Load(),
-		TimeoutIgnored: c.timeoutIgnored.Load(), Expired: c.expired.Load(),
+		TimeoutIgnored: c.timeoutIgnored.Load(), Preempted: c.preempted.Load(), Expired: c.expired.Load(),
 		Completed: c.completed.Load(), Aborted: c.aborted.Load(),
 		TimedOut: c.timedOut.Load(), Failed: c.failed.Load(), Malformed: c.malformed.Load(),
 		UnknownTID: c.unknownTID.Load(), Retransmits: c.retransmits.Load(),
@@ -374,19 +388,27 @@ func (s *Server) handleRequest(conn net.PacketConn, b []byte, peer net.Addr) {
 		return
 	}
 	if len(s.active) >= s.cfg.MaxTransfers {
-		s.mu.Unlock()
-		s.stats.busy.Add(1)
-		s.warn("tftp: all transfer slots taken, request refused", "ip", src.String(), "file", req.Filename,
-			"max_transfers", s.cfg.MaxTransfers)
-		if !s.cfg.DropWhenBusy {
-			s.send(conn, peer, errBusy.AppendBinary(nil))
+		victim := s.preemptibleLocked(now)
+		if victim == nil {
+			s.mu.Unlock()
+			s.stats.busy.Add(1)
+			s.warn("tftp: all transfer slots taken, request refused", "ip", src.String(), "file", req.Filename,
+				"max_transfers", s.cfg.MaxTransfers)
+			if !s.cfg.DropWhenBusy {
+				s.send(conn, peer, errBusy.AppendBinary(nil))
+			}
+			s.report(TransferInfo{Client: addrPort(peer), File: req.Filename, Mode: req.Mode,
+				Size: -1, Start: now, Err: errBusy})
+			return
 		}
-		s.report(TransferInfo{Client: addrPort(peer), File: req.Filename, Mode: req.Mode,
-			Size: -1, Start: now, Err: errBusy})
-		return
+		// The victim's goroutine ends at once (its read is interrupted);
+		// its slot counts as free from now.
+		s.releaseLocked(victim)
+		victim.cancel(ErrPreempted)
 	}
 	ctx, cancel := context.WithCancelCause(s.ctx)
 	sl := &slot{key: key, src: src, start: now, cancel: cancel}
+	sl.waiting = s.unacked.PushBack(sl)
 	s.active[key] = sl
 	s.perSource[src]++
 	s.wg.Add(1)
@@ -406,6 +428,22 @@ func (s *Server) handleRequest(conn net.PacketConn, b []byte, peer net.Addr) {
 	}()
 }
 
+// preemptibleLocked returns the oldest transfer whose client has
+// acknowledged nothing for Config.Timeout, the server's own first
+// retransmission timeout: a live client answers an OACK or DATA within a
+// round trip, so such a slot is most likely held by a client that went
+// away or never meant to read. nil if there is none. Caller holds mu.
+func (s *Server) preemptibleLocked(now time.Time) *slot {
+	e := s.unacked.Front()
+	if e == nil {
+		return nil
+	}
+	if sl := e.Value.(*slot); now.Sub(sl.start) >= s.cfg.Timeout {
+		return sl
+	}
+	return nil
+}
+
 // releaseLocked gives a slot back, once. Caller holds mu.
 func (s *Server) releaseLocked(sl *slot) {
 	if sl.gone {
@@ -417,6 +455,21 @@ func (s *Server) releaseLocked(sl *slot) {
 	}
 	if s.perSource[sl.src]--; s.perSource[sl.src] <= 0 {
 		delete(s.perSource, sl.src)
+	}
+	if sl.waiting != nil {
+		s.unacked.Remove(sl.waiting)
+		sl.waiting = nil
+	}
+}
+
+// acknowledged records that sl's client acknowledged something: its slot
+// is no longer preemptible.
+func (s *Server) acknowledged(sl *slot) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sl.waiting != nil {
+		s.unacked.Remove(sl.waiting)
+		sl.waiting = nil
 	}
 }
 
@@ -467,6 +520,9 @@ func (s *Server) finish(t *transfer) {
 	case errors.Is(err, ErrTimeout):
 		s.stats.timedOut.Add(1)
 		s.warn("tftp transfer timed out", append(attrs, "err", err)...)
+	case errors.Is(err, ErrPreempted):
+		s.stats.preempted.Add(1)
+		s.warn("tftp transfer without any ACK ended: its slot went to a new request", append(attrs, "err", err)...)
 	case errors.Is(err, ErrExpired):
 		s.stats.expired.Add(1)
 		s.warn("tftp transfer ended: time limit reached", append(attrs, "err", err,

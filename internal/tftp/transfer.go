@@ -25,7 +25,8 @@ const maxStreamWindow = 256 << 10
 type transfer struct {
 	s       *Server
 	slot    *slot
-	ctx     context.Context // ends with the transfer's slot: shutdown, time limit
+	ctx     context.Context // ends with the transfer's slot: shutdown, preemption, time limit
+	acked1  bool            // the client acknowledged something; slot told
 	reqConn net.PacketConn  // the request port: refusals before a socket exists
 	conn    net.PacketConn  // this transfer's own socket (its TID)
 	peer    net.Addr
@@ -223,6 +224,10 @@ func (t *transfer) readUntil(ack func(block uint16) bool) (progress bool, err er
 				continue
 			}
 			if ack(a.Block) {
+				if !t.acked1 {
+					t.acked1 = true
+					t.s.acknowledged(t.slot)
+				}
 				return true, nil
 			}
 		case OpERROR:
@@ -307,11 +312,14 @@ func (t *transfer) setDeadline(d time.Time) error {
 }
 
 // stopped tells the client why its transfer ends before its time and
-// returns that as the outcome: the time limit was reached, or the server
-// shuts down.
+// returns that as the outcome: the slot went to another client, the time
+// limit was reached, or the server shuts down.
 func (t *transfer) stopped() error {
 	cause := context.Cause(t.ctx)
 	switch {
+	case errors.Is(cause, ErrPreempted):
+		t.s.send(t.conn, t.peer, errPreempted.AppendBinary(nil))
+		return ErrPreempted
 	case errors.Is(cause, ErrExpired):
 		t.s.send(t.conn, t.peer, errExpired.AppendBinary(nil))
 		return fmt.Errorf("%w (%v)", ErrExpired, t.s.cfg.MaxTransferTime)
