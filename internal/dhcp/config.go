@@ -63,6 +63,23 @@ type Config struct {
 	// LeaseFile keeps leases across restarts, written atomically before
 	// each ACK that changes it (default: none, leases live in memory only).
 	LeaseFile string
+	// NewLeasesPerSecond bounds how many new clients - no reservation, no
+	// lease, no offer held - are offered an address per second, in bursts
+	// of up to as many (default 50: a room of machines powered on at once
+	// gets its offers within a second or two; firmware repeats a DISCOVER
+	// after 4 s). The excess gets no answer and is counted in
+	// Stats.RateLimited. Reserved clients and clients with a lease are
+	// never limited, so they get their address even while made-up MACs
+	// flood the server.
+	NewLeasesPerSecond int
+	// MaxLeases bounds the clients the server keeps an address for at
+	// once: leases (current and previous bindings) plus offers held
+	// (default 65536, a lease file of at most about 20 MB). At the bound,
+	// lapsed offers and then the longest-expired binding are forgotten to
+	// make room; failing that a new client gets no answer, counted in
+	// Stats.LeaseLimit. Reserved clients and clients with a lease are never
+	// refused by it.
+	MaxLeases int
 
 	// Boot decides what a network-boot client boots (default: nothing; full
 	// mode then hands out addresses only).
@@ -78,6 +95,8 @@ type Config struct {
 
 const (
 	defaultLeaseTime = time.Hour
+	defaultNewLeases = 50
+	defaultMaxLeases = 65536
 	offerHold        = time.Minute      // an offered address is kept for the client this long
 	declineHold      = 10 * time.Minute // a declined address is not handed out for this long (RFC 2131 4.3.3)
 	maxPoolSize      = 1 << 20
@@ -124,6 +143,12 @@ func (c *Config) validate() (Config, error) {
 	}
 	if d.Logger == nil {
 		d.Logger = slog.New(slog.DiscardHandler)
+	}
+	if d.NewLeasesPerSecond <= 0 {
+		d.NewLeasesPerSecond = defaultNewLeases
+	}
+	if d.MaxLeases <= 0 {
+		d.MaxLeases = defaultMaxLeases
 	}
 	if d.Mode == ModeProxy {
 		return d, nil

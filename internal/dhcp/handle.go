@@ -134,10 +134,19 @@ func (s *Server) handleFull(req *dhcpv4.DHCPv4, ci *ClientInfo, mac hwaddr, r re
 	now := s.now()
 	switch req.MessageType() {
 	case dhcpv4.MessageTypeDiscover:
-		ip, ok := s.leases.offer(mac, addrOf(req.RequestedIPAddress()), now)
-		if !ok {
+		ip, out := s.leases.offer(mac, addrOf(req.RequestedIPAddress()), now)
+		switch out {
+		case outNoAddress:
 			s.warn("dhcp: no address left to offer", "op", "offer", "mac", r.mac)
-			r.out = outNoAddress
+		case outRateLimited:
+			s.warn("dhcp: new client not answered: more new clients per second than allowed",
+				"op", "offer", "mac", r.mac, "limit", s.cfg.NewLeasesPerSecond)
+		case outLeaseLimit:
+			s.warn("dhcp: new client not answered: lease table full",
+				"op", "offer", "mac", r.mac, "limit", s.cfg.MaxLeases)
+		}
+		if out != outAnswered {
+			r.out = out
 			return r
 		}
 		rep := s.newReply(req, dhcpv4.MessageTypeOffer)
@@ -204,6 +213,7 @@ func (s *Server) handleRequest(req *dhcpv4.DHCPv4, ci *ClientInfo, mac hwaddr, r
 	requested := addrOf(req.RequestedIPAddress())
 	ciaddr := addrOf(req.ClientIPAddr)
 	var ip netip.Addr
+	var state requestState
 	switch {
 	case sid.IsValid():
 		if sid != s.cfg.ServerIP {
@@ -211,30 +221,39 @@ func (s *Server) handleRequest(req *dhcpv4.DHCPv4, ci *ClientInfo, mac hwaddr, r
 			r.out = outIgnored
 			return r
 		}
-		ip = requested
+		ip, state = requested, stateSelecting
 		if !ip.IsValid() {
 			ip = ciaddr
 		}
 	case requested.IsValid() && !ciaddr.IsValid():
-		ip = requested
+		ip, state = requested, stateInitReboot
 	case ciaddr.IsValid():
-		ip = ciaddr
+		ip, state = ciaddr, stateRenewing
 	}
 	if !ip.IsValid() {
 		s.warn("dhcp: REQUEST names no address", "op", "request", "mac", r.mac)
 		r.out = outMalformed
 		return r
 	}
-	res := s.leases.bind(mac, ip, ci.Hostname, now)
+	res := s.leases.bind(mac, ip, ci.Hostname, state, now)
+	if res.noOffer {
+		s.warn("dhcp: new client's REQUEST refused: no offer of ours for it", "op", "request", "mac", r.mac, "ip", ip.String())
+		r.out = outNoOffer
+		if res.nak == "" {
+			return r
+		}
+	}
 	if res.nak != "" {
 		rep := s.newReply(req, dhcpv4.MessageTypeNak)
 		rep.Options[uint8(dhcpv4.OptionMessage)] = []byte(res.nak)
 		if !req.GatewayIPAddr.Equal(net.IPv4zero) {
 			rep.SetBroadcast() // RFC 2131 4.1: so the relay broadcasts the NAK
 		}
-		s.warn("dhcp: nak", "op", "nak", "mac", r.mac, "ip", ip.String(), "err", res.nak)
 		r.op = "nak"
-		r.out = outAnswered
+		if !res.noOffer {
+			s.warn("dhcp: nak", "op", "nak", "mac", r.mac, "ip", ip.String(), "err", res.nak)
+			r.out = outAnswered
+		}
 		r.reply, r.dst = rep.ToBytes(), s.replyDest(req, dhcpv4.MessageTypeNak)
 		return r
 	}
