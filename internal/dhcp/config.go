@@ -60,8 +60,12 @@ type Config struct {
 	LeaseTime time.Duration
 	// Reservations are fixed addresses per MAC.
 	Reservations []Reservation
-	// LeaseFile keeps leases across restarts, written atomically before
-	// each ACK that changes it (default: none, leases live in memory only).
+	// LeaseFile keeps leases across restarts (default: none, leases live
+	// in memory only). It is written atomically and an ACK that changes it
+	// is sent only once it is written (RFC 2131 4.3.2). Changes are
+	// written in batches, one write at a time and at most one per
+	// leaseWriteGap (100 ms), so a flood of requests makes at most ten
+	// writes a second; the workers never wait for the disk.
 	LeaseFile string
 	// NewLeasesPerSecond bounds how many new clients - no reservation, no
 	// lease, no offer held - are offered an address per second, in bursts
@@ -97,8 +101,9 @@ const (
 	defaultLeaseTime = time.Hour
 	defaultNewLeases = 50
 	defaultMaxLeases = 65536
-	offerHold        = time.Minute      // an offered address is kept for the client this long
-	declineHold      = 10 * time.Minute // a declined address is not handed out for this long (RFC 2131 4.3.3)
+	leaseWriteGap    = 100 * time.Millisecond // between lease file writes under load
+	offerHold        = time.Minute            // an offered address is kept for the client this long
+	declineHold      = 10 * time.Minute       // a declined address is not handed out for this long (RFC 2131 4.3.3)
 	maxPoolSize      = 1 << 20
 )
 

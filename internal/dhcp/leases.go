@@ -10,6 +10,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/diskless-boot/diskless/internal/fsutil"
@@ -73,6 +74,7 @@ type leaseDB struct {
 	pcond   *sync.Cond
 	writing bool
 	written uint64
+	writes  atomic.Uint64 // successful lease file writes
 }
 
 // admission is a token bucket for new clients: rate per second, bursts of
@@ -618,6 +620,9 @@ func (db *leaseDB) sync(gen uint64, now func() time.Time) error {
 		db.mu.Unlock()
 		if err == nil {
 			err = fsutil.WriteFileAtomic(db.file, data, 0o644)
+		}
+		if err == nil {
+			db.writes.Add(1)
 		}
 		db.pmu.Lock()
 		db.writing = false

@@ -1,10 +1,15 @@
 package dhcp
 
 import (
+	"encoding/binary"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"path/filepath"
+	"slices"
+	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
@@ -134,8 +139,8 @@ func TestNoLeaseWithoutOffer(t *testing.T) {
 	if ex := do(t, s, kindLinux.selecting(newMAC, 4, testServerIP.AsSlice(), free), false, netip.AddrPort{}); ex.rep.MessageType() != dhcpv4.MessageTypeNak {
 		t.Errorf("REQUEST for an address not offered: %v", ex.rep)
 	}
-	if n := len(s.leases.activeLeases(testClock)); n != 0 {
-		t.Fatalf("%d leases bound without an offer taken", n)
+	if n := len(s.leases.activeLeases(testClock)); n != 0 || s.Stats().LeaseWrites != 0 {
+		t.Fatalf("%d leases bound, %d writes, without an offer taken", n, s.Stats().LeaseWrites)
 	}
 
 	res := kindLinux.build(mustMAC("52:54:00:aa:00:01"), dhcpv4.MessageTypeRequest, 5)
@@ -165,5 +170,304 @@ func TestOffersStayBounded(t *testing.T) {
 	}
 	if n, m := len(s.leases.offers), len(s.leases.offered); n > 20 || m > 20 {
 		t.Errorf("%d offers and %d offered addresses for a pool of 20", n, m)
+	}
+}
+
+// fakeConn records what a worker sends. Safe for concurrent use.
+type fakeConn struct {
+	net.PacketConn // nil: only WriteTo is used
+	mu             sync.Mutex
+	sent           map[uint32]time.Time // xid -> when its reply went out
+	keep           map[uint32][]byte    // replies of these xids are kept
+	n              int
+}
+
+func (c *fakeConn) WriteTo(b []byte, _ net.Addr) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sent == nil {
+		c.sent = map[uint32]time.Time{}
+	}
+	xid := binary.BigEndian.Uint32(b[4:8])
+	c.sent[xid] = time.Now()
+	if _, ok := c.keep[xid]; ok {
+		c.keep[xid] = append([]byte(nil), b...)
+	}
+	c.n++
+	return len(b), nil
+}
+
+// await waits for the reply to xid, up to 10 s, and returns it (if kept)
+// and when it was sent.
+func (c *fakeConn) await(xid uint32) ([]byte, time.Time, bool) {
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Microsecond) {
+		c.mu.Lock()
+		at, ok := c.sent[xid]
+		b := c.keep[xid]
+		c.mu.Unlock()
+		if ok {
+			return b, at, true
+		}
+	}
+	return nil, time.Time{}, false
+}
+
+func (c *fakeConn) sentAt(xid uint32) (time.Time, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t, ok := c.sent[xid]
+	return t, ok
+}
+
+func packetOf(req *dhcpv4.DHCPv4) *packet {
+	p := new(packet)
+	p.n = copy(p.buf[:], req.ToBytes())
+	p.src = &net.UDPAddr{IP: net.IPv4zero, Port: 68}
+	return p
+}
+
+// TestLeaseWritesBatched: ACKs wait for the lease file but the workers do
+// not, and a flood of binding changes makes at most one write per
+// leaseWriteGap, not one per packet. A lone ACK on an idle server is
+// written and sent at once.
+func TestLeaseWritesBatched(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := smallPool(100)
+		cfg.NewLeasesPerSecond = 1000
+		cfg.LeaseFile = filepath.Join(t.TempDir(), "leases.json")
+		s, err := NewServer(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn := &fakeConn{}
+		// 100 clients with a lease (one DORA each, written one by one).
+		var ips []netip.Addr
+		for i := range 100 {
+			ips = append(ips, leaseFor(t, s, macN(i)))
+		}
+		before := s.Stats().LeaseWrites
+
+		// Alone: sent at once.
+		start := time.Now()
+		renew := func(i int, xid uint32) *dhcpv4.DHCPv4 {
+			r := kindLinux.build(macN(i), dhcpv4.MessageTypeRequest, xid)
+			r.ClientIPAddr = ips[i].AsSlice()
+			return r
+		}
+		s.process(conn, packetOf(renew(0, 1)), false)
+		if at, ok := conn.sentAt(1); !ok || at.Sub(start) != 0 {
+			t.Fatalf("lone ACK: sent %v after %v", ok, at.Sub(start))
+		}
+
+		// 20 000 renewals, 10 every millisecond of the fake clock, to 8
+		// workers fed as Serve feeds them: one of them at a time is the
+		// writer, the others keep up.
+		start = time.Now()
+		work := make(chan *packet, 16)
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Go(func() {
+				for p := range work {
+					s.process(conn, p, false)
+				}
+			})
+		}
+		for j := range 20000 {
+			work <- packetOf(renew(j%100, uint32(100+j)))
+			if j%10 == 9 {
+				time.Sleep(time.Millisecond)
+			}
+		}
+		fed := time.Since(start)
+		close(work)
+		wg.Wait()
+		synctest.Wait()
+		took := time.Since(start)
+		st := s.Stats()
+		writes := st.LeaseWrites - before - 1
+		t.Logf("20000 renewals over %v: %d lease file writes, %d superseded, %+v", took, writes, st.Superseded, st.ByType["REQUEST"])
+		if fed > 2*time.Second+leaseWriteGap || took > fed+2*leaseWriteGap {
+			t.Errorf("workers held up: the feed took %v, all sent after %v, for 2 s of packets", fed, took)
+		}
+		if max := uint64(took/leaseWriteGap) + 1; writes > max {
+			t.Errorf("%d writes in %v: more than one per %v", writes, took, leaseWriteGap)
+		}
+		if got := st.ByType["REQUEST"]["answered"] + st.Superseded; got != 20000+1 {
+			t.Errorf("%d REQUESTs accounted for", got)
+		}
+	})
+}
+
+// TestFloodReservedAndKnownServed is the DHCP attack of issue 13 through
+// the workers in-process: 100 000 DISCOVER and REQUEST from random MACs,
+// fed as fast as eight workers take them, while a reserved host and a
+// host with a lease run DISCOVER+REQUEST back to back. Both get every
+// OFFER and ACK promptly; the flood binds only what NewLeasesPerSecond
+// allows and makes at most one lease file write per leaseWriteGap.
+func TestFloodReservedAndKnownServed(t *testing.T) {
+	if testing.Short() {
+		t.Skip("flood of 100 000 packets")
+	}
+	cfg := fullConfig()
+	cfg.LeaseFile = filepath.Join(t.TempDir(), "leases.json")
+	s, err := NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	known := macN(0xfff0)
+	if !leaseFor(t, s, known).IsValid() {
+		t.Fatal("known host: no lease")
+	}
+	reserved := mustMAC("52:54:00:aa:00:01")
+	conn := &fakeConn{keep: map[uint32][]byte{}}
+	writesBefore := s.Stats().LeaseWrites
+
+	work := make(chan *packet, 16) // as Serve: 2 buffers per worker
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for p := range work {
+				s.process(conn, p, false)
+			}
+		})
+	}
+
+	// The probes: DORA of both hosts, queued behind the flood.
+	type probe struct{ offer, ack time.Duration }
+	var probes [2][]probe
+	stop := make(chan struct{})
+	probed := make(chan struct{})
+	go func() {
+		defer close(probed)
+		xid := uint32(1 << 30)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			for h, mac := range []net.HardwareAddr{reserved, known} {
+				xid++
+				conn.mu.Lock()
+				conn.keep[xid] = nil
+				conn.mu.Unlock()
+				t0 := time.Now()
+				work <- packetOf(kindIPXEBIOS.build(mac, dhcpv4.MessageTypeDiscover, xid))
+				b, at, ok := conn.await(xid)
+				if !ok {
+					t.Errorf("host %d: no OFFER", h)
+					return
+				}
+				off, err := dhcpv4.FromBytes(b)
+				if err != nil || off.MessageType() != dhcpv4.MessageTypeOffer {
+					t.Errorf("host %d: %v %v", h, off, err)
+					return
+				}
+				pr := probe{offer: at.Sub(t0)}
+				xid++
+				t0 = time.Now()
+				work <- packetOf(kindIPXEBIOS.selecting(mac, xid, testServerIP.AsSlice(), off.YourIPAddr))
+				if _, at, ok = conn.await(xid); !ok {
+					t.Errorf("host %d: no ACK", h)
+					return
+				}
+				pr.ack = at.Sub(t0)
+				probes[h] = append(probes[h], pr)
+			}
+		}
+	}()
+
+	// A smarter attacker: full DORAs with made-up MACs, one after another.
+	var bound int
+	smart := make(chan struct{})
+	go func() {
+		defer close(smart)
+		rng := rand.New(rand.NewPCG(7, 7))
+		for xid := uint32(1 << 31); ; xid += 2 {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			mac := net.HardwareAddr{0x06, byte(rng.Uint32()), byte(rng.Uint32()), byte(rng.Uint32()), byte(rng.Uint32()), byte(rng.Uint32())}
+			conn.mu.Lock()
+			conn.keep[xid], conn.keep[xid+1] = nil, nil
+			conn.mu.Unlock()
+			work <- packetOf(kindLinux.build(mac, dhcpv4.MessageTypeDiscover, xid))
+			time.Sleep(time.Millisecond) // an offer comes at once, or never
+			conn.mu.Lock()
+			b := conn.keep[xid]
+			conn.mu.Unlock()
+			off, err := dhcpv4.FromBytes(b)
+			if b == nil || err != nil {
+				continue
+			}
+			work <- packetOf(kindLinux.selecting(mac, xid+1, testServerIP.AsSlice(), off.YourIPAddr))
+			if b, _, ok := conn.await(xid + 1); ok {
+				if ack, err := dhcpv4.FromBytes(b); err == nil && ack.MessageType() == dhcpv4.MessageTypeAck {
+					bound++
+				}
+			}
+		}
+	}()
+
+	rng := rand.New(rand.NewPCG(13, 13))
+	start := time.Now()
+	const flood = 100_000
+	templates := [2]*packet{
+		packetOf(kindLinux.build(macN(0), dhcpv4.MessageTypeDiscover, 0)),
+		packetOf(kindLinux.selecting(macN(0), 0, testServerIP.AsSlice(), net.IPv4(10, 77, 0, 150))),
+	}
+	for i := range flood {
+		p := new(packet)
+		*p = *templates[i%2]
+		binary.BigEndian.PutUint32(p.buf[4:], uint32(i))       // xid
+		binary.BigEndian.PutUint64(p.buf[26:], rng.Uint64()|2) // chaddr: a random local MAC (bytes 28-33)
+		copy(p.buf[26:28], templates[i%2].buf[26:28])          // flags
+		work <- p
+	}
+	close(stop)
+	<-probed
+	<-smart
+	close(work)
+	wg.Wait()
+	took := time.Since(start)
+	s.Shutdown(t.Context())
+
+	st := s.Stats()
+	writes := st.LeaseWrites - writesBefore
+	t.Logf("%d packets in %v: %.0f packets/s; %d lease file writes", flood, took.Round(time.Millisecond),
+		float64(flood)/took.Seconds(), writes)
+	t.Logf("flood outcomes: %v", st.ByType)
+	for h, name := range []string{"reserved", "known"} {
+		ps := probes[h]
+		if len(ps) < 3 {
+			t.Fatalf("%s host: only %d exchanges during the flood", name, len(ps))
+		}
+		offers := make([]time.Duration, len(ps))
+		acks := make([]time.Duration, len(ps))
+		for i, p := range ps {
+			offers[i], acks[i] = p.offer, p.ack
+		}
+		slices.Sort(offers)
+		slices.Sort(acks)
+		t.Logf("%s host: %d DORAs; OFFER median %v max %v; ACK median %v max %v", name, len(ps),
+			offers[len(ps)/2], offers[len(ps)-1], acks[len(ps)/2], acks[len(ps)-1])
+		// An ACK waits for at most one write cycle of the lease file.
+		if offers[len(ps)-1] > time.Second || acks[len(ps)-1] > time.Second {
+			t.Errorf("%s host waited too long", name)
+		}
+	}
+	// New clients: at most the burst plus the rate over the flood.
+	leases := len(s.leases.activeLeases(time.Now()))
+	t.Logf("the smart attacker bound %d leases; %d leases in all", bound, leases)
+	if max := defaultNewLeases * int(took.Seconds()+2); bound > max || leases > max+2 {
+		t.Errorf("%d leases bound during the flood, more than %d", leases, max)
+	}
+	if st.RateLimited == 0 || st.NoOffer == 0 {
+		t.Errorf("flood not refused: %+v", st)
+	}
+	if maxWrites := uint64(took/leaseWriteGap) + 2; writes > maxWrites {
+		t.Errorf("%d lease file writes in %v", writes, took)
 	}
 }

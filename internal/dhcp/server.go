@@ -34,6 +34,7 @@ type Server struct {
 	stats  counters
 	warnL  *limiter
 	infoL  *limiter
+	commit committer
 
 	// Destinations of replies; tests on loopback move them.
 	bcast      netip.Addr
@@ -78,7 +79,13 @@ func NewServer(cfg Config) (*Server, error) {
 }
 
 // Stats returns the packet counters.
-func (s *Server) Stats() Stats { return s.stats.snapshot() }
+func (s *Server) Stats() Stats {
+	st := s.stats.snapshot()
+	if s.leases != nil {
+		st.LeaseWrites = s.leases.writes.Load()
+	}
+	return st
+}
 
 // Serve answers DHCP on conn, the server port (67) socket, until ctx ends,
 // Shutdown is called or conn fails. conn must be bound to Config.Interface
@@ -231,16 +238,26 @@ func (s *Server) process(conn net.PacketConn, p *packet, pxePort bool) {
 		from = src.AddrPort()
 		from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
 	}
-	r := s.handle(p.buf[:p.n], from, pxePort)
+	r := s.answer(p.buf[:p.n], from, pxePort)
 	kind = r.kind
+	if r.gen != 0 {
+		s.commitLater(conn, r) // sent and counted once the lease file holds it
+		return
+	}
 	if r.reply != nil {
-		dst := net.UDPAddrFromAddrPort(r.dst)
-		if _, err := conn.WriteTo(r.reply, dst); err != nil {
-			r.out = outError
-			s.warn("dhcp: send failed", "op", r.op, "mac", r.mac, "ip", r.dst.Addr().String(), "err", err)
-		}
+		r = s.send(conn, r)
 	}
 	s.stats.add(r.kind, r.out)
+}
+
+// send sends r's reply; a failure makes its outcome an error.
+func (s *Server) send(conn net.PacketConn, r result) result {
+	dst := net.UDPAddrFromAddrPort(r.dst)
+	if _, err := conn.WriteTo(r.reply, dst); err != nil {
+		r.out = outError
+		s.warn("dhcp: send failed", "op", r.op, "mac", r.mac, "ip", r.dst.Addr().String(), "err", err)
+	}
+	return r
 }
 
 // Shutdown stops every Serve and waits for them, or for ctx. Pending lease

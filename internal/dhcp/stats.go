@@ -55,11 +55,12 @@ const (
 	outRateLimited                // full mode: a new client beyond NewLeasesPerSecond, not answered
 	outLeaseLimit                 // full mode: a new client beyond MaxLeases, not answered
 	outNoOffer                    // full mode: a new client's REQUEST not answering our offer: NAK or silence
+	outSuperseded                 // full mode: an ACK replaced, before the lease file was written, by the client's next request
 	numOutcomes
 )
 
 var outcomeNames = [numOutcomes]string{"answered", "done", "malformed", "not_pxe", "ignored", "no_address", "error",
-	"rate_limited", "lease_limit", "no_offer"}
+	"rate_limited", "lease_limit", "no_offer", "superseded"}
 
 // Stats counts received packets. The zero counts are left out of ByType.
 // Requests from new clients refused by the bounds of issue 13 are counted
@@ -75,13 +76,16 @@ type Stats struct {
 	RateLimited uint64 // dropped in full mode: a new client beyond NewLeasesPerSecond
 	LeaseLimit  uint64 // dropped in full mode: a new client beyond MaxLeases
 	NoOffer     uint64 // refused in full mode: a new client's REQUEST for an address not offered to it (NAK or silence)
+	Superseded  uint64 // ACKs not sent: the client asked again before the lease file was written
 	Errors      uint64 // dropped: lease file or socket failure
 	Panics      uint64 // handler panics recovered (also counted as Errors)
+	LeaseWrites uint64 // lease file writes (each covers every change before it)
 	// ByType[type][outcome] splits the counts by message type ("DISCOVER",
 	// "REQUEST", "DECLINE", "RELEASE", "INFORM", "BOOTP", "OTHER",
 	// "INVALID") and outcome ("answered", "done", "malformed", "not_pxe",
 	// "ignored", "no_address", "error", "rate_limited", "lease_limit",
-	// "no_offer"): the labels of diskless_dhcp_packets_total{type,result}.
+	// "no_offer", "superseded"): the labels of
+	// diskless_dhcp_packets_total{type,result}.
 	ByType map[string]map[string]uint64
 }
 
@@ -122,6 +126,8 @@ func (c *counters) snapshot() Stats {
 				st.LeaseLimit += v
 			case outNoOffer:
 				st.NoOffer += v
+			case outSuperseded:
+				st.Superseded += v
 			}
 			m := st.ByType[kindNames[k]]
 			if m == nil {
