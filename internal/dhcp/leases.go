@@ -204,6 +204,13 @@ func (db *leaseDB) offer(mac hwaddr, requested netip.Addr, now time.Time) (netip
 	return ip, outAnswered
 }
 
+// known is knownLocked for the read loop.
+func (db *leaseDB) known(mac hwaddr, now time.Time) bool {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	return db.knownLocked(mac, now)
+}
+
 // knownLocked reports a client that is not new: reserved, with a lease
 // (current or previous binding) or with an offer still held for it.
 func (db *leaseDB) knownLocked(mac hwaddr, now time.Time) bool {

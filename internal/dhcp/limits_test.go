@@ -471,3 +471,46 @@ func TestFloodReservedAndKnownServed(t *testing.T) {
 		t.Errorf("%d lease file writes in %v", writes, took)
 	}
 }
+
+// TestKnownClientsFirst: the read loop of full mode tells known clients
+// from the fixed header, and workers take their packets before any other.
+func TestKnownClientsFirst(t *testing.T) {
+	s, _ := newTestServer(t, fullConfig())
+	leased := macN(1)
+	if !leaseFor(t, s, leased).IsValid() {
+		t.Fatal("no lease")
+	}
+	for _, tc := range []struct {
+		mac  net.HardwareAddr
+		want bool
+	}{
+		{mustMAC("52:54:00:aa:00:01"), true}, // reserved
+		{leased, true},
+		{macN(2), false},
+	} {
+		b := kindLinux.build(tc.mac, dhcpv4.MessageTypeDiscover, 1).ToBytes()
+		if got := s.known(b); got != tc.want {
+			t.Errorf("%v: known %v", tc.mac, got)
+		}
+	}
+	reply := kindLinux.build(leased, dhcpv4.MessageTypeDiscover, 1)
+	reply.OpCode = dhcpv4.OpcodeBootReply
+	if s.known(reply.ToBytes()) || s.known([]byte{1, 1, 6}) {
+		t.Error("a reply or a stub taken for a known client's request")
+	}
+
+	prio, work := make(chan *packet, 4), make(chan *packet, 4)
+	a, b, c := new(packet), new(packet), new(packet)
+	work <- a
+	work <- b
+	prio <- c
+	close(prio)
+	close(work)
+	var got []*packet
+	for p, ok := next(prio, work); ok; p, ok = next(prio, work) {
+		got = append(got, p)
+	}
+	if len(got) != 3 || got[0] != c || got[1] != a || got[2] != b {
+		t.Errorf("order %p, want %p %p %p", got, c, a, b)
+	}
+}

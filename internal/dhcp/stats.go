@@ -80,6 +80,10 @@ type Stats struct {
 	Errors      uint64 // dropped: lease file or socket failure
 	Panics      uint64 // handler panics recovered (also counted as Errors)
 	LeaseWrites uint64 // lease file writes (each covers every change before it)
+	// Shed counts packets dropped unread in full mode because every worker
+	// was busy and 256 packets of clients without a record were waiting
+	// already (not in Received: their type was never read).
+	Shed uint64
 	// ByType[type][outcome] splits the counts by message type ("DISCOVER",
 	// "REQUEST", "DECLINE", "RELEASE", "INFORM", "BOOTP", "OTHER",
 	// "INVALID") and outcome ("answered", "done", "malformed", "not_pxe",
