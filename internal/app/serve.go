@@ -164,7 +164,7 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	var tsrv *tftp.Server
 	if cfg.TFTP.Enabled {
 		tsrv, err = tftp.New(tftp.Config{
-			Dir: cfg.TFTP.Root, FS: binaries, Logger: log, DropWhenBusy: true,
+			Dir: cfg.TFTP.Root, FS: binaries, Logger: log,
 			OnTransfer: func(ti tftp.TransferInfo) { logTransfer(log, booter, neighbors, ti) },
 		})
 		if err != nil {
