@@ -27,6 +27,7 @@ import (
 	"github.com/diskless-boot/diskless/internal/inventory"
 	"github.com/diskless-boot/diskless/internal/iscsi"
 	"github.com/diskless-boot/diskless/internal/ra"
+	"github.com/diskless-boot/diskless/internal/ratelog"
 	"github.com/diskless-boot/diskless/internal/tftp"
 	"github.com/diskless-boot/diskless/internal/web"
 )
@@ -160,12 +161,14 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 		return err
 	}
 
-	// TFTP, with a log line per transfer naming the host.
+	// TFTP, with a log line per transfer naming the host (100 a second
+	// at most: a flood of requests is not a flood of lines).
 	var tsrv *tftp.Server
+	tftpLog := ratelog.NewLogger(10*time.Millisecond, 100)
 	if cfg.TFTP.Enabled {
 		tsrv, err = tftp.New(tftp.Config{
 			Dir: cfg.TFTP.Root, FS: binaries, Logger: log,
-			OnTransfer: func(ti tftp.TransferInfo) { logTransfer(log, booter, neighbors, ti) },
+			OnTransfer: func(ti tftp.TransferInfo) { logTransfer(log, tftpLog, booter, neighbors, ti) },
 		})
 		if err != nil {
 			return fmt.Errorf("tftp: %w", err)
@@ -417,7 +420,10 @@ func archCode(ci dhcp.ClientInfo) uint16 {
 // logTransfer logs a TFTP transfer under the MAC and name of the host that
 // made it (the kernel's neighbour table knows the MAC: it answered the
 // client's ARP to send the data).
-func logTransfer(log *slog.Logger, booter *boot.Booter, arp web.Neighbors, ti tftp.TransferInfo) {
+//
+// Clients trigger these lines (and a flood of refused requests would
+// trigger one each): they go through the shared rate limiter.
+func logTransfer(log *slog.Logger, limit *ratelog.Logger, booter *boot.Booter, arp web.Neighbors, ti tftp.TransferInfo) {
 	args := []any{"ip", ti.Client.Addr().String(), "file", ti.File, "bytes", ti.Bytes,
 		"blksize", ti.BlockSize, "windowsize", ti.WindowSize, "duration", ti.Duration.Round(time.Millisecond)}
 	if mac, ok := arp.MACOf(ti.Client.Addr()); ok {
@@ -427,8 +433,8 @@ func logTransfer(log *slog.Logger, booter *boot.Booter, arp web.Neighbors, ti tf
 		}
 	}
 	if ti.Err != nil {
-		log.Warn("boot: TFTP transfer failed", append(args, "err", ti.Err)...)
+		limit.Log(log, slog.LevelWarn, "boot: TFTP transfer failed", append(args, "err", ti.Err)...)
 		return
 	}
-	log.Info("boot: TFTP file", args...)
+	limit.Log(log, slog.LevelInfo, "boot: TFTP file", args...)
 }

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/diskless-boot/diskless/internal/ratelog"
 )
 
 // Well-known ports (RFC 2131 4.1, PXE 2.1 2.2.7).
@@ -34,8 +36,8 @@ type Server struct {
 	now    func() time.Time
 	stats  counters
 	shed   atomic.Uint64 // packets dropped unread: workers saturated
-	warnL  *limiter
-	infoL  *limiter
+	warnL  *ratelog.Limiter
+	infoL  *ratelog.Limiter
 	commit committer
 
 	// Destinations of replies; tests on loopback move them.
@@ -60,8 +62,8 @@ func NewServer(cfg Config) (*Server, error) {
 		cfg:        c,
 		log:        c.Logger,
 		now:        time.Now,
-		warnL:      newLimiter(10, 50),
-		infoL:      newLimiter(200, 1000),
+		warnL:      ratelog.New(100*time.Millisecond, 50),
+		infoL:      ratelog.New(5*time.Millisecond, 1000),
 		bcast:      netip.AddrFrom4([4]byte{255, 255, 255, 255}),
 		clientPort: ClientPort,
 		serverPort: ServerPort,
@@ -388,11 +390,11 @@ func (s *Server) errorf(msg string, args ...any) { s.limited(s.warnL, slog.Level
 // info logs per-client progress (offer, ack), rate-limited against floods.
 func (s *Server) info(msg string, args ...any) { s.limited(s.infoL, slog.LevelInfo, msg, args...) }
 
-func (s *Server) limited(l *limiter, level slog.Level, msg string, args ...any) {
+func (s *Server) limited(l *ratelog.Limiter, level slog.Level, msg string, args ...any) {
 	if !s.log.Enabled(context.Background(), level) {
 		return
 	}
-	ok, suppressed := l.allow(time.Now())
+	ok, suppressed := l.Allow()
 	if !ok {
 		return
 	}

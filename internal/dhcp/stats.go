@@ -1,9 +1,7 @@
 package dhcp
 
 import (
-	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 )
@@ -142,38 +140,4 @@ func (c *counters) snapshot() Stats {
 		}
 	}
 	return st
-}
-
-// limiter is a token bucket for logs that clients can trigger, so a flood
-// of bad packets cannot flood the log. Safe for concurrent use.
-type limiter struct {
-	mu         sync.Mutex
-	rate       float64 // tokens per second
-	burst      float64
-	tokens     float64
-	last       time.Time
-	suppressed int
-}
-
-func newLimiter(rate, burst float64) *limiter {
-	return &limiter{rate: rate, burst: burst, tokens: burst}
-}
-
-// allow takes a token. It returns whether to log, and how many messages
-// were suppressed since the last one that was logged.
-func (l *limiter) allow(now time.Time) (bool, int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if !l.last.IsZero() {
-		l.tokens = min(l.burst, l.tokens+now.Sub(l.last).Seconds()*l.rate)
-	}
-	l.last = now
-	if l.tokens < 1 {
-		l.suppressed++
-		return false, 0
-	}
-	l.tokens--
-	n := l.suppressed
-	l.suppressed = 0
-	return true, n
 }

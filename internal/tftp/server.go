@@ -36,6 +36,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/diskless-boot/diskless/internal/ratelog"
 )
 
 // DefaultDir is the directory served by default: where Debian's ipxe
@@ -255,7 +257,7 @@ type Server struct {
 	wg           sync.WaitGroup
 	shutdownOnce sync.Once
 	stats        counters
-	warnLimit    limiter
+	warnLimit    *ratelog.Limiter
 }
 
 // New returns a Server for cfg. It opens Config.Dir, so a missing
@@ -269,7 +271,7 @@ func New(cfg Config) (*Server, error) {
 		active:    make(map[string]*slot),
 		perSource: make(map[netip.Addr]int),
 		unacked:   list.New(),
-		warnLimit: limiter{rate: 10, burst: 20},
+		warnLimit: ratelog.New(100*time.Millisecond, 20),
 	}
 	if c.FS != nil {
 		s.fsys = c.FS
@@ -592,13 +594,22 @@ func (s *Server) send(conn net.PacketConn, to net.Addr, pkt []byte) bool {
 }
 
 func (s *Server) warn(msg string, args ...any) {
-	if s.warnLimit.allow() {
+	if ok, suppressed := s.warnLimit.Allow(); ok {
+		if suppressed > 0 {
+			args = append(args, "suppressed", suppressed)
+		}
 		s.log.Warn(msg, args...)
 	}
 }
 
 func (s *Server) debug(msg string, args ...any) {
-	if s.log.Enabled(context.Background(), slog.LevelDebug) && s.warnLimit.allow() {
+	if !s.log.Enabled(context.Background(), slog.LevelDebug) {
+		return
+	}
+	if ok, suppressed := s.warnLimit.Allow(); ok {
+		if suppressed > 0 {
+			args = append(args, "suppressed", suppressed)
+		}
 		s.log.Debug(msg, args...)
 	}
 }
@@ -642,29 +653,4 @@ func sameAddr(a, b net.Addr) bool {
 		return ua.Port == ub.Port && ua.IP.Equal(ub.IP)
 	}
 	return a.String() == b.String()
-}
-
-// limiter is a token bucket for logs clients can trigger.
-type limiter struct {
-	rate, burst float64
-	mu          sync.Mutex
-	tokens      float64
-	last        time.Time
-}
-
-func (l *limiter) allow() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := time.Now()
-	if l.last.IsZero() {
-		l.tokens = l.burst
-	} else {
-		l.tokens = min(l.burst, l.tokens+now.Sub(l.last).Seconds()*l.rate)
-	}
-	l.last = now
-	if l.tokens < 1 {
-		return false
-	}
-	l.tokens--
-	return true
 }
