@@ -159,6 +159,14 @@ func (s *site) boot(mac string) {
 	}
 }
 
+// clientFrom is an HTTP client whose connections come from ip, one of the
+// 127/8 addresses loopback answers for: a machine of its own to the
+// server's per-address limits and lease checks.
+func clientFrom(ip string) *http.Client {
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 10 * time.Second}
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: d.DialContext}}
+}
+
 // hostLogin logs into a host's target as the host.
 func (s *site) login(h api.HostView, secret string) *iscsiclient.Session {
 	s.t.Helper()

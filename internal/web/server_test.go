@@ -31,7 +31,10 @@ const secret = "Abcdefgh1234XYZ9"
 
 type env struct {
 	url    string
+	addr   string
+	dir    string // holds the kernel host's vmlinuz and initrd
 	logs   *output.Output
+	srv    *Server
 	booter *boot.Booter
 	kernel []byte
 }
@@ -48,6 +51,13 @@ func start(t *testing.T, policy boot.Policy, neighbors Neighbors) *env {
 }
 
 func startWith(t *testing.T, policy boot.Policy, neighbors Neighbors, beginBoot func(net.HardwareAddr, string) error) *env {
+	t.Helper()
+	return startConfig(t, policy, Config{Neighbors: neighbors, BeginBoot: beginBoot})
+}
+
+// startConfig serves the three hosts with cfg (its Booter and Logger set
+// here).
+func startConfig(t *testing.T, policy boot.Policy, cfg Config) *env {
 	t.Helper()
 	dir := t.TempDir()
 	kernel := bytes.Repeat([]byte("0123456789abcdef"), 4096)
@@ -69,7 +79,8 @@ func startWith(t *testing.T, policy boot.Policy, neighbors Neighbors, beginBoot 
 		t.Fatal(err)
 	}
 	logs := &output.Output{}
-	s, err := New(Config{Booter: b, Neighbors: neighbors, Logger: slog.New(slog.NewTextHandler(logs, nil)), BeginBoot: beginBoot})
+	cfg.Booter, cfg.Logger = b, slog.New(slog.NewTextHandler(logs, nil))
+	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +105,7 @@ func startWith(t *testing.T, policy boot.Policy, neighbors Neighbors, beginBoot 
 			t.Errorf("logs show a secret:\n%s", logs)
 		}
 	})
-	return &env{url: "http://" + l.Addr().String(), logs: logs, booter: b, kernel: kernel}
+	return &env{url: "http://" + l.Addr().String(), addr: l.Addr().String(), dir: dir, logs: logs, srv: s, booter: b, kernel: kernel}
 }
 
 func get(t *testing.T, url string, hdr ...string) (int, string) {
