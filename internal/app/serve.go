@@ -216,7 +216,7 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 			return fmt.Errorf("api.listen: %w", err)
 		}
 		closers = append(closers, apiLn)
-		asrv = api.NewServer(apiH, log)
+		asrv = api.NewServer(apiH, api.ServerConfig{Logger: log})
 	} else {
 		wsrv.Mount(api.Prefix+"/", apiH)
 	}
