@@ -5,10 +5,12 @@
 //
 // It owns one rule: a script holding CHAP secrets is only served to the
 // host it belongs to - the request's source address must resolve, through
-// Neighbors (the kernel's neighbour table of the served link, the DHCP
-// leases), to the MAC the script is for; anything else gets 403. What a
-// host boots is decided by internal/boot; this package does not render
-// scripts nor decide policies.
+// Neighbors (the kernel's neighbour table of the served link), to the MAC
+// the script is for and, when this server hands out the addresses (DHCP
+// full mode), Leases must agree that the address is the one leased to
+// that MAC; anything else gets 403. What a host boots is decided by
+// internal/boot; this package does not render scripts nor decide
+// policies.
 //
 // No client can starve the others: connections and requests per source
 // are bounded (internal/httplimit), headers, bodies and every phase of a
@@ -40,9 +42,16 @@ type Config struct {
 	// Booter decides and renders what hosts boot. Required.
 	Booter *boot.Booter
 	// Neighbors resolves request source addresses to MACs, e.g.
-	// AnyOf{leases, ARPTable{Interface: "br0"}}. nil: nothing resolves,
-	// so scripts holding secrets are never served.
+	// ARPTable{Interface: "br0"}. nil: nothing resolves, so scripts
+	// holding secrets are never served.
 	Neighbors Neighbors
+	// Leases, when set, must agree with Neighbors before a script holding
+	// secrets is served or a host's boot begun: the source address must be
+	// the one this server's DHCP leased to the MAC (a reserved address is
+	// leased too once the host asked for it). Set it when diskless hands
+	// out the addresses (dhcp: full); nil (proxy mode, no DHCP) leaves the
+	// decision to Neighbors.
+	Leases Leases
 	// Logger receives one line per script and file served or refused
 	// (default: discard).
 	Logger *slog.Logger
@@ -252,8 +261,8 @@ func archOf(r *http.Request) string {
 }
 
 // fromHost reports whether a request from ip comes from the machine with
-// mac: the neighbour table says so. Otherwise it says why not, for the
-// log.
+// mac: the neighbour table says so and, in full DHCP mode, ip is the
+// address leased to mac. Otherwise it says why not, for the log.
 func (s *Server) fromHost(mac net.HardwareAddr, ip netip.Addr) (bool, string) {
 	if s.cfg.Neighbors == nil || !ip.IsValid() {
 		return false, "no neighbour table"
@@ -264,6 +273,9 @@ func (s *Server) fromHost(mac net.HardwareAddr, ip netip.Addr) (bool, string) {
 	}
 	if !bytes.Equal(got, mac) {
 		return false, "the neighbour table names " + got.String()
+	}
+	if s.cfg.Leases != nil && !s.cfg.Leases.Leased(mac, ip) {
+		return false, "not the address this server's DHCP leased to the mac"
 	}
 	return true, ""
 }
