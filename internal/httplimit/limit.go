@@ -19,6 +19,7 @@ package httplimit
 import (
 	"cmp"
 	"context"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -216,6 +217,16 @@ func (c *conn) Close() error {
 	err := c.Conn.Close()
 	c.l.free(c)
 	return err
+}
+
+// ReadFrom keeps the zero-copy path of the wrapped connection: net/http
+// sends a kernel or initrd with sendfile(2) when its connection is an
+// io.ReaderFrom, as a *net.TCPConn is.
+func (c *conn) ReadFrom(r io.Reader) (int64, error) {
+	if rf, ok := c.Conn.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(struct{ io.Writer }{c.Conn}, r)
 }
 
 // admit counts c in, or resets it and returns nil.

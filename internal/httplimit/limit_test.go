@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -132,6 +133,22 @@ func refused(t *testing.T, c net.Conn, what string) {
 	}
 }
 
+// refusedFrom requires that a new connection from the address is reset
+// at once: on loopback the reset can even beat connect(2) back to us.
+func (s *server) refusedFrom(t *testing.T, from, what string) {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: 5 * time.Second}
+	c, err := d.Dial("tcp", s.addr)
+	if errors.Is(err, syscall.ECONNRESET) {
+		return
+	}
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	defer c.Close()
+	refused(t, c, what)
+}
+
 // open requires that c is still open: a read waits.
 func open(t *testing.T, c net.Conn, what string) {
 	t.Helper()
@@ -161,7 +178,7 @@ func TestConnsPerSource(t *testing.T) {
 	c1 := s.dial(t, "127.0.0.2")
 	s.dial(t, "127.0.0.2")
 	s.waitOpen(t, 2)
-	refused(t, s.dial(t, "127.0.0.2"), "third from 127.0.0.2")
+	s.refusedFrom(t, "127.0.0.2", "third from 127.0.0.2")
 	if code, body := s.getFrom(t, "127.0.0.3", "/"); code != 200 || body != "ok" {
 		t.Fatalf("another address: %d %q", code, body)
 	}
@@ -220,7 +237,7 @@ func TestFullOfRequestsRefuses(t *testing.T) {
 		<-s.started
 		busy = append(busy, c)
 	}
-	refused(t, s.dial(t, "127.0.0.4"), "third while two are in requests")
+	s.refusedFrom(t, "127.0.0.4", "third while two are in requests")
 	close(s.release)
 	for _, c := range busy {
 		if resp, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil || resp.StatusCode != 200 {
@@ -378,5 +395,31 @@ func TestLogLimiter(t *testing.T) {
 	}
 	if err := h.Handle(context.Background(), slog.NewRecord(time.Time{}, slog.LevelError, "e", 0)); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// readFromConn is a net.Conn that records a zero-copy ReadFrom.
+type readFromConn struct {
+	net.Conn
+	got []byte
+}
+
+func (c *readFromConn) ReadFrom(r io.Reader) (int64, error) {
+	b, err := io.ReadAll(r)
+	c.got = append(c.got, b...)
+	return int64(len(b)), err
+}
+
+// A wrapped connection still offers ReadFrom, and it reaches the wrapped
+// one: net/http sends files with sendfile(2) only through it.
+func TestConnKeepsReadFrom(t *testing.T) {
+	inner := &readFromConn{}
+	var c net.Conn = &conn{Conn: inner}
+	rf, ok := c.(io.ReaderFrom)
+	if !ok {
+		t.Fatal("the wrapped connection hides ReadFrom")
+	}
+	if n, err := rf.ReadFrom(strings.NewReader("kernel")); n != 6 || err != nil || string(inner.got) != "kernel" {
+		t.Fatalf("ReadFrom: %d %v %q", n, err, inner.got)
 	}
 }
