@@ -47,6 +47,9 @@ type ServeOptions struct {
 	// Neighbors replaces the kernel's neighbour table for the HTTP
 	// server's "is this request from that host" check (tests).
 	Neighbors web.Neighbors
+	// ListenDHCP opens the DHCP sockets on the interface (default
+	// dhcp.Listen; tests pass loopback sockets).
+	ListenDHCP func(iface string, port int) (net.PacketConn, error)
 	// Ready, when set, is called once every socket is open and every
 	// host served, with the API's base URL.
 	Ready func(apiURL string)
@@ -148,18 +151,11 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	isrv := iscsi.New(icfg)
 	sup = newSupervisor(site.Inv, isrv, booter, log)
 
-	// HTTP. Secrets only go to the address the kernel resolved to the
-	// host's MAC on the served interface; only such a request starts a
-	// host's new boot.
 	var neighbors web.Neighbors = web.ARPTable{Interface: cfg.Interface}
 	if opts.Neighbors != nil {
 		neighbors = opts.Neighbors
 	}
 	sup.neighbors = neighbors
-	wsrv, err := web.New(web.Config{Booter: booter, Neighbors: neighbors, Logger: log, BeginBoot: sup.beginBoot})
-	if err != nil {
-		return err
-	}
 
 	// TFTP, with a log line per transfer naming the host (100 a second
 	// at most: a flood of requests is not a flood of lines).
@@ -186,6 +182,19 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 			sup.dhcp = dsrv
 		}
 		sup.dhcpOn = true
+	}
+
+	// HTTP. Secrets only go to the address the kernel resolved to the
+	// host's MAC on the served interface and, when diskless hands out the
+	// addresses, to the one its DHCP leased to that MAC: both must agree.
+	// Only such a request starts a host's new boot.
+	var leases web.Leases
+	if sup.dhcp != nil {
+		leases = web.LeaseFunc(sup.leasedTo)
+	}
+	wsrv, err := web.New(web.Config{Booter: booter, Neighbors: neighbors, Leases: leases, Logger: log, BeginBoot: sup.beginBoot})
+	if err != nil {
+		return err
 	}
 	site.Inv.SetRuntime(sup)
 	if err := sup.start(); err != nil {
@@ -219,7 +228,7 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 			return fmt.Errorf("api.listen: %w", err)
 		}
 		closers = append(closers, apiLn)
-		asrv = api.NewServer(apiH, log)
+		asrv = api.NewServer(apiH, api.ServerConfig{Logger: log})
 	} else {
 		wsrv.Mount(api.Prefix+"/", apiH)
 	}
@@ -232,12 +241,16 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	}
 	var dconn, pxeconn net.PacketConn
 	if dsrv != nil {
-		if dconn, err = dhcp.Listen(cfg.Interface, dhcp.ServerPort); err != nil {
+		listen := dhcp.Listen
+		if opts.ListenDHCP != nil {
+			listen = opts.ListenDHCP
+		}
+		if dconn, err = listen(cfg.Interface, dhcp.ServerPort); err != nil {
 			return fmt.Errorf("dhcp: %w", err)
 		}
 		closers = append(closers, dconn)
 		if cfg.DHCP.Mode == config.DHCPProxy {
-			if pxeconn, err = dhcp.Listen(cfg.Interface, dhcp.PXEPort); err != nil {
+			if pxeconn, err = listen(cfg.Interface, dhcp.PXEPort); err != nil {
 				return fmt.Errorf("dhcp: %w", err)
 			}
 			closers = append(closers, pxeconn)

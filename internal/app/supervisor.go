@@ -287,6 +287,18 @@ func (s *supervisor) refreshTables() error {
 	return nil
 }
 
+// leasedTo is the HTTP server's second witness in full DHCP mode: ip is the
+// address this server's DHCP leased to mac and the lease runs. A host with
+// a reservation holds a lease of its reserved address once it has asked,
+// as every booting host has just done before it fetches its script.
+func (s *supervisor) leasedTo(mac net.HardwareAddr, ip netip.Addr) bool {
+	if s.dhcp == nil {
+		return false
+	}
+	l, ok := s.dhcp.LeaseOf(mac)
+	return ok && l == ip.Unmap()
+}
+
 func bootHost(h *inventory.Host, mac net.HardwareAddr) boot.Host {
 	return boot.Host{MAC: mac, Name: h.Name, Mode: boot.Mode(h.Boot),
 		InitiatorIQN: h.InitiatorIQN, TargetIQN: h.TargetIQN, LUN: 0,
