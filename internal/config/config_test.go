@@ -218,6 +218,10 @@ func TestResolveNetwork(t *testing.T) {
 	if c.ServerIP != "10.77.0.1" || c.DHCP.Netmask != "255.255.255.0" {
 		t.Errorf("server_ip %q netmask %q", c.ServerIP, c.DHCP.Netmask)
 	}
+	// Listeners default to the served address, never the wildcard.
+	if c.HTTP.Listen != "10.77.0.1:8080" || c.ISCSI.Listen != "10.77.0.1:3260" {
+		t.Errorf("default listeners %q %q, want the served address", c.HTTP.Listen, c.ISCSI.Listen)
+	}
 	c = quick(t, t.TempDir(), false, "52:54:00:12:34:56")
 	c.ServerIP = "10.77.0.2"
 	if err := c.ResolveNetwork(addrs); err == nil || !strings.Contains(err.Error(), "server_ip: 10.77.0.2 is not an address of br0") {
