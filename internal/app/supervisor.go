@@ -39,6 +39,12 @@ type supervisor struct {
 	dhcpSeen map[string]time.Time   // MAC -> last network-boot DHCP request (bounded: known hosts only)
 	learning map[string]bool        // hosts whose architecture is being saved
 	stopped  bool
+
+	// tablesMu makes each refreshTables build and install its tables
+	// before the next builds: otherwise an older build could be installed
+	// last, and a host's script carry the secrets its target no longer
+	// takes.
+	tablesMu sync.Mutex
 }
 
 // served is a host as the servers see it.
@@ -257,6 +263,8 @@ func (s *supervisor) Changed(name string) {
 // refreshTables rebuilds the Booter's hosts and the DHCP reservations
 // from the served hosts.
 func (s *supervisor) refreshTables() error {
+	s.tablesMu.Lock()
+	defer s.tablesMu.Unlock()
 	s.mu.Lock()
 	var hosts []boot.Host
 	var res []dhcp.Reservation
