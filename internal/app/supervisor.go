@@ -74,6 +74,10 @@ func (s *supervisor) start() error {
 			s.log.Warn("host without CHAP: anyone on its network who learns its initiator name can read and write its disk",
 				"host", h.Name, "iqn", h.InitiatorIQN)
 		}
+		if h.Rotation() == inventory.RotateBoot && !s.dhcpOn {
+			s.log.Warn("host with chap_rotation boot and no DHCP server: every fetch of its script from its address counts as a new boot, "+
+				"so a process of its running system could change its secrets under it; use dhcp mode proxy or full", "host", h.Name)
+		}
 	}
 	return s.refreshTables()
 }
