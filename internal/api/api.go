@@ -150,6 +150,7 @@ func (h *Handler) routes() {
 	m.HandleFunc("POST "+p+"/hosts/{host}/reset", h.resetHost)
 	m.HandleFunc("POST "+p+"/hosts/{host}/check", h.checkHost)
 	m.HandleFunc("POST "+p+"/hosts/{host}/clear-error", h.clearDiskError)
+	m.HandleFunc("POST "+p+"/hosts/{host}/rotate-secrets", h.rotateSecrets)
 	m.HandleFunc("POST "+p+"/hosts/{host}/promote", h.promoteHost)
 	m.HandleFunc("GET "+p+"/hosts/{host}/snapshots", h.listSnapshots)
 	m.HandleFunc("POST "+p+"/hosts/{host}/snapshots", h.createSnapshot)

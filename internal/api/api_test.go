@@ -183,7 +183,7 @@ func FuzzDecodeRequest(f *testing.F) {
 	for _, s := range []string{
 		`{"name":"lab-01","macs":["52:54:00:12:34:56"],"image":"deb","chap":{"user":"u","secret":"0123456789abc"},"mutual_chap":false}`,
 		`{"name":"deb","size":"8G","description":"x"}`, `{"size":8589934592}`, `{"macs":null,"version":3,"disk_mode":"volatile"}`,
-		`{"chap":true}`, `{"chap":{"user":1}}`, `{"image":"deb","dry_run":true}`, `{"source":"/srv/x.qcow2"}`, `[]`, `"x"`, `{`,
+		`{"chap":true}`, `{"chap":{"user":1}}`, `{"chap_rotation":"boot"}`, `{"image":"deb","dry_run":true}`, `{"source":"/srv/x.qcow2"}`, `[]`, `"x"`, `{`,
 	} {
 		f.Add([]byte(s))
 	}

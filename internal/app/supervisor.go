@@ -39,6 +39,12 @@ type supervisor struct {
 	dhcpSeen map[string]time.Time   // MAC -> last network-boot DHCP request (bounded: known hosts only)
 	learning map[string]bool        // hosts whose architecture is being saved
 	stopped  bool
+
+	// tablesMu makes each refreshTables build and install its tables
+	// before the next builds: otherwise an older build could be installed
+	// last, and a host's script carry the secrets its target no longer
+	// takes.
+	tablesMu sync.Mutex
 }
 
 // served is a host as the servers see it.
@@ -67,6 +73,10 @@ func (s *supervisor) start() error {
 			// Said at every start: the admin turned it off, keep it seen.
 			s.log.Warn("host without CHAP: anyone on its network who learns its initiator name can read and write its disk",
 				"host", h.Name, "iqn", h.InitiatorIQN)
+		}
+		if h.Rotation() == inventory.RotateBoot && !s.dhcpOn {
+			s.log.Warn("host with chap_rotation boot and no DHCP server: every fetch of its script from its address counts as a new boot, "+
+				"so a process of its running system could change its secrets under it; use dhcp mode proxy or full", "host", h.Name)
 		}
 	}
 	return s.refreshTables()
@@ -257,6 +267,8 @@ func (s *supervisor) Changed(name string) {
 // refreshTables rebuilds the Booter's hosts and the DHCP reservations
 // from the served hosts.
 func (s *supervisor) refreshTables() error {
+	s.tablesMu.Lock()
+	defer s.tablesMu.Unlock()
 	s.mu.Lock()
 	var hosts []boot.Host
 	var res []dhcp.Reservation

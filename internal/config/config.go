@@ -33,6 +33,7 @@ const (
 	DefaultDataDir        = "/var/lib/diskless"
 	DefaultUnknownPolicy  = UnknownLocal
 	DefaultBoot           = BootSanboot
+	DefaultCHAPRotation   = CHAPRotationOff
 	// LeaseFileName is the default lease file, inside data_dir.
 	LeaseFileName = "dhcp-leases.json"
 )
@@ -55,6 +56,12 @@ const (
 const (
 	BootSanboot = "sanboot"
 	BootKernel  = "kernel"
+)
+
+// CHAP rotation policies (hosts[].chap_rotation).
+const (
+	CHAPRotationOff  = "off"
+	CHAPRotationBoot = "boot"
 )
 
 // Config is the whole configuration of `diskless serve`.
@@ -214,6 +221,11 @@ type Host struct {
 	// as CHAP (user default Name + "-target"). Requires chap. Default: on
 	// when chap is.
 	MutualCHAP CHAP `yaml:"mutual_chap"`
+	// CHAPRotation is "off" (default: the secrets change when the admin
+	// rotates them) or "boot": new generated secrets at every boot of the
+	// host, for images whose initramfs logs in from the iBFT. "boot"
+	// needs chap, with no secret written here.
+	CHAPRotation string `yaml:"chap_rotation"`
 	// InitiatorIQN is the host's iSCSI name. Default
 	// "<iqn_base>.host.<mac hex>".
 	InitiatorIQN string `yaml:"initiator_iqn"`
@@ -245,6 +257,9 @@ func (c *Config) fillDerived() {
 		h := &c.Hosts[i]
 		if h.Boot == "" {
 			h.Boot = DefaultBoot
+		}
+		if h.CHAPRotation == "" {
+			h.CHAPRotation = DefaultCHAPRotation
 		}
 		// Secure by default: CHAP and mutual CHAP unless the file says
 		// otherwise (issue 13: anyone on the LAN who learns a host's

@@ -232,6 +232,18 @@ func (v *validator) checkHosts() {
 		if h.MutualCHAP.Secret != "" && h.MutualCHAP.Secret == h.CHAP.Secret {
 			v.fail(k("mutual_chap"), "secret must differ from the chap secret (RFC 7143 12.1.3)")
 		}
+		switch h.CHAPRotation {
+		case "", CHAPRotationOff:
+		case CHAPRotationBoot:
+			switch {
+			case !h.CHAP.Enabled:
+				v.fail(k("chap_rotation"), "boot needs chap: a host without CHAP has no secret to rotate")
+			case h.CHAP.Secret != "" || h.MutualCHAP.Secret != "":
+				v.fail(k("chap_rotation"), "boot generates the secrets: leave chap.secret and mutual_chap.secret out")
+			}
+		default:
+			v.fail(k("chap_rotation"), "%q: want off or boot", h.CHAPRotation)
+		}
 		for _, f := range []struct{ key, val string }{{"initiator_iqn", h.InitiatorIQN}, {"target_iqn", h.TargetIQN}} {
 			if f.val == "" {
 				continue

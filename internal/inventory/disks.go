@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/diskless-boot/diskless/internal/storage"
@@ -31,9 +32,23 @@ func GenerateSecret() (string, error) {
 	return string(out), nil
 }
 
-// Pending says what a host's disk will change at its next boot, "" when
-// nothing: a reset asked for, a new mode, or a new image version.
+// Pending says what changes at a host's next boot, "" when nothing: what
+// its disk becomes (see pendingDisk), and new CHAP secrets made while it
+// ran.
 func (inv *Inventory) Pending(h *Host) string {
+	var out []string
+	if d := inv.pendingDisk(h); d != "" {
+		out = append(out, d)
+	}
+	if h.NextCHAP != nil {
+		out = append(out, "new CHAP secrets")
+	}
+	return strings.Join(out, ", ")
+}
+
+// pendingDisk says what a host's disk will change at its next boot, ""
+// when nothing: a reset asked for, a new mode, or a new image version.
+func (inv *Inventory) pendingDisk(h *Host) string {
 	if h.Mode == storage.Raw {
 		return ""
 	}
@@ -64,7 +79,7 @@ func (inv *Inventory) applyOrDefer(name string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	pending := inv.Pending(&h)
+	pending := inv.pendingDisk(&h)
 	if pending == "" {
 		return nil, nil
 	}
@@ -159,25 +174,30 @@ func (inv *Inventory) reconcile(name string, fresh bool) ([]string, error) {
 var ErrBusy = errors.New("inventory: host busy with another operation")
 
 // BeginBoot is called when a host starts a new boot (its iPXE script is
-// fetched), with its previous sessions already gone: a volatile disk
-// starts empty, pending changes apply. It runs inside WithDiskClosed.
+// fetched), with its previous sessions already gone and before the script
+// is rendered: new CHAP secrets become current (whatever the disk mode), a
+// volatile disk starts empty, pending disk changes apply (inside
+// WithDiskClosed).
 func (inv *Inventory) BeginBoot(name string) ([]string, error) {
 	unlock, ok := inv.tryLock(name)
 	if !ok {
 		return nil, ErrBusy
 	}
 	defer unlock()
+	notes, err := inv.bootSecrets(name)
+	if err != nil {
+		return nil, err
+	}
 	h, err := inv.HostWithSecrets(name)
 	if err != nil {
 		return nil, err
 	}
-	if h.Mode == storage.Raw || h.Mode == storage.Persistent && inv.Pending(&h) == "" {
-		return nil, nil // the disk stays as it is: no need to close it
+	if h.Mode == storage.Raw || h.Mode == storage.Persistent && inv.pendingDisk(&h) == "" {
+		return notes, nil // the disk stays as it is: no need to close it
 	}
-	var notes []string
 	err = inv.rt.WithDiskClosed(name, func() error {
-		var err error
-		notes, err = inv.reconcile(name, true)
+		n, err := inv.reconcile(name, true)
+		notes = append(notes, n...)
 		return err
 	})
 	return notes, err
