@@ -26,6 +26,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -295,10 +296,22 @@ func attachLoop(t testing.TB, file string) string {
 	return dev
 }
 
+// unmount unmounts dir, waiting a little while it is busy: a process a
+// test just killed (a server child) may still be releasing its files.
 func unmount(t testing.TB, dir string) {
-	if err := unix.Unmount(dir, 0); err != nil {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := unix.Unmount(dir, 0)
+		if err == nil {
+			return
+		}
+		if err == unix.EBUSY && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
 		t.Errorf("faildev: unmount %s: %v (detaching it)", dir, err)
 		unix.Unmount(dir, unix.MNT_DETACH)
+		return
 	}
 }
 
