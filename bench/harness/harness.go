@@ -1,9 +1,12 @@
 //go:build linux
 
 // Package harness is the shared plumbing of the benchmark programs under
-// bench/: network namespaces, daemons started inside them (internal/testutil/proc)
-// and small statistics. It never touches the host's own interfaces:
-// everything it creates lives in namespaces it names itself and removes.
+// bench/: network namespaces, daemons started inside them (internal/testutil/proc),
+// a simulated PXE client's DHCP and TFTP (dhcp.go, tftp.go), a process's
+// memory and CPU time from /proc, and small statistics. It never touches
+// the host's own interfaces: everything it creates lives in namespaces it
+// names itself and removes, and the client code runs in processes started
+// inside them.
 package harness
 
 import (
