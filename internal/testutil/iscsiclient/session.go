@@ -156,6 +156,16 @@ const (
 // Dial connects to cfg.Addr and logs in. ctx bounds the connect and the
 // login. A login the target refuses returns a *LoginError.
 func Dial(ctx context.Context, cfg Config) (*Session, error) {
+	s, err := connect(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	go s.readLoop()
+	return s, nil
+}
+
+// connect connects and logs in; the caller starts the full feature phase.
+func connect(ctx context.Context, cfg Config) (*Session, error) {
 	cfg = cfg.withDefaults()
 	if cfg.Initiator == "" {
 		return nil, errors.New("iscsiclient: Config.Initiator is required")
@@ -198,7 +208,6 @@ func Dial(ctx context.Context, cfg Config) (*Session, error) {
 	nc.SetDeadline(time.Time{})
 	s.rd.MaxData = recvSegLen
 	s.rd.HeaderDigest = s.neg.headerDigest
-	go s.readLoop()
 	return s, nil
 }
 
