@@ -17,8 +17,9 @@ if [ "$(id -u)" != 0 ]; then
 	exit 0
 fi
 work=$(mktemp -d /tmp/diskless-bench-hostile.XXXXXX)
-# The namespaces are named after this tag: should the harness be killed
-# outright (SIGKILL), the trap still removes what it left.
+# The namespaces are named after this tag and the run's files are under
+# $work: should the harness be killed outright (SIGKILL; its processes
+# die with it), the trap still removes what it left.
 tag=$(printf '%06x' $((RANDOM * 32768 + RANDOM)))
 cleanup() {
 	for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^dlhx-$tag-" || true); do
@@ -37,4 +38,4 @@ echo "bench-hostile: diskless from $(cd "$repo" && git rev-parse --short HEAD 2>
 # Bounded twice: the harness's own -timeout (45 min by default) and this
 # one. --foreground keeps the harness in the terminal's process group, so
 # that Ctrl-C reaches it and it cleans up.
-timeout --foreground -k 60 3000 "$work/hostile" -diskless "$bin" -id "$tag" "$@"
+timeout --foreground -k 60 3000 "$work/hostile" -diskless "$bin" -id "$tag" -workdir "$work/run" "$@"

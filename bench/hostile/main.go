@@ -66,6 +66,7 @@ func main() {
 	flag.IntVar(&o.ioRate, "io-rate", 100, "the other host's 4 KiB operations per second (alternating write and read, one at a time)")
 	flag.StringVar(&o.logDir, "logdir", "", "keep every phase's server log, console, role output and results here")
 	flag.StringVar(&o.jsonOut, "json", "", "write the report as JSON to this file")
+	flag.StringVar(&o.workDir, "workdir", "", "put the run's files (stores, images) here (default: a new directory under $TMPDIR); removed at the end")
 	flag.StringVar(&o.id, "id", "", "name tag of the namespaces (default random; scripts/bench-hostile.sh passes one so it can sweep up after a SIGKILL)")
 	flag.DurationVar(&o.timeout, "timeout", 45*time.Minute, "bound on the whole run")
 	flag.StringVar(&o.ipxeDir, "ipxe", "/usr/lib/ipxe", "directory with undionly.kpxe (TFTP probe)")
@@ -153,11 +154,11 @@ func exitOn(err error) {
 
 // options are the orchestrator's flags; the roles get the sizes too.
 type options struct {
-	bin, attacks, baseline, logDir, jsonOut, id, ipxeDir string
-	duration, ramp, bootTimeout, stall, timeout          time.Duration
-	baselineBoots, rssLimitMiB, ioRate                   int
-	bootRatio                                            float64
-	sz                                                   sizes
+	bin, attacks, baseline, logDir, jsonOut, id, ipxeDir, workDir string
+	duration, ramp, bootTimeout, stall, timeout                   time.Duration
+	baselineBoots, rssLimitMiB, ioRate                            int
+	bootRatio                                                     float64
+	sz                                                            sizes
 }
 
 // sizes are the attacks' sizes.

@@ -41,7 +41,12 @@ func run(ctx context.Context, o *options) (*report, error) {
 	if id == "" {
 		id = netns.ID()
 	}
-	work, err := os.MkdirTemp("", "diskless-hostile-")
+	work := o.workDir
+	if work == "" {
+		work, err = os.MkdirTemp("", "diskless-hostile-")
+	} else {
+		err = os.Mkdir(work, 0o700)
+	}
 	if err != nil {
 		return nil, err
 	}

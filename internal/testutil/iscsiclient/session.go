@@ -35,6 +35,9 @@ import (
 type Config struct {
 	// Addr is the target portal, host:port.
 	Addr string
+	// LocalAddr is the address to connect from (default: the system's
+	// choice), e.g. one of many addresses of a simulated attacker.
+	LocalAddr net.Addr
 	// Initiator is the InitiatorName (required).
 	Initiator string
 	// Target is the TargetName; "" logs into a discovery session.
@@ -173,7 +176,7 @@ func connect(ctx context.Context, cfg Config) (*Session, error) {
 	if cfg.MutualSecret != "" && cfg.CHAPUser == "" {
 		return nil, errors.New("iscsiclient: mutual CHAP needs CHAPUser")
 	}
-	d := net.Dialer{Timeout: cfg.Timeout}
+	d := net.Dialer{Timeout: cfg.Timeout, LocalAddr: cfg.LocalAddr}
 	nc, err := d.DialContext(ctx, "tcp", cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("iscsiclient: %w", err)
