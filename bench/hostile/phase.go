@@ -69,7 +69,7 @@ func run(ctx context.Context, o *options) (*report, error) {
 	b := &bench{o: o, self: self, work: work, site: s, net: n}
 	rep := newReport(o)
 	if o.baseline == "once" {
-		ph, err := b.phase(ctx, "")
+		ph, err := b.phase(ctx, "", 0)
 		if err != nil {
 			return rep, fmt.Errorf("baseline: %w", err)
 		}
@@ -77,8 +77,8 @@ func run(ctx context.Context, o *options) (*report, error) {
 		rep.Baseline = ph
 		fmt.Printf("baseline: boot %s, other host's I/O p50 %v p99 %v\n", ph.Baseline, ph.IOWithout.P50, ph.IOWithout.P99)
 	}
-	for _, a := range o.attackList() {
-		ph, err := b.phase(ctx, a)
+	for i, a := range o.attackList() {
+		ph, err := b.phase(ctx, a, i+1)
 		if err != nil {
 			return rep, fmt.Errorf("%s: %w", a, err)
 		}
@@ -111,6 +111,9 @@ type phaseResult struct {
 	LogLines      int     `json:"log_lines"`
 	LogBytes      int     `json:"log_bytes"`
 	AttackSeconds float64 `json:"attack_seconds"`
+	// AttackerCPU is the attacker's own CPU seconds: it shares the
+	// machine with the server and QEMU.
+	AttackerCPU float64 `json:"attacker_cpu_seconds"`
 	// Panic is the first line of the server's output that mentions a
 	// panic; Exited says the server ended before it was stopped.
 	Panic  string `json:"panic,omitempty"`
@@ -166,8 +169,8 @@ type goal struct {
 }
 
 // phase runs one attack (or, for "", the baseline only) on a fresh
-// server.
-func (b *bench) phase(ctx context.Context, attack string) (*phaseResult, error) {
+// server; seq numbers its files.
+func (b *bench) phase(ctx context.Context, attack string, seq int) (*phaseResult, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -183,7 +186,9 @@ func (b *bench) phase(ctx context.Context, attack string) (*phaseResult, error) 
 	fmt.Printf("== %s: %s\n", name, ph.Description)
 	var c harness.Cleanup
 	defer c.Run()
-	dir := filepath.Join(b.work, name)
+	// Files of this phase: dir/..., logDir/NN-name.*
+	tag := fmt.Sprintf("%02d-%s", seq, name)
+	dir := filepath.Join(b.work, tag)
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -193,11 +198,11 @@ func (b *bench) phase(ctx context.Context, attack string) (*phaseResult, error) 
 			return
 		}
 		for _, p := range logs {
-			os.WriteFile(filepath.Join(o.logDir, name+"."+p.Name()+".log"), []byte(p.Output()), 0o644)
+			os.WriteFile(filepath.Join(o.logDir, tag+"."+p.Name()+".log"), []byte(p.Output()), 0o644)
 		}
 		for _, f := range []string{"io.json", "attack.json", "probe-without.json", "probe-with.json"} {
 			if data, err := os.ReadFile(filepath.Join(dir, f)); err == nil {
-				os.WriteFile(filepath.Join(o.logDir, name+"."+f), data, 0o644)
+				os.WriteFile(filepath.Join(o.logDir, tag+"."+f), data, 0o644)
 			}
 		}
 	}()
@@ -287,6 +292,7 @@ func (b *bench) phase(ctx context.Context, attack string) (*phaseResult, error) 
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
+		ph.AttackerCPU = harness.CPUSeconds(atk.p.Pid())
 		if err := atk.finish(60*time.Second, &ph.Result); err != nil {
 			ph.Notes = append(ph.Notes, "attacker: "+err.Error())
 		}

@@ -96,7 +96,8 @@ func (r *report) print(w io.Writer) {
 		for _, n := range ph.Result.Notes {
 			fmt.Fprintf(w, "  attacker: %s\n", n)
 		}
-		fmt.Fprintf(w, "  server: %d log lines (%.1f MiB) during the attack\n", ph.LogLines, float64(ph.LogBytes)/(1<<20))
+		fmt.Fprintf(w, "  server: %d log lines (%.1f MiB) during the attack; the attacker used %.1f CPU s\n",
+			ph.LogLines, float64(ph.LogBytes)/(1<<20), ph.AttackerCPU)
 		for _, n := range ph.Notes {
 			fmt.Fprintf(w, "  note: %s\n", n)
 		}
