@@ -60,6 +60,7 @@ func main() {
 	flag.DurationVar(&o.bootTimeout, "boot-timeout", 90*time.Second, "a boot without its marker by then failed")
 	flag.StringVar(&o.baseline, "baseline", "each", "unattacked boots: each (before every attack, on its server) or once (one phase at the start)")
 	flag.IntVar(&o.baselineBoots, "baseline-boots", 1, "unattacked boots per baseline (the median is the reference)")
+	flag.IntVar(&o.boots, "boots", 3, "boots under each attack, one after the other (stops at the first that fails)")
 	flag.IntVar(&o.rssLimitMiB, "rss-limit", 512, "the server's RSS bound in MiB (goal)")
 	flag.DurationVar(&o.stall, "stall", 2*time.Second, "the other host's I/O stopped when no operation completes for this long (goal)")
 	flag.Float64Var(&o.bootRatio, "boot-ratio", 1.5, "a boot under attack may take this many times the unattacked one (goal)")
@@ -156,7 +157,7 @@ func exitOn(err error) {
 type options struct {
 	bin, attacks, baseline, logDir, jsonOut, id, ipxeDir, workDir string
 	duration, ramp, bootTimeout, stall, timeout                   time.Duration
-	baselineBoots, rssLimitMiB, ioRate                            int
+	baselineBoots, boots, rssLimitMiB, ioRate                     int
 	bootRatio                                                     float64
 	sz                                                            sizes
 }
@@ -180,8 +181,8 @@ func (o *options) check() error {
 	if o.baseline != "each" && o.baseline != "once" {
 		return fmt.Errorf("-baseline %q: each or once", o.baseline)
 	}
-	if o.baselineBoots < 1 || o.ioRate < 1 || o.duration <= 0 || o.bootTimeout <= 0 {
-		return fmt.Errorf("-baseline-boots, -io-rate, -duration and -boot-timeout must be positive")
+	if o.baselineBoots < 1 || o.boots < 1 || o.ioRate < 1 || o.duration <= 0 || o.bootTimeout <= 0 {
+		return fmt.Errorf("-baseline-boots, -boots, -io-rate, -duration and -boot-timeout must be positive")
 	}
 	return nil
 }

@@ -280,11 +280,16 @@ func (b *bench) phase(ctx context.Context, attack string, seq int) (*phaseResult
 			defer stop()
 		}
 	}
-	d, err := b.boot(ctx, &logs, "attacked")
-	if ctx.Err() != nil {
-		return nil, ctx.Err()
+	for i := range o.boots {
+		d, err := b.boot(ctx, &logs, fmt.Sprintf("attacked-%d", i+1))
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		ph.Attacked.add(d, err)
+		if err != nil {
+			break // the goal failed; more boots would only take time
+		}
 	}
-	ph.Attacked.add(d, err)
 	ph.ProbeWith = b.probe(ctx, &c, dir, "probe-with")
 	if attack != "" {
 		select {
@@ -497,14 +502,18 @@ func (ph *phaseResult) judge(o *options) {
 	add := func(name string, ok bool, format string, args ...any) {
 		ph.Goals = append(ph.Goals, goal{Name: name, OK: ok, Detail: fmt.Sprintf(format, args...)})
 	}
-	base, with := ph.Baseline.median(), ph.Attacked.median()
+	base := ph.Baseline.median()
 	switch {
 	case len(ph.Baseline.Seconds) == 0:
 		add("boot", false, "no unattacked boot to compare with: %s", strings.Join(ph.Baseline.Failures, "; "))
 	case len(ph.Attacked.Failures) > 0:
-		add("boot", false, "the boot under attack failed: %s", strings.Join(ph.Attacked.Failures, "; "))
+		add("boot", false, "a boot under attack failed: %s", strings.Join(ph.Attacked.Failures, "; "))
 	default:
-		add("boot", with <= o.bootRatio*base, "%.2f s under attack, %.2f s without: %.2fx (at most %.2gx)", with, base, with/base, o.bootRatio)
+		// Every boot, not their median: the goal is that every
+		// legitimate boot succeeds within the bound.
+		worst := slices.Max(ph.Attacked.Seconds)
+		add("boot", worst <= o.bootRatio*base, "%s under attack (slowest %.2fx), %.2f s without (at most %.2gx)",
+			secondsList(ph.Attacked.Seconds), worst/base, base, o.bootRatio)
 	}
 	switch {
 	case ph.ProbeWith.OK:
@@ -536,6 +545,14 @@ func (ph *phaseResult) judge(o *options) {
 	}
 }
 
+func secondsList(s []float64) string {
+	var l []string
+	for _, x := range s {
+		l = append(l, fmt.Sprintf("%.2f", x))
+	}
+	return strings.Join(l, ", ") + " s"
+}
+
 func firstErr(s string) string {
 	if s == "" {
 		return ""
@@ -562,7 +579,11 @@ func (ph *phaseResult) summary() string {
 	if !ph.Pass {
 		res = "FAIL (" + strings.Join(failed, "; ") + ")"
 	}
+	with := "failed"
+	if len(ph.Attacked.Failures) == 0 {
+		with = secondsList(ph.Attacked.Seconds)
+	}
 	return fmt.Sprintf("   %s: boot %s -> %s, I/O p99 %.1f -> %.1f ms, RSS %d MiB, CPU %.1f s, %.0f log lines/s: %s",
-		ph.Attack, ph.Baseline, ph.Attacked, ph.IOWithout.P99*1000, ph.IOWith.P99*1000, ph.PeakRSSKiB>>10, ph.CPUSeconds,
+		ph.Attack, ph.Baseline, with, ph.IOWithout.P99*1000, ph.IOWith.P99*1000, ph.PeakRSSKiB>>10, ph.CPUSeconds,
 		float64(ph.LogLines)/max(ph.AttackSeconds, 1e-9), res)
 }

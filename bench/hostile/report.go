@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -47,12 +48,15 @@ func (r *report) writeJSON(path string) error {
 func (r *report) print(w io.Writer) {
 	fmt.Fprintf(w, "\nhostile-load harness, %s; attacks of %s each\n", r.Date, r.Duration)
 	fmt.Fprintf(w, "goal: %s\n\n", r.Goals)
-	fmt.Fprintln(w, "| attack | boot without | boot with | PXE TFTP with | I/O p50/p99 without | I/O p50/p99 with | I/O kept going | peak RSS | CPU | log lines/s | result |")
+	fmt.Fprintln(w, "| attack | boot without (median) | boot with (slowest) | PXE TFTP with | I/O p50/p99 without | I/O p50/p99 with | I/O kept going | peak RSS | CPU | log lines/s | result |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, ph := range r.Phases {
 		with := ph.Attacked.String()
 		if b := ph.Baseline.median(); b > 0 && len(ph.Attacked.Seconds) > 0 {
-			with += fmt.Sprintf(" (%.2fx)", ph.Attacked.median()/b)
+			with = fmt.Sprintf("%.2f s (%.2fx)", slices.Max(ph.Attacked.Seconds), slices.Max(ph.Attacked.Seconds)/b)
+			if len(ph.Attacked.Failures) > 0 {
+				with = "failed"
+			}
 		}
 		probe := "failed"
 		if ph.ProbeWith.OK {

@@ -37,7 +37,7 @@ import (
 var shortForm = []string{
 	"-attacks", "iscsi-idle-50,iscsi-held,tftp-hold,dhcp-flood,write-no-data,slowloris,impersonate",
 	"-duration", "10s", "-ramp", "8s", "-boot-timeout", "20s",
-	"-baseline", "once", "-baseline-boots", "2",
+	"-baseline", "once", "-baseline-boots", "2", "-boots", "1",
 	"-idle-conns", "1500", "-held-logins", "600", "-discovery", "600", "-tftp-requests", "300",
 	"-dhcp-packets", "16667", "-write-sessions", "8", "-slowloris-conns", "150", "-impersonate-rate", "20",
 	"-timeout", "5m",
