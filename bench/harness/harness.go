@@ -1,9 +1,12 @@
 //go:build linux
 
 // Package harness is the shared plumbing of the benchmark programs under
-// bench/: network namespaces, daemons started inside them (internal/testutil/proc)
-// and small statistics. It never touches the host's own interfaces:
-// everything it creates lives in namespaces it names itself and removes.
+// bench/: network namespaces, daemons started inside them (internal/testutil/proc),
+// a simulated PXE client's DHCP and TFTP (dhcp.go, tftp.go), a process's
+// memory and CPU time from /proc, and small statistics. It never touches
+// the host's own interfaces: everything it creates lives in namespaces it
+// names itself and removes, and the client code runs in processes started
+// inside them.
 package harness
 
 import (
@@ -13,6 +16,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/diskless-boot/diskless/internal/testutil/proc"
@@ -78,8 +82,18 @@ type Proc = proc.Proc
 // signals reach the program itself) and registers its stop with c
 // (SIGTERM, SIGKILL after 5 s).
 func Start(c *Cleanup, name, ns string, args ...string) (*Proc, error) {
-	p, err := proc.Start(nil, proc.Config{Name: name, Grace: 5 * time.Second},
-		append([]string{"ip", "netns", "exec", ns}, args...)...)
+	return StartConfig(c, proc.Config{Name: name, Grace: 5 * time.Second}, ns, args...)
+}
+
+// StartConfig is Start with the rest of proc.Config (standard input, a
+// bound on the output kept). Unless cfg says otherwise the process gets
+// SIGKILL when the benchmark dies (Pdeathsig), so that a benchmark killed
+// outright leaves no daemon behind.
+func StartConfig(c *Cleanup, cfg proc.Config, ns string, args ...string) (*Proc, error) {
+	if cfg.SysProcAttr == nil {
+		cfg.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	}
+	p, err := proc.Start(nil, cfg, append([]string{"ip", "netns", "exec", ns}, args...)...)
 	if err != nil {
 		return nil, err
 	}

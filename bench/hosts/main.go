@@ -21,11 +21,10 @@ import (
 	"net/http"
 	"os"
 	"sort"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
+	"github.com/diskless-boot/diskless/bench/harness"
 	"github.com/diskless-boot/diskless/internal/api"
 	"github.com/diskless-boot/diskless/internal/testutil/iscsiclient"
 )
@@ -59,7 +58,7 @@ func run(ctx context.Context, addr, apiURL, token, prefix string, n, mib, reqKiB
 			return err
 		}
 	}
-	rss0, _ := status(pid, "VmRSS")
+	rss0, _ := harness.StatusKiB(pid, "VmRSS")
 	sessions := make([]*iscsiclient.Session, n)
 	for i, h := range hosts {
 		s, err := iscsiclient.Dial(ctx, iscsiclient.Config{Addr: addr, Initiator: h.InitiatorIQN, Target: h.TargetIQN, Timeout: time.Minute})
@@ -69,8 +68,8 @@ func run(ctx context.Context, addr, apiURL, token, prefix string, n, mib, reqKiB
 		defer s.Close()
 		sessions[i] = s
 	}
-	rssIdle, _ := status(pid, "VmRSS")
-	cpu0 := cpuSeconds(pid)
+	rssIdle, _ := harness.StatusKiB(pid, "VmRSS")
+	cpu0 := harness.CPUSeconds(pid)
 	req := reqKiB << 10
 	blocks := uint64(req / 512)
 	total := mib << 20 / req
@@ -88,7 +87,7 @@ func run(ctx context.Context, addr, apiURL, token, prefix string, n, mib, reqKiB
 				peak <- peakRSS
 				return
 			case <-time.After(100 * time.Millisecond):
-				if v, err := status(pid, "VmRSS"); err == nil && v > peakRSS {
+				if v, err := harness.StatusKiB(pid, "VmRSS"); err == nil && v > peakRSS {
 					peakRSS = v
 				}
 			}
@@ -122,10 +121,10 @@ func run(ctx context.Context, addr, apiURL, token, prefix string, n, mib, reqKiB
 	if firstErr != nil {
 		return firstErr
 	}
-	cpu := cpuSeconds(pid) - cpu0
+	cpu := harness.CPUSeconds(pid) - cpu0
 	sort.Slice(durs, func(a, b int) bool { return durs[a] < durs[b] })
 	bytes := float64(n) * float64(total*req)
-	hwm, _ := status(pid, "VmHWM")
+	hwm, _ := harness.StatusKiB(pid, "VmHWM")
 	fmt.Printf("hosts=%d read_per_host=%dMiB req=%dKiB qd=%d elapsed=%.2fs aggregate=%.0fMiB/s\n",
 		n, mib, reqKiB, depth, elapsed.Seconds(), bytes/elapsed.Seconds()/(1<<20))
 	fmt.Printf("per-host time: fastest=%.2fs slowest=%.2fs (fairness %.2f)\n",
@@ -149,37 +148,4 @@ func get(ctx context.Context, base, token, path string, out any) error {
 		return fmt.Errorf("GET %s: %s", path, resp.Status)
 	}
 	return json.NewDecoder(resp.Body).Decode(out)
-}
-
-// status reads a "Vm..." line of /proc/PID/status in KiB.
-func status(pid int, key string) (int64, error) {
-	if pid <= 0 {
-		return 0, fmt.Errorf("no pid")
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, key+":"); ok {
-			return strconv.ParseInt(strings.Fields(v)[0], 10, 64)
-		}
-	}
-	return 0, fmt.Errorf("no %s", key)
-}
-
-// cpuSeconds is utime+stime of pid.
-func cpuSeconds(pid int) float64 {
-	if pid <= 0 {
-		return 0
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	ut, _ := strconv.ParseFloat(f[11], 64)
-	st, _ := strconv.ParseFloat(f[12], 64)
-	return (ut + st) / 100 // USER_HZ
 }

@@ -46,7 +46,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/diskless-boot/diskless/bench/harness"
@@ -316,173 +315,11 @@ func printTable(rows []row, counts []int) {
 
 // ---- client side ----
 
-type dhcpConn struct {
-	conn *net.UDPConn
-	mu   sync.Mutex
-	wait map[uint32]chan []byte
-}
-
-func listenDHCP(iface string) (*dhcpConn, error) {
-	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		err := rc.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_BROADCAST, 1)
-			if serr == nil {
-				serr = syscall.BindToDevice(int(fd), iface)
-			}
-			if serr == nil {
-				// FORCE: past rmem_max, so that the clients never drop a reply.
-				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUFFORCE, 8<<20)
-			}
-		})
-		return errors.Join(err, serr)
-	}}
-	pc, err := lc.ListenPacket(context.Background(), "udp4", "0.0.0.0:68")
-	if err != nil {
-		return nil, err
-	}
-	d := &dhcpConn{conn: pc.(*net.UDPConn), wait: map[uint32]chan []byte{}}
-	go d.read()
-	return d, nil
-}
-
-func (d *dhcpConn) read() {
-	buf := make([]byte, 1500)
-	for {
-		n, _, err := d.conn.ReadFromUDP(buf)
-		if err != nil {
-			return
-		}
-		if n < 240 || buf[0] != 2 {
-			continue
-		}
-		xid := binary.BigEndian.Uint32(buf[4:])
-		d.mu.Lock()
-		ch := d.wait[xid]
-		d.mu.Unlock()
-		if ch != nil {
-			select {
-			case ch <- bytes.Clone(buf[:n]):
-			default:
-			}
-		}
-	}
-}
-
-type dhcpReply struct {
-	typ      byte
-	yiaddr   netip.Addr
-	siaddr   netip.Addr
-	serverID netip.Addr
-	file     string
-}
-
-func parseReply(b []byte) (dhcpReply, bool) {
-	var r dhcpReply
-	if len(b) < 240 || !bytes.Equal(b[236:240], []byte{99, 130, 83, 99}) {
-		return r, false
-	}
-	r.yiaddr = netip.AddrFrom4([4]byte(b[16:20]))
-	r.siaddr = netip.AddrFrom4([4]byte(b[20:24]))
-	r.file = string(bytes.TrimRight(b[108:236], "\x00"))
-	o := b[240:]
-	for len(o) > 0 {
-		code := o[0]
-		if code == 255 {
-			break
-		}
-		if code == 0 {
-			o = o[1:]
-			continue
-		}
-		if len(o) < 2 || len(o) < 2+int(o[1]) {
-			return r, false
-		}
-		v := o[2 : 2+int(o[1])]
-		switch code {
-		case 53:
-			if len(v) == 1 {
-				r.typ = v[0]
-			}
-		case 54:
-			if len(v) == 4 {
-				r.serverID = netip.AddrFrom4([4]byte(v))
-			}
-		case 67:
-			r.file = string(bytes.TrimRight(v, "\x00"))
-		}
-		o = o[2+int(o[1]):]
-	}
-	return r, r.typ != 0
-}
-
-func buildRequest(typ byte, xid uint32, mac net.HardwareAddr, uuid []byte, reqIP, serverID netip.Addr) []byte {
-	b := make([]byte, 240, 400)
-	b[0], b[1], b[2] = 1, 1, 6
-	binary.BigEndian.PutUint32(b[4:], xid)
-	binary.BigEndian.PutUint16(b[10:], 0x8000) // broadcast
-	copy(b[28:], mac)
-	copy(b[236:], []byte{99, 130, 83, 99})
-	opt := func(code byte, v ...byte) { b = append(append(b, code, byte(len(v))), v...) }
-	opt(53, typ)
-	opt(57, 0x04, 0xec)                                                                                               // max message size 1260
-	opt(93, 0, 0)                                                                                                     // BIOS x86
-	opt(94, 1, 2, 1)                                                                                                  // UNDI 2.1
-	opt(97, append([]byte{0}, uuid...)...)                                                                            // client GUID
-	opt(55, 1, 2, 3, 4, 5, 6, 11, 12, 13, 15, 16, 17, 18, 43, 54, 60, 66, 67, 128, 129, 130, 131, 132, 133, 134, 135) // like a PXE ROM
-	opt(60, []byte("PXEClient:Arch:00000:UNDI:002001")...)
-	if reqIP.IsValid() {
-		a := reqIP.As4()
-		opt(50, a[:]...)
-	}
-	if serverID.IsValid() {
-		a := serverID.As4()
-		opt(54, a[:]...)
-	}
-	b = append(b, 255)
-	for len(b) < 300 {
-		b = append(b, 0)
-	}
-	return b
-}
-
 var nakCount atomic.Int64
-
-var errNAK = errors.New("dhcp NAK")
-
-var bcast = &net.UDPAddr{IP: net.IPv4bcast, Port: 67}
-
-// exchange sends pkt and waits for a reply of type want, retransmitting
-// after 2, 4, 8, ... s until deadline.
-func (d *dhcpConn) exchange(ch chan []byte, pkt []byte, want byte, deadline time.Time) (dhcpReply, error) {
-	wait := 2 * time.Second
-	for time.Now().Before(deadline) {
-		if _, err := d.conn.WriteToUDP(pkt, bcast); err != nil {
-			return dhcpReply{}, err
-		}
-		t := time.NewTimer(min(wait, time.Until(deadline)))
-		for done := false; !done; {
-			select {
-			case b := <-ch:
-				if r, ok := parseReply(b); ok && r.typ == want {
-					t.Stop()
-					return r, nil
-				} else if ok && r.typ == 6 {
-					t.Stop()
-					return r, errNAK
-				}
-			case <-t.C:
-				done = true
-			}
-		}
-		wait *= 2
-	}
-	return dhcpReply{}, errors.New("dhcp timeout")
-}
 
 func runClients(n int, iface, script string, timeout time.Duration) result {
 	res := result{N: n, Errors: map[string]int{}}
-	d, err := listenDHCP(iface)
+	d, err := harness.ListenDHCP(iface, nil)
 	if err != nil {
 		res.Lost = n
 		res.Errors["listen: "+err.Error()] = n
@@ -502,9 +339,7 @@ func runClients(n int, iface, script string, timeout time.Duration) result {
 			xid := binary.BigEndian.Uint32(rnd[:4])
 			mac := net.HardwareAddr{0x02, rnd[20], rnd[21], rnd[22], byte(i >> 8), byte(i)}
 			ch := make(chan []byte, 4)
-			d.mu.Lock()
-			d.wait[xid] = ch
-			d.mu.Unlock()
+			d.Register(xid, ch)
 			<-start
 			began := time.Now()
 			var ph phases
@@ -545,16 +380,16 @@ func runClients(n int, iface, script string, timeout time.Duration) result {
 // phases records when a client finished DHCP and the boot file.
 type phases struct{ dhcp, tftp time.Time }
 
-func client(d *dhcpConn, ch chan []byte, xid uint32, mac net.HardwareAddr, uuid []byte, script string, deadline time.Time, ph *phases) error {
-	var offer, ack dhcpReply
+func client(d *harness.DHCPConn, ch chan []byte, xid uint32, mac net.HardwareAddr, uuid []byte, script string, deadline time.Time, ph *phases) error {
+	var offer, ack harness.DHCPReply
 	for naks := 0; ; naks++ {
 		var err error
-		offer, err = d.exchange(ch, buildRequest(1, xid, mac, uuid, netip.Addr{}, netip.Addr{}), 2, deadline)
+		offer, err = d.Exchange(ch, harness.BuildDHCP(harness.DHCPDiscover, xid, mac, uuid, netip.Addr{}, netip.Addr{}), harness.DHCPOffer, deadline)
 		if err != nil {
 			return fmt.Errorf("offer: %w", err)
 		}
-		ack, err = d.exchange(ch, buildRequest(3, xid, mac, uuid, offer.yiaddr, offer.serverID), 5, deadline)
-		if errors.Is(err, errNAK) && naks < 3 {
+		ack, err = d.Exchange(ch, harness.BuildDHCP(harness.DHCPRequest, xid, mac, uuid, offer.YIAddr, offer.ServerID), harness.DHCPAck, deadline)
+		if errors.Is(err, harness.ErrNAK) && naks < 3 {
 			nakCount.Add(1)
 			// RFC 2131 3.1: a NAK sends the client back to DISCOVER.
 			continue
@@ -564,20 +399,20 @@ func client(d *dhcpConn, ch chan []byte, xid uint32, mac net.HardwareAddr, uuid 
 		}
 		break
 	}
-	if ack.file == "" {
-		ack.file = offer.file
+	if ack.File == "" {
+		ack.File = offer.File
 	}
-	tftpServer := ack.siaddr
+	tftpServer := ack.SIAddr
 	if !tftpServer.IsValid() || tftpServer.IsUnspecified() {
-		tftpServer = ack.serverID
+		tftpServer = ack.ServerID
 	}
-	if ack.file == "" {
+	if ack.File == "" {
 		return errors.New("no boot file in the ACK")
 	}
-	local := ack.yiaddr
+	local := ack.YIAddr
 	ph.dhcp = time.Now()
-	if _, err := tftpGet(local, tftpServer, ack.file, deadline); err != nil {
-		return fmt.Errorf("tftp %s: %w", ack.file, err)
+	if _, err := harness.TFTPGet(local, tftpServer, ack.File, blksize, deadline); err != nil {
+		return fmt.Errorf("tftp %s: %w", ack.File, err)
 	}
 	ph.tftp = time.Now()
 	switch script {
@@ -595,7 +430,7 @@ func client(d *dhcpConn, ch chan []byte, xid uint32, mac net.HardwareAddr, uuid 
 			return fmt.Errorf("script: status %d, %v", resp.StatusCode, err)
 		}
 	case "tftp":
-		body, err := tftpGet(local, tftpServer, "boot.ipxe", deadline)
+		body, err := harness.TFTPGet(local, tftpServer, "boot.ipxe", blksize, deadline)
 		if err != nil {
 			return fmt.Errorf("tftp script: %w", err)
 		}
@@ -604,105 +439,6 @@ func client(d *dhcpConn, ch chan []byte, xid uint32, mac net.HardwareAddr, uuid 
 		}
 	}
 	return nil
-}
-
-// tftpGet reads file like a PXE ROM: RRQ with blksize 1468 and tsize,
-// lock-step ACKs, retransmission of the last packet after 1 s, 5 tries.
-func tftpGet(local, server netip.Addr, file string, deadline time.Time) ([]byte, error) {
-	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: local.AsSlice()})
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
-	rrq := []byte{0, 1}
-	rrq = append(append(rrq, file...), 0)
-	rrq = append(append(rrq, "octet"...), 0)
-	rrq = append(append(rrq, "blksize"...), 0)
-	rrq = append(append(rrq, strconv.Itoa(blksize)...), 0)
-	rrq = append(append(rrq, "tsize"...), 0)
-	rrq = append(append(rrq, '0'), 0)
-	dst := &net.UDPAddr{IP: server.AsSlice(), Port: 69}
-	last := rrq
-	var peer *net.UDPAddr
-	var data []byte
-	size := 512
-	expect := uint16(1)
-	buf := make([]byte, 65536)
-	tries := 0
-	send := func() error {
-		to := dst
-		if peer != nil {
-			to = peer
-		}
-		_, err := conn.WriteToUDP(last, to)
-		return err
-	}
-	if err := send(); err != nil {
-		return nil, err
-	}
-	for {
-		rd := time.Now().Add(time.Second)
-		if rd.After(deadline) {
-			rd = deadline
-		}
-		conn.SetReadDeadline(rd)
-		n, from, err := conn.ReadFromUDP(buf)
-		if err != nil {
-			if time.Now().After(deadline) || tries >= 5 {
-				return nil, fmt.Errorf("timeout at block %d", expect)
-			}
-			tries++
-			send()
-			continue
-		}
-		if peer != nil && (from.Port != peer.Port || !from.IP.Equal(peer.IP)) {
-			continue
-		}
-		if n < 4 {
-			continue
-		}
-		p := buf[:n]
-		switch binary.BigEndian.Uint16(p) {
-		case 6: // OACK
-			if peer != nil || expect != 1 {
-				continue
-			}
-			peer = from
-			opts := bytes.Split(p[2:], []byte{0})
-			for i := 0; i+1 < len(opts); i += 2 {
-				if strings.EqualFold(string(opts[i]), "blksize") {
-					size, _ = strconv.Atoi(string(opts[i+1]))
-				}
-			}
-			last = []byte{0, 4, 0, 0}
-		case 3: // DATA
-			if peer == nil {
-				peer = from
-			}
-			blk := binary.BigEndian.Uint16(p[2:])
-			if blk != expect {
-				if blk == expect-1 {
-					send()
-				}
-				continue
-			}
-			data = append(data, p[4:]...)
-			last = []byte{0, 4, byte(blk >> 8), byte(blk)}
-			expect++
-			if len(p)-4 < size {
-				conn.WriteToUDP(last, peer)
-				return data, nil
-			}
-		case 5:
-			return nil, fmt.Errorf("error %q", bytes.TrimRight(p[4:], "\x00"))
-		default:
-			continue
-		}
-		tries = 0
-		if err := send(); err != nil {
-			return nil, err
-		}
-	}
 }
 
 // udpRcvbufErrors is the UDP RcvbufErrors counter of namespace ns

@@ -35,6 +35,9 @@ import (
 type Config struct {
 	// Addr is the target portal, host:port.
 	Addr string
+	// LocalAddr is the address to connect from (default: the system's
+	// choice), e.g. one of many addresses of a simulated attacker.
+	LocalAddr net.Addr
 	// Initiator is the InitiatorName (required).
 	Initiator string
 	// Target is the TargetName; "" logs into a discovery session.
@@ -156,6 +159,16 @@ const (
 // Dial connects to cfg.Addr and logs in. ctx bounds the connect and the
 // login. A login the target refuses returns a *LoginError.
 func Dial(ctx context.Context, cfg Config) (*Session, error) {
+	s, err := connect(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	go s.readLoop()
+	return s, nil
+}
+
+// connect connects and logs in; the caller starts the full feature phase.
+func connect(ctx context.Context, cfg Config) (*Session, error) {
 	cfg = cfg.withDefaults()
 	if cfg.Initiator == "" {
 		return nil, errors.New("iscsiclient: Config.Initiator is required")
@@ -163,7 +176,7 @@ func Dial(ctx context.Context, cfg Config) (*Session, error) {
 	if cfg.MutualSecret != "" && cfg.CHAPUser == "" {
 		return nil, errors.New("iscsiclient: mutual CHAP needs CHAPUser")
 	}
-	d := net.Dialer{Timeout: cfg.Timeout}
+	d := net.Dialer{Timeout: cfg.Timeout, LocalAddr: cfg.LocalAddr}
 	nc, err := d.DialContext(ctx, "tcp", cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("iscsiclient: %w", err)
@@ -198,7 +211,6 @@ func Dial(ctx context.Context, cfg Config) (*Session, error) {
 	nc.SetDeadline(time.Time{})
 	s.rd.MaxData = recvSegLen
 	s.rd.HeaderDigest = s.neg.headerDigest
-	go s.readLoop()
 	return s, nil
 }
 

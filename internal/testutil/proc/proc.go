@@ -8,6 +8,7 @@ package proc
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -41,6 +42,12 @@ type Config struct {
 	// LogTail is how many bytes of the output the cleanup of a failed
 	// test logs (default 8000; negative: none).
 	LogTail int
+	// Stdin is the process's standard input (default: none, /dev/null).
+	Stdin io.Reader
+	// SysProcAttr is passed to exec.Cmd, e.g. Pdeathsig so that the
+	// process never outlives a benchmark killed with SIGKILL (default
+	// nil).
+	SysProcAttr *syscall.SysProcAttr
 }
 
 // Proc is a running (or exited) child process. Its methods are safe for
@@ -80,6 +87,8 @@ func Start(tb testing.TB, cfg Config, argv ...string) (*Proc, error) {
 	if len(cfg.Env) > 0 {
 		p.cmd.Env = append(os.Environ(), cfg.Env...)
 	}
+	p.cmd.Stdin = cfg.Stdin
+	p.cmd.SysProcAttr = cfg.SysProcAttr
 	p.cmd.Stdout = &p.out
 	p.cmd.Stderr = &p.out
 	if err := p.cmd.Start(); err != nil {

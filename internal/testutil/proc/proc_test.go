@@ -29,7 +29,16 @@ func TestMain(m *testing.M) {
 	case "stubborn": // ignores SIGTERM
 		signal.Ignore(syscall.SIGTERM)
 		fmt.Println("msg=ready")
-		select {}
+		for {
+			// Not select{}: with no other goroutine the runtime
+			// reports a deadlock and exits.
+			time.Sleep(time.Hour)
+		}
+	case "echo": // prints its first line of input
+		var line string
+		fmt.Scanln(&line)
+		fmt.Println("got", line)
+		os.Exit(0)
 	case "fail":
 		fmt.Println("cannot start")
 		os.Exit(3)
@@ -209,5 +218,17 @@ func TestCleanupStopsAndReports(t *testing.T) {
 	r.runCleanups()
 	if err := p.Wait(); err != nil || len(r.errors) != 0 || len(r.logs) != 0 {
 		t.Errorf("clean stop: exit %v, errors %q, logs %q", err, r.errors, r.logs)
+	}
+}
+
+func TestStdin(t *testing.T) {
+	cfg, argv := helper("echo")
+	cfg.Stdin = strings.NewReader("hello\n")
+	p, err := Start(t, cfg, argv...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := p.WaitFor(10*time.Second, "got hello"); err != nil {
+		t.Fatal(err)
 	}
 }
