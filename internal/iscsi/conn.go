@@ -366,7 +366,8 @@ func (c *conn) handleControl(p *pdu.PDU) error {
 	case pdu.OpTextReq:
 		m, _ := pdu.ParseTextRequest(h)
 		data := append([]byte(nil), p.Data...)
-		c.admit(m.CmdSN, m.Immediate, func() { c.handleText(m, data) })
+		hdr := *h // p is reused before a queued command runs
+		c.admit(m.CmdSN, m.Immediate, func() { c.handleText(m, &hdr, data) })
 	case pdu.OpTaskMgmtReq:
 		if c.sess.discovery {
 			// No tasks to manage in a discovery session (RFC 7143 4.3).
@@ -378,7 +379,8 @@ func (c *conn) handleControl(p *pdu.PDU) error {
 	case pdu.OpLogoutReq:
 		m, _ := pdu.ParseLogoutRequest(h)
 		var done bool
-		c.admit(m.CmdSN, m.Immediate, func() { done = c.handleLogout(m) })
+		hdr := *h
+		c.admit(m.CmdSN, m.Immediate, func() { done = c.handleLogout(m, &hdr) })
 		if done {
 			return errLogout
 		}
@@ -394,7 +396,8 @@ func (c *conn) handleControl(p *pdu.PDU) error {
 	return nil
 }
 
-func (c *conn) handleLogout(m pdu.LogoutRequest) bool {
+// handleLogout answers a Logout Request whose header is h.
+func (c *conn) handleLogout(m pdu.LogoutRequest, h *pdu.BHS) bool {
 	resp := pdu.LogoutResponse{ITT: m.ITT, Response: pdu.LogoutSuccess}
 	switch m.Reason {
 	case pdu.LogoutCloseSession:
@@ -405,7 +408,7 @@ func (c *conn) handleLogout(m pdu.LogoutRequest) bool {
 	case pdu.LogoutRemoveForRecov:
 		resp.Response = pdu.LogoutRecoveryNotSupp
 	default:
-		c.reject(nil, pdu.RejectInvalidPDUField)
+		c.reject(h, pdu.RejectInvalidPDUField)
 		return false
 	}
 	// Let commands in progress finish so their responses precede ours.
@@ -425,6 +428,9 @@ func (c *conn) handleLogout(m pdu.LogoutRequest) bool {
 }
 
 // reject sends a Reject PDU carrying the offending header (RFC 7143 11.17).
+// The header is how the initiator learns which command failed: one left
+// out leaves that command waiting for an answer forever (11.17.1 requires
+// it). h is nil only when no PDU is at fault.
 func (c *conn) reject(h *pdu.BHS, reason uint8) {
 	c.log.Warn("iscsi PDU rejected", "reason", reason, "op", opName(h))
 	item := &outItem{pdus: []outPDU{{sn: snAdvance}}}

@@ -100,7 +100,7 @@ func fzSeeds() [][]byte {
 	// Discovery with two targets: SendTargets=All and by name, a
 	// renegotiated MaxRecvDataSegmentLength, logout not immediate.
 	seeds = append(seeds, newFzSeed(0x20, 0).login(0, discovery).op(fzOpText, 0, 0).op(fzOpText, 3, 0).
-		op(fzOpText, 4, 0).op(fzOpText, 0, 0).op(fzOpNOP, 0, 0, 0).cmd(0, "TEST UNIT READY", 0, 0, 0, 0, 0).
+		op(fzOpText, 4, 0).op(fzOpText, 0, 0).op(fzOpText, 7, 0).op(fzOpNOP, 0, 0, 0).cmd(0, "TEST UNIT READY", 0, 0, 0, 0, 0).
 		op(fzOpTaskMgmt, 5, 3, 0, 0).op(fzOpLogout|alt, 0, 0, 0))
 
 	// Session reinstatement: the same initiator and ISID log in on a
