@@ -73,7 +73,7 @@ type conn struct {
 
 	mu       sync.Mutex
 	tasks    map[uint32]*task    // by ITT, until the response is queued
-	queued   map[uint32]func()   // commands that arrived ahead of ExpCmdSN
+	queued   map[uint32]admitted // commands that arrived ahead of ExpCmdSN
 	active   int                 // tasks delivered and not yet answered
 	memUsed  int64               // bytes of data buffers held by tasks
 	nextTTT  uint32              // Target Transfer Tags for R2T
@@ -108,7 +108,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 		nc:       nc,
 		log:      s.log.With("remote", nc.RemoteAddr().String()),
 		tasks:    make(map[uint32]*task),
-		queued:   make(map[uint32]func()),
+		queued:   make(map[uint32]admitted),
 		aborted:  make(map[uint32]struct{}),
 		closed:   make(chan struct{}),
 		finished: make(chan struct{}),
@@ -278,26 +278,41 @@ func (c *conn) rejectData(h *pdu.BHS, reason uint8) error {
 	return nil
 }
 
+// admitted is a command waiting in the CmdSN queue for the gap before it
+// to fill.
+type admitted struct{ deliver, drop func() }
+
 // admit applies the CmdSN rules to a non-immediate command (RFC 7143
 // 4.2.2.1): outside [ExpCmdSN, MaxCmdSN] it is silently ignored; at
 // ExpCmdSN it is delivered now; ahead of it, it waits for the gap to fill.
-// deliver runs in CmdSN order on the reader goroutine.
-func (c *conn) admit(cmdSN uint32, immediate bool, deliver func()) {
+// deliver runs in CmdSN order on the reader goroutine. drop, when not nil,
+// runs instead for a command that will not be delivered: one outside the
+// window, a duplicate of a CmdSN already waiting, or one whose CmdSN a task
+// management function aborted before it arrived (RFC 7143 11.5.1: that
+// CmdSN "counts as received"). It lets the caller free what the command
+// holds; without it, a task would stay in the table, its buffer counted,
+// until the connection ends.
+func (c *conn) admit(cmdSN uint32, immediate bool, deliver, drop func()) {
+	if drop == nil {
+		drop = func() {}
+	}
 	if immediate {
 		deliver()
 		return
 	}
 	if !c.inCmdSNWindow(cmdSN) {
+		drop()
 		return
 	}
 	exp := c.expCmdSN.Load()
 	c.mu.Lock()
 	if _, dup := c.queued[cmdSN]; dup {
 		c.mu.Unlock()
+		drop()
 		return
 	}
 	if cmdSN != exp {
-		c.queued[cmdSN] = deliver
+		c.queued[cmdSN] = admitted{deliver, drop}
 		c.mu.Unlock()
 		return
 	}
@@ -310,7 +325,9 @@ func (c *conn) admit(cmdSN uint32, immediate bool, deliver func()) {
 		exp++
 		c.expCmdSN.Store(exp)
 		c.updateMaxCmdSN()
-		if !skip {
+		if skip {
+			drop()
+		} else {
 			deliver()
 		}
 		c.mu.Lock()
@@ -320,7 +337,7 @@ func (c *conn) admit(cmdSN uint32, immediate bool, deliver func()) {
 		if !ok {
 			return
 		}
-		deliver = next
+		deliver, drop = next.deliver, next.drop
 	}
 }
 
@@ -362,12 +379,12 @@ func (c *conn) handleControl(p *pdu.PDU) error {
 			item := &outItem{pdus: []outPDU{{data: data, sn: snAdvance}}}
 			r.Marshal(&item.pdus[0].bhs)
 			c.send(item)
-		})
+		}, nil)
 	case pdu.OpTextReq:
 		m, _ := pdu.ParseTextRequest(h)
 		data := append([]byte(nil), p.Data...)
 		hdr := *h // p is reused before a queued command runs
-		c.admit(m.CmdSN, m.Immediate, func() { c.handleText(m, &hdr, data) })
+		c.admit(m.CmdSN, m.Immediate, func() { c.handleText(m, &hdr, data) }, nil)
 	case pdu.OpTaskMgmtReq:
 		if c.sess.discovery {
 			// No tasks to manage in a discovery session (RFC 7143 4.3).
@@ -375,12 +392,12 @@ func (c *conn) handleControl(p *pdu.PDU) error {
 			return nil
 		}
 		m, _ := pdu.ParseTaskMgmtRequest(h)
-		c.admit(m.CmdSN, m.Immediate, func() { c.handleTaskMgmt(m) })
+		c.admit(m.CmdSN, m.Immediate, func() { c.handleTaskMgmt(m) }, nil)
 	case pdu.OpLogoutReq:
 		m, _ := pdu.ParseLogoutRequest(h)
 		var done bool
 		hdr := *h
-		c.admit(m.CmdSN, m.Immediate, func() { done = c.handleLogout(m, &hdr) })
+		c.admit(m.CmdSN, m.Immediate, func() { done = c.handleLogout(m, &hdr) }, nil)
 		if done {
 			return errLogout
 		}

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"slices"
 	"strings"
@@ -379,7 +380,8 @@ func (w *fzWorld) checkIdleTarget() {
 		c.mu.Lock()
 		exp := c.expCmdSN.Load()
 		active, mem := 0, int64(0)
-		for itt, t := range c.tasks {
+		waiting := map[uint32]bool{}
+		for itt, t := range sortedTasks(c.tasks) {
 			switch {
 			case t.cmd.ITT != itt:
 				w.failf("%s: task %#x filed under ITT %#x", name, t.cmd.ITT, itt)
@@ -391,8 +393,10 @@ func (w *fzWorld) checkIdleTarget() {
 				w.failf("%s: immediate task %#x never delivered", name, itt)
 			case !t.delivered && !snLess(exp, t.cmd.CmdSN):
 				w.failf("%s: task %#x (CmdSN %d) passed by ExpCmdSN %d without being delivered", name, itt, t.cmd.CmdSN, exp)
-			case !t.delivered && c.queued[t.cmd.CmdSN] == nil:
+			case !t.delivered && !queuedHas(c.queued, t.cmd.CmdSN):
 				w.failf("%s: task %#x (CmdSN %d) neither delivered nor queued", name, itt, t.cmd.CmdSN)
+			case !t.delivered && waiting[t.cmd.CmdSN]:
+				w.failf("%s: task %#x waits on CmdSN %d, which another task waits on", name, itt, t.cmd.CmdSN)
 			case t.delivered && (!t.write || t.dataDone):
 				w.failf("%s: task %#x delivered with all its data but never run", name, itt)
 			case t.write && !t.dataDone && t.unsolicitedRecv >= t.unsolicitedEnd && len(t.r2ts) == 0:
@@ -401,6 +405,8 @@ func (w *fzWorld) checkIdleTarget() {
 			}
 			if t.delivered {
 				active++
+			} else {
+				waiting[t.cmd.CmdSN] = true
 			}
 			if t.memHeld {
 				mem += int64(t.edtl)
@@ -425,6 +431,23 @@ func (w *fzWorld) checkIdleTarget() {
 	}
 	if used := w.srv.memUsed.Load(); used != total {
 		w.failf("server counts %d buffer bytes, its connections %d", used, total)
+	}
+}
+
+func queuedHas(q map[uint32]admitted, sn uint32) bool {
+	_, ok := q[sn]
+	return ok
+}
+
+// sortedTasks orders a task table by ITT, so failures read the same on
+// every run.
+func sortedTasks(m map[uint32]*task) func(func(uint32, *task) bool) {
+	return func(yield func(uint32, *task) bool) {
+		for _, itt := range slices.Sorted(maps.Keys(m)) {
+			if !yield(itt, m[itt]) {
+				return
+			}
+		}
 	}
 }
 

@@ -121,9 +121,16 @@ func fzSeeds() [][]byte {
 	// duplicates and commands far outside the window are dropped; the
 	// CmdSN wraps.
 	seeds = append(seeds, newFzSeed(0, qd2).login(0, openISCSI|wrapSN).tur().
-		cmd(pipe, "WRITE(10)", 300, 4, 0, 5, 0).cmd(pipe, "READ(10)", 300, 4, 0, 0, 0).
+		cmd(pipe, "WRITE(10)", 300, 4, 0, 5, 0).cmd(pipe, "READ(10)", 300, 4, 0, 4, 0).
 		cmd(0, "READ(10)", 0, 1, 0, 7, 0).cmd(0, "READ(10)", 300, 4, 0, 6, 0).
 		op(fzOpNOP|alt, 1, 0, 0).cmd(alt, "INQUIRY", 0, 0, 0, 0, 0).op(fzOpLogout, 0, 0, 0))
+
+	// ABORT TASK of a CmdSN not yet received (RFC 7143 11.5.1 b): the
+	// command that arrives with it later is dropped, and must not stay in
+	// the task table.
+	seeds = append(seeds, newFzSeed(0, 0).login(0, openISCSI).tur().
+		cmd(0, "WRITE(10)", 400, 4, 0, 5, 0).op(fzOpTaskMgmt, 0, 3, 2, 0).
+		cmd(0, "READ(10)", 400, 4, 0, 6, 0).op(fzOpLogout, 0, 0, 0))
 
 	// NOP-In pings: answered once, then not, until the target hangs up;
 	// meanwhile a login that never finishes times out.
