@@ -303,8 +303,11 @@ func (c *fzClient) stat(h *pdu.BHS, advance bool) {
 func (c *fzClient) answered(h *pdu.BHS, itt uint32) *fzCmd {
 	cmd := c.cmds[itt]
 	switch {
-	case c.rawITTs[itt] && (cmd == nil || cmd.done()):
-		return nil
+	case c.rawITTs[itt]:
+		if cmd != nil {
+			cmd.answers++
+		}
+		return nil // not checked, and the model learns nothing
 	case cmd == nil:
 		c.w.failf("%s: %s for ITT %#x, which was never used", c.remote, h.Opcode(), itt)
 		return nil
@@ -327,6 +330,9 @@ func (c *fzClient) process(p *pdu.PDU) {
 		c.stat(h, false)
 		r, _ := pdu.ParseR2T(h)
 		cmd := c.cmds[r.ITT]
+		if c.rawITTs[r.ITT] {
+			return // which command it is for is anyone's guess
+		}
 		if cmd == nil || cmd.done() || !cmd.write {
 			if !c.rawITTs[r.ITT] {
 				c.w.failf("%s: R2T for ITT %#x, no write outstanding", c.remote, r.ITT)
@@ -344,7 +350,9 @@ func (c *fzClient) process(p *pdu.PDU) {
 		d, _ := pdu.ParseDataIn(h)
 		c.stat(h, d.HasStatus)
 		cmd := c.cmds[d.ITT]
-		if cmd != nil && !cmd.done() && cmd.read {
+		if c.rawITTs[d.ITT] {
+			// Not checked: a raw PDU or a reused ITT.
+		} else if cmd != nil && !cmd.done() && cmd.read {
 			if d.DataSN != cmd.dataSN || int(d.BufferOffset) != len(cmd.dataIn) || uint32(len(p.Data)) > c.ourMRDSL ||
 				uint64(len(cmd.dataIn))+uint64(len(p.Data)) > uint64(cmd.edtl) {
 				c.w.failf("%s: Data-In DataSN %d offset %d length %d; want DataSN %d offset %d, at most %d bytes per PDU, %d in all",
@@ -352,7 +360,7 @@ func (c *fzClient) process(p *pdu.PDU) {
 			}
 			cmd.dataSN++
 			cmd.dataIn = append(cmd.dataIn, p.Data...)
-		} else if !c.rawITTs[d.ITT] {
+		} else {
 			c.w.failf("%s: Data-In for ITT %#x, no read outstanding", c.remote, d.ITT)
 		}
 		if d.HasStatus {
@@ -510,7 +518,7 @@ func (c *fzClient) checkAnswered() {
 		return
 	}
 	for _, cmd := range sortedCmds(c.cmds) {
-		if cmd.done() || cmd.mayAbort || cmd.aborted || cmd.mayDrop {
+		if cmd.done() || cmd.mayAbort || cmd.aborted || cmd.mayDrop || c.rawITTs[cmd.itt] {
 			continue
 		}
 		if !cmd.immediate && (c.w.logs.wasDropped(c.remote, cmd.cmdSN) || c.usedSN[cmd.cmdSN] > 1 || c.abortedSN[cmd.cmdSN]) {

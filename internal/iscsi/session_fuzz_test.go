@@ -2,6 +2,7 @@ package iscsi
 
 import (
 	"encoding/binary"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -407,7 +408,21 @@ func (c *fzClient) command(in *fzInput, immediate bool) {
 	c.queue(&p)
 
 	cmd := c.register(m.ITT, pdu.OpSCSICommand, m.CmdSN, immediate, mayDrop || m.ITT == pdu.ReservedTag)
-	if cmd == nil || reused {
+	if reused {
+		// The target rejects the second command, or runs it if it had
+		// finished the first: from here on, what comes for this ITT
+		// belongs to either, and either may write.
+		c.rawITTs[m.ITT] = true
+		if lu := c.w.luns[decodeLUN(lunRaw)]; lu != nil {
+			for b := range fzBlocks {
+				lu.gen[b]++
+				lu.inflight[b]++ // for good: the model cannot tell when it ends
+				lu.known[b] = false
+			}
+		}
+		return
+	}
+	if cmd == nil {
 		return
 	}
 	cmd.lun, cmd.read, cmd.write, cmd.edtl, cmd.payload = decodeLUN(lunRaw), read, write, edtl, payload
@@ -751,23 +766,30 @@ func (c *fzClient) complete() {
 		var hi uint32
 		queued := map[uint32]bool{}
 		for sn := range sc.queued {
-			queued[sn] = true
-			if hi == 0 || snLess(hi, sn) {
+			if len(queued) == 0 || snLess(hi, sn) {
 				hi = sn
 			}
+			queued[sn] = true
 		}
-		type want struct {
-			itt uint32
-			ttt []uint32
+		type owed struct {
+			itt, ttt, off, n, dataSN uint32
+			seen                     bool // the client got this R2T
 		}
-		var writes []want
-		for itt, t := range sc.tasks {
-			if t.write && !t.dataDone {
-				wt := want{itt: itt}
-				for _, r := range t.r2ts {
-					wt.ttt = append(wt.ttt, r.ttt)
+		var debts []owed
+		for _, itt := range slices.Sorted(maps.Keys(sc.tasks)) {
+			t := sc.tasks[itt]
+			if !t.write || t.dataDone {
+				continue
+			}
+			if t.unsolicitedRecv < t.unsolicitedEnd {
+				debts = append(debts, owed{itt, pdu.ReservedTag, t.unsolicitedRecv, t.unsolicitedEnd - t.unsolicitedRecv, t.unsolDataSN, true})
+			}
+			for _, r := range t.r2ts {
+				seen := false
+				if cmd := c.cmds[itt]; cmd != nil {
+					seen = slices.ContainsFunc(cmd.r2ts, func(x *fzR2T) bool { return x.ttt == r.ttt })
 				}
-				writes = append(writes, wt)
+				debts = append(debts, owed{itt, r.ttt, r.offset + r.received, r.len - r.received, r.dataSN, seen})
 			}
 		}
 		sc.mu.Unlock()
@@ -783,19 +805,39 @@ func (c *fzClient) complete() {
 				}
 			}
 		}
-		for _, wt := range writes {
-			cmd := c.cmds[wt.itt]
-			if cmd == nil || !cmd.write {
-				c.w.failf("%s: the target waits for data of ITT %#x, which the client never sent as a write", c.remote, wt.itt)
-				continue
+		for _, d := range debts {
+			if !d.seen && !c.rawITTs[d.itt] {
+				c.w.failf("%s: the target waits on R2T %#x of ITT %#x, which it never sent", c.remote, d.ttt, d.itt)
 			}
-			for _, ttt := range wt.ttt {
-				if !slices.ContainsFunc(cmd.r2ts, func(r *fzR2T) bool { return r.ttt == ttt }) {
-					c.w.failf("%s: the target waits on R2T %#x of ITT %#x, which it never sent", c.remote, ttt, wt.itt)
+			payload := func(uint32) byte { return 0 }
+			cmd := c.cmds[d.itt]
+			if cmd != nil && cmd.payload != nil {
+				payload = cmd.payload
+			}
+			for off, sn := d.off, d.dataSN; off < d.off+d.n; sn++ {
+				n := min(d.off+d.n-off, c.targetMRDSL)
+				dd := pdu.DataOut{Final: off+n == d.off+d.n, ITT: d.itt, TTT: d.ttt, ExpStatSN: c.expStatSN, DataSN: sn, BufferOffset: off}
+				var p pdu.PDU
+				dd.Marshal(&p.BHS)
+				p.Data = make([]byte, n)
+				for i := range p.Data {
+					p.Data[i] = payload(off + uint32(i))
 				}
-			}
-			if c.sendRemaining(cmd) {
+				c.queue(&p)
+				off += n
 				sent = true
+			}
+			// What the client tracks of the write follows.
+			if cmd != nil {
+				if d.ttt == pdu.ReservedTag {
+					cmd.unsolSent = max(cmd.unsolSent, d.off+d.n)
+				} else {
+					for _, r := range cmd.r2ts {
+						if r.ttt == d.ttt {
+							r.sent = r.length
+						}
+					}
+				}
 			}
 		}
 		if c.textTTT != 0 {
