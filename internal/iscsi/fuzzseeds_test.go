@@ -97,6 +97,16 @@ func fzSeeds() [][]byte {
 		op(fzOpTaskMgmt, 0, 0, 0, 0).op(fzOpFinishData, 0xff).
 		op(fzOpTaskMgmt, 5, 3, 0, 0).tur().cmd(0, "READ(10)", 0, 32, 0, 0, 0).op(fzOpLogout, 0, 0, 0))
 
+	// Data-Out the target must refuse (RFC 7143 11.7): offset, DataSN,
+	// length past the burst, an unknown TTT, an unknown ITT, a chunk
+	// again, an empty one; each write then fails with CHECK CONDITION or
+	// goes on, and none may be left waiting.
+	s := newFzSeed(0, small).login(0, ipxe).tur()
+	for mode := byte(4); mode <= 10; mode++ {
+		s.cmd(0, "WRITE(10)", uint16(mode)*8, 8, 0, 0, 0).op(fzOpDataOut, 0, mode, 1).op(fzOpDataOut, 0, 0, 0)
+	}
+	seeds = append(seeds, s.op(fzOpFinishData, 0xff).op(fzOpLogout, 0, 0, 0))
+
 	// Discovery with two targets: SendTargets=All and by name, a
 	// renegotiated MaxRecvDataSegmentLength, logout not immediate.
 	seeds = append(seeds, newFzSeed(0x20, 0).login(0, discovery).op(fzOpText, 0, 0).op(fzOpText, 3, 0).
@@ -163,7 +173,7 @@ func fzSeeds() [][]byte {
 		s.b = append(s.b, 1, 2, 3, 4)
 		return s
 	}
-	s := newFzSeed(0, medium).login(0, libISCSI).tur()
+	s = newFzSeed(0, medium).login(0, libISCSI).tur()
 	for _, op := range []byte{0x10, 0x1c, 0x43, 0x31, 0x05} {
 		raw(s, op)
 	}
