@@ -2,6 +2,7 @@ package tftp
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"net"
@@ -164,6 +165,7 @@ type ftWorld struct {
 	completed   uint64 // transfers the clients saw through to the last ACK
 	aborted     uint64 // transfers the clients ended with an ERROR
 	started     int    // RRQs sent since the last settle, for "busy"
+	shut        bool   // ftOpShutdown ran: the operations stop
 	serveDone   chan error
 }
 
@@ -250,6 +252,7 @@ const (
 	ftOpDuplicateRRQ
 	ftOpBurst
 	ftOpRRQBurst
+	ftOpShutdown
 	ftNumOps
 )
 
@@ -261,12 +264,12 @@ func runFtTransfers(t *testing.T, data []byte, tamper func(*ftWorld)) []string {
 	if tamper != nil {
 		tamper(w)
 	}
-	for n := 0; !in.empty() && n < 200 && len(w.failures) == 0; n++ {
+	for n := 0; !in.empty() && n < 200 && len(w.failures) == 0 && !w.shut; n++ {
 		w.step(in.u8(), in)
 	}
 	if len(w.failures) == 0 {
 		w.finish()
-	} else {
+	} else if !w.shut {
 		w.srv.Shutdown(t.Context())
 		<-w.serveDone
 	}
@@ -371,6 +374,21 @@ func (w *ftWorld) step(op byte, in *ftInput) {
 				o.ack(o.nextAck())
 			}
 		}
+	case ftOpShutdown:
+		// Shutdown with transfers running: it must return by its
+		// deadline, and end them (clients get ERROR 0).
+		d := []time.Duration{0, 100 * time.Millisecond, 5 * time.Second, time.Hour}[in.u8()%4]
+		ctx, cancel := context.WithTimeout(context.Background(), d)
+		start := time.Now()
+		err := w.srv.Shutdown(ctx)
+		cancel()
+		if took := time.Since(start); took > d || (err != nil && !errors.Is(err, context.DeadlineExceeded)) {
+			w.failf("Shutdown with a %v deadline took %v: %v", d, took, err)
+		}
+		if err := <-w.serveDone; err != nil {
+			w.failf("serve: %v", err)
+		}
+		w.shut = true
 	case ftOpRRQBurst:
 		name, mode := in.u8(), in.u8()
 		for _, o := range w.clients {
@@ -386,14 +404,21 @@ func (w *ftWorld) step(op byte, in *ftInput) {
 // than any retransmission schedule), then checks that the server let go of
 // everything and counted every request once.
 func (w *ftWorld) finish() {
-	time.Sleep(2 * time.Hour)
+	if !w.shut {
+		time.Sleep(2 * time.Hour)
+	}
 	w.settle(ftOpSleep)
 	st := w.srv.Stats()
 	if st.Active != 0 {
 		w.failf("%d transfer slots still busy after every client went silent", st.Active)
 	}
 	w.mn.mu.Lock()
-	socks := len(w.mn.conns) - 1 - len(w.clients)
+	socks := 0
+	for addr := range w.mn.conns {
+		if strings.HasPrefix(addr, "10.0.0.1:") && addr != w.l.addr.String() {
+			socks++ // a transfer's
+		}
+	}
 	w.mn.mu.Unlock()
 	if socks != 0 {
 		w.failf("%d transfer sockets still open after every transfer ended", socks)
@@ -407,13 +432,15 @@ func (w *ftWorld) finish() {
 	if want := int64(st.Busy+st.Refused+st.Completed+st.Aborted+st.TimedOut+st.Failed) - int64(w.wrqs); w.infos.Load() != want {
 		w.failf("OnTransfer called %d times, for %d answered read requests", w.infos.Load(), want)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := w.srv.Shutdown(ctx); err != nil {
-		w.failf("shutdown: %v", err)
-	}
-	if err := <-w.serveDone; err != nil {
-		w.failf("serve: %v", err)
+	if !w.shut {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := w.srv.Shutdown(ctx); err != nil {
+			w.failf("shutdown: %v", err)
+		}
+		if err := <-w.serveDone; err != nil {
+			w.failf("serve: %v", err)
+		}
 	}
 	if p := w.srv.Stats().Panics; p != 0 {
 		w.failf("%d transfers panicked", p)
@@ -840,6 +867,11 @@ func ftSeeds() [][]byte {
 		(&ftSeed{b: []byte{0x80 | 0x40 | 0x20 | 0x04, 1}}).op(ftOpRRQBurst, undionly, octet).op(ftOpSleep, 1).
 			op(ftOpRRQBurst, big, octet).op(ftOpFinish).op(ftOpFinish | 1<<4),
 	}
+	// Shutdown while transfers wait for ACKs: at once, and with time
+	// to let them finish.
+	seeds = append(seeds,
+		(&ftSeed{b: []byte{3, 0}}).rrq(0, big, octet, [2]byte{windowsize, 1}).rrq(1, text, netascii).op(ftOpAck).op(ftOpShutdown, 0),
+		(&ftSeed{b: []byte{3, 0}}).rrq(0, undionly, octet, [2]byte{timeout, 2}).op(ftOpShutdown, 2))
 	out := make([][]byte, len(seeds))
 	for i, s := range seeds {
 		out[i] = s.b
