@@ -422,6 +422,13 @@ func (c *fzClient) process(p *pdu.PDU) {
 		}
 		var rh pdu.BHS
 		copy(rh[:], p.Data)
+		if h[2] == pdu.RejectDataDigestError && rh.Opcode() == pdu.OpSCSICommand {
+			// RFC 7143 7.8: of a SCSI command whose immediate data
+			// was corrupted, the command counts as received; it ends
+			// with its own SCSI Response (CHECK CONDITION). Any other
+			// PDU is dropped, and the Reject is all it gets.
+			return
+		}
 		switch rh.Opcode() {
 		case pdu.OpSCSICommand, pdu.OpNOPOut, pdu.OpTextReq, pdu.OpTaskMgmtReq, pdu.OpLogoutReq:
 			if cmd := c.cmds[rh.ITT()]; cmd != nil && !cmd.done() {
