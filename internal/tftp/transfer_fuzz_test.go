@@ -215,6 +215,7 @@ func newFtWorld(t *testing.T, flags, shape byte) *ftWorld {
 	w.cfg = s.cfg // with the defaults
 	w.l = w.mn.listen("10.0.0.1", 69)
 	go func() { w.serveDone <- s.Serve(context.Background(), w.l) }()
+	synctest.Wait() // listening: a Shutdown first thing finds it serving
 	for i := range w.clients {
 		sock := w.mn.listen(fmt.Sprintf("10.0.0.%d", 10+i/2), 2000+i)
 		// Room for all a long silence brings (several transfers' retries
