@@ -108,7 +108,6 @@ type fzClient struct {
 	maxR2T       uint32
 	cmdSN        uint32
 	expStatSN    uint32
-	statKnown    bool
 	maxCmdSN     uint32
 	itt          uint32
 	seq          int
@@ -180,8 +179,15 @@ func (c *fzClient) close() {
 	<-c.readerD
 }
 
+// fzTrace, when set, is told every PDU the fuzz clients send and take in:
+// set it in a test that replays one failing input to see its session.
+var fzTrace func(remote, dir string, h *pdu.BHS, dataLen int)
+
 // queue adds a PDU to what the next flush writes.
 func (c *fzClient) queue(p *pdu.PDU) {
+	if fzTrace != nil {
+		fzTrace(c.remote, ">", &p.BHS, len(p.Data))
+	}
 	var b bytes.Buffer
 	hd, dd := c.hd && c.phase == 1, c.dd && c.phase == 1
 	if err := p.WriteTo(&b, hd, dd); err != nil {
@@ -323,6 +329,9 @@ func (c *fzClient) answered(h *pdu.BHS, itt uint32) *fzCmd {
 
 func (c *fzClient) process(p *pdu.PDU) {
 	h := &p.BHS
+	if fzTrace != nil {
+		fzTrace(c.remote, "<", h, len(p.Data))
+	}
 	switch h.Opcode() {
 	case pdu.OpLoginResp:
 		c.processLogin(p)

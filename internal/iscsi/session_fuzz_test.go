@@ -743,6 +743,14 @@ func (c *fzClient) raw(in *fzInput, sensible bool) {
 	p.Data = in.bytes(n)
 	c.queue(&p)
 	c.rawITTs[p.BHS.ITT()] = true
+	switch p.BHS.Opcode() {
+	case pdu.OpSCSICommand, pdu.OpNOPOut, pdu.OpTextReq, pdu.OpTaskMgmtReq, pdu.OpLogoutReq:
+		if !p.BHS.Immediate() {
+			// Its CmdSN is taken: a later command with it is a
+			// duplicate the target drops (RFC 7143 4.2.2.1).
+			c.usedSN[binary.BigEndian.Uint32(p.BHS[24:])]++
+		}
+	}
 }
 
 // complete finishes what the client left open, as a well-behaved initiator
