@@ -82,6 +82,10 @@ type conn struct {
 	closed   chan struct{}       // closed by abort
 	closeErr error
 
+	// loggedOut: a Logout Response of success is on the wire, the
+	// connection ends (RFC 7143 11.14). Reader goroutine only.
+	loggedOut bool
+
 	// Text response still to be fetched with continuation requests.
 	textPending []byte
 	textTTT     uint32
@@ -250,6 +254,9 @@ func (c *conn) readLoop() error {
 			}
 			err = c.handleControl(&p)
 		}
+		if err == nil && c.loggedOut {
+			err = errLogout
+		}
 		if err != nil {
 			return err
 		}
@@ -330,6 +337,9 @@ func (c *conn) admit(cmdSN uint32, immediate bool, deliver, drop func()) {
 		} else {
 			deliver()
 		}
+		if c.loggedOut {
+			return // what waits behind a Logout ends with the connection
+		}
 		c.mu.Lock()
 		next, ok := c.queued[exp]
 		delete(c.queued, exp)
@@ -395,12 +405,11 @@ func (c *conn) handleControl(p *pdu.PDU) error {
 		c.admit(m.CmdSN, m.Immediate, func() { c.handleTaskMgmt(m) }, nil)
 	case pdu.OpLogoutReq:
 		m, _ := pdu.ParseLogoutRequest(h)
-		var done bool
 		hdr := *h
-		c.admit(m.CmdSN, m.Immediate, func() { done = c.handleLogout(m, &hdr) }, nil)
-		if done {
-			return errLogout
-		}
+		// A Logout queued behind a CmdSN gap runs when another PDU
+		// fills it: what it decides goes in c.loggedOut, which the
+		// read loop checks after every PDU.
+		c.admit(m.CmdSN, m.Immediate, func() { c.loggedOut = c.handleLogout(m, &hdr) }, nil)
 	case pdu.OpSNACKReq:
 		// ErrorRecoveryLevel 0: SNACK is not supported (RFC 7143 11.16).
 		c.reject(h, pdu.RejectSNACKReject)

@@ -277,6 +277,12 @@ func (c *fzClient) takeResponses() {
 		c.w.failf("%s: the target sent something unreadable: %v", c.remote, err)
 		c.readErr = nil
 	}
+	if c.loggedOut && err == nil && !c.closedMe {
+		// RFC 7143 11.14: the connection is closed after the Logout
+		// Response; the idle target must have done so.
+		c.w.failf("%s: the connection stays open after a successful Logout Response", c.remote)
+		c.loggedOut = false
+	}
 }
 
 // stat checks the sequence numbers of a PDU: StatSN in order (advance for

@@ -142,6 +142,11 @@ func fzSeeds() [][]byte {
 		cmd(0, "WRITE(10)", 400, 4, 0, 5, 0).op(fzOpTaskMgmt, 0, 3, 2, 0).
 		cmd(0, "READ(10)", 400, 4, 0, 6, 0).op(fzOpLogout, 0, 0, 0))
 
+	// A Logout waiting behind a CmdSN gap runs when the gap fills: the
+	// connection must still close after its response.
+	seeds = append(seeds, newFzSeed(0, 0).login(0, openISCSI).tur().
+		op(fzOpLogout|alt, 0, 0, 5).op(fzOpNOP|alt, 1, 6, 0))
+
 	// NOP-In pings: answered once, then not, until the target hangs up;
 	// meanwhile a login that never finishes times out.
 	seeds = append(seeds, newFzSeed(8, 0).login(0, ipxe).tur().op(fzOpSleep, 2).op(fzOpAnswerPing).
