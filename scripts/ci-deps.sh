@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the real peers the interop tests (test/interop) and
-# scripts/bench-vs-tgt.sh run against. Idempotent and quiet: does nothing
+# scripts/bench-vs-tgt.sh run against, and the tools that make failing
+# storage for internal/testutil/faildev. Idempotent and quiet: does nothing
 # when everything is present. Needs root (CI runs as root).
 set -euo pipefail
 
@@ -12,7 +13,8 @@ pkgs=(
 	libiscsi-bin    # iscsi-test-cu, iscsi-inq
 	open-iscsi      # iscsistart, iscsid, iscsiadm copied into the Linux guest
 	busybox-static  # the guest's userland
-	e2fsprogs       # mkfs.ext4/e2fsck in the guest, e2fsck/debugfs on the host
+	e2fsprogs       # mkfs.ext4/e2fsck in the guest, e2fsck/debugfs on the host; small ext4s that fill up (faildev)
+	dmsetup         # device-mapper error/flakey devices that start failing (internal/testutil/faildev)
 	cpio            # packs the guest initramfs
 	tgt             # reference target (DISKLESS_INTEROP_TARGET=tgt, benchmark)
 	iperf3          # loopback ceiling in the benchmark

@@ -73,8 +73,18 @@ func TestCLISameWithAndWithoutServer(t *testing.T) {
 		{"host", "remove", "b"},
 		{"host", "list", "--json"},
 		{"image", "list", "--json"},
+		{"host", "clear-error", "a", "--json"}, // a healthy disk: nothing to clear
+		{"host", "rotate-secrets", "a"},        // offline: now
+		{"host", "show", "a", "--secrets", "--json"},
+		{"host", "add", "n", "--image", "img", "--no-chap", "--json"},
+		{"host", "rotate-secrets", "n"}, // no CHAP: 409
+		{"host", "rotate-secrets", "zz"},
+		{"host", "set", "n", "--chap-rotation", "boot"}, // needs CHAP: 400
+		{"host", "set", "a", "--chap-rotation", "boot", "--json"},
+		{"host", "show", "a"},
+		{"host", "rotate-secrets", "a", "--json"},
 	}
-	outcomeOnly := map[int]bool{13: true, 16: true}
+	outcomeOnly := map[int]bool{13: true, 16: true, 28: true} // 28: usage and times differ
 	run := func(dir string) []string {
 		var out []string
 		for _, args := range script {
@@ -128,7 +138,8 @@ func TestCLISameWithAndWithoutServer(t *testing.T) {
 			t.Errorf("diskless %s:\nwithout server:\n%s\nthrough the API:\n%s", strings.Join(script[i], " "), local[i], served[i])
 		}
 	}
-	for i, want := range map[int]string{3: "exists", 4: "no image", 14: "used by host"} {
+	for i, want := range map[int]string{3: "exists", 4: "no image", 14: "used by host", 21: "new secrets now",
+		24: "has no CHAP", 25: "no host", 26: "boot needs chap", 27: "chap_rotation boot", 28: "new secrets at every boot"} {
 		if !strings.Contains(local[i], want) {
 			t.Errorf("diskless %s: %q, want an error saying %q", strings.Join(script[i], " "), local[i], want)
 		}

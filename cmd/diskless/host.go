@@ -24,7 +24,7 @@ func newHostCommand() *cobra.Command {
 	}
 	addClientFlags(cmd)
 	cmd.AddCommand(hostAdd(), hostList(), hostShow(), hostSet(), hostRemove(), hostSnapshot(), hostSnapshots(),
-		hostRollback(), hostReset(), hostPromote(), hostCheck(), hostUnknown())
+		hostRollback(), hostReset(), hostPromote(), hostCheck(), hostClearError(), hostRotateSecrets(), hostUnknown())
 	return cmd
 }
 
@@ -92,8 +92,14 @@ func hostAdd() *cobra.Command {
 	f.BoolVar(&noMutual, "no-mutual-chap", false, "CHAP without mutual CHAP")
 	f.StringVar(&chapUser, "chap-user", "", "CHAP user (default: the host name)")
 	f.StringVar(&chapSecret, "chap-secret", "", "CHAP secret (default: generated)")
+	f.StringVar(&req.CHAPRotation, "chap-rotation", "", chapRotationHelp)
 	return cmd
 }
+
+// chapRotationHelp is the help of --chap-rotation (host add and set).
+const chapRotationHelp = "off (default), or boot: new CHAP secrets at every boot of the host. boot needs an image whose " +
+	"initramfs logs in from the iBFT (ISCSI_AUTO=true, as iPXE's sanboot publishes the script's credentials there); " +
+	"an image with secrets written into /etc/iscsi/iscsi.initramfs stops booting after the first rotation"
 
 // absPath makes a file named on the command line absolute: the server may
 // run in another directory.
@@ -141,6 +147,9 @@ func hostList() *cobra.Command {
 						wr += int64(s.WrittenBytes)
 					}
 				}
+				if h.DiskError != "" {
+					state += ", DISK FAILED"
+				}
 				mac := "-"
 				if len(h.MACs) > 0 {
 					mac = strings.Join(h.MACs, ",")
@@ -154,12 +163,40 @@ func hostList() *cobra.Command {
 }
 
 func hostShow() *cobra.Command {
-	var showConfig bool
+	var showConfig, showSecrets bool
 	cmd := &cobra.Command{
 		Use:   "show NAME",
 		Short: "Show a host; --config prints what the HOWTO has the admin write by hand for it",
 		Args:  cobra.ExactArgs(1),
 		RunE: withClient(func(cmd *cobra.Command, c *client, args []string) error {
+			if showSecrets {
+				var hc api.HostCredentials
+				if err := c.do(cmd.Context(), http.MethodGet, "/hosts/"+args[0]+"/credentials", nil, &hc); err != nil {
+					return err
+				}
+				if jsonFlag(cmd) {
+					return printJSON(cmd, hc)
+				}
+				if hc.CHAP == nil {
+					fmt.Fprintf(cmd.OutOrStdout(), "host %s has no CHAP\n", hc.Host)
+					return nil
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "chap         user %s  secret %s\n", hc.CHAP.User, hc.CHAP.Secret)
+				if hc.MutualCHAP != nil {
+					fmt.Fprintf(cmd.OutOrStdout(), "mutual_chap  user %s  secret %s\n", hc.MutualCHAP.User, hc.MutualCHAP.Secret)
+				}
+				if hc.NextCHAP != nil {
+					fmt.Fprintln(cmd.OutOrStdout(), "new secrets, in use from the host's next boot:")
+					fmt.Fprintf(cmd.OutOrStdout(), "chap         user %s  secret %s\n", hc.NextCHAP.User, hc.NextCHAP.Secret)
+					if hc.NextMutualCHAP != nil {
+						fmt.Fprintf(cmd.OutOrStdout(), "mutual_chap  user %s  secret %s\n", hc.NextMutualCHAP.User, hc.NextMutualCHAP.Secret)
+					}
+				}
+				if hc.CHAPRotation == inventory.RotateBoot {
+					fmt.Fprintln(cmd.OutOrStdout(), "chap_rotation boot: these secrets change at every boot of the host")
+				}
+				return nil
+			}
 			if showConfig {
 				var hc api.HostConfig
 				if err := c.do(cmd.Context(), http.MethodGet, "/hosts/"+args[0]+"/config", nil, &hc); err != nil {
@@ -189,6 +226,7 @@ func hostShow() *cobra.Command {
 		}),
 	}
 	cmd.Flags().BoolVar(&showConfig, "config", false, "print the host's iPXE script, GRUB_CMDLINE_LINUX, /etc/iscsi/iscsi.initramfs and initiatorname.iscsi (with its secrets)")
+	cmd.Flags().BoolVar(&showSecrets, "secrets", false, "print the host's CHAP users and secrets, and new ones waiting for its next boot (they are never logged or printed otherwise)")
 	return cmd
 }
 
@@ -211,6 +249,9 @@ func printHost(cmd *cobra.Command, h *api.HostView) {
 	}
 	row("image", want)
 	row("disk", fmt.Sprintf("%s on %s, %s used", h.Disk.Mode, orDash(h.Disk.Base+h.Disk.File), humanBytes(h.Disk.UsageBytes)))
+	if h.DiskError != "" {
+		row("disk error", "FAILED, writes refused until `diskless host clear-error "+h.Name+"`: "+h.DiskError)
+	}
 	row("boot", h.Boot)
 	row("initiator", h.InitiatorIQN)
 	row("target", h.TargetIQN)
@@ -219,6 +260,9 @@ func printHost(cmd *cobra.Command, h *api.HostView) {
 		chap = "user " + h.CHAP.User
 		if h.MutualCHAP != nil {
 			chap += ", mutual: user " + h.MutualCHAP.User
+		}
+		if h.CHAPRotation == inventory.RotateBoot {
+			chap += "; new secrets at every boot"
 		}
 	}
 	row("chap", chap)
@@ -250,8 +294,8 @@ func printHost(cmd *cobra.Command, h *api.HostView) {
 
 func hostSet() *cobra.Command {
 	var (
-		image, version, disk, boot, kernel, initrd, cmdline, ip, arch string
-		macs                                                          []string
+		image, version, disk, boot, kernel, initrd, cmdline, ip, arch, rotation string
+		macs                                                                    []string
 	)
 	cmd := &cobra.Command{
 		Use:   "set NAME [--image I] [--version N|latest] [--disk MODE] ...",
@@ -273,7 +317,7 @@ func hostSet() *cobra.Command {
 					absPath(p)
 				}
 			}
-			req.IP, req.Arch = str("ip", ip), str("arch", arch)
+			req.IP, req.Arch, req.CHAPRotation = str("ip", ip), str("arch", arch), str("chap-rotation", rotation)
 			if fl.Changed("mac") {
 				req.MACs = &macs
 			}
@@ -309,6 +353,7 @@ func hostSet() *cobra.Command {
 	f.StringVar(&ip, "ip", "", "fixed DHCP address (empty: from the pool)")
 	f.StringVar(&arch, "arch", "", "bios, uefi, or empty to learn it")
 	f.StringArrayVar(&macs, "mac", nil, "the host's MAC addresses (replaces the list; repeatable)")
+	f.StringVar(&rotation, "chap-rotation", "", chapRotationHelp)
 	return cmd
 }
 
@@ -511,6 +556,61 @@ func hostCheck() *cobra.Command {
 			}
 			if !rep.OK {
 				return fmt.Errorf("host %s: disk check failed", args[0])
+			}
+			return nil
+		}),
+	}
+}
+
+func hostClearError() *cobra.Command {
+	return &cobra.Command{
+		Use:   "clear-error NAME",
+		Short: "Accept writes to a host's disk again after a failed flush, once its storage is fixed (the host's file system may have lost writes)",
+		Long: `Once a flush of a host's disk fails (an I/O error or a full thin volume under its
+file), the disk refuses every write and flush, so the host never gets a success
+over writes that may be lost; reads keep working. host show and host list say so.
+Fix the storage, then clear the error: one more flush must succeed. Writes the
+host made before the failed flush may be missing: check its file system.
+The error outlives restarts of the server; a disk made anew (reset, rollback,
+another version) starts without it.`,
+		Args: cobra.ExactArgs(1),
+		RunE: withClient(func(cmd *cobra.Command, c *client, args []string) error {
+			var n api.Notes
+			if err := c.do(cmd.Context(), http.MethodPost, "/hosts/"+args[0]+"/clear-error", nil, &n); err != nil {
+				return err
+			}
+			return notesOut(cmd, n)
+		}),
+	}
+}
+
+func hostRotateSecrets() *cobra.Command {
+	return &cobra.Command{
+		Use:   "rotate-secrets NAME",
+		Short: "Give a host new CHAP secrets: now if it is offline, at its next boot if it runs (never printed)",
+		Long: `Generates new CHAP and mutual CHAP secrets for a host (the users stay) and
+says when they take effect. A host without iSCSI sessions gets them now: its next
+boot's iPXE script carries them. A running host keeps the current ones until it
+next boots (from the network): its running system logs in again with the secrets
+of its boot after a network drop or a server restart, so changing them under it
+would cost it its root disk. host list and host show say "new CHAP secrets" in
+PENDING meanwhile; host show NAME --secrets shows the current and the new ones
+(an image whose initramfs holds the secrets, see host show --config, needs the
+new ones written there before the reboot).
+Refused for a host without CHAP, and for a secret the YAML configuration writes
+(change it there). For new secrets at every boot, see --chap-rotation boot of
+host add and host set.`,
+		Args: cobra.ExactArgs(1),
+		RunE: withClient(func(cmd *cobra.Command, c *client, args []string) error {
+			var ch api.HostChange
+			if err := c.do(cmd.Context(), http.MethodPost, "/hosts/"+args[0]+"/rotate-secrets", nil, &ch); err != nil {
+				return err
+			}
+			if jsonFlag(cmd) {
+				return printJSON(cmd, ch)
+			}
+			for _, n := range ch.Notes {
+				fmt.Fprintln(cmd.OutOrStdout(), n)
 			}
 			return nil
 		}),

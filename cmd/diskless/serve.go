@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"os"
 
 	"github.com/spf13/cobra"
 
@@ -21,14 +20,14 @@ func newServeCommand() *cobra.Command {
 		Example: `  diskless serve --config /etc/diskless.yaml
   diskless serve --interface br0 --dhcp full --dhcp-range 10.77.0.100-10.77.0.200 [--data-dir DIR]
   diskless serve --interface br0 --dhcp full --dhcp-range 10.77.0.100-10.77.0.200 \
-      --host 52:54:00:12:34:56=/srv/disk.img [--host MAC=IMAGE ...] [--chap] [--data-dir DIR]
+      --host 52:54:00:12:34:56=/srv/disk.img [--host MAC=IMAGE ...] [--no-chap] [--data-dir DIR]
   diskless serve --interface br0 --dhcp proxy --host 52:54:00:12:34:56=/srv/disk.img`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var cfg *config.Config
 			var err error
 			if file != "" {
-				for _, f := range []string{"interface", "dhcp", "dhcp-range", "host", "chap", "data-dir"} {
+				for _, f := range []string{"interface", "dhcp", "dhcp-range", "host", "chap", "no-chap", "data-dir"} {
 					if cmd.Flags().Changed(f) {
 						return errors.New("--" + f + " is a quick-start flag: put it in the --config file instead")
 					}
@@ -44,7 +43,7 @@ func newServeCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return app.RunServe(cmd.Context(), app.ServeOptions{Config: cfg, Logger: logger, Stdout: os.Stdout})
+			return app.RunServe(cmd.Context(), app.ServeOptions{Config: cfg, Logger: logger})
 		},
 	}
 	f := cmd.Flags()
@@ -53,7 +52,8 @@ func newServeCommand() *cobra.Command {
 	f.StringVar(&q.DHCP, "dhcp", "", "quick start: DHCP mode full, proxy or off (default proxy)")
 	f.StringVar(&q.DHCPRange, "dhcp-range", "", "quick start: address pool FIRST-LAST for --dhcp full")
 	f.StringArrayVar(&q.Hosts, "host", nil, "quick start: MAC=IMAGE boot the machine MAC from the image file IMAGE (repeatable)")
-	f.BoolVar(&q.CHAP, "chap", false, "quick start: CHAP with a generated secret per host (printed once)")
+	f.BoolVar(&q.NoCHAP, "no-chap", false, "quick start: no CHAP for the --host machines (default: CHAP and mutual CHAP, generated; `diskless host show NAME --secrets` prints them)")
+	f.Bool("chap", true, "quick start: CHAP for the --host machines (the default; kept for older scripts)")
 	f.StringVar(&q.DataDir, "data-dir", "", "quick start: state directory (default /var/lib/diskless)")
 	return cmd
 }

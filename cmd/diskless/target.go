@@ -1,17 +1,23 @@
 package main
 
 import (
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+
 	"github.com/spf13/cobra"
 
 	"github.com/diskless-boot/diskless/internal/app"
+	"github.com/diskless-boot/diskless/internal/iscsi"
 )
 
 func newTargetCommand() *cobra.Command {
 	var (
-		opts  app.TargetOptions
-		luns  []string
-		chap  string
-		mchap string
+		opts                app.TargetOptions
+		luns                []string
+		chap, mchap         string
+		chapFile, mchapFile string
 	)
 	cmd := &cobra.Command{
 		Use:   "target --iqn IQN --lun 0=PATH[:ro] [--lun N=PATH ...]",
@@ -25,14 +31,14 @@ func newTargetCommand() *cobra.Command {
 			if opts.LUNs, err = app.ParseLUNSpecs(luns); err != nil {
 				return err
 			}
-			if opts.CHAP, err = app.ParseCredentials("--chap", chap); err != nil {
-				return err
-			}
-			if opts.MutualCHAP, err = app.ParseCredentials("--mutual-chap", mchap); err != nil {
-				return err
-			}
 			logger, err := newLogger(cmd)
 			if err != nil {
+				return err
+			}
+			if opts.CHAP, err = credentials(logger, "--chap", chap, "--chap-file", chapFile, "DISKLESS_CHAP"); err != nil {
+				return err
+			}
+			if opts.MutualCHAP, err = credentials(logger, "--mutual-chap", mchap, "--mutual-chap-file", mchapFile, "DISKLESS_MUTUAL_CHAP"); err != nil {
 				return err
 			}
 			opts.Logger = logger
@@ -43,8 +49,10 @@ func newTargetCommand() *cobra.Command {
 	f.StringVar(&opts.Listen, "listen", "0.0.0.0:3260", "address:port to accept iSCSI connections on")
 	f.StringVar(&opts.IQN, "iqn", "", "iSCSI qualified name of the target (required)")
 	f.StringArrayVar(&luns, "lun", nil, "N=PATH[:ro][,removable] serve the image file PATH as LUN N (repeatable); :ro read-only, :removable a removable medium (START STOP UNIT can eject it)")
-	f.StringVar(&chap, "chap", "", "USER:SECRET initiators must authenticate with (CHAP)")
-	f.StringVar(&mchap, "mutual-chap", "", "USER:SECRET the target authenticates itself with (mutual CHAP; needs --chap)")
+	f.StringVar(&chap, "chap", "", "USER:SECRET initiators must authenticate with (CHAP); visible to every user in ps: prefer --chap-file or $DISKLESS_CHAP")
+	f.StringVar(&mchap, "mutual-chap", "", "USER:SECRET the target authenticates itself with (mutual CHAP; needs --chap); prefer --mutual-chap-file or $DISKLESS_MUTUAL_CHAP")
+	f.StringVar(&chapFile, "chap-file", "", "file holding USER:SECRET for --chap")
+	f.StringVar(&mchapFile, "mutual-chap-file", "", "file holding USER:SECRET for --mutual-chap")
 	f.StringArrayVar(&opts.AllowedInitiators, "allow-initiator", nil, "initiator IQN allowed to log in (repeatable; default: any)")
 	f.Uint16Var(&opts.PortalGroupTag, "portal-group-tag", 1, "TargetPortalGroupTag (must match the initramfs' ISCSI_TARGET_GROUP)")
 	f.StringVar(&opts.Alias, "alias", "", "TargetAlias sent to initiators")
@@ -52,4 +60,31 @@ func newTargetCommand() *cobra.Command {
 	cmd.MarkFlagRequired("iqn")
 	cmd.MarkFlagRequired("lun")
 	return cmd
+}
+
+// credentials reads USER:SECRET from the flag, the file or the environment
+// variable (at most one): a secret in argv is readable by every user of
+// the machine (ps, /proc/PID/cmdline), so using the flag logs a warning.
+func credentials(log *slog.Logger, flag, value, fileFlag, file, env string) (*iscsi.Credentials, error) {
+	from := flag
+	n := 0
+	if value != "" {
+		n++
+		log.Warn("a CHAP secret on the command line is visible to every user of this machine; use "+fileFlag+" or $"+env, "flag", flag)
+	}
+	if file != "" {
+		n++
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", fileFlag, err)
+		}
+		value, from = strings.TrimSpace(string(b)), fileFlag
+	}
+	if v := os.Getenv(env); v != "" && n == 0 {
+		value, from = v, "$"+env
+	}
+	if n > 1 {
+		return nil, fmt.Errorf("give %s or %s, not both", flag, fileFlag)
+	}
+	return app.ParseCredentials(from, value)
 }

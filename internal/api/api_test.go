@@ -25,6 +25,13 @@ type testAPI struct {
 
 func newTestAPI(t *testing.T) *testAPI {
 	t.Helper()
+	return newTestAPIOn(t, nil)
+}
+
+// newTestAPIOn is newTestAPI with the storage backend wrap returns
+// (nil: the Local one).
+func newTestAPIOn(t *testing.T, wrap func(*storage.Local) storage.Backend) *testAPI {
+	t.Helper()
 	dir := t.TempDir()
 	st, err := store.OpenBolt(filepath.Join(dir, store.FileName), store.BoltOptions{})
 	if err != nil {
@@ -35,7 +42,11 @@ func newTestAPI(t *testing.T) *testAPI {
 	if err != nil {
 		t.Fatal(err)
 	}
-	inv, err := inventory.New(inventory.Options{Store: st, Backend: be})
+	var backend storage.Backend = be
+	if wrap != nil {
+		backend = wrap(be)
+	}
+	inv, err := inventory.New(inventory.Options{Store: st, Backend: backend})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +183,7 @@ func FuzzDecodeRequest(f *testing.F) {
 	for _, s := range []string{
 		`{"name":"lab-01","macs":["52:54:00:12:34:56"],"image":"deb","chap":{"user":"u","secret":"0123456789abc"},"mutual_chap":false}`,
 		`{"name":"deb","size":"8G","description":"x"}`, `{"size":8589934592}`, `{"macs":null,"version":3,"disk_mode":"volatile"}`,
-		`{"chap":true}`, `{"chap":{"user":1}}`, `{"image":"deb","dry_run":true}`, `{"source":"/srv/x.qcow2"}`, `[]`, `"x"`, `{`,
+		`{"chap":true}`, `{"chap":{"user":1}}`, `{"chap_rotation":"boot"}`, `{"image":"deb","dry_run":true}`, `{"source":"/srv/x.qcow2"}`, `[]`, `"x"`, `{`,
 	} {
 		f.Add([]byte(s))
 	}

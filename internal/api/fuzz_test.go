@@ -271,6 +271,9 @@ var faRoutes = []struct {
 	{"GET", "/jobs/{job}", faNoBody},
 	{"DELETE", "/jobs/{job}", faNoBody},
 	{"GET", "/{junk}", faNoBody},
+	{"GET", "/hosts/{host}/credentials", faNoBody},
+	{"POST", "/hosts/{host}/rotate-secrets", faNoBody},
+	{"POST", "/hosts/{host}/clear-error", faNoBody},
 }
 
 var (
@@ -411,10 +414,12 @@ func (w *faWorld) check(method, route, target string, body []byte, authed bool, 
 	if strings.Contains(answer, w.token) || strings.Contains(hdrs, w.token) {
 		failf("the API token is in the answer")
 	}
-	// Secrets: only in the answer that creates the host, and its config.
-	// (ServeMux routes HEAD to GET handlers; a server drops the body.)
+	// Secrets: only in the answer that creates the host, its config and
+	// its credentials. (ServeMux routes HEAD to GET handlers; a server
+	// drops the body.)
 	shows := authed && rec.Code/100 == 2 && method == "POST" && route == "POST /hosts" ||
-		authed && rec.Code == 200 && (method == "GET" || method == "HEAD") && route == "GET /hosts/{host}/config"
+		authed && rec.Code == 200 && (method == "GET" || method == "HEAD") &&
+			(route == "GET /hosts/{host}/config" || route == "GET /hosts/{host}/credentials")
 	for _, s := range w.secrets {
 		if (strings.Contains(answer, s) && !shows) || strings.Contains(hdrs, s) {
 			failf("answer %d holds a CHAP secret: %s", rec.Code, clip([]byte(answer)))
@@ -456,6 +461,15 @@ func (w *faWorld) learn(route string, reqBody, b []byte) {
 		json.Unmarshal(b, &hc)
 		add("host", hc.Host.Name)
 		for _, c := range []*Credentials{hc.Host.CHAP, hc.Host.MutualCHAP} {
+			if c != nil && c.Secret != "" && !slices.Contains(w.secrets, c.Secret) {
+				w.secrets = append(w.secrets, c.Secret)
+			}
+		}
+	case "GET /hosts/{host}/credentials":
+		// After a rotation, the next secrets are shown here first.
+		var hc HostCredentials
+		json.Unmarshal(b, &hc)
+		for _, c := range []*Credentials{hc.CHAP, hc.MutualCHAP, hc.NextCHAP, hc.NextMutualCHAP} {
 			if c != nil && c.Secret != "" && !slices.Contains(w.secrets, c.Secret) {
 				w.secrets = append(w.secrets, c.Secret)
 			}
@@ -509,6 +523,9 @@ func (w *faWorld) body(in *faInput, kind int) []byte {
 		}
 	}
 	chap := func() any {
+		if r := in.u8(); r%4 != 0 {
+			m["chap_rotation"] = []string{"", "boot", "off", "bogus"}[r%4]
+		}
 		switch in.u8() % 6 {
 		case 0:
 			return true
@@ -564,6 +581,9 @@ func (w *faWorld) body(in *faInput, kind int) []byte {
 			return in.str(64)
 		})
 		field(10, "ip", func() any { return faPick(in, []string{"10.0.0.50", "10.0.0.51", "bad", "::1", "0.0.0.0"}) })
+		if !add {
+			field(11, "chap_rotation", func() any { return faPick(in, []string{"boot", "off", "bogus", ""}) })
+		}
 		if add {
 			field(11, "raw_path", path)
 			field(12, "initiator_iqn", func() any {
@@ -616,8 +636,8 @@ func faSeeds() [][]byte {
 	)
 	admin := (&faSeed{}).
 		req(0, "POST /images", 0, 0, 0x05, 2, 0, 0, js). // {"name": "deb", "size": "1M"}
-		// {"name": "h1", "image": "deb", "chap": true}
-		req(0, "POST /hosts", 0, 0x40, 0x09, 2, 0, 0, 0, js).
+		// {"name": "h1", "image": "deb", "chap": true} (no chap_rotation)
+		req(0, "POST /hosts", 0, 0x40, 0x09, 2, 0, 0, 0, 0, js).
 		req(0, "GET /hosts", 0, js).
 		req(0, "GET /hosts/{host}", 0, 0, js).
 		req(0, "GET /hosts/{host}/config", 0, 0, js).
@@ -628,6 +648,10 @@ func faSeeds() [][]byte {
 		req(0, "GET /jobs", 0, js).
 		req(0, "GET /jobs/{job}", 0, 0, js).
 		req(0, "PATCH /hosts/{host}", 0, 0, 0, 4, 1, js). // {"arch": "arm64"}
+		req(0, "POST /hosts/{host}/rotate-secrets", 0, 0, js).
+		req(0, "GET /hosts/{host}/credentials", 0, 0, js).
+		req(0, "GET /hosts/{host}", 0, 0, js).
+		req(noAuth, "GET /hosts/{host}/credentials", 0, 0, js).
 		req(noAuth, "GET /hosts/{host}/config", 0, 0, js).
 		req(badToken, "GET /hosts", 0, js).
 		req(0, "POST /hosts/{host}/snapshots/{snapshot}/rollback", 0, 0, 0, js).
@@ -637,7 +661,7 @@ func faSeeds() [][]byte {
 		req(0, "POST /images", 0, 0, 0x09, 2, 1, 2, js). // {"name": "alpine", "import": <a file>}
 		// {"name": "lab-01", "image": "alpine", "disk_mode": "volatile",
 		//  "chap": {"user": ..., "secret": ...}, "mutual_chap": {...}}
-		req(0, "POST /hosts", 0, 0xc0, 0x29, 2, 1, 0, 1, 2, 0, 2, 1, js).
+		req(0, "POST /hosts", 0, 0xc0, 0x29, 2, 1, 0, 1, 0, 2, 0, 0, 2, 1, js).
 		req(0, "GET /hosts/{host}/config", 0, 0, js).
 		req(0, "GET /hosts", 0, js).
 		req(0, "POST /hosts", append(append([]byte{7, 19}, `{"name":"h2","x":1}`...), js)...).

@@ -42,6 +42,31 @@ func (h *Handler) hostConfig(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, cfg)
 }
 
+// HostCredentials are a host's CHAP credentials, secrets included: what an
+// admin copies into a host (or an initramfs) by hand. Only on this request.
+// NextCHAP and NextMutualCHAP are set while rotated secrets wait for the
+// host's next boot, when they replace CHAP and MutualCHAP.
+type HostCredentials struct {
+	Host           string       `json:"host"`
+	CHAP           *Credentials `json:"chap"`
+	MutualCHAP     *Credentials `json:"mutual_chap"`
+	NextCHAP       *Credentials `json:"next_chap,omitempty"`
+	NextMutualCHAP *Credentials `json:"next_mutual_chap,omitempty"`
+	// CHAPRotation: "off", or "boot" (the secrets change at every boot).
+	CHAPRotation string `json:"chap_rotation"`
+}
+
+func (h *Handler) hostCredentials(w http.ResponseWriter, r *http.Request) {
+	host, err := h.inv.HostWithSecrets(r.PathValue("host"))
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	v := h.view(host, true)
+	writeJSON(w, http.StatusOK, HostCredentials{Host: host.Name, CHAP: v.CHAP, MutualCHAP: v.MutualCHAP,
+		NextCHAP: credentials(host.NextCHAP, true), NextMutualCHAP: credentials(host.NextMutualCHAP, true), CHAPRotation: v.CHAPRotation})
+}
+
 func renderHostConfig(host *inventory.Host, srv ServerInfo) (HostConfig, error) {
 	out := HostConfig{Host: host.Name, Notes: []string{}}
 	addr := srv.Address
@@ -101,6 +126,13 @@ func renderHostConfig(host *inventory.Host, srv ServerInfo) (HostConfig, error) 
 	out.InitiatorName = "InitiatorName=" + host.InitiatorIQN + "\n"
 	if host.CHAP != nil {
 		out.Notes = append(out.Notes, "the kernel command line is readable by every process of the host (/proc/cmdline): prefer /etc/iscsi/iscsi.initramfs or the iBFT for the secrets")
+	}
+	if host.NextCHAP != nil {
+		out.Notes = append(out.Notes, "new CHAP secrets wait for the host's next boot; the texts above hold the current ones. "+
+			"`diskless host show "+host.Name+" --secrets` shows the new ones: a disk that holds the secrets needs them before that boot")
+	}
+	if host.Rotation() == inventory.RotateBoot {
+		out.Notes = append(out.Notes, "chap_rotation boot: these secrets change at the host's next boot; its initramfs must log in from the iBFT (ISCSI_AUTO=true), not with secrets written into the disk")
 	}
 	if !srv.Address.IsValid() {
 		p := placeholderServer.String()

@@ -71,6 +71,7 @@ type AddHostRequest struct {
 	TargetIQN    string   `json:"target_iqn,omitempty"`
 	CHAP         *CHAP    `json:"chap,omitempty"`
 	MutualCHAP   *CHAP    `json:"mutual_chap,omitempty"`
+	CHAPRotation string   `json:"chap_rotation,omitempty"` // off (default) or boot
 	IP           string   `json:"ip,omitempty"`
 }
 
@@ -86,6 +87,8 @@ type SetHostRequest struct {
 	Initrd   *string   `json:"initrd,omitempty"`
 	Cmdline  *string   `json:"cmdline,omitempty"`
 	IP       *string   `json:"ip,omitempty"`
+	// CHAPRotation is off or boot.
+	CHAPRotation *string `json:"chap_rotation,omitempty"`
 }
 
 // Credentials in a response: the secret only when the host was just made.
@@ -111,17 +114,23 @@ type HostView struct {
 	TargetIQN    string       `json:"target_iqn"`
 	CHAP         *Credentials `json:"chap,omitempty"`
 	MutualCHAP   *Credentials `json:"mutual_chap,omitempty"`
-	ReservedIP   string       `json:"reserved_ip,omitempty"`
-	Source       string       `json:"source"`
-	Created      time.Time    `json:"created"`
-	Updated      time.Time    `json:"updated"`
-	Disk         DiskView     `json:"disk"`
-	// Pending is what changes at the host's next boot, "" when nothing.
+	// CHAPRotation: "off", or "boot" (new secrets at every boot).
+	CHAPRotation string    `json:"chap_rotation"`
+	ReservedIP   string    `json:"reserved_ip,omitempty"`
+	Source       string    `json:"source"`
+	Created      time.Time `json:"created"`
+	Updated      time.Time `json:"updated"`
+	Disk         DiskView  `json:"disk"`
+	// Pending is what changes at the host's next boot, "" when nothing
+	// ("new CHAP secrets" among it after a rotation while it ran).
 	Pending string `json:"pending,omitempty"`
 	// Online: the host has iSCSI sessions now.
 	Online   bool                `json:"online"`
 	Sessions []iscsi.SessionInfo `json:"sessions"`
 	IP       string              `json:"ip,omitempty"` // current address: DHCP lease or session
+	// DiskError is set once a flush of the disk failed: its writes and
+	// flushes fail until POST /hosts/{host}/clear-error.
+	DiskError string `json:"disk_error,omitempty"`
 }
 
 // DiskView is a host disk as the API shows it.
@@ -143,22 +152,12 @@ func (h *Handler) view(host inventory.Host, withSecrets bool) HostView {
 	v := HostView{Name: host.Name, MACs: host.MACs, Arch: host.Arch, ArchLearnt: host.ArchLearnt, Image: host.Image,
 		Version: host.Version, DiskMode: string(host.Mode), Boot: host.Boot, Kernel: host.Kernel, Initrd: host.Initrd,
 		Cmdline: host.Cmdline, InitiatorIQN: host.InitiatorIQN, TargetIQN: host.TargetIQN, ReservedIP: host.IP,
-		Source: host.Source, Created: host.Created, Updated: host.Updated, Pending: h.inv.Pending(&host),
+		CHAPRotation: host.Rotation(), Source: host.Source, Created: host.Created, Updated: host.Updated, Pending: h.inv.Pending(&host),
 		Sessions: []iscsi.SessionInfo{}}
 	if v.MACs == nil {
 		v.MACs = []string{}
 	}
-	cred := func(c *iscsi.Credentials) *Credentials {
-		if c == nil {
-			return nil
-		}
-		out := &Credentials{User: c.User}
-		if withSecrets {
-			out.Secret = c.Secret
-		}
-		return out
-	}
-	v.CHAP, v.MutualCHAP = cred(host.CHAP), cred(host.MutualCHAP)
+	v.CHAP, v.MutualCHAP = credentials(host.CHAP, withSecrets), credentials(host.MutualCHAP, withSecrets)
 	v.Disk = DiskView{Mode: string(host.Disk.Mode), Snapshots: host.Disk.Snapshots}
 	if b := host.Disk.Base(); !b.IsZero() {
 		v.Disk.Base = b.String()
@@ -170,12 +169,27 @@ func (h *Handler) view(host inventory.Host, withSecrets bool) HostView {
 		v.Disk.Snapshots = []storage.Snapshot{}
 	}
 	v.Disk.UsageBytes, _ = h.inv.Backend().Usage(host.Name, host.Disk)
+	if err := h.inv.DiskError(&host); err != nil {
+		v.DiskError = err.Error()
+	}
 	if st := h.cfg.Status; st != nil {
 		v.Sessions = st.Sessions(host.TargetIQN)
 		v.Online = len(v.Sessions) > 0
 		v.IP = st.HostIP(&host)
 	}
 	return v
+}
+
+// credentials shows c, with its secret or without.
+func credentials(c *iscsi.Credentials, withSecret bool) *Credentials {
+	if c == nil {
+		return nil
+	}
+	out := &Credentials{User: c.User}
+	if withSecret {
+		out.Secret = c.Secret
+	}
+	return out
 }
 
 func (h *Handler) listHosts(w http.ResponseWriter, r *http.Request) {
@@ -216,7 +230,7 @@ func (h *Handler) addHost(w http.ResponseWriter, r *http.Request) {
 	spec := inventory.HostSpec{Name: req.Name, MACs: req.MACs, Arch: req.Arch, Image: req.Image, Version: req.Version,
 		Mode: storage.DiskMode(req.DiskMode), RawPath: req.RawPath, Boot: req.Boot, Kernel: req.Kernel, Initrd: req.Initrd,
 		Cmdline: req.Cmdline, InitiatorIQN: req.InitiatorIQN, TargetIQN: req.TargetIQN,
-		CHAP: chapSpec(req.CHAP), MutualCHAP: chapSpec(req.MutualCHAP), IP: req.IP}
+		CHAP: chapSpec(req.CHAP), MutualCHAP: chapSpec(req.MutualCHAP), CHAPRotation: req.CHAPRotation, IP: req.IP}
 	host, err := h.inv.AddHost(r.Context(), spec, nil)
 	if err != nil {
 		h.fail(w, r, err)
@@ -225,6 +239,9 @@ func (h *Handler) addHost(w http.ResponseWriter, r *http.Request) {
 	notes := []string{}
 	if host.CHAP != nil {
 		notes = append(notes, "the CHAP secrets are shown this once; `diskless host show NAME --config` prints what the host needs")
+	}
+	if host.Rotation() == inventory.RotateBoot {
+		notes = append(notes, rotateBootNote)
 	}
 	writeJSON(w, http.StatusCreated, HostChange{Host: h.view(host, true), Notes: notes})
 }
@@ -235,7 +252,7 @@ func (h *Handler) setHost(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p := inventory.HostPatch{MACs: req.MACs, Arch: req.Arch, Image: req.Image, Version: req.Version, Boot: req.Boot,
-		Kernel: req.Kernel, Initrd: req.Initrd, Cmdline: req.Cmdline, IP: req.IP}
+		Kernel: req.Kernel, Initrd: req.Initrd, Cmdline: req.Cmdline, IP: req.IP, CHAPRotation: req.CHAPRotation}
 	if req.DiskMode != nil {
 		m := storage.DiskMode(*req.DiskMode)
 		p.Mode = &m
@@ -247,6 +264,25 @@ func (h *Handler) setHost(w http.ResponseWriter, r *http.Request) {
 	}
 	if notes == nil {
 		notes = []string{}
+	}
+	if req.CHAPRotation != nil && host.Rotation() == inventory.RotateBoot {
+		notes = append(notes, rotateBootNote)
+	}
+	writeJSON(w, http.StatusOK, HostChange{Host: h.view(host, false), Notes: notes})
+}
+
+// rotateBootNote warns whoever turns chap_rotation boot on.
+const rotateBootNote = "chap_rotation boot: the host gets new CHAP secrets at every boot. Its image's initramfs must log in " +
+	"with the credentials iPXE publishes in the iBFT (ISCSI_AUTO=true); one with secrets written into the disk " +
+	"(/etc/iscsi/iscsi.initramfs, `host show --config`) stops booting after the first rotation"
+
+// rotateSecrets gives a host new CHAP secrets: now when it is offline, at
+// its next boot when it runs (the notes say which; no secret in them).
+func (h *Handler) rotateSecrets(w http.ResponseWriter, r *http.Request) {
+	host, notes, err := h.inv.RotateSecrets(r.PathValue("host"))
+	if err != nil {
+		h.fail(w, r, err)
+		return
 	}
 	writeJSON(w, http.StatusOK, HostChange{Host: h.view(host, false), Notes: notes})
 }
@@ -273,6 +309,15 @@ func notes(n []string) Notes {
 
 func (h *Handler) resetHost(w http.ResponseWriter, r *http.Request) {
 	n, err := h.inv.Reset(r.PathValue("host"))
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, notes(n))
+}
+
+func (h *Handler) clearDiskError(w http.ResponseWriter, r *http.Request) {
+	n, err := h.inv.ClearDiskError(r.PathValue("host"))
 	if err != nil {
 		h.fail(w, r, err)
 		return

@@ -47,6 +47,13 @@ type site struct {
 func startSite(t *testing.T, dataDir, yamlExtra string) *site {
 	t.Helper()
 	cfg, httpPort, iscsiPort := writeConfig(t, dataDir, yamlExtra)
+	return runSite(t, dataDir, cfg, httpPort, iscsiPort, nil)
+}
+
+// runSite runs cfg (from writeConfig, perhaps changed); more, when set,
+// adds to the options.
+func runSite(t *testing.T, dataDir string, cfg *config.Config, httpPort, iscsiPort int, more func(*ServeOptions)) *site {
+	t.Helper()
 	s := &site{t: t, cfg: cfg, logs: &output.Output{}, done: make(chan error, 1),
 		iscsi: fmt.Sprintf("127.0.0.1:%d", iscsiPort), http: fmt.Sprintf("http://127.0.0.1:%d", httpPort)}
 	s.neighbour.Store(net.HardwareAddr(nil))
@@ -57,11 +64,13 @@ func startSite(t *testing.T, dataDir, yamlExtra string) *site {
 		mac := s.neighbour.Load().(net.HardwareAddr)
 		return mac, mac != nil && ip.IsLoopback()
 	})
-	go func() {
-		s.done <- RunServe(ctx, ServeOptions{Config: cfg, Neighbors: neighbors, Stdout: io.Discard,
-			Logger: slog.New(slog.NewTextHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-			Ready:  func(u string) { ready <- u }})
-	}()
+	opts := ServeOptions{Config: cfg, Neighbors: neighbors,
+		Logger: slog.New(slog.NewTextHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Ready:  func(u string) { ready <- u }}
+	if more != nil {
+		more(&opts)
+	}
+	go func() { s.done <- RunServe(ctx, opts) }()
 	select {
 	case s.api = <-ready:
 	case err := <-s.done:
@@ -157,6 +166,14 @@ func (s *site) boot(mac string) {
 	if resp.StatusCode != 200 || !strings.Contains(string(body), "sanboot") {
 		s.t.Fatalf("script for %s: %d %s", mac, resp.StatusCode, body)
 	}
+}
+
+// clientFrom is an HTTP client whose connections come from ip, one of the
+// 127/8 addresses loopback answers for: a machine of its own to the
+// server's per-address limits and lease checks.
+func clientFrom(ip string) *http.Client {
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 10 * time.Second}
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: d.DialContext}}
 }
 
 // hostLogin logs into a host's target as the host.

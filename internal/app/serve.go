@@ -27,6 +27,7 @@ import (
 	"github.com/diskless-boot/diskless/internal/inventory"
 	"github.com/diskless-boot/diskless/internal/iscsi"
 	"github.com/diskless-boot/diskless/internal/ra"
+	"github.com/diskless-boot/diskless/internal/ratelog"
 	"github.com/diskless-boot/diskless/internal/tftp"
 	"github.com/diskless-boot/diskless/internal/web"
 )
@@ -38,10 +39,6 @@ type ServeOptions struct {
 	Config *config.Config
 	// Logger receives every service's logs (default: discard).
 	Logger *slog.Logger
-	// Stdout receives what is shown once: CHAP secrets generated for
-	// declared hosts and the API token made at first start (default:
-	// discard).
-	Stdout io.Writer
 	// InterfaceAddrs looks up the interface's addresses (default: the
 	// running system's).
 	InterfaceAddrs config.InterfaceAddrs
@@ -50,6 +47,9 @@ type ServeOptions struct {
 	// Neighbors replaces the kernel's neighbour table for the HTTP
 	// server's "is this request from that host" check (tests).
 	Neighbors web.Neighbors
+	// ListenDHCP opens the DHCP sockets on the interface (default
+	// dhcp.Listen; tests pass loopback sockets).
+	ListenDHCP func(iface string, port int) (net.PacketConn, error)
 	// Ready, when set, is called once every socket is open and every
 	// host served, with the API's base URL.
 	Ready func(apiURL string)
@@ -87,10 +87,6 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
-	}
-	out := opts.Stdout
-	if out == nil {
-		out = io.Discard
 	}
 	if err := cfg.ResolveNetwork(opts.InterfaceAddrs); err != nil {
 		return err
@@ -146,29 +142,29 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	}
 
 	var sup *supervisor
-	isrv := iscsi.New(iscsi.Config{PortalGroupTag: uint16(cfg.ISCSI.PortalGroupTag), Logger: log,
-		OnLogin: func(e iscsi.LoginEvent) { sup.logLogin(e) }})
+	// The target's defaults bound every client (connections per source
+	// and in total, login, discovery and Data-Out time, memory per host).
+	icfg := iscsi.Defaults()
+	icfg.PortalGroupTag = uint16(cfg.ISCSI.PortalGroupTag)
+	icfg.Logger = log
+	icfg.OnLogin = func(e iscsi.LoginEvent) { sup.logLogin(e) }
+	isrv := iscsi.New(icfg)
 	sup = newSupervisor(site.Inv, isrv, booter, log)
 
-	// HTTP. Secrets only go to the address the kernel resolved to the
-	// host's MAC on the served interface; only such a request starts a
-	// host's new boot.
 	var neighbors web.Neighbors = web.ARPTable{Interface: cfg.Interface}
 	if opts.Neighbors != nil {
 		neighbors = opts.Neighbors
 	}
 	sup.neighbors = neighbors
-	wsrv, err := web.New(web.Config{Booter: booter, Neighbors: neighbors, Logger: log, BeginBoot: sup.beginBoot})
-	if err != nil {
-		return err
-	}
 
-	// TFTP, with a log line per transfer naming the host.
+	// TFTP, with a log line per transfer naming the host (100 a second
+	// at most: a flood of requests is not a flood of lines).
 	var tsrv *tftp.Server
+	tftpLog := ratelog.NewLogger(10*time.Millisecond, 100)
 	if cfg.TFTP.Enabled {
 		tsrv, err = tftp.New(tftp.Config{
-			Dir: cfg.TFTP.Root, FS: binaries, Logger: log, DropWhenBusy: true,
-			OnTransfer: func(ti tftp.TransferInfo) { logTransfer(log, booter, neighbors, ti) },
+			Dir: cfg.TFTP.Root, FS: binaries, Logger: log,
+			OnTransfer: func(ti tftp.TransferInfo) { logTransfer(log, tftpLog, booter, neighbors, ti) },
 		})
 		if err != nil {
 			return fmt.Errorf("tftp: %w", err)
@@ -186,6 +182,19 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 			sup.dhcp = dsrv
 		}
 		sup.dhcpOn = true
+	}
+
+	// HTTP. Secrets only go to the address the kernel resolved to the
+	// host's MAC on the served interface and, when diskless hands out the
+	// addresses, to the one its DHCP leased to that MAC: both must agree.
+	// Only such a request starts a host's new boot.
+	var leases web.Leases
+	if sup.dhcp != nil {
+		leases = web.LeaseFunc(sup.leasedTo)
+	}
+	wsrv, err := web.New(web.Config{Booter: booter, Neighbors: neighbors, Leases: leases, Logger: log, BeginBoot: sup.beginBoot})
+	if err != nil {
+		return err
 	}
 	site.Inv.SetRuntime(sup)
 	if err := sup.start(); err != nil {
@@ -219,7 +228,7 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 			return fmt.Errorf("api.listen: %w", err)
 		}
 		closers = append(closers, apiLn)
-		asrv = api.NewServer(apiH, log)
+		asrv = api.NewServer(apiH, api.ServerConfig{Logger: log})
 	} else {
 		wsrv.Mount(api.Prefix+"/", apiH)
 	}
@@ -232,12 +241,16 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	}
 	var dconn, pxeconn net.PacketConn
 	if dsrv != nil {
-		if dconn, err = dhcp.Listen(cfg.Interface, dhcp.ServerPort); err != nil {
+		listen := dhcp.Listen
+		if opts.ListenDHCP != nil {
+			listen = opts.ListenDHCP
+		}
+		if dconn, err = listen(cfg.Interface, dhcp.ServerPort); err != nil {
 			return fmt.Errorf("dhcp: %w", err)
 		}
 		closers = append(closers, dconn)
 		if cfg.DHCP.Mode == config.DHCPProxy {
-			if pxeconn, err = dhcp.Listen(cfg.Interface, dhcp.PXEPort); err != nil {
+			if pxeconn, err = listen(cfg.Interface, dhcp.PXEPort); err != nil {
 				return fmt.Errorf("dhcp: %w", err)
 			}
 			closers = append(closers, pxeconn)
@@ -256,13 +269,14 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 		closers = append(closers, c)
 	}
 
+	// Secrets never reach stdout or the log (the journal keeps both):
+	// the CLI shows them from the store on demand.
 	for _, s := range secrets {
-		fmt.Fprintf(out, "generated CHAP secret (shown once, kept in the state store): host=%s mac=%s %s user=%s secret=%s\n",
-			s.Host, s.MAC, s.Key, s.User, s.Secret)
+		log.Info("CHAP credentials generated; `diskless host show HOST --secrets` prints them",
+			"host", s.Host, "mac", s.MAC, "key", s.Key, "user", s.User)
 	}
 	if token != "" {
-		fmt.Fprintf(out, "API token (shown once; the CLI on this machine reads it from %s): %s\n",
-			filepath.Join(site.Dir, api.TokenFile), token)
+		log.Info("API token made; the CLI on this machine reads it, others pass it with --token", "file", filepath.Join(site.Dir, api.TokenFile))
 	}
 	apiURL := "http://" + loopbackFor(apiLn.Addr())
 	if err := writeServerFile(site.Dir, apiURL); err != nil {
@@ -419,7 +433,10 @@ func archCode(ci dhcp.ClientInfo) uint16 {
 // logTransfer logs a TFTP transfer under the MAC and name of the host that
 // made it (the kernel's neighbour table knows the MAC: it answered the
 // client's ARP to send the data).
-func logTransfer(log *slog.Logger, booter *boot.Booter, arp web.Neighbors, ti tftp.TransferInfo) {
+//
+// Clients trigger these lines (and a flood of refused requests would
+// trigger one each): they go through the shared rate limiter.
+func logTransfer(log *slog.Logger, limit *ratelog.Logger, booter *boot.Booter, arp web.Neighbors, ti tftp.TransferInfo) {
 	args := []any{"ip", ti.Client.Addr().String(), "file", ti.File, "bytes", ti.Bytes,
 		"blksize", ti.BlockSize, "windowsize", ti.WindowSize, "duration", ti.Duration.Round(time.Millisecond)}
 	if mac, ok := arp.MACOf(ti.Client.Addr()); ok {
@@ -429,8 +446,8 @@ func logTransfer(log *slog.Logger, booter *boot.Booter, arp web.Neighbors, ti tf
 		}
 	}
 	if ti.Err != nil {
-		log.Warn("boot: TFTP transfer failed", append(args, "err", ti.Err)...)
+		limit.Log(log, slog.LevelWarn, "boot: TFTP transfer failed", append(args, "err", ti.Err)...)
 		return
 	}
-	log.Info("boot: TFTP file", args...)
+	limit.Log(log, slog.LevelInfo, "boot: TFTP file", args...)
 }

@@ -54,9 +54,18 @@ func OpenSite(ctx context.Context, dir string, opts SiteOptions) (*Site, error) 
 		}
 		log.Warn("data_dir was readable by others; made it 0700", "dir", dir, "was", st.Mode().Perm().String())
 	}
-	db, err := store.OpenBolt(filepath.Join(dir, store.FileName), store.BoltOptions{})
+	dbPath := filepath.Join(dir, store.FileName)
+	db, err := store.OpenBolt(dbPath, store.BoltOptions{})
 	if err != nil {
 		return nil, err
+	}
+	// The store holds CHAP secrets: readable by its owner only.
+	if st, err := os.Stat(dbPath); err == nil && st.Mode().Perm()&0o077 != 0 {
+		if err := os.Chmod(dbPath, 0o600); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("data_dir: %w", err)
+		}
+		log.Warn("the state store was readable by others; made it 0600", "file", dbPath)
 	}
 	if err := migrateInstallID(db, dir, log); err != nil {
 		db.Close()

@@ -39,6 +39,12 @@ type supervisor struct {
 	dhcpSeen map[string]time.Time   // MAC -> last network-boot DHCP request (bounded: known hosts only)
 	learning map[string]bool        // hosts whose architecture is being saved
 	stopped  bool
+
+	// tablesMu makes each refreshTables build and install its tables
+	// before the next builds: otherwise an older build could be installed
+	// last, and a host's script carry the secrets its target no longer
+	// takes.
+	tablesMu sync.Mutex
 }
 
 // served is a host as the servers see it.
@@ -63,6 +69,15 @@ func (s *supervisor) start() error {
 	}
 	for _, h := range hosts {
 		s.sync(h.Name)
+		if h.CHAP == nil {
+			// Said at every start: the admin turned it off, keep it seen.
+			s.log.Warn("host without CHAP: anyone on its network who learns its initiator name can read and write its disk",
+				"host", h.Name, "iqn", h.InitiatorIQN)
+		}
+		if h.Rotation() == inventory.RotateBoot && !s.dhcpOn {
+			s.log.Warn("host with chap_rotation boot and no DHCP server: every fetch of its script from its address counts as a new boot, "+
+				"so a process of its running system could change its secrets under it; use dhcp mode proxy or full", "host", h.Name)
+		}
 	}
 	return s.refreshTables()
 }
@@ -139,7 +154,17 @@ func (s *supervisor) target(h *inventory.Host, st *scsi.Target) *iscsi.Target {
 // openDisk opens the host's disk (as rec says) and makes it LUN 0 of its
 // target. The host's lock is held.
 func (s *supervisor) openDisk(name string, sv *served, rec *inventory.Host) {
-	dev, err := s.inv.Backend().OpenDisk(name, rec.Disk)
+	// A failure of the disk is logged with the image it is on (a raw
+	// copy: the image it was made from; the admin's file: none).
+	image := rec.Disk.Base().String()
+	if rec.Disk.Base().IsZero() {
+		image = rec.Image
+	}
+	log := s.log
+	if image != "" {
+		log = log.With("image", image)
+	}
+	dev, err := s.inv.Backend().OpenDisk(name, rec.Disk, log)
 	if err != nil {
 		s.log.Error("host disk not opened: its target has no LUN", "host", name, "err", err)
 		return
@@ -242,6 +267,8 @@ func (s *supervisor) Changed(name string) {
 // refreshTables rebuilds the Booter's hosts and the DHCP reservations
 // from the served hosts.
 func (s *supervisor) refreshTables() error {
+	s.tablesMu.Lock()
+	defer s.tablesMu.Unlock()
 	s.mu.Lock()
 	var hosts []boot.Host
 	var res []dhcp.Reservation
@@ -270,6 +297,18 @@ func (s *supervisor) refreshTables() error {
 		return s.dhcp.SetReservations(res)
 	}
 	return nil
+}
+
+// leasedTo is the HTTP server's second witness in full DHCP mode: ip is the
+// address this server's DHCP leased to mac and the lease runs. A host with
+// a reservation holds a lease of its reserved address once it has asked,
+// as every booting host has just done before it fetches its script.
+func (s *supervisor) leasedTo(mac net.HardwareAddr, ip netip.Addr) bool {
+	if s.dhcp == nil {
+		return false
+	}
+	l, ok := s.dhcp.LeaseOf(mac)
+	return ok && l == ip.Unmap()
 }
 
 func bootHost(h *inventory.Host, mac net.HardwareAddr) boot.Host {

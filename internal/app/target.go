@@ -125,7 +125,8 @@ func RunTarget(ctx context.Context, opts TargetOptions) (err error) {
 		}
 	}()
 	for _, l := range opts.LUNs {
-		dev, err := disk.OpenFile(l.Path, l.ReadOnly)
+		dev, err := disk.OpenFileWith(l.Path, disk.FileOptions{ReadOnly: l.ReadOnly,
+			Logger: log.With("target", opts.IQN, "lun", l.LUN)})
 		if err != nil {
 			return fmt.Errorf("--lun %d: %w", l.LUN, err)
 		}
@@ -143,7 +144,11 @@ func RunTarget(ctx context.Context, opts TargetOptions) (err error) {
 		}
 		log.Info("lun", "lun", l.LUN, "image", l.Path, "bytes", dev.Size(), "ro", l.ReadOnly, "removable", l.Removable)
 	}
-	srv := iscsi.New(iscsi.Config{PortalGroupTag: opts.PortalGroupTag, NOPInterval: opts.NOPInterval, Logger: log})
+	// The target's defaults bound every client (connections per source
+	// and in total, login, discovery and Data-Out time, memory per host).
+	icfg := iscsi.Defaults()
+	icfg.PortalGroupTag, icfg.NOPInterval, icfg.Logger = opts.PortalGroupTag, opts.NOPInterval, log
+	srv := iscsi.New(icfg)
 	if err := srv.AddTarget(&iscsi.Target{
 		Name: opts.IQN, Alias: opts.Alias, SCSI: st,
 		CHAP: opts.CHAP, MutualCHAP: opts.MutualCHAP, AllowedInitiators: opts.AllowedInitiators,

@@ -9,11 +9,14 @@ import (
 
 // CHAP is a chap or mutual_chap key: false (off), true (on, with a
 // generated user and secret) or {user, secret} (either may be omitted and is
-// then generated). Printing it, with fmt or slog, never shows the secret.
+// then generated). Left out, it is on (see Config.fillDerived). Printing
+// it, with fmt or slog, never shows the secret.
 type CHAP struct {
 	Enabled bool
-	User    string `yaml:"user"`
-	Secret  string `yaml:"secret"`
+	// Set tells the key was written (false: the default applies).
+	Set    bool   `yaml:"-"`
+	User   string `yaml:"user"`
+	Secret string `yaml:"secret"`
 }
 
 // UnmarshalYAML accepts a boolean or a {user, secret} mapping.
@@ -24,11 +27,11 @@ func (c *CHAP) UnmarshalYAML(n *yaml.Node) error {
 		if err := n.Decode(&b); err != nil {
 			return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: want true, false or {user, secret}, not %q", n.Line, n.Value)}}
 		}
-		*c = CHAP{Enabled: b}
+		*c = CHAP{Enabled: b, Set: true}
 		return nil
 	case yaml.MappingNode:
 		var errs []string
-		v := CHAP{Enabled: true}
+		v := CHAP{Enabled: true, Set: true}
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, val := n.Content[i], n.Content[i+1]
 			var dst *string

@@ -27,12 +27,13 @@ const (
 	DefaultDHCPMode       = DHCPProxy
 	DefaultLeaseTime      = time.Hour
 	DefaultTFTPRoot       = "/usr/lib/ipxe"
-	DefaultHTTPListen     = ":8080"
-	DefaultISCSIListen    = ":3260"
+	DefaultHTTPPort       = 8080 // on server_ip: http.listen left out
+	DefaultISCSIPort      = 3260 // on server_ip: iscsi.listen left out
 	DefaultPortalGroupTag = 1
 	DefaultDataDir        = "/var/lib/diskless"
 	DefaultUnknownPolicy  = UnknownLocal
 	DefaultBoot           = BootSanboot
+	DefaultCHAPRotation   = CHAPRotationOff
 	// LeaseFileName is the default lease file, inside data_dir.
 	LeaseFileName = "dhcp-leases.json"
 )
@@ -55,6 +56,12 @@ const (
 const (
 	BootSanboot = "sanboot"
 	BootKernel  = "kernel"
+)
+
+// CHAP rotation policies (hosts[].chap_rotation).
+const (
+	CHAPRotationOff  = "off"
+	CHAPRotationBoot = "boot"
 )
 
 // Config is the whole configuration of `diskless serve`.
@@ -131,13 +138,14 @@ type TFTP struct {
 // HTTP is the http section.
 type HTTP struct {
 	// Listen is the address the HTTP server binds, "[HOST]:PORT". Default
-	// ":8080". Its port goes into the boot URLs.
+	// server_ip:8080 (only the served network, never the wildcard). Its
+	// port goes into the boot URLs.
 	Listen string `yaml:"listen"`
 }
 
 // ISCSI is the iscsi section.
 type ISCSI struct {
-	// Listen is the iSCSI portal, "[HOST]:PORT". Default ":3260".
+	// Listen is the iSCSI portal, "[HOST]:PORT". Default server_ip:3260.
 	Listen string `yaml:"listen"`
 	// PortalGroupTag is the target portal group tag (1-65535), passed to
 	// the initramfs as ISCSI_TARGET_GROUP. Default 1.
@@ -205,12 +213,19 @@ type Host struct {
 	// Cmdline is appended to the generated kernel command line (boot
 	// kernel only), e.g. "root=/dev/sda1 console=ttyS0". Default empty.
 	Cmdline string `yaml:"cmdline"`
-	// CHAP is false (default), true (user = Name, secret generated and
-	// kept in the state store) or {user, secret}.
+	// CHAP is true (default: user = Name, secret generated and kept in
+	// the state store), {user, secret}, or false: no authentication, which
+	// logs a warning at every start.
 	CHAP CHAP `yaml:"chap"`
 	// MutualCHAP makes the target prove itself to the host too; same forms
-	// as CHAP (user default Name + "-target"). Requires chap. Default false.
+	// as CHAP (user default Name + "-target"). Requires chap. Default: on
+	// when chap is.
 	MutualCHAP CHAP `yaml:"mutual_chap"`
+	// CHAPRotation is "off" (default: the secrets change when the admin
+	// rotates them) or "boot": new generated secrets at every boot of the
+	// host, for images whose initramfs logs in from the iBFT. "boot"
+	// needs chap, with no secret written here.
+	CHAPRotation string `yaml:"chap_rotation"`
 	// InitiatorIQN is the host's iSCSI name. Default
 	// "<iqn_base>.host.<mac hex>".
 	InitiatorIQN string `yaml:"initiator_iqn"`
@@ -227,8 +242,7 @@ func Default() *Config {
 	return &Config{
 		DHCP:         DHCP{Mode: DefaultDHCPMode, LeaseTime: DefaultLeaseTime},
 		TFTP:         TFTP{Root: DefaultTFTPRoot, Enabled: true},
-		HTTP:         HTTP{Listen: DefaultHTTPListen},
-		ISCSI:        ISCSI{Listen: DefaultISCSIListen, PortalGroupTag: DefaultPortalGroupTag},
+		ISCSI:        ISCSI{PortalGroupTag: DefaultPortalGroupTag},
 		DataDir:      DefaultDataDir,
 		UnknownHosts: UnknownHosts{Policy: DefaultUnknownPolicy},
 	}
@@ -243,6 +257,18 @@ func (c *Config) fillDerived() {
 		h := &c.Hosts[i]
 		if h.Boot == "" {
 			h.Boot = DefaultBoot
+		}
+		if h.CHAPRotation == "" {
+			h.CHAPRotation = DefaultCHAPRotation
+		}
+		// Secure by default: CHAP and mutual CHAP unless the file says
+		// otherwise (issue 13: anyone on the LAN who learns a host's
+		// initiator name could otherwise use its disk).
+		if !h.CHAP.Set {
+			h.CHAP = CHAP{Enabled: true}
+		}
+		if !h.MutualCHAP.Set {
+			h.MutualCHAP = CHAP{Enabled: h.CHAP.Enabled}
 		}
 		if h.MAC != "" {
 			h.MAC = strings.ToLower(h.MAC)
@@ -315,10 +341,10 @@ func (d *DHCP) DNSAddrs() []netip.Addr {
 }
 
 // HTTPPort is the port of http.listen (valid after Validate).
-func (c *Config) HTTPPort() uint16 { return listenPort(c.HTTP.Listen) }
+func (c *Config) HTTPPort() uint16 { return listenPort(c.HTTP.Listen, DefaultHTTPPort) }
 
 // ISCSIPort is the port of iscsi.listen (valid after Validate).
-func (c *Config) ISCSIPort() uint16 { return listenPort(c.ISCSI.Listen) }
+func (c *Config) ISCSIPort() uint16 { return listenPort(c.ISCSI.Listen, DefaultISCSIPort) }
 
 func macHex(hw net.HardwareAddr) string {
 	return strings.ReplaceAll(hw.String(), ":", "")

@@ -136,13 +136,19 @@ func TestFromQuickFlags(t *testing.T) {
 	os.WriteFile(img, []byte("x"), 0o644)
 	c, err := FromQuickFlags(QuickFlags{
 		Interface: "br0", DHCP: "full", DHCPRange: "10.77.0.100-10.77.0.200",
-		Hosts: []string{"52:54:00:12:34:56=" + img}, CHAP: true, DataDir: dir,
+		Hosts: []string{"52:54:00:12:34:56=" + img}, DataDir: dir,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.DHCP.Mode != DHCPFull || len(c.Hosts) != 1 || !c.Hosts[0].CHAP.Enabled || c.Hosts[0].Boot != BootSanboot || c.DataDir != dir {
+	// CHAP and mutual CHAP by default; --no-chap turns both off.
+	if c.DHCP.Mode != DHCPFull || len(c.Hosts) != 1 || !c.Hosts[0].CHAP.Enabled || !c.Hosts[0].MutualCHAP.Enabled ||
+		c.Hosts[0].Boot != BootSanboot || c.DataDir != dir {
 		t.Errorf("%+v", c)
+	}
+	if c, err := FromQuickFlags(QuickFlags{Interface: "br0", Hosts: []string{"52:54:00:12:34:56=" + img}, NoCHAP: true}); err != nil ||
+		c.Hosts[0].CHAP.Enabled || c.Hosts[0].MutualCHAP.Enabled {
+		t.Errorf("--no-chap: %v %+v", err, c)
 	}
 	if c.DHCP.LeaseFile != filepath.Join(dir, LeaseFileName) {
 		t.Errorf("lease file %q", c.DHCP.LeaseFile)
@@ -189,7 +195,7 @@ func quick(t *testing.T, dataDir string, chap bool, macs ...string) *Config {
 		os.WriteFile(img, nil, 0o644)
 		hosts = append(hosts, m+"="+img)
 	}
-	c, err := FromQuickFlags(QuickFlags{Interface: "br0", Hosts: hosts, CHAP: chap, DataDir: dataDir})
+	c, err := FromQuickFlags(QuickFlags{Interface: "br0", Hosts: hosts, NoCHAP: !chap, DataDir: dataDir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,6 +217,10 @@ func TestResolveNetwork(t *testing.T) {
 	}
 	if c.ServerIP != "10.77.0.1" || c.DHCP.Netmask != "255.255.255.0" {
 		t.Errorf("server_ip %q netmask %q", c.ServerIP, c.DHCP.Netmask)
+	}
+	// Listeners default to the served address, never the wildcard.
+	if c.HTTP.Listen != "10.77.0.1:8080" || c.ISCSI.Listen != "10.77.0.1:3260" {
+		t.Errorf("default listeners %q %q, want the served address", c.HTTP.Listen, c.ISCSI.Listen)
 	}
 	c = quick(t, t.TempDir(), false, "52:54:00:12:34:56")
 	c.ServerIP = "10.77.0.2"

@@ -56,6 +56,14 @@ func (c *Config) ResolveNetwork(addrs InterfaceAddrs) error {
 			return &FieldError{Where: c.src.where("server_ip"), Key: "server_ip", Reason: fmt.Sprintf("%s is not an address of %s", want, c.Interface)}
 		}
 	}
+	// Listeners default to the served network's address, not the
+	// wildcard: the admin and boot planes stay off other networks.
+	if c.HTTP.Listen == "" {
+		c.HTTP.Listen = net.JoinHostPort(c.ServerIP, fmt.Sprint(DefaultHTTPPort))
+	}
+	if c.ISCSI.Listen == "" {
+		c.ISCSI.Listen = net.JoinHostPort(c.ServerIP, fmt.Sprint(DefaultISCSIPort))
+	}
 	if c.DHCP.Netmask == "" {
 		c.DHCP.Netmask = net.IP(net.CIDRMask(own.Bits(), 32)).String()
 	}

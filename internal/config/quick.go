@@ -10,7 +10,7 @@ import (
 // file):
 //
 //	diskless serve --interface br0 --dhcp full --dhcp-range A-B \
-//	    [--host MAC=IMAGE ...] [--chap] [--data-dir DIR]
+//	    [--host MAC=IMAGE ...] [--no-chap] [--data-dir DIR]
 //
 // Hosts given with --host are added to those of the state store.
 //
@@ -20,7 +20,7 @@ type QuickFlags struct {
 	DHCP      string   // --dhcp: full, proxy or off
 	DHCPRange string   // --dhcp-range FIRST-LAST
 	Hosts     []string // --host MAC=IMAGE, repeatable
-	CHAP      bool     // --chap: generate a CHAP secret per host
+	NoCHAP    bool     // --no-chap: no CHAP for these hosts (default: CHAP and mutual CHAP)
 	DataDir   string   // --data-dir
 }
 
@@ -51,7 +51,11 @@ func FromQuickFlags(q QuickFlags) (*Config, error) {
 			continue
 		}
 		resolveImage(".", &image)
-		c.Hosts = append(c.Hosts, Host{MAC: mac, Image: image, CHAP: CHAP{Enabled: q.CHAP}})
+		h := Host{MAC: mac, Image: image}
+		if q.NoCHAP {
+			h.CHAP, h.MutualCHAP = CHAP{Set: true}, CHAP{Set: true}
+		}
+		c.Hosts = append(c.Hosts, h)
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)

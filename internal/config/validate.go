@@ -67,8 +67,12 @@ func (v *validator) check() {
 	if c.TFTP.Enabled && c.TFTP.Root == "" {
 		v.fail("tftp.root", "required when tftp.enabled is true")
 	}
-	v.listen("http.listen", c.HTTP.Listen)
-	v.listen("iscsi.listen", c.ISCSI.Listen)
+	if c.HTTP.Listen != "" {
+		v.listen("http.listen", c.HTTP.Listen)
+	}
+	if c.ISCSI.Listen != "" {
+		v.listen("iscsi.listen", c.ISCSI.Listen)
+	}
 	if c.ISCSI.PortalGroupTag < 1 || c.ISCSI.PortalGroupTag > 65535 {
 		v.fail("iscsi.portal_group_tag", "%d is not in 1-65535", c.ISCSI.PortalGroupTag)
 	}
@@ -228,6 +232,18 @@ func (v *validator) checkHosts() {
 		if h.MutualCHAP.Secret != "" && h.MutualCHAP.Secret == h.CHAP.Secret {
 			v.fail(k("mutual_chap"), "secret must differ from the chap secret (RFC 7143 12.1.3)")
 		}
+		switch h.CHAPRotation {
+		case "", CHAPRotationOff:
+		case CHAPRotationBoot:
+			switch {
+			case !h.CHAP.Enabled:
+				v.fail(k("chap_rotation"), "boot needs chap: a host without CHAP has no secret to rotate")
+			case h.CHAP.Secret != "" || h.MutualCHAP.Secret != "":
+				v.fail(k("chap_rotation"), "boot generates the secrets: leave chap.secret and mutual_chap.secret out")
+			}
+		default:
+			v.fail(k("chap_rotation"), "%q: want off or boot", h.CHAPRotation)
+		}
 		for _, f := range []struct{ key, val string }{{"initiator_iqn", h.InitiatorIQN}, {"target_iqn", h.TargetIQN}} {
 			if f.val == "" {
 				continue
@@ -378,7 +394,10 @@ func sameSubnet(a, b netip.Addr, mask net.IPMask) bool {
 	return true
 }
 
-func listenPort(s string) uint16 {
+func listenPort(s string, def uint16) uint16 {
+	if s == "" {
+		return def
+	}
 	_, port, _ := net.SplitHostPort(s)
 	n, _ := strconv.ParseUint(port, 10, 16)
 	return uint16(n)

@@ -60,9 +60,30 @@ type Config struct {
 	LeaseTime time.Duration
 	// Reservations are fixed addresses per MAC.
 	Reservations []Reservation
-	// LeaseFile keeps leases across restarts, written atomically before
-	// each ACK that changes it (default: none, leases live in memory only).
+	// LeaseFile keeps leases across restarts (default: none, leases live
+	// in memory only). It is written atomically and an ACK that changes it
+	// is sent only once it is written (RFC 2131 4.3.2). Changes are
+	// written in batches, one write at a time and at most one per
+	// leaseWriteGap (100 ms), so a flood of requests makes at most ten
+	// writes a second; the workers never wait for the disk.
 	LeaseFile string
+	// NewLeasesPerSecond bounds how many new clients - no reservation, no
+	// lease, no offer held - are offered an address per second, in bursts
+	// of up to as many (default 50: a room of machines powered on at once
+	// gets its offers within a second or two; firmware repeats a DISCOVER
+	// after 4 s). The excess gets no answer and is counted in
+	// Stats.RateLimited. Reserved clients and clients with a lease are
+	// never limited, so they get their address even while made-up MACs
+	// flood the server.
+	NewLeasesPerSecond int
+	// MaxLeases bounds the clients the server keeps an address for at
+	// once: leases (current and previous bindings) plus offers held
+	// (default 65536, a lease file of at most about 20 MB). At the bound,
+	// lapsed offers and then the longest-expired binding are forgotten to
+	// make room; failing that a new client gets no answer, counted in
+	// Stats.LeaseLimit. Reserved clients and clients with a lease are never
+	// refused by it.
+	MaxLeases int
 
 	// Boot decides what a network-boot client boots (default: nothing; full
 	// mode then hands out addresses only).
@@ -78,8 +99,11 @@ type Config struct {
 
 const (
 	defaultLeaseTime = time.Hour
-	offerHold        = time.Minute      // an offered address is kept for the client this long
-	declineHold      = 10 * time.Minute // a declined address is not handed out for this long (RFC 2131 4.3.3)
+	defaultNewLeases = 50
+	defaultMaxLeases = 65536
+	leaseWriteGap    = 100 * time.Millisecond // between lease file writes under load
+	offerHold        = time.Minute            // an offered address is kept for the client this long
+	declineHold      = 10 * time.Minute       // a declined address is not handed out for this long (RFC 2131 4.3.3)
 	maxPoolSize      = 1 << 20
 )
 
@@ -124,6 +148,12 @@ func (c *Config) validate() (Config, error) {
 	}
 	if d.Logger == nil {
 		d.Logger = slog.New(slog.DiscardHandler)
+	}
+	if d.NewLeasesPerSecond <= 0 {
+		d.NewLeasesPerSecond = defaultNewLeases
+	}
+	if d.MaxLeases <= 0 {
+		d.MaxLeases = defaultMaxLeases
 	}
 	if d.Mode == ModeProxy {
 		return d, nil

@@ -19,6 +19,16 @@
 // fixed buffers, so a flood costs bounded memory and the kernel drops what
 // does not fit.
 //
+// Full mode on a link where anyone can send anything (issue 13): a client
+// the server has no record of gets an offer only within
+// Config.NewLeasesPerSecond and MaxLeases, and a lease only by taking that
+// offer; reserved clients and clients with a lease are never held back,
+// and the read loop hands their packets to the workers first, dropping the
+// packets of unknown clients when the workers cannot keep up. ACKs wait
+// for the lease file, the workers do not: writes are batched, at most ten
+// a second (commit.go). Each refusal is counted by reason in Stats and
+// logged, rate-limited.
+//
 // Client quirks the replies are shaped for, by source:
 //
 //   - EDK2/OVMF (NetworkPkg/UefiPxeBcDxe PxeBcDhcp4.c) sorts offers by

@@ -17,11 +17,43 @@ type result struct {
 	dst   netip.AddrPort // where reply goes
 	op    string         // for logs: offer, ack, nak, proxy-offer, pxe-ack, ...
 	mac   string
+	hw    hwaddr
+	// gen, when not 0, is the lease file generation that must be written
+	// before the reply goes out and the outcome counts (RFC 2131 4.3.2:
+	// commit the binding before the ACK).
+	gen     uint64
+	logArgs []any // the per-client log line, logged once the reply goes out
 }
 
-// handle decodes one datagram from src and decides the reply. It does no
-// I/O other than the lease file. pxePort tells a PXE port (4011) socket.
+// handle is answer followed by the lease file write the answer waits for,
+// in the caller's goroutine: what the server loop does, minus the batching
+// of writes across packets (see commitLater).
 func (s *Server) handle(b []byte, src netip.AddrPort, pxePort bool) result {
+	return s.settle(s.answer(b, src, pxePort))
+}
+
+// settle writes the lease file up to r.gen, if r waits for it, and
+// withholds the reply if that fails.
+func (s *Server) settle(r result) result {
+	if r.gen == 0 {
+		return r
+	}
+	if err := s.leases.sync(r.gen, s.now); err != nil {
+		s.errorf("dhcp: lease file, not acknowledging", "op", r.op, "mac", r.mac, "err", err)
+		r.out, r.reply = outError, nil
+		return r
+	}
+	r.gen = 0
+	if r.logArgs != nil {
+		s.info("dhcp: "+r.op, r.logArgs...)
+	}
+	return r
+}
+
+// answer decodes one datagram from src and decides the reply. It does no
+// I/O; a reply that needs the lease file written first says so in gen.
+// pxePort tells a PXE port (4011) socket.
+func (s *Server) answer(b []byte, src netip.AddrPort, pxePort bool) result {
 	req, err := dhcpv4.FromBytes(b)
 	if err != nil {
 		s.debug("dhcp: undecodable packet", "ip", src.Addr().String(), "err", err)
@@ -40,7 +72,7 @@ func (s *Server) handle(b []byte, src netip.AddrPort, pxePort bool) result {
 		r.out = outMalformed
 		return r
 	}
-	r.mac = mac.String()
+	r.mac, r.hw = mac.String(), mac
 	if req.HopCount > 16 {
 		r.out = outMalformed // RFC 1542 4.1.1: relays drop beyond 16 hops, so do we
 		return r
@@ -134,10 +166,19 @@ func (s *Server) handleFull(req *dhcpv4.DHCPv4, ci *ClientInfo, mac hwaddr, r re
 	now := s.now()
 	switch req.MessageType() {
 	case dhcpv4.MessageTypeDiscover:
-		ip, ok := s.leases.offer(mac, addrOf(req.RequestedIPAddress()), now)
-		if !ok {
+		ip, out := s.leases.offer(mac, addrOf(req.RequestedIPAddress()), now)
+		switch out {
+		case outNoAddress:
 			s.warn("dhcp: no address left to offer", "op", "offer", "mac", r.mac)
-			r.out = outNoAddress
+		case outRateLimited:
+			s.warn("dhcp: new client not answered: more new clients per second than allowed",
+				"op", "offer", "mac", r.mac, "limit", s.cfg.NewLeasesPerSecond)
+		case outLeaseLimit:
+			s.warn("dhcp: new client not answered: lease table full",
+				"op", "offer", "mac", r.mac, "limit", s.cfg.MaxLeases)
+		}
+		if out != outAnswered {
+			r.out = out
 			return r
 		}
 		rep := s.newReply(req, dhcpv4.MessageTypeOffer)
@@ -152,15 +193,11 @@ func (s *Server) handleFull(req *dhcpv4.DHCPv4, ci *ClientInfo, mac hwaddr, r re
 
 	case dhcpv4.MessageTypeRelease:
 		// RFC 2131 4.3.4: identified by ciaddr; no reply.
+		r.op, r.out = "release", outDone
 		if gen := s.leases.release(mac, addrOf(req.ClientIPAddr), now); gen != 0 {
-			if err := s.leases.sync(gen, s.now); err != nil {
-				s.errorf("dhcp: lease file", "op", "release", "mac", r.mac, "err", err)
-				r.out = outError
-				return r
-			}
+			r.gen = s.fileGen(gen)
 			s.info("dhcp: released", "op", "release", "mac", r.mac, "ip", addrOf(req.ClientIPAddr).String())
 		}
-		r.out = outDone
 		return r
 
 	case dhcpv4.MessageTypeDecline:
@@ -170,15 +207,11 @@ func (s *Server) handleFull(req *dhcpv4.DHCPv4, ci *ClientInfo, mac hwaddr, r re
 			r.out = outIgnored
 			return r
 		}
+		r.op, r.out = "decline", outDone
 		if gen := s.leases.decline(mac, ip, now); gen != 0 {
 			s.warn("dhcp: address declined, in use by another host", "op", "decline", "mac", r.mac, "ip", ip.String())
-			if err := s.leases.sync(gen, s.now); err != nil {
-				s.errorf("dhcp: lease file", "op", "decline", "mac", r.mac, "err", err)
-				r.out = outError
-				return r
-			}
+			r.gen = s.fileGen(gen)
 		}
-		r.out = outDone
 		return r
 
 	case dhcpv4.MessageTypeInform:
@@ -204,6 +237,7 @@ func (s *Server) handleRequest(req *dhcpv4.DHCPv4, ci *ClientInfo, mac hwaddr, r
 	requested := addrOf(req.RequestedIPAddress())
 	ciaddr := addrOf(req.ClientIPAddr)
 	var ip netip.Addr
+	var state requestState
 	switch {
 	case sid.IsValid():
 		if sid != s.cfg.ServerIP {
@@ -211,38 +245,43 @@ func (s *Server) handleRequest(req *dhcpv4.DHCPv4, ci *ClientInfo, mac hwaddr, r
 			r.out = outIgnored
 			return r
 		}
-		ip = requested
+		ip, state = requested, stateSelecting
 		if !ip.IsValid() {
 			ip = ciaddr
 		}
 	case requested.IsValid() && !ciaddr.IsValid():
-		ip = requested
+		ip, state = requested, stateInitReboot
 	case ciaddr.IsValid():
-		ip = ciaddr
+		ip, state = ciaddr, stateRenewing
 	}
 	if !ip.IsValid() {
 		s.warn("dhcp: REQUEST names no address", "op", "request", "mac", r.mac)
 		r.out = outMalformed
 		return r
 	}
-	res := s.leases.bind(mac, ip, ci.Hostname, now)
+	res := s.leases.bind(mac, ip, ci.Hostname, state, now)
+	if res.noOffer {
+		s.warn("dhcp: new client's REQUEST refused: no offer of ours for it", "op", "request", "mac", r.mac, "ip", ip.String())
+		r.out = outNoOffer
+		if res.nak == "" {
+			return r
+		}
+	}
 	if res.nak != "" {
 		rep := s.newReply(req, dhcpv4.MessageTypeNak)
 		rep.Options[uint8(dhcpv4.OptionMessage)] = []byte(res.nak)
 		if !req.GatewayIPAddr.Equal(net.IPv4zero) {
 			rep.SetBroadcast() // RFC 2131 4.1: so the relay broadcasts the NAK
 		}
-		s.warn("dhcp: nak", "op", "nak", "mac", r.mac, "ip", ip.String(), "err", res.nak)
 		r.op = "nak"
-		r.out = outAnswered
+		if !res.noOffer {
+			s.warn("dhcp: nak", "op", "nak", "mac", r.mac, "ip", ip.String(), "err", res.nak)
+			r.out = outAnswered
+		}
 		r.reply, r.dst = rep.ToBytes(), s.replyDest(req, dhcpv4.MessageTypeNak)
 		return r
 	}
-	if err := s.leases.sync(res.gen, s.now); err != nil {
-		s.errorf("dhcp: lease file, not acknowledging", "op", "ack", "mac", r.mac, "ip", ip.String(), "err", err)
-		r.out = outError
-		return r
-	}
+	r.gen = s.fileGen(res.gen)
 	rep := s.newReply(req, dhcpv4.MessageTypeAck)
 	rep.ClientIPAddr = req.ClientIPAddr
 	rep.YourIPAddr = net.IP(ip.AsSlice())
@@ -268,8 +307,20 @@ func (s *Server) finish(r result, rep *dhcpv4.DHCPv4, dst netip.AddrPort, ci *Cl
 	if boot != nil {
 		args = append(args, "file", boot.Filename)
 	}
+	if r.gen != 0 {
+		r.logArgs = args // once the lease file is written
+		return r
+	}
 	s.info("dhcp: "+r.op, args...)
 	return r
+}
+
+// fileGen is gen if there is a lease file to write it to, else 0.
+func (s *Server) fileGen(gen uint64) uint64 {
+	if s.cfg.LeaseFile == "" {
+		return 0
+	}
+	return gen
 }
 
 // decide asks the boot policy about a network-boot client and checks the

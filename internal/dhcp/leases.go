@@ -10,6 +10,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/diskless-boot/diskless/internal/fsutil"
@@ -31,7 +32,15 @@ type offer struct {
 }
 
 // leaseDB is the address state of full mode. Every map is bounded by the
-// number of addresses in the subnet. Safe for concurrent use.
+// number of addresses in the subnet, and byMAC plus offers together by
+// Config.MaxLeases. Safe for concurrent use.
+//
+// A client the server has no record of - no reservation, no lease, no
+// offer - is a new client: it gets an offer only within
+// Config.NewLeasesPerSecond and MaxLeases, and a lease only by taking
+// that offer (RFC 2131 4.3.2 SELECTING). Reserved clients and clients
+// with a lease are never held back by those bounds, so a flood of made-up
+// MACs cannot keep them from their address.
 type leaseDB struct {
 	cfg *Config
 
@@ -47,6 +56,17 @@ type leaseDB struct {
 	cursor       uint32 // next pool offset to try for a never-used address
 	gen          uint64 // bumped by every change that must reach the lease file
 
+	newClients admission // NewLeasesPerSecond
+	// A pick that scanned the whole pool in vain is not repeated before
+	// fullUntil unless freed moved: a flood from clients that must be
+	// refused costs O(1) each, not a scan of the pool each.
+	freed     uint64 // bumped by every change that may free an address
+	fullFreed uint64
+	fullUntil time.Time
+	// A sweep for stale records at MaxLeases found none: none before
+	// sweepAfter.
+	sweepAfter time.Time
+
 	// Group commit: one writer at a time writes a snapshot of everything up
 	// to some gen; waiters for older gens are done by that write.
 	file    string
@@ -54,6 +74,29 @@ type leaseDB struct {
 	pcond   *sync.Cond
 	writing bool
 	written uint64
+	writes  atomic.Uint64 // successful lease file writes
+}
+
+// admission is a token bucket for new clients: rate per second, bursts of
+// up to burst. Guarded by leaseDB.mu.
+type admission struct {
+	rate, burst float64
+	tokens      float64
+	last        time.Time
+}
+
+func (a *admission) take(now time.Time) bool {
+	if a.last.IsZero() {
+		a.tokens = a.burst
+	} else if d := now.Sub(a.last); d > 0 {
+		a.tokens = min(a.burst, a.tokens+d.Seconds()*a.rate)
+	}
+	a.last = now
+	if a.tokens < 1 {
+		return false
+	}
+	a.tokens--
+	return true
 }
 
 func newLeaseDB(cfg *Config) *leaseDB {
@@ -67,6 +110,7 @@ func newLeaseDB(cfg *Config) *leaseDB {
 		reservedMAC: map[hwaddr]Reservation{},
 		reservedIP:  map[netip.Addr]hwaddr{},
 		file:        cfg.LeaseFile,
+		newClients:  admission{rate: float64(cfg.NewLeasesPerSecond), burst: float64(cfg.NewLeasesPerSecond)},
 	}
 	db.pcond = sync.NewCond(&db.pmu)
 	if cfg.PoolStart.IsValid() {
@@ -81,6 +125,7 @@ func newLeaseDB(cfg *Config) *leaseDB {
 func (db *leaseDB) setReservationsLocked(rs []Reservation) {
 	db.reservedMAC = make(map[hwaddr]Reservation, len(rs))
 	db.reservedIP = make(map[netip.Addr]hwaddr, len(rs))
+	db.freed++ // a reservation dropped frees its address
 	for _, r := range rs {
 		m, _ := toHW(r.MAC)
 		r.IP = r.IP.Unmap()
@@ -131,20 +176,123 @@ func (db *leaseDB) freeFor(ip netip.Addr, mac hwaddr, now time.Time) bool {
 // offer picks an address for a DISCOVER from mac and holds it for a while
 // (RFC 2131 4.3.1): the reservation; else the client's current or previous
 // binding; else the address it was offered; else the one it asks for; else
-// a never-used pool address; else the longest-expired one.
-func (db *leaseDB) offer(mac hwaddr, requested netip.Addr, now time.Time) (netip.Addr, bool) {
+// a never-used pool address; else the longest-expired one. A new client
+// (see leaseDB) gets one only within MaxLeases and NewLeasesPerSecond;
+// otherwise the outcome says which bound refused it.
+func (db *leaseDB) offer(mac hwaddr, requested netip.Addr, now time.Time) (netip.Addr, outcome) {
 	db.mu.Lock()
 	defer db.mu.Unlock()
+	if !db.knownLocked(mac, now) {
+		if out := db.admitLocked(now); out != outAnswered {
+			return netip.Addr{}, out
+		}
+	}
 	ip, ok := db.pick(mac, requested, now)
 	if !ok {
-		return netip.Addr{}, false
+		return netip.Addr{}, outNoAddress
 	}
-	if o, had := db.offers[mac]; had && o.ip != ip && db.offered[o.ip] == mac {
-		delete(db.offered, o.ip)
+	if o, had := db.offers[mac]; had && o.ip != ip {
+		db.dropOfferLocked(mac)
+	}
+	if other, ok := db.offered[ip]; ok && other != mac {
+		// An offer that lapsed: its client loses it for good, so offers
+		// stay bounded by the pool whatever number of MACs pass by.
+		db.dropOfferLocked(other)
 	}
 	db.offers[mac] = offer{ip: ip, until: now.Add(offerHold)}
 	db.offered[ip] = mac
-	return ip, true
+	return ip, outAnswered
+}
+
+// known is knownLocked for the read loop.
+func (db *leaseDB) known(mac hwaddr, now time.Time) bool {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	return db.knownLocked(mac, now)
+}
+
+// knownLocked reports a client that is not new: reserved, with a lease
+// (current or previous binding) or with an offer still held for it.
+func (db *leaseDB) knownLocked(mac hwaddr, now time.Time) bool {
+	if _, ok := db.reservedMAC[mac]; ok {
+		return true
+	}
+	if db.byMAC[mac] != nil {
+		return true
+	}
+	o, ok := db.offers[mac]
+	return ok && now.Before(o.until)
+}
+
+// admitLocked decides whether a new client may be taken on now:
+// outAnswered if so, else outLeaseLimit or outRateLimited. The total is
+// checked first, so a refusal at MaxLeases spends no token.
+func (db *leaseDB) admitLocked(now time.Time) outcome {
+	if len(db.byMAC)+len(db.offers) >= db.cfg.MaxLeases && !db.sweepLocked(now) {
+		return outLeaseLimit
+	}
+	if !db.newClients.take(now) {
+		return outRateLimited
+	}
+	return outAnswered
+}
+
+// sweepLocked makes room under MaxLeases: offers that lapsed are
+// dropped, then, if that freed nothing, the longest-expired lease (a
+// previous binding kept for its client's return) is forgotten. It reports
+// whether there is room now. A sweep that finds nothing is not repeated
+// before the first record could lapse.
+func (db *leaseDB) sweepLocked(now time.Time) bool {
+	if now.Before(db.sweepAfter) {
+		return false
+	}
+	next := now.Add(offerHold)
+	for mac, o := range db.offers {
+		if !now.Before(o.until) {
+			db.dropOfferLocked(mac)
+		} else if o.until.Before(next) {
+			next = o.until
+		}
+	}
+	if len(db.byMAC)+len(db.offers) < db.cfg.MaxLeases {
+		return true
+	}
+	var oldest *lease
+	for _, l := range db.byMAC {
+		if now.Before(l.expires) {
+			if l.expires.Before(next) {
+				next = l.expires
+			}
+			continue
+		}
+		if oldest == nil || l.expires.Before(oldest.expires) {
+			oldest = l
+		}
+	}
+	if oldest == nil {
+		db.sweepAfter = next
+		return false
+	}
+	delete(db.byMAC, oldest.mac)
+	if db.byIP[oldest.ip] == oldest {
+		delete(db.byIP, oldest.ip)
+	}
+	db.gen++
+	db.freed++
+	return true
+}
+
+// dropOfferLocked forgets the offer held for mac, if any.
+func (db *leaseDB) dropOfferLocked(mac hwaddr) {
+	o, ok := db.offers[mac]
+	if !ok {
+		return
+	}
+	if db.offered[o.ip] == mac {
+		delete(db.offered, o.ip)
+	}
+	delete(db.offers, mac)
+	db.freed++
 }
 
 func (db *leaseDB) pick(mac hwaddr, requested netip.Addr, now time.Time) (netip.Addr, bool) {
@@ -160,6 +308,9 @@ func (db *leaseDB) pick(mac hwaddr, requested netip.Addr, now time.Time) (netip.
 	}
 	if requested.IsValid() && usable(requested) && db.byIP[requested] == nil {
 		return requested, true
+	}
+	if db.freed == db.fullFreed && now.Before(db.fullUntil) {
+		return netip.Addr{}, false // nothing freed since the last full scan
 	}
 	for i := uint32(0); i < db.count; i++ {
 		off := (db.cursor + i) % db.count
@@ -181,6 +332,9 @@ func (db *leaseDB) pick(mac hwaddr, requested netip.Addr, now time.Time) (netip.
 	if best != nil {
 		return best.ip, true
 	}
+	// Leases and offers lapse with time, not with an event that moves
+	// freed: scan again at the latest a second from now.
+	db.fullFreed, db.fullUntil = db.freed, now.Add(time.Second)
 	return netip.Addr{}, false
 }
 
@@ -188,15 +342,50 @@ func (db *leaseDB) pick(mac hwaddr, requested netip.Addr, now time.Time) (netip.
 type ackResult struct {
 	gen uint64 // wait for this gen to be written before sending the ACK
 	nak string // non-empty: refuse with this reason (DHCPNAK option 56)
+	// noOffer: refused because the client is new and this is not the
+	// answer to an offer of ours; with an empty nak, say nothing.
+	noOffer bool
 }
 
+// requestState is the client state of a REQUEST (RFC 2131 4.3.2).
+type requestState int
+
+const (
+	stateSelecting  requestState = iota // server identifier: answering an OFFER
+	stateInitReboot                     // requested address, no ciaddr
+	stateRenewing                       // ciaddr: RENEWING or REBINDING
+)
+
 // bind binds ip to mac for a REQUEST (RFC 2131 4.3.2), creating or extending
-// the lease, or says why not.
-func (db *leaseDB) bind(mac hwaddr, ip netip.Addr, hostname string, now time.Time) ackResult {
+// the lease, or says why not. A new client (see leaseDB) gets a lease only
+// for the address offered to it: anything else is refused as noOffer, with
+// a NAK in SELECTING (the offer lapsed: start over) and INIT-REBOOT (it
+// starts over at once rather than after its timeouts), in silence when
+// RENEWING (RFC 2131 4.3.2: a server with no record of the client stays
+// silent; a NAK would make a running machine drop its address, and with
+// it a root disk on iSCSI, where waiting lets it rediscover at expiry)
+// and beyond NewLeasesPerSecond.
+func (db *leaseDB) bind(mac hwaddr, ip netip.Addr, hostname string, state requestState, now time.Time) ackResult {
 	db.mu.Lock()
 	defer db.mu.Unlock()
-	if r, ok := db.reservedMAC[mac]; ok && r.IP != ip {
+	r, reserved := db.reservedMAC[mac]
+	if reserved && r.IP != ip {
 		return ackResult{nak: "address reserved for this client is " + r.IP.String()}
+	}
+	if !reserved && db.byMAC[mac] == nil {
+		if o, ok := db.offers[mac]; !ok || o.ip != ip || !now.Before(o.until) {
+			// The NAK is broadcast: to a client the server knows nothing
+			// of, it goes out only within NewLeasesPerSecond, so that a
+			// flood of such requests is not reflected onto the whole link.
+			nak := state != stateRenewing && db.newClients.take(now)
+			switch {
+			case nak && state == stateSelecting:
+				return ackResult{noOffer: true, nak: "no offer held for this client"}
+			case nak:
+				return ackResult{noOffer: true, nak: "no lease for this client"}
+			}
+			return ackResult{noOffer: true}
+		}
 	}
 	if !db.validFor(ip, mac) {
 		return ackResult{nak: "requested address not valid here"}
@@ -207,6 +396,7 @@ func (db *leaseDB) bind(mac hwaddr, ip netip.Addr, hostname string, now time.Tim
 	if old := db.byMAC[mac]; old != nil && old.ip != ip {
 		delete(db.byIP, old.ip)
 		delete(db.byMAC, mac)
+		db.freed++
 	}
 	if old := db.byIP[ip]; old != nil && old.mac != mac {
 		delete(db.byMAC, old.mac) // expired lease of another client
@@ -221,12 +411,7 @@ func (db *leaseDB) bind(mac hwaddr, ip netip.Addr, hostname string, now time.Tim
 	if len(hostname) <= 255 {
 		l.hostname = hostname
 	}
-	if o, ok := db.offers[mac]; ok {
-		if db.offered[o.ip] == mac {
-			delete(db.offered, o.ip)
-		}
-		delete(db.offers, mac)
-	}
+	db.dropOfferLocked(mac)
 	db.gen++
 	return ackResult{gen: db.gen}
 }
@@ -236,12 +421,7 @@ func (db *leaseDB) bind(mac hwaddr, ip netip.Addr, hostname string, now time.Tim
 func (db *leaseDB) forgetOffer(mac hwaddr) {
 	db.mu.Lock()
 	defer db.mu.Unlock()
-	if o, ok := db.offers[mac]; ok {
-		if db.offered[o.ip] == mac {
-			delete(db.offered, o.ip)
-		}
-		delete(db.offers, mac)
-	}
+	db.dropOfferLocked(mac)
 }
 
 // release ends mac's lease of ip (RFC 2131 4.3.4); the binding stays as the
@@ -255,6 +435,7 @@ func (db *leaseDB) release(mac hwaddr, ip netip.Addr, now time.Time) uint64 {
 	}
 	l.expires = now
 	db.gen++
+	db.freed++
 	return db.gen
 }
 
@@ -272,10 +453,7 @@ func (db *leaseDB) decline(mac hwaddr, ip netip.Addr, now time.Time) uint64 {
 		held = true
 	}
 	if o, ok := db.offers[mac]; ok && o.ip == ip {
-		delete(db.offers, mac)
-		if db.offered[ip] == mac {
-			delete(db.offered, ip)
-		}
+		db.dropOfferLocked(mac)
 		held = true
 	}
 	if !held {
@@ -449,6 +627,9 @@ func (db *leaseDB) sync(gen uint64, now func() time.Time) error {
 		db.mu.Unlock()
 		if err == nil {
 			err = fsutil.WriteFileAtomic(db.file, data, 0o644)
+		}
+		if err == nil {
+			db.writes.Add(1)
 		}
 		db.pmu.Lock()
 		db.writing = false

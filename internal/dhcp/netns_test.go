@@ -4,7 +4,9 @@ package dhcp
 
 import (
 	"context"
+	"math/rand/v2"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
@@ -220,5 +222,101 @@ func TestNetnsEndToEnd(t *testing.T) {
 	stop(proxy)
 	if err := <-lasDone; err != nil {
 		t.Errorf("ListenAndServe: %v", err)
+	}
+}
+
+// TestNetnsFlood is TestFloodReservedAndKnownServed on real sockets: the
+// server on a veth in its namespace, 100 000 DISCOVER and REQUEST from
+// random MACs sent from the other end as fast as one socket sends them,
+// while a reserved host and a host with a lease run DORAs, retransmitting
+// every 500 ms as clients do. Both always get their address.
+func TestNetnsFlood(t *testing.T) {
+	if testing.Short() {
+		t.Skip("flood of 100 000 packets")
+	}
+	n := newTestNet(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cfg := fullConfig()
+	cfg.Interface = n.srvIf
+	cfg.LeaseFile = t.TempDir() + "/leases.json"
+	s, err := NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sc net.PacketConn
+	if err := netns.Run(n.srv, func() (err error) { sc, err = Listen(n.srvIf, ServerPort); return err }); err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ctx, sc) }()
+
+	cli := listenIn(t, n.cli, n.cliIf, "0.0.0.0:68")
+	dora := func(mac net.HardwareAddr, xid uint32) (offer, ack time.Duration, ok bool) {
+		t0 := time.Now()
+		off := exchangeOn(t, cli, "255.255.255.255:67", kindIPXEBIOS.build(mac, dhcpv4.MessageTypeDiscover, xid), 5*time.Second)
+		if off == nil {
+			return 0, 0, false
+		}
+		offer = time.Since(t0)
+		t0 = time.Now()
+		a := exchangeOn(t, cli, "255.255.255.255:67", kindIPXEBIOS.selecting(mac, xid+1, testServerIP.AsSlice(), off.YourIPAddr), 5*time.Second)
+		return offer, time.Since(t0), a != nil && a.MessageType() == dhcpv4.MessageTypeAck
+	}
+	known := macN(0xfff0)
+	if _, _, ok := dora(known, 1); !ok {
+		t.Fatal("known host: no lease before the flood")
+	}
+
+	flooder := listenIn(t, n.cli, n.cliIf, "0.0.0.0:0")
+	bcast := &net.UDPAddr{IP: net.IPv4bcast, Port: ServerPort}
+	done := make(chan time.Duration, 1)
+	go func() {
+		rng := rand.New(rand.NewPCG(13, 13))
+		start := time.Now()
+		for i := range 100_000 {
+			mac := net.HardwareAddr{0x02, byte(rng.Uint32()), byte(rng.Uint32()), byte(rng.Uint32()), byte(rng.Uint32()), byte(rng.Uint32())}
+			var req *dhcpv4.DHCPv4
+			if i%2 == 0 {
+				req = kindLinux.build(mac, dhcpv4.MessageTypeDiscover, uint32(i))
+			} else {
+				req = kindLinux.selecting(mac, uint32(i), testServerIP.AsSlice(), net.IPv4(10, 77, 0, byte(100+rng.IntN(101))))
+			}
+			flooder.WriteTo(req.ToBytes(), bcast)
+		}
+		done <- time.Since(start)
+	}()
+
+	var times []time.Duration
+	var rounds int
+	var took time.Duration
+	for xid := uint32(1 << 30); took == 0; xid += 4 {
+		select {
+		case took = <-done:
+		default:
+		}
+		for h, mac := range []net.HardwareAddr{mustMAC("52:54:00:aa:00:01"), known} {
+			offer, ack, ok := dora(mac, xid+uint32(2*h))
+			if !ok {
+				t.Fatalf("host %d got no address during the flood (stats %+v)", h, s.Stats())
+			}
+			times = append(times, offer+ack)
+		}
+		rounds++
+	}
+	st := s.Stats()
+	t.Logf("100000 packets sent in %v (%.0f/s); server handled %d (%.0f/s), %d lease file writes", took.Round(time.Millisecond),
+		1e5/took.Seconds(), st.Received, float64(st.Received)/took.Seconds(), st.LeaseWrites)
+	slices.Sort(times)
+	t.Logf("reserved and known hosts: %d DORAs each, median %v, slowest %v", rounds,
+		times[len(times)/2].Round(time.Millisecond), times[len(times)-1].Round(time.Millisecond))
+	t.Logf("outcomes %v; %d shed unread", st.ByType, st.Shed)
+	sctx, scancel := context.WithTimeout(ctx, 5*time.Second)
+	defer scancel()
+	if err := s.Shutdown(sctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-served; err != nil {
+		t.Fatal(err)
 	}
 }

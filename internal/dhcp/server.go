@@ -9,7 +9,10 @@ import (
 	"net/netip"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/diskless-boot/diskless/internal/ratelog"
 )
 
 // Well-known ports (RFC 2131 4.1, PXE 2.1 2.2.7).
@@ -32,8 +35,10 @@ type Server struct {
 	leases *leaseDB // full mode only
 	now    func() time.Time
 	stats  counters
-	warnL  *limiter
-	infoL  *limiter
+	shed   atomic.Uint64 // packets dropped unread: workers saturated
+	warnL  *ratelog.Limiter
+	infoL  *ratelog.Limiter
+	commit committer
 
 	// Destinations of replies; tests on loopback move them.
 	bcast      netip.Addr
@@ -57,8 +62,8 @@ func NewServer(cfg Config) (*Server, error) {
 		cfg:        c,
 		log:        c.Logger,
 		now:        time.Now,
-		warnL:      newLimiter(10, 50),
-		infoL:      newLimiter(200, 1000),
+		warnL:      ratelog.New(100*time.Millisecond, 50),
+		infoL:      ratelog.New(5*time.Millisecond, 1000),
 		bcast:      netip.AddrFrom4([4]byte{255, 255, 255, 255}),
 		clientPort: ClientPort,
 		serverPort: ServerPort,
@@ -78,7 +83,14 @@ func NewServer(cfg Config) (*Server, error) {
 }
 
 // Stats returns the packet counters.
-func (s *Server) Stats() Stats { return s.stats.snapshot() }
+func (s *Server) Stats() Stats {
+	st := s.stats.snapshot()
+	if s.leases != nil {
+		st.LeaseWrites = s.leases.writes.Load()
+	}
+	st.Shed = s.shed.Load()
+	return st
+}
 
 // Serve answers DHCP on conn, the server port (67) socket, until ctx ends,
 // Shutdown is called or conn fails. conn must be bound to Config.Interface
@@ -173,24 +185,45 @@ func (s *Server) serve(ctx context.Context, conn net.PacketConn, pxePort bool) e
 	s.log.Info("dhcp: serving", "op", "listen", "mode", string(s.cfg.Mode), "interface", s.cfg.Interface, "port", port)
 
 	// A fixed set of buffers circulates between the read loop and the
-	// workers: when all are busy the read loop waits and the kernel's
-	// socket buffer absorbs or drops the excess.
+	// workers. In proxy mode, when all are busy the read loop waits and
+	// the kernel's socket buffer absorbs or drops the excess. In full mode
+	// that would let a flood of made-up MACs fill the kernel's buffer and
+	// drop or delay the packets of the machines the server knows; so the
+	// read loop never waits there: it sorts packets by client (see
+	// sortPacket), the workers take those of known clients first, and a
+	// packet of an unknown client that finds its queue full is dropped.
 	nbuf := 2 * s.cfg.Workers
-	free := make(chan *packet, nbuf)
+	sorting := s.leases != nil
+	var prio chan *packet // known clients' packets, full mode only
+	if sorting {
+		nbuf = shedQueue
+		prio = make(chan *packet, priorityQueue)
+	}
 	work := make(chan *packet, nbuf)
-	for range nbuf {
+	// Every buffer is in free, in a queue, in a worker or in the read
+	// loop: with this many the read loop never waits for one when sorting.
+	total := s.cfg.Workers + nbuf + cap(prio) + 1
+	free := make(chan *packet, total)
+	for range total {
 		free <- new(packet)
 	}
 	var wg sync.WaitGroup
 	for range s.cfg.Workers {
 		wg.Go(func() {
-			for p := range work {
+			for {
+				p, ok := next(prio, work)
+				if !ok {
+					return
+				}
 				s.process(conn, p, pxePort)
 				free <- p
 			}
 		})
 	}
 	defer func() {
+		if prio != nil {
+			close(prio)
+		}
 		close(work)
 		wg.Wait()
 		conn.Close()
@@ -210,8 +243,73 @@ func (s *Server) serve(ctx context.Context, conn net.PacketConn, pxePort bool) e
 			return fmt.Errorf("dhcp: read: %w", err)
 		}
 		p.n, p.src = n, src
-		work <- p
+		if !sorting {
+			work <- p
+			continue
+		}
+		q := work
+		if s.known(p.buf[:n]) {
+			q = prio
+		}
+		select {
+		case q <- p:
+		default:
+			free <- p
+			s.shed.Add(1)
+			s.warn("dhcp: workers saturated, packets dropped", "op", "read", "shed", s.shed.Load())
+		}
 	}
+}
+
+// Queues of the read loop in full mode. A worker handles tens of
+// thousands of packets a second, so 256 waiting packets of unknown
+// clients are a few milliseconds of work: more is a flood, not a boot
+// storm (new clients are limited to NewLeasesPerSecond anyway).
+const (
+	shedQueue     = 256
+	priorityQueue = 256
+)
+
+// next takes a packet for a worker, from prio first; ok is false once
+// both queues are closed and drained. prio may be nil.
+func next(prio, work chan *packet) (*packet, bool) {
+	for prio != nil || work != nil {
+		select {
+		case p, ok := <-prio:
+			if ok {
+				return p, true
+			}
+			prio = nil
+			continue
+		default:
+		}
+		select {
+		case p, ok := <-prio:
+			if !ok {
+				prio = nil
+				continue
+			}
+			return p, true
+		case p, ok := <-work:
+			if !ok {
+				work = nil
+				continue
+			}
+			return p, true
+		}
+	}
+	return nil, false
+}
+
+// known reports, from the fixed header alone, a request of a client with
+// a reservation, a lease or an offer held (RFC 2131 section 2: op 1 is a
+// request, htype 1 and hlen 6 Ethernet, chaddr at offset 28). Anything
+// else - other clients, undecodable packets - waits in the shed queue.
+func (s *Server) known(b []byte) bool {
+	if len(b) < 34 || b[0] != 1 || b[1] != 1 || b[2] != 6 {
+		return false
+	}
+	return s.leases.known(hwaddr(b[28:34]), s.now())
 }
 
 // process handles one datagram and sends the reply, if any. A panic is
@@ -231,16 +329,26 @@ func (s *Server) process(conn net.PacketConn, p *packet, pxePort bool) {
 		from = src.AddrPort()
 		from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
 	}
-	r := s.handle(p.buf[:p.n], from, pxePort)
+	r := s.answer(p.buf[:p.n], from, pxePort)
 	kind = r.kind
+	if r.gen != 0 {
+		s.commitLater(conn, r) // sent and counted once the lease file holds it
+		return
+	}
 	if r.reply != nil {
-		dst := net.UDPAddrFromAddrPort(r.dst)
-		if _, err := conn.WriteTo(r.reply, dst); err != nil {
-			r.out = outError
-			s.warn("dhcp: send failed", "op", r.op, "mac", r.mac, "ip", r.dst.Addr().String(), "err", err)
-		}
+		r = s.send(conn, r)
 	}
 	s.stats.add(r.kind, r.out)
+}
+
+// send sends r's reply; a failure makes its outcome an error.
+func (s *Server) send(conn net.PacketConn, r result) result {
+	dst := net.UDPAddrFromAddrPort(r.dst)
+	if _, err := conn.WriteTo(r.reply, dst); err != nil {
+		r.out = outError
+		s.warn("dhcp: send failed", "op", r.op, "mac", r.mac, "ip", r.dst.Addr().String(), "err", err)
+	}
+	return r
 }
 
 // Shutdown stops every Serve and waits for them, or for ctx. Pending lease
@@ -282,11 +390,11 @@ func (s *Server) errorf(msg string, args ...any) { s.limited(s.warnL, slog.Level
 // info logs per-client progress (offer, ack), rate-limited against floods.
 func (s *Server) info(msg string, args ...any) { s.limited(s.infoL, slog.LevelInfo, msg, args...) }
 
-func (s *Server) limited(l *limiter, level slog.Level, msg string, args ...any) {
+func (s *Server) limited(l *ratelog.Limiter, level slog.Level, msg string, args ...any) {
 	if !s.log.Enabled(context.Background(), level) {
 		return
 	}
-	ok, suppressed := l.allow(time.Now())
+	ok, suppressed := l.Allow()
 	if !ok {
 		return
 	}

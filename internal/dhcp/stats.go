@@ -1,9 +1,7 @@
 package dhcp
 
 import (
-	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 )
@@ -45,33 +43,50 @@ func kindOf(mt dhcpv4.MessageType) int {
 type outcome int
 
 const (
-	outAnswered  outcome = iota // a reply was sent
-	outDone                     // handled, no reply due (RELEASE, DECLINE)
-	outMalformed                // does not decode or breaks the protocol
-	outNotPXE                   // proxy mode: not a PXE/HTTP boot client
-	outIgnored                  // not for us: another server's client, a policy refusal, BOOTP, server messages
-	outNoAddress                // full mode: no address left to offer
-	outError                    // our failure: lease file, socket
+	outAnswered    outcome = iota // a reply was sent
+	outDone                       // handled, no reply due (RELEASE, DECLINE)
+	outMalformed                  // does not decode or breaks the protocol
+	outNotPXE                     // proxy mode: not a PXE/HTTP boot client
+	outIgnored                    // not for us: another server's client, a policy refusal, BOOTP, server messages
+	outNoAddress                  // full mode: no address left to offer
+	outError                      // our failure: lease file, socket
+	outRateLimited                // full mode: a new client beyond NewLeasesPerSecond, not answered
+	outLeaseLimit                 // full mode: a new client beyond MaxLeases, not answered
+	outNoOffer                    // full mode: a new client's REQUEST not answering our offer: NAK or silence
+	outSuperseded                 // full mode: an ACK replaced, before the lease file was written, by the client's next request
 	numOutcomes
 )
 
-var outcomeNames = [numOutcomes]string{"answered", "done", "malformed", "not_pxe", "ignored", "no_address", "error"}
+var outcomeNames = [numOutcomes]string{"answered", "done", "malformed", "not_pxe", "ignored", "no_address", "error",
+	"rate_limited", "lease_limit", "no_offer", "superseded"}
 
 // Stats counts received packets. The zero counts are left out of ByType.
+// Requests from new clients refused by the bounds of issue 13 are counted
+// by reason: RateLimited, LeaseLimit, NoOffer.
 type Stats struct {
-	Received  uint64
-	Answered  uint64 // a reply (OFFER, ACK, NAK) went out
-	Done      uint64 // handled, no reply due (RELEASE, DECLINE)
-	Malformed uint64 // dropped: not a valid DHCP request
-	NotPXE    uint64 // dropped in proxy mode: not a network-boot client
-	Ignored   uint64 // dropped: not for this server or refused by the boot policy
-	NoAddress uint64 // dropped in full mode: pool exhausted
-	Errors    uint64 // dropped: lease file or socket failure
-	Panics    uint64 // handler panics recovered (also counted as Errors)
+	Received    uint64
+	Answered    uint64 // a reply (OFFER, ACK, NAK) went out
+	Done        uint64 // handled, no reply due (RELEASE, DECLINE)
+	Malformed   uint64 // dropped: not a valid DHCP request
+	NotPXE      uint64 // dropped in proxy mode: not a network-boot client
+	Ignored     uint64 // dropped: not for this server or refused by the boot policy
+	NoAddress   uint64 // dropped in full mode: pool exhausted
+	RateLimited uint64 // dropped in full mode: a new client beyond NewLeasesPerSecond
+	LeaseLimit  uint64 // dropped in full mode: a new client beyond MaxLeases
+	NoOffer     uint64 // refused in full mode: a new client's REQUEST for an address not offered to it (NAK or silence)
+	Superseded  uint64 // ACKs not sent: the client asked again before the lease file was written
+	Errors      uint64 // dropped: lease file or socket failure
+	Panics      uint64 // handler panics recovered (also counted as Errors)
+	LeaseWrites uint64 // lease file writes (each covers every change before it)
+	// Shed counts packets dropped unread in full mode because every worker
+	// was busy and 256 packets of clients without a record were waiting
+	// already (not in Received: their type was never read).
+	Shed uint64
 	// ByType[type][outcome] splits the counts by message type ("DISCOVER",
 	// "REQUEST", "DECLINE", "RELEASE", "INFORM", "BOOTP", "OTHER",
 	// "INVALID") and outcome ("answered", "done", "malformed", "not_pxe",
-	// "ignored", "no_address", "error"): the labels of
+	// "ignored", "no_address", "error", "rate_limited", "lease_limit",
+	// "no_offer", "superseded"): the labels of
 	// diskless_dhcp_packets_total{type,result}.
 	ByType map[string]map[string]uint64
 }
@@ -107,6 +122,14 @@ func (c *counters) snapshot() Stats {
 				st.NoAddress += v
 			case outError:
 				st.Errors += v
+			case outRateLimited:
+				st.RateLimited += v
+			case outLeaseLimit:
+				st.LeaseLimit += v
+			case outNoOffer:
+				st.NoOffer += v
+			case outSuperseded:
+				st.Superseded += v
 			}
 			m := st.ByType[kindNames[k]]
 			if m == nil {
@@ -117,38 +140,4 @@ func (c *counters) snapshot() Stats {
 		}
 	}
 	return st
-}
-
-// limiter is a token bucket for logs that clients can trigger, so a flood
-// of bad packets cannot flood the log. Safe for concurrent use.
-type limiter struct {
-	mu         sync.Mutex
-	rate       float64 // tokens per second
-	burst      float64
-	tokens     float64
-	last       time.Time
-	suppressed int
-}
-
-func newLimiter(rate, burst float64) *limiter {
-	return &limiter{rate: rate, burst: burst, tokens: burst}
-}
-
-// allow takes a token. It returns whether to log, and how many messages
-// were suppressed since the last one that was logged.
-func (l *limiter) allow(now time.Time) (bool, int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if !l.last.IsZero() {
-		l.tokens = min(l.burst, l.tokens+now.Sub(l.last).Seconds()*l.rate)
-	}
-	l.last = now
-	if l.tokens < 1 {
-		l.suppressed++
-		return false, 0
-	}
-	l.tokens--
-	n := l.suppressed
-	l.suppressed = 0
-	return true, n
 }

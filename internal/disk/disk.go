@@ -59,9 +59,28 @@ var ErrReadOnly = errors.New("disk: device is read-only")
 // ErrNoSpace is returned (wrapped) when the backing store is full.
 var ErrNoSpace = errors.New("disk: no space left on backing store")
 
+// Failer is a Device that fails for good once a flush failed: from then
+// on every write and flush returns Err (wrapping ErrDeviceFailed), so no
+// later flush can report success over writes the failed one may have lost
+// (the kernel reports a write-back error to one fdatasync only, and may
+// drop the pages it could not write). Reads keep working. Like Device,
+// implementations are safe for concurrent use.
+type Failer interface {
+	// Err is nil while the device is healthy; after a failed flush it is
+	// the error every write and flush returns.
+	Err() error
+	// ClearError returns a failed device to service once the operator
+	// fixed its storage: it flushes once more and clears the failed
+	// state when that succeeds; otherwise the device stays failed and
+	// the flush's error is returned. It does not bring back what the
+	// failure lost: the writes acknowledged before the failed flush may
+	// be missing, so the host's file system should be checked.
+	ClearError() error
+}
+
 // ErrDeviceFailed is returned (wrapped) once a flush of the device failed:
-// it refuses writes and flushes until it is reopened (or cleared), so no
-// later SYNCHRONIZE CACHE can report GOOD over writes the failed flush may
-// have lost. Reads keep working. The failing flush itself returns its own
-// error, not this one.
+// it refuses writes and flushes until it is cleared (Failer) or reopened,
+// so no later SYNCHRONIZE CACHE can report GOOD over writes the failed
+// flush may have lost. Reads keep working. The failing flush itself
+// returns its own error, not this one.
 var ErrDeviceFailed = errors.New("disk: device failed a flush and refuses writes")

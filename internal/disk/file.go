@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
+	"sync"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -15,17 +17,31 @@ import (
 // concurrent use.
 //
 // Besides Device it implements Unmapper (FALLOC_FL_PUNCH_HOLE), Zeroer
-// (FALLOC_FL_ZERO_RANGE), AllocationReporter (SEEK_DATA/SEEK_HOLE) and
-// Prefetcher (POSIX_FADV_WILLNEED). Where the file system lacks one of the
+// (FALLOC_FL_ZERO_RANGE), AllocationReporter (SEEK_DATA/SEEK_HOLE),
+// Prefetcher (POSIX_FADV_WILLNEED) and Failer: a failed fdatasync fails
+// the device until ClearError. Where the file system lacks one of the
 // fallocate modes the operation falls back to writing zeros, so its
 // contract (the range reads back as zeros) always holds.
 type File struct {
 	f        *os.File
 	fd       int
 	path     string
+	name     string
+	log      *slog.Logger
+	onFail   func(error)
 	readOnly bool
 	blockDev bool
 	size     atomic.Int64 // last size seen; Size refreshes it
+
+	// fmu serializes flushes and ClearError: the kernel reports a
+	// write-back error to one fdatasync of the descriptor only, so two
+	// at once could see a failure and a success over the same lost
+	// pages.
+	fmu      sync.Mutex
+	flushGen atomic.Uint64 // flushes started
+	doneGen  uint64        // the last flush that succeeded (under fmu)
+	closed   bool          // under fmu: no fdatasync may reach a reused descriptor
+	failed   atomic.Pointer[error]
 
 	// Cleared the first time the kernel says a mode is unsupported, so
 	// the fallback is taken directly from then on.
@@ -37,18 +53,56 @@ type File struct {
 // zeroChunk is written where fallocate cannot zero a range.
 var zeroChunk = make([]byte, 1<<20)
 
+// FileOptions configures OpenFileWith.
+type FileOptions struct {
+	// ReadOnly opens the file O_RDONLY: every modifying call returns
+	// ErrReadOnly.
+	ReadOnly bool
+	// Name is who uses the device, e.g. the host name, for logs.
+	// Default: none (logs name the path only).
+	Name string
+	// Logger receives state changes: a failed flush and its clearing.
+	// Nothing is logged per I/O. Default: discard.
+	Logger *slog.Logger
+	// Failed, when set, opens the device failed (see Failer) with this
+	// error: a failure seen through an earlier open that nobody cleared.
+	// The kernel reports a write-back error to the descriptors open when
+	// it happened, never to a new one. Default: healthy.
+	Failed error
+	// OnFail, when set, is called once when a flush fails the device,
+	// with the flush's error (so the caller can remember the failure
+	// across a restart). Default: none.
+	OnFail func(err error)
+}
+
 // OpenFile opens path as a Device. With readOnly the file is opened
 // O_RDONLY and every modifying call returns ErrReadOnly.
 func OpenFile(path string, readOnly bool) (*File, error) {
+	return OpenFileWith(path, FileOptions{ReadOnly: readOnly})
+}
+
+// OpenFileWith opens path as a Device as opts say.
+func OpenFileWith(path string, opts FileOptions) (*File, error) {
 	flag := os.O_RDWR
-	if readOnly {
+	if opts.ReadOnly {
 		flag = os.O_RDONLY
 	}
 	f, err := os.OpenFile(path, flag, 0)
 	if err != nil {
 		return nil, fmt.Errorf("disk: open: %w", err)
 	}
-	d := &File{f: f, fd: int(f.Fd()), path: path, readOnly: readOnly}
+	d := &File{f: f, fd: int(f.Fd()), path: path, name: opts.Name, log: opts.Logger, readOnly: opts.ReadOnly,
+		onFail: opts.OnFail}
+	if d.log == nil {
+		d.log = slog.New(slog.DiscardHandler)
+	}
+	if opts.Failed != nil {
+		ferr := opts.Failed
+		if !errors.Is(ferr, ErrDeviceFailed) {
+			ferr = fmt.Errorf("%w: %v", ErrDeviceFailed, ferr)
+		}
+		d.failed.Store(&ferr)
+	}
 	var st unix.Stat_t
 	if err := unix.Fstat(d.fd, &st); err != nil {
 		f.Close()
@@ -108,8 +162,8 @@ func (d *File) ReadAt(p []byte, off int64) (int, error) {
 
 // WriteAt writes p at off. ENOSPC and EDQUOT come back wrapping ErrNoSpace.
 func (d *File) WriteAt(p []byte, off int64) (int, error) {
-	if d.readOnly {
-		return 0, ErrReadOnly
+	if err := d.writable(); err != nil {
+		return 0, err
 	}
 	n, err := d.f.WriteAt(p, off)
 	if err != nil {
@@ -136,23 +190,112 @@ func (d *File) Size() int64 {
 	return d.size.Load()
 }
 
-// Flush makes completed writes durable (fdatasync(2)).
-func (d *File) Flush() error {
-	if err := unix.Fdatasync(d.fd); err != nil {
-		return d.wrap("fdatasync", 0, err)
+// writable is the error of a modifying call, if any.
+func (d *File) writable() error {
+	if d.readOnly {
+		return ErrReadOnly
+	}
+	if p := d.failed.Load(); p != nil {
+		return *p
 	}
 	return nil
 }
 
-// Close closes the file.
-func (d *File) Close() error { return d.f.Close() }
+// Flush makes completed writes durable (fdatasync(2)). Concurrent calls
+// share work: a call returns at once when a flush that began after it was
+// called has succeeded. A failure puts the device in the failed state
+// (see Failer): the failing call returns the fdatasync error, every later
+// write and flush the failed state's.
+func (d *File) Flush() error {
+	gen := d.flushGen.Load()
+	d.fmu.Lock()
+	defer d.fmu.Unlock()
+	if d.closed {
+		return os.ErrClosed
+	}
+	if p := d.failed.Load(); p != nil {
+		return *p
+	}
+	if d.doneGen > gen {
+		return nil
+	}
+	g := d.flushGen.Add(1)
+	if err := fdatasync(d.fd); err != nil {
+		return d.fail(err)
+	}
+	d.doneGen = g
+	return nil
+}
+
+// fail puts the device in the failed state after fdatasync returned err
+// (fmu held) and returns err with context. Never ErrNoSpace, even for
+// ENOSPC: a write-back that failed has lost writes already acknowledged,
+// which is a medium error, not a write refused for want of space.
+func (d *File) fail(err error) error {
+	err = fmt.Errorf("disk: fdatasync %s: %w", d.path, err)
+	ferr := fmt.Errorf("%w: %v", ErrDeviceFailed, err)
+	if d.failed.CompareAndSwap(nil, &ferr) {
+		d.log.Error("disk: a flush failed; writes and flushes are refused until the error is cleared",
+			d.attrs("err", err)...)
+		if d.onFail != nil {
+			d.onFail(err)
+		}
+	}
+	return err
+}
+
+// attrs are the log attributes of the device followed by more.
+func (d *File) attrs(more ...any) []any {
+	a := []any{"path", d.path}
+	if d.name != "" {
+		a = []any{"host", d.name, "path", d.path}
+	}
+	return append(a, more...)
+}
+
+// Err implements Failer.
+func (d *File) Err() error {
+	if p := d.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// ClearError implements Failer.
+func (d *File) ClearError() error {
+	d.fmu.Lock()
+	defer d.fmu.Unlock()
+	p := d.failed.Load()
+	if p == nil {
+		return nil
+	}
+	if d.closed {
+		return os.ErrClosed
+	}
+	g := d.flushGen.Add(1)
+	if err := fdatasync(d.fd); err != nil {
+		return fmt.Errorf("disk: %s still fails: fdatasync: %w", d.path, err)
+	}
+	d.doneGen = g
+	d.failed.Store(nil)
+	d.log.Warn("disk: failed state cleared; writes are accepted again", d.attrs("was", *p)...)
+	return nil
+}
+
+// Close closes the file, after the flush running, if any.
+func (d *File) Close() error {
+	d.fmu.Lock()
+	defer d.fmu.Unlock()
+	d.closed = true
+	return d.f.Close()
+}
 
 // Unmap deallocates [off, off+length): fallocate PUNCH_HOLE|KEEP_SIZE, so
 // the range reads back as zeros and its blocks return to the file system.
 // Partial file system blocks at either end are zeroed by the kernel.
 func (d *File) Unmap(off, length int64) error {
-	if d.readOnly {
-		return ErrReadOnly
+	if err := d.writable(); err != nil {
+		return err
 	}
 	if length <= 0 {
 		return nil
@@ -174,8 +317,8 @@ func (d *File) Unmap(off, length int64) error {
 // fallocate ZERO_RANGE|KEEP_SIZE, or written zeros where that mode is
 // missing.
 func (d *File) WriteZeroes(off, length int64) error {
-	if d.readOnly {
-		return ErrReadOnly
+	if err := d.writable(); err != nil {
+		return err
 	}
 	if length <= 0 {
 		return nil
@@ -266,4 +409,5 @@ var (
 	_ Zeroer             = (*File)(nil)
 	_ AllocationReporter = (*File)(nil)
 	_ Prefetcher         = (*File)(nil)
+	_ Failer             = (*File)(nil)
 )

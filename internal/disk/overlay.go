@@ -60,6 +60,15 @@ type OverlayOptions struct {
 	Logger *slog.Logger
 	// BaseID, when set, must be the base identity of every layer.
 	BaseID string
+	// Failed, when set, opens the overlay failed (see Failer) with this
+	// error: a failure seen through an earlier open that nobody cleared.
+	// What that failure lost is not in the layers, and nothing reopened
+	// could tell. Default: healthy.
+	Failed error
+	// OnFail, when set, is called once when a flush fails the overlay,
+	// with the flush's error (so the caller can remember the failure
+	// across a restart). Default: none.
+	OnFail func(err error)
 }
 
 // layer is an open layer directory. A lower layer holds just its data
@@ -83,11 +92,12 @@ type layer struct {
 // Overlay is a copy-on-write disk.Device. It is safe for concurrent use.
 //
 // Besides Device it implements Unmapper, Zeroer, AllocationReporter,
-// Prefetcher and FileExtenter. The base device is shared with other
+// Prefetcher, FileExtenter and Failer. The base device is shared with other
 // overlays: an Overlay only reads it and never closes it.
 type Overlay struct {
 	name     string
 	log      *slog.Logger
+	onFail   func(error)
 	readOnly bool
 	g        geometry
 
@@ -119,6 +129,9 @@ type Overlay struct {
 	doneGen   uint64        // the last capture made durable (under fmu)
 	failed    atomic.Pointer[error]
 	compactAt int64 // meta size that makes a flush compact
+	// fullNext makes the next commit record the whole bitmap (under
+	// fmu): a failed commit took its dirty marks with it.
+	fullNext bool
 
 	admin sync.Mutex // serializes Push, MergeInto and Close
 
@@ -147,7 +160,7 @@ func OpenOverlay(base Device, lower []string, top string, opts OverlayOptions) (
 	if len(lower) > maxLowerLayers {
 		return nil, fmt.Errorf("disk: open overlay: %d lower layers, at most %d", len(lower), maxLowerLayers)
 	}
-	o := &Overlay{name: opts.Name, log: opts.Logger, readOnly: opts.ReadOnly, base: base}
+	o := &Overlay{name: opts.Name, log: opts.Logger, onFail: opts.OnFail, readOnly: opts.ReadOnly, base: base}
 	if o.name == "" {
 		o.name = filepath.Base(filepath.Clean(top))
 	}
@@ -159,6 +172,14 @@ func OpenOverlay(base Device, lower []string, top string, opts OverlayOptions) (
 	o.basePrefetch, _ = base.(Prefetcher)
 	o.punchOK.Store(true)
 	o.zeroOK.Store(true)
+	if opts.Failed != nil && !opts.ReadOnly {
+		ferr := opts.Failed
+		if !errors.Is(ferr, ErrDeviceFailed) {
+			ferr = o.errorf("%w: %v", ErrDeviceFailed, ferr)
+		}
+		o.failed.Store(&ferr)
+		o.fullNext = true
+	}
 	ok := false
 	defer func() {
 		if !ok {
@@ -346,12 +367,35 @@ func (o *Overlay) errorf(format string, args ...any) error {
 // Size is the virtual disk size in bytes.
 func (o *Overlay) Size() int64 { return o.g.size }
 
-// Err is nil while the overlay is healthy; after a failed flush it is the
-// error (wrapping ErrDeviceFailed) every write and flush returns.
+// Err implements Failer: nil while the overlay is healthy; after a failed
+// flush the error (wrapping ErrDeviceFailed) every write and flush
+// returns.
 func (o *Overlay) Err() error {
 	if p := o.failed.Load(); p != nil {
 		return *p
 	}
+	return nil
+}
+
+// ClearError implements Failer. Its flush records the whole bitmap of the
+// top: a failed flush may have taken the marks of the clusters it did not
+// record.
+func (o *Overlay) ClearError() error {
+	o.fmu.Lock()
+	defer o.fmu.Unlock()
+	p := o.failed.Load()
+	if p == nil {
+		return nil
+	}
+	if o.closed.Load() {
+		return errClosed
+	}
+	o.fullNext = true
+	if _, err := o.flushTop(nil); err != nil {
+		return o.errorf("still fails: %w", err)
+	}
+	o.failed.Store(nil)
+	o.log.Warn("overlay: failed state cleared; writes are accepted again", "host", o.name, "was", *p)
 	return nil
 }
 
@@ -362,8 +406,11 @@ func (o *Overlay) fail(op string, err error) error {
 	err = o.errorf("%s: %w", op, err)
 	ferr := o.errorf("%w: %v", ErrDeviceFailed, err)
 	if o.failed.CompareAndSwap(nil, &ferr) {
-		o.log.Error("overlay: a flush failed; writes are refused until it is reopened",
+		o.log.Error("overlay: a flush failed; writes and flushes are refused until the error is cleared",
 			"host", o.name, "op", op, "err", err)
+		if o.onFail != nil {
+			o.onFail(err)
+		}
 	}
 	return err
 }
@@ -614,6 +661,7 @@ func (o *Overlay) flushTop(hdr *layerHeader) (rewritten bool, err error) {
 	gen := o.snapGen.Add(1)
 	rewritten, err = o.commit(o.top, hdr)
 	if err == nil {
+		o.fullNext = false
 		o.doneGen = gen
 		o.flushes.Add(1)
 	}
@@ -632,7 +680,7 @@ func (o *Overlay) commit(l *layer, hdr *layerHeader) (rewritten bool, err error)
 	defer recordPool.Put(bp)
 	rec := (*bp)[:0]
 	compact := hdr != nil || l.metaEnd >= l.nextCompact
-	full := compact || l.bits.dirtyWords()*deltaEntrySize >= g.nwords*8
+	full := compact || o.fullNext || l.bits.dirtyWords()*deltaEntrySize >= g.nwords*8
 	// The dirty marks are taken before the words are read: a bit set
 	// after its word was read has its mark set after the take, and goes
 	// in the next record.
@@ -810,4 +858,5 @@ var (
 	_ AllocationReporter = (*Overlay)(nil)
 	_ Prefetcher         = (*Overlay)(nil)
 	_ FileExtenter       = (*Overlay)(nil)
+	_ Failer             = (*Overlay)(nil)
 )

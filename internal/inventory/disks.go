@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/diskless-boot/diskless/internal/storage"
@@ -31,9 +32,23 @@ func GenerateSecret() (string, error) {
 	return string(out), nil
 }
 
-// Pending says what a host's disk will change at its next boot, "" when
-// nothing: a reset asked for, a new mode, or a new image version.
+// Pending says what changes at a host's next boot, "" when nothing: what
+// its disk becomes (see pendingDisk), and new CHAP secrets made while it
+// ran.
 func (inv *Inventory) Pending(h *Host) string {
+	var out []string
+	if d := inv.pendingDisk(h); d != "" {
+		out = append(out, d)
+	}
+	if h.NextCHAP != nil {
+		out = append(out, "new CHAP secrets")
+	}
+	return strings.Join(out, ", ")
+}
+
+// pendingDisk says what a host's disk will change at its next boot, ""
+// when nothing: a reset asked for, a new mode, or a new image version.
+func (inv *Inventory) pendingDisk(h *Host) string {
 	if h.Mode == storage.Raw {
 		return ""
 	}
@@ -64,7 +79,7 @@ func (inv *Inventory) applyOrDefer(name string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	pending := inv.Pending(&h)
+	pending := inv.pendingDisk(&h)
 	if pending == "" {
 		return nil, nil
 	}
@@ -159,25 +174,30 @@ func (inv *Inventory) reconcile(name string, fresh bool) ([]string, error) {
 var ErrBusy = errors.New("inventory: host busy with another operation")
 
 // BeginBoot is called when a host starts a new boot (its iPXE script is
-// fetched), with its previous sessions already gone: a volatile disk
-// starts empty, pending changes apply. It runs inside WithDiskClosed.
+// fetched), with its previous sessions already gone and before the script
+// is rendered: new CHAP secrets become current (whatever the disk mode), a
+// volatile disk starts empty, pending disk changes apply (inside
+// WithDiskClosed).
 func (inv *Inventory) BeginBoot(name string) ([]string, error) {
 	unlock, ok := inv.tryLock(name)
 	if !ok {
 		return nil, ErrBusy
 	}
 	defer unlock()
+	notes, err := inv.bootSecrets(name)
+	if err != nil {
+		return nil, err
+	}
 	h, err := inv.HostWithSecrets(name)
 	if err != nil {
 		return nil, err
 	}
-	if h.Mode == storage.Raw || h.Mode == storage.Persistent && inv.Pending(&h) == "" {
-		return nil, nil // the disk stays as it is: no need to close it
+	if h.Mode == storage.Raw || h.Mode == storage.Persistent && inv.pendingDisk(&h) == "" {
+		return notes, nil // the disk stays as it is: no need to close it
 	}
-	var notes []string
 	err = inv.rt.WithDiskClosed(name, func() error {
-		var err error
-		notes, err = inv.reconcile(name, true)
+		n, err := inv.reconcile(name, true)
+		notes = append(notes, n...)
 		return err
 	})
 	return notes, err
@@ -531,6 +551,31 @@ func (inv *Inventory) Check(host string) (storage.CheckReport, error) {
 		return storage.CheckReport{}, err
 	}
 	return inv.be.Check(host, h.Disk)
+}
+
+// DiskError is nil while h's disk is healthy; once a flush of it failed
+// (logged then with the host and image), the error its writes and flushes
+// return until ClearDiskError, across restarts.
+func (inv *Inventory) DiskError(h *Host) error { return inv.be.DiskError(h.Name, h.Disk) }
+
+// ClearDiskError returns a host's failed disk to service after the
+// operator fixed its storage. Nothing is cleared while the storage still
+// fails a flush (Conflict).
+func (inv *Inventory) ClearDiskError(host string) ([]string, error) {
+	unlock := inv.lock(host)
+	defer unlock()
+	h, err := inv.HostWithSecrets(host)
+	if err != nil {
+		return nil, err
+	}
+	if inv.be.DiskError(host, h.Disk) == nil {
+		return []string{"the disk has no error to clear"}, nil
+	}
+	if err := inv.be.ClearDiskError(host); err != nil {
+		return nil, conflict("the disk still fails; fix its storage first: %v", err)
+	}
+	inv.log.Info("host disk error cleared", "host", host)
+	return []string{"the disk accepts writes again; writes the host made before the failed flush may be lost: check its file system"}, nil
 }
 
 // Recover cleans up after an interrupted run: versions left "writing"

@@ -34,6 +34,9 @@ type CHAPSpec struct {
 	Enabled bool
 	User    string
 	Secret  string
+	// InYAML: the YAML configuration writes Secret (a host it declares),
+	// so the secret changes in the file and RotateSecrets refuses it.
+	InYAML bool
 }
 
 // HostSpec describes a host to add. Zero values take the defaults the
@@ -60,8 +63,10 @@ type HostSpec struct {
 	// CHAP and MutualCHAP: nil means on, with generated user and secret
 	// for API hosts; see CHAPSpec.
 	CHAP, MutualCHAP *CHAPSpec
-	IP               string
-	Source           string // SourceAPI (default) or SourceYAML
+	// CHAPRotation: RotateOff (default) or RotateBoot (needs CHAP).
+	CHAPRotation string
+	IP           string
+	Source       string // SourceAPI (default) or SourceYAML
 }
 
 // Hosts lists every host, secrets redacted, by name.
@@ -202,7 +207,7 @@ func (inv *Inventory) hostFromSpec(spec HostSpec) (Host, error) {
 	now := inv.now().UTC()
 	h := Host{Name: spec.Name, Arch: spec.Arch, Image: spec.Image, Version: spec.Version, Mode: spec.Mode,
 		Boot: spec.Boot, Kernel: spec.Kernel, Initrd: spec.Initrd, Cmdline: spec.Cmdline,
-		InitiatorIQN: spec.InitiatorIQN, TargetIQN: spec.TargetIQN, IP: spec.IP,
+		InitiatorIQN: spec.InitiatorIQN, TargetIQN: spec.TargetIQN, IP: spec.IP, CHAPRotation: spec.CHAPRotation,
 		Source: spec.Source, Created: now, Updated: now}
 	if err := storage.CheckName("host", h.Name); err != nil {
 		return h, invalid("name", "%v", err)
@@ -248,6 +253,10 @@ func (inv *Inventory) hostFromSpec(spec HostSpec) (Host, error) {
 	}
 	if h.MutualCHAP, err = inv.credentials("mutual_chap", spec.MutualCHAP, h.Name+"-target", h.CHAP, h.Source); err != nil {
 		return h, err
+	}
+	if h.Source == SourceYAML {
+		h.CHAPInYAML = h.CHAP != nil && spec.CHAP != nil && spec.CHAP.InYAML
+		h.MutualCHAPInYAML = h.MutualCHAP != nil && spec.MutualCHAP != nil && spec.MutualCHAP.InYAML
 	}
 	id := h.Name
 	if len(h.MACs) > 0 {
@@ -339,6 +348,20 @@ func checkHost(h *Host) error {
 		if !boot.SafeArg(c.cr.Secret, MinSecretLen) {
 			return invalid(c.field+".secret", "want %d-255 of A-Z a-z 0-9 . _ ~ + = : / @ , -", MinSecretLen)
 		}
+	}
+	switch h.CHAPRotation {
+	case "":
+		h.CHAPRotation = RotateOff
+	case RotateOff:
+	case RotateBoot:
+		if h.CHAP == nil {
+			return invalid("chap_rotation", "boot needs chap: a host without CHAP has no secret to rotate")
+		}
+		if h.CHAPInYAML || h.MutualCHAPInYAML {
+			return invalid("chap_rotation", "boot generates the secrets: leave chap.secret and mutual_chap.secret out of the YAML")
+		}
+	default:
+		return invalid("chap_rotation", "%q: want off or boot", h.CHAPRotation)
 	}
 	switch h.Boot {
 	case BootSanboot:
@@ -459,8 +482,11 @@ type HostPatch struct {
 	Cmdline *string
 	IP      *string
 	// CHAP and MutualCHAP change the credentials: off, on (keeping the
-	// current ones when the spec names no other), or given ones.
+	// current ones when the spec names no other), or given ones. New
+	// credentials drop secrets waiting for the next boot (RotateSecrets).
 	CHAP, MutualCHAP *CHAPSpec
+	// CHAPRotation: RotateOff or RotateBoot.
+	CHAPRotation *string
 	// RawPath points a raw disk the admin named at another file (the host
 	// must be offline).
 	RawPath *string
@@ -526,6 +552,7 @@ func (inv *Inventory) SetHost(name string, p HostPatch) (Host, []string, error) 
 		}
 		h.Mode = *p.Mode
 	}
+	oldCHAP, oldMutual := h.CHAP, h.MutualCHAP
 	if p.CHAP != nil {
 		if h.CHAP, err = inv.patchCredentials("chap", p.CHAP, h.CHAP, h.Name, nil); err != nil {
 			return Host{}, nil, err
@@ -540,8 +567,27 @@ func (inv *Inventory) SetHost(name string, p HostPatch) (Host, []string, error) 
 			return Host{}, nil, err
 		}
 	}
+	if !sameCredentials(oldCHAP, h.CHAP) || !sameCredentials(oldMutual, h.MutualCHAP) {
+		// Rotated secrets were made for the credentials replaced now.
+		h.NextCHAP, h.NextMutualCHAP = nil, nil
+	}
+	if p.FromYAML {
+		if p.CHAP != nil {
+			h.CHAPInYAML = p.CHAP.InYAML
+		}
+		if p.MutualCHAP != nil {
+			h.MutualCHAPInYAML = p.MutualCHAP.InYAML
+		}
+	}
+	h.CHAPInYAML = h.CHAPInYAML && h.CHAP != nil
+	h.MutualCHAPInYAML = h.MutualCHAPInYAML && h.MutualCHAP != nil
+	set(&h.CHAPRotation, p.CHAPRotation)
 	if p.Source != nil && p.FromYAML {
 		h.Source = *p.Source
+		if h.Source != SourceYAML {
+			// No file writes its secrets any more.
+			h.CHAPInYAML, h.MutualCHAPInYAML = false, false
+		}
 	}
 	newRaw := p.RawPath != nil && *p.RawPath != h.Disk.RawPath
 	if newRaw {

@@ -89,6 +89,17 @@ type Host struct {
 	TargetIQN    string             `json:"target_iqn"`
 	CHAP         *iscsi.Credentials `json:"chap,omitempty"`
 	MutualCHAP   *iscsi.Credentials `json:"mutual_chap,omitempty"`
+	// NextCHAP and NextMutualCHAP are secrets RotateSecrets made while
+	// the host ran: they replace CHAP and MutualCHAP when it begins its
+	// next boot (BeginBoot). nil: none waiting.
+	NextCHAP       *iscsi.Credentials `json:"next_chap,omitempty"`
+	NextMutualCHAP *iscsi.Credentials `json:"next_mutual_chap,omitempty"`
+	// CHAPRotation is RotateOff ("" in older records) or RotateBoot.
+	CHAPRotation string `json:"chap_rotation,omitempty"`
+	// CHAPInYAML and MutualCHAPInYAML: the YAML configuration writes that
+	// secret, so it changes in the file and is never rotated.
+	CHAPInYAML       bool `json:"chap_in_yaml,omitempty"`
+	MutualCHAPInYAML bool `json:"mutual_chap_in_yaml,omitempty"`
 	// IP is a fixed DHCP address (dhcp mode full), "" for one from the pool.
 	IP string `json:"ip,omitempty"`
 
@@ -125,13 +136,21 @@ func (h *Host) HasMAC(mac string) bool {
 	return false
 }
 
-// redacted returns h without secret values (for listings).
+// redacted returns h without secret values (for listings); the users stay,
+// and so does whether new secrets wait for the next boot.
 func (h Host) redacted() Host {
-	if h.CHAP != nil {
-		h.CHAP = &iscsi.Credentials{User: h.CHAP.User, Secret: ""}
-	}
-	if h.MutualCHAP != nil {
-		h.MutualCHAP = &iscsi.Credentials{User: h.MutualCHAP.User, Secret: ""}
+	for _, c := range []**iscsi.Credentials{&h.CHAP, &h.MutualCHAP, &h.NextCHAP, &h.NextMutualCHAP} {
+		if *c != nil {
+			*c = &iscsi.Credentials{User: (*c).User}
+		}
 	}
 	return h
+}
+
+// Rotation is the host's CHAPRotation, RotateOff for older records.
+func (h *Host) Rotation() string {
+	if h.CHAPRotation == "" {
+		return RotateOff
+	}
+	return h.CHAPRotation
 }

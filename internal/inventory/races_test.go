@@ -25,7 +25,7 @@ func TestSnapshotTakenBackWhenThePushFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	h, _ := inv.HostWithSecrets("pc1")
-	dev, err := inv.be.OpenDisk("pc1", h.Disk) // the server serves it
+	dev, err := inv.be.OpenDisk("pc1", h.Disk, nil) // the server serves it
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +51,7 @@ func TestSnapshotTakenBackWhenThePushFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	h, _ = inv.HostWithSecrets("pc1")
-	dev, err = inv.be.OpenDisk("pc1", h.Disk)
+	dev, err = inv.be.OpenDisk("pc1", h.Disk, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
+	"os"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -90,42 +92,67 @@ type conn struct {
 	textPending []byte
 	textTTT     uint32
 
-	// NOP-In pings (Config.NOPInterval).
-	lastRecv    atomic.Int64 // unix nanoseconds of the last PDU received
-	pingPending atomic.Uint32
-	pingDone    chan struct{}
+	// What the watchdog (watch) reads to enforce the time bounds of the
+	// full feature phase; the reader writes them.
+	rxCount      atomic.Uint64 // PDUs received
+	dataOutCount atomic.Uint64 // Data-Out PDUs placed in a task's buffer
+	gotCommand   atomic.Bool   // a SCSI command has arrived
+	nopProven    atomic.Bool   // the initiator sent a NOP-Out ping of its own
+	pingPending  atomic.Uint32 // TTT of our unanswered NOP-In ping, 0 if none
+	watchDone    chan struct{}
+
+	// Admission (admit), under srv.mu.
+	src      netip.Prefix
+	accepted time.Time
+	tracked  bool // counted in srv.conns and its source
+	pending  bool // not (yet) a normal session: may be evicted
+
+	// memTarget counts the memory of the session's target (memBudget);
+	// nil in discovery sessions, which carry no commands.
+	memTarget *atomic.Int64
 
 	closeOnce sync.Once
 	finished  chan struct{} // closed when the connection has cleaned up
 }
 
+// newConn returns the bare connection that admit counts; serve sets up
+// the rest, so that a refused or evicted connection costs little.
 func newConn(s *Server, nc net.Conn) *conn {
+	return &conn{
+		srv:      s,
+		nc:       nc,
+		log:      s.log,
+		closed:   make(chan struct{}),
+		finished: make(chan struct{}),
+	}
+}
+
+// setup prepares an admitted connection for serve.
+func (c *conn) setup() {
+	nc := c.nc
 	if tc, ok := nc.(*net.TCPConn); ok {
 		// Sessions sit idle for long stretches (GRUB menu, iPXE
 		// console); TCP keepalive finds dead peers without iSCSI pings
 		// that iPXE would ignore.
 		tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: 30 * time.Second, Interval: 10 * time.Second, Count: 6})
 		tc.SetNoDelay(true)
-	}
-	c := &conn{
-		srv:      s,
-		nc:       nc,
-		log:      s.log.With("remote", nc.RemoteAddr().String()),
-		tasks:    make(map[uint32]*task),
-		queued:   make(map[uint32]admitted),
-		aborted:  make(map[uint32]struct{}),
-		closed:   make(chan struct{}),
-		finished: make(chan struct{}),
-	}
-	c.br = bufio.NewReaderSize(nc, 64<<10)
-	c.rd = pdu.Reader{R: c.br, MaxData: loginMaxData}
-	if tc, ok := nc.(*net.TCPConn); ok {
 		if rc, err := tc.SyscallConn(); err == nil {
 			c.rawConn = rc
 		}
 	}
-	return c
+	c.log = c.srv.log.With("remote", nc.RemoteAddr().String())
+	c.tasks = make(map[uint32]*task)
+	c.queued = make(map[uint32]admitted)
+	c.aborted = make(map[uint32]struct{})
+	c.br = bufio.NewReaderSize(nc, 64<<10)
+	c.rd = pdu.Reader{R: c.br, MaxData: loginMaxData}
 }
+
+// warn logs client misbehaviour or a refusal, rate limited.
+func (c *conn) warn(msg string, args ...any) { c.srv.warn.Log(c.log, slog.LevelWarn, msg, args...) }
+
+// info logs a state change a client can cause at will, rate limited.
+func (c *conn) info(msg string, args ...any) { c.srv.info.Log(c.log, slog.LevelInfo, msg, args...) }
 
 // isClosed reports whether abort has been called.
 func (c *conn) isClosed() bool {
@@ -152,31 +179,43 @@ func (c *conn) serve() {
 	defer close(c.finished)
 	defer func() {
 		if r := recover(); r != nil {
-			c.srv.panics.Add(1)
-			c.log.Error("iscsi connection handler panicked", "panic", r, "stack", string(debug.Stack()))
+			c.srv.stats.panics.Add(1)
+			c.srv.warn.Log(c.log, slog.LevelError, "iscsi connection handler panicked", "panic", r, "stack", string(debug.Stack()))
 			c.abort(fmt.Errorf("panic: %v", r))
 			c.teardown()
 		}
 	}()
+	c.setup()
 	c.nc.SetDeadline(time.Now().Add(c.srv.cfg.LoginTimeout))
 	if err := c.login(); err != nil {
-		if !errors.Is(err, io.EOF) {
-			c.log.Info("iscsi login failed", "err", err)
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			// The deadline covers the whole login, however slowly its
+			// PDUs trickle in.
+			c.srv.stats.loginTimeouts.Add(1)
+			c.warn("iscsi login timed out", "after", c.srv.cfg.LoginTimeout)
+		case c.isClosed():
+			// Evicted or shut down: whoever closed it has said so.
+		case !errors.Is(err, io.EOF):
+			c.info("iscsi login failed", "err", err)
 		}
 		c.abort(err)
+		// A login that failed after binding its session (the last
+		// response could not be sent) must not leave it registered.
+		c.teardown()
 		return
 	}
 	c.nc.SetDeadline(time.Time{})
 	c.out = make(chan *outItem, 256)
 	c.writerDone = make(chan struct{})
 	go c.writeLoop()
-	if iv := c.srv.cfg.NOPInterval; iv > 0 {
-		c.pingDone = make(chan struct{})
-		go c.pingLoop(iv)
+	if tick := c.watchTick(); tick > 0 {
+		c.watchDone = make(chan struct{})
+		go c.watch(tick)
 	}
 	err := c.readLoop()
 	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, errLogout) {
-		c.log.Info("iscsi connection closed", "tsih", c.sess.tsih, "err", err)
+		c.info("iscsi connection closed", "tsih", c.sess.tsih, "err", err)
 	}
 	c.abort(err)
 	c.teardown()
@@ -189,13 +228,23 @@ func (c *conn) teardown() {
 		return
 	}
 	c.mu.Lock()
+	var idle []*task
 	for _, t := range c.tasks {
+		if !t.executing {
+			idle = append(idle, t)
+		}
 		c.dropTaskLocked(t)
 	}
 	c.mu.Unlock()
+	// The reader is done: the buffers of tasks that never ran (WRITEs
+	// still waiting for Data-Out) have no other user.
+	for _, t := range idle {
+		putBuf(t.buf)
+		t.buf = nil
+	}
 	c.running.Wait()
-	if c.pingDone != nil {
-		<-c.pingDone
+	if c.watchDone != nil {
+		<-c.watchDone
 	}
 	if c.out != nil {
 		close(c.out)
@@ -204,7 +253,7 @@ func (c *conn) teardown() {
 	if !c.sess.discovery {
 		c.srv.unbindSession(c.sess)
 		c.sess.target.SCSI.NexusLost(c.sess.nexus)
-		c.log.Info("iscsi session ended", "tsih", c.sess.tsih)
+		c.info("iscsi session ended", "tsih", c.sess.tsih)
 	}
 	c.sess = nil
 }
@@ -222,9 +271,7 @@ func (c *conn) readLoop() error {
 			c.flushHeld()
 		}
 		err := c.rd.ReadHeader(&p)
-		if c.pingDone != nil {
-			c.lastRecv.Store(time.Now().UnixNano()) // for pingLoop only
-		}
+		c.rxCount.Add(1) // for the watchdog
 		if err == nil && c.isClosed() {
 			// Aborted by what the last PDU did (a cold reset): the
 			// rest, even if already buffered, is not for us.
@@ -271,7 +318,7 @@ func (c *conn) inCmdSNWindow(cmdSN uint32) bool {
 	if snLessEq(exp, cmdSN) && snLessEq(cmdSN, max) {
 		return true
 	}
-	c.log.Debug("iscsi command outside the CmdSN window dropped", "cmdsn", cmdSN, "exp", exp, "max", max)
+	c.srv.info.Log(c.log, slog.LevelDebug, "iscsi command outside the CmdSN window dropped", "cmdsn", cmdSN, "exp", exp, "max", max)
 	return false
 }
 
@@ -379,6 +426,11 @@ func (c *conn) handleControl(p *pdu.PDU) error {
 			c.pingPending.CompareAndSwap(m.TTT, 0)
 			return nil
 		}
+		// A ping of the initiator's own: it implements NOPs, so it
+		// answers ours (Config.ProvenNOPInterval).
+		if !c.nopProven.Load() {
+			c.nopProven.Store(true)
+		}
 		if len(p.Data) > int(c.params.MaxRecvDataSegmentLength) {
 			c.reject(h, pdu.RejectProtocolError)
 			return nil
@@ -449,7 +501,7 @@ func (c *conn) handleLogout(m pdu.LogoutRequest, h *pdu.BHS) bool {
 	item.release = func() { close(flushed) }
 	c.send(item)
 	<-flushed
-	c.log.Info("iscsi logout", "tsih", c.sess.tsih)
+	c.info("iscsi logout", "tsih", c.sess.tsih)
 	return true
 }
 
@@ -458,7 +510,7 @@ func (c *conn) handleLogout(m pdu.LogoutRequest, h *pdu.BHS) bool {
 // out leaves that command waiting for an answer forever (11.17.1 requires
 // it). h is nil only when no PDU is at fault.
 func (c *conn) reject(h *pdu.BHS, reason uint8) {
-	c.log.Warn("iscsi PDU rejected", "reason", reason, "op", opName(h))
+	c.warn("iscsi PDU rejected", "reason", reason, "op", opName(h))
 	item := &outItem{pdus: []outPDU{{sn: snAdvance}}}
 	r := pdu.Reject{Reason: reason, DataSN: 0}
 	r.Marshal(&item.pdus[0].bhs)
@@ -666,39 +718,6 @@ func (c *conn) writeBatchLocked() {
 	if err != nil {
 		c.wfailed = true
 		c.abort(err)
-	}
-}
-
-// pingLoop sends a NOP-In ping (RFC 7143 11.19) when the connection has
-// been idle for an interval, and drops the connection when a ping goes
-// unanswered for another.
-func (c *conn) pingLoop(interval time.Duration) {
-	defer close(c.pingDone)
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	var ttt uint32
-	for {
-		select {
-		case <-c.closed:
-			return
-		case <-tick.C:
-		}
-		if c.pingPending.Load() != 0 {
-			c.abort(fmt.Errorf("no answer to NOP-In within %v", interval))
-			return
-		}
-		if time.Since(time.Unix(0, c.lastRecv.Load())) < interval {
-			continue
-		}
-		ttt++
-		if ttt == pdu.ReservedTag || ttt == 0 {
-			ttt = 1
-		}
-		c.pingPending.Store(ttt)
-		m := pdu.NOPIn{ITT: pdu.ReservedTag, TTT: ttt}
-		item := &outItem{pdus: []outPDU{{sn: snPeek}}}
-		m.Marshal(&item.pdus[0].bhs)
-		c.send(item)
 	}
 }
 

@@ -267,13 +267,13 @@ func (ls *loginState) security(kvs []pdu.KV, needAuth bool) ([]pdu.KV, error) {
 			if !errors.As(err, &ae) {
 				return nil, &loginError{status: pdu.LoginTargetError, err: err}
 			}
-			ls.c.log.Warn("iscsi CHAP authentication failed", "err", err)
+			ls.c.warn("iscsi CHAP authentication failed", "err", err)
 			return nil, &loginError{status: pdu.LoginAuthFailure, err: err}
 		}
 		reply = append(reply, r...)
 		if done {
 			ls.authDone = true
-			ls.c.log.Info("iscsi CHAP authentication succeeded")
+			ls.c.info("iscsi CHAP authentication succeeded")
 		}
 	}
 	if needAuth && ls.authMethod == "" {
@@ -294,6 +294,9 @@ func (ls *loginState) finish(req pdu.LoginRequest, reply []pdu.KV) error {
 		return &loginError{status: status, err: errors.New("session binding refused")}
 	}
 	c.sess = ss
+	if !ls.discovery {
+		c.memTarget = c.srv.mem.forTarget(key.target)
+	}
 	c.sessCID = ls.cid
 	c.params = ls.neg.Params()
 	c.sendSeg.Store(c.params.MaxRecvDataSegmentLength)
@@ -315,7 +318,7 @@ func (ls *loginState) finish(req pdu.LoginRequest, reply []pdu.KV) error {
 	} else if hook := c.srv.cfg.OnLogin; hook != nil {
 		hook(LoginEvent{Initiator: ls.initiatorName, ISID: ls.isid, TSIH: ss.tsih, Target: key.target, Remote: c.nc.RemoteAddr()})
 	}
-	c.log.Info("iscsi login", "session", kind, "target", key.target, "tsih", ss.tsih,
+	c.info("iscsi login", "session", kind, "target", key.target, "tsih", ss.tsih,
 		"mrdsl", c.params.MaxRecvDataSegmentLength, "immediate_data", c.params.ImmediateData,
 		"initial_r2t", c.params.InitialR2T, "header_digest", c.params.HeaderDigest, "data_digest", c.params.DataDigest)
 	return nil

@@ -15,15 +15,19 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/diskless-boot/diskless/internal/ratelog"
 	"github.com/diskless-boot/diskless/internal/scsi"
 )
 
-// Config is the configuration of a Server. The zero value is usable.
+// Config is the configuration of a Server. The zero value is usable, and
+// safe on a LAN where anyone can plug in: every bound below is on by
+// default. Durations that can be turned off say so (a negative value).
 type Config struct {
 	// PortalGroupTag is the TargetPortalGroupTag of every portal (default 1).
 	// It must match what initiators are configured with (the initramfs'
@@ -34,28 +38,90 @@ type Config struct {
 	// QueueDepth is the CmdSN window: how many commands a session may have
 	// outstanding (default 64).
 	QueueDepth int
-	// SessionMemory bounds the data buffers one session may hold at once;
-	// a command that would exceed it gets TASK SET FULL (default 256 MiB).
-	SessionMemory int64
-	// TotalMemory bounds the data buffers of all sessions together
-	// (default 1 GiB); beyond it commands get TASK SET FULL too.
-	TotalMemory int64
+
+	// The data buffers of commands in flight are shared so that no session
+	// and no target can take what another host needs to boot (SAM-5 5.3:
+	// a command that does not fit gets TASK SET FULL and is retried):
+	//
+	//   - SessionMemory bounds one session (default 256 MiB);
+	//   - TargetMemory bounds all sessions of one target, i.e. one host
+	//     (default 512 MiB);
+	//   - TotalMemory bounds all sessions together (default 1 GiB);
+	//   - the last ReservedMemory of TotalMemory (default 256 MiB) only
+	//     goes to targets that hold at most ReservedMemoryPerTarget
+	//     (default 16 MiB, one largest command) once the command is
+	//     counted: however many sessions of a few hosts hold buffers (WRITEs
+	//     whose Data-Out never comes), ReservedMemory/ReservedMemoryPerTarget
+	//     other hosts still get theirs. A negative ReservedMemory turns the
+	//     reserve off.
+	SessionMemory           int64
+	TargetMemory            int64
+	TotalMemory             int64
+	ReservedMemory          int64
+	ReservedMemoryPerTarget int64
+
 	// MaxConnections bounds concurrent connections, logged in or not
-	// (default 1024); more are closed at once.
+	// (default 1024). When it is reached, a new connection takes the
+	// place of one not logged in to a normal session yet (a login under
+	// way or a discovery session) from the source that has the most of
+	// those, the oldest first; when every connection is a normal session
+	// it is closed at once.
 	MaxConnections int
+	// MaxConnectionsPerSource bounds the connections from one source
+	// address, an IPv6 /64 counting as one (default 32); more are closed
+	// at once.
+	MaxConnectionsPerSource int
 	// MaxTransferLength caps the ExpectedDataTransferLength of one command
 	// (default 16 MiB); larger commands fail with INVALID FIELD IN CDB.
 	MaxTransferLength uint32
-	// NOPInterval, when positive, makes the target ping idle connections
-	// with NOP-In and drop those that do not answer within another
-	// interval. Off by default: iPXE does not answer while GRUB or the OS
-	// loader sits idle, and dropping it would kill the boot.
-	NOPInterval time.Duration
-	// LoginTimeout bounds the whole login phase (default 30 s).
+
+	// LoginTimeout bounds the whole login phase, however the PDUs trickle
+	// in (default 30 s).
 	LoginTimeout time.Duration
+	// DiscoveryTimeout bounds a discovery session from its login to its
+	// end, idle or not (default 60 s; negative: no bound). Initiators log
+	// in, ask SendTargets and log out within a second; one that comes
+	// back later logs in again.
+	DiscoveryTimeout time.Duration
+	// FirstCommandTimeout closes a normal session that has sent no SCSI
+	// command this long after its login (default 2 min; negative: never).
+	// Every initiator that boots or mounts a disk sends its first
+	// commands (INQUIRY, READ CAPACITY) right after login; a session that
+	// sends none only holds a connection slot.
+	FirstCommandTimeout time.Duration
+	// DataOutTimeout bounds how long commands may wait for the initiator:
+	// when a command waits for its Data-Out (solicited by R2T or
+	// unsolicited) and no Data-Out arrives on the connection for this
+	// long, or waits for a command before it in CmdSN order and ExpCmdSN
+	// does not move for this long, the connection is closed, freeing the
+	// commands' buffers (default 30 s; negative: no bound). Other
+	// commands do not count: they cannot keep a buffer pinned. At ErrorRecoveryLevel 0 a command cannot be recovered
+	// within the connection (RFC 7143 7.1.4.1 and 7.1.5: recovery R2T
+	// needs level 1); the initiator recovers by logging in again.
+	DataOutTimeout time.Duration
+
+	// ProvenNOPInterval pings, with NOP-In (RFC 7143 11.19), connections
+	// idle this long whose initiator has shown it handles NOPs by sending
+	// a NOP-Out ping of its own, and drops them when the ping goes
+	// unanswered for another interval (default 30 s; negative: never).
+	// open-iscsi (the Linux initiator, in the initramfs too) pings every
+	// 5 s of idleness and answers pings; QEMU's libiscsi does both too.
+	// iPXE never sends a NOP-Out and never answers a NOP-In ping
+	// (src/net/tcp/iscsi.c, iscsi_rx_nop_in), and while GRUB or an OS
+	// loader sits at a menu nothing in iPXE reads the socket at all:
+	// pinging it would kill the boot. Its idle sessions are left to TCP
+	// keepalive, FirstCommandTimeout and the connection limits.
+	ProvenNOPInterval time.Duration
+	// NOPInterval, when positive, pings every idle connection with NOP-In
+	// and drops those that do not answer within another interval, iPXE's
+	// included. Off by default: for sites whose initiators all answer.
+	NOPInterval time.Duration
 	// WriteTimeout bounds each write to a connection (default 60 s).
 	WriteTimeout time.Duration
-	// Logger receives the target's logs (default: discard).
+
+	// Logger receives the target's logs (default: discard). Every line a
+	// client can trigger is rate limited: a line of each kind at most
+	// every few seconds, carrying how many were held back.
 	Logger *slog.Logger
 	// OnLogin, when set, is called after each normal session's login
 	// completes, so the application can tie the session to what it knows
@@ -70,6 +136,13 @@ type LoginEvent struct {
 	TSIH      uint16
 	Target    string // TargetName
 	Remote    net.Addr
+}
+
+// Defaults returns the Config that New fills a zero Config with, for
+// callers that start from the documented defaults and change a few.
+func Defaults() Config {
+	var c Config
+	return c.withDefaults()
 }
 
 func (c *Config) withDefaults() Config {
@@ -87,11 +160,27 @@ func (c *Config) withDefaults() Config {
 	if d.SessionMemory <= 0 {
 		d.SessionMemory = 256 << 20
 	}
+	if d.TargetMemory <= 0 {
+		d.TargetMemory = 512 << 20
+	}
 	if d.TotalMemory <= 0 {
 		d.TotalMemory = 1 << 30
 	}
+	if d.ReservedMemory == 0 {
+		d.ReservedMemory = 256 << 20
+	}
+	// The reserve is part of the total and never all of it. Negative
+	// (off) stays negative, so that resolving twice changes nothing.
+	d.ReservedMemory = min(d.ReservedMemory, d.TotalMemory/2)
+	if d.ReservedMemoryPerTarget <= 0 {
+		d.ReservedMemoryPerTarget = 16 << 20
+	}
+	d.ReservedMemoryPerTarget = min(d.ReservedMemoryPerTarget, max(d.ReservedMemory, 1))
 	if d.MaxConnections <= 0 {
 		d.MaxConnections = 1024
+	}
+	if d.MaxConnectionsPerSource <= 0 {
+		d.MaxConnectionsPerSource = 32
 	}
 	if d.MaxTransferLength == 0 {
 		d.MaxTransferLength = 16 << 20
@@ -99,6 +188,10 @@ func (c *Config) withDefaults() Config {
 	if d.LoginTimeout <= 0 {
 		d.LoginTimeout = 30 * time.Second
 	}
+	d.DiscoveryTimeout = orDefault(d.DiscoveryTimeout, 60*time.Second)
+	d.FirstCommandTimeout = orDefault(d.FirstCommandTimeout, 2*time.Minute)
+	d.DataOutTimeout = orDefault(d.DataOutTimeout, 30*time.Second)
+	d.ProvenNOPInterval = orDefault(d.ProvenNOPInterval, 30*time.Second)
 	if d.WriteTimeout <= 0 {
 		d.WriteTimeout = 60 * time.Second
 	}
@@ -106,6 +199,16 @@ func (c *Config) withDefaults() Config {
 		d.Logger = slog.New(slog.DiscardHandler)
 	}
 	return d
+}
+
+// orDefault gives a bound that can be turned off its default: zero means
+// the default, negative means off and stays negative, so that resolving a
+// resolved Config changes nothing. Users test for > 0.
+func orDefault(v, def time.Duration) time.Duration {
+	if v == 0 {
+		return def
+	}
+	return v
 }
 
 // Target is one iSCSI target node exported by the Server.
@@ -132,6 +235,11 @@ func (t *Target) allows(initiator string) bool {
 type Server struct {
 	cfg Config
 	log *slog.Logger
+	// warn and info rate-limit the lines clients can trigger: warnings
+	// (refusals, timeouts, protocol errors) at most one per kind every
+	// few seconds, state changes (login, logout) with room for a room
+	// full of machines booting at once.
+	warn, info *ratelog.Logger
 
 	mu        sync.Mutex
 	targets   map[string]*Target
@@ -139,21 +247,13 @@ type Server struct {
 	nextTSIH  uint16
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]struct{}
+	sources   map[netip.Prefix]*source
 	closing   bool
 
 	wg           sync.WaitGroup
 	shutdownOnce sync.Once
-	panics       atomic.Int64
-	memUsed      atomic.Int64 // data buffer bytes held by all sessions
-}
-
-// reserveMem takes n bytes from the server-wide buffer budget.
-func (s *Server) reserveMem(n int64) bool {
-	if s.memUsed.Add(n) > s.cfg.TotalMemory {
-		s.memUsed.Add(-n)
-		return false
-	}
-	return true
+	stats        counters
+	mem          memBudget
 }
 
 // sessionKey identifies a session by its I_T nexus (RFC 7143 4.4.3).
@@ -173,6 +273,10 @@ func New(cfg Config) *Server {
 		sessions:  make(map[sessionKey]*session),
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*conn]struct{}),
+		sources:   make(map[netip.Prefix]*source),
+		warn:      ratelog.NewLogger(5*time.Second, 1),
+		info:      ratelog.NewLogger(100*time.Millisecond, 100),
+		mem:       memBudget{byTarget: make(map[string]*atomic.Int64)},
 	}
 }
 
@@ -211,6 +315,7 @@ func (s *Server) RemoveTarget(name string) error {
 	}
 	delete(s.targets, name)
 	s.mu.Unlock()
+	s.mem.forget(name)
 	s.DropSessions(name, "target removed")
 	return nil
 }
@@ -257,27 +362,23 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			return err
 		}
 		backoff = 0
-		c := newConn(s, nc)
-		s.mu.Lock()
-		if s.closing {
-			s.mu.Unlock()
-			nc.Close()
-			return nil
-		}
-		if len(s.conns) >= s.cfg.MaxConnections {
-			s.mu.Unlock()
-			s.log.Warn("iscsi connection refused: too many connections", "remote", nc.RemoteAddr().String())
+		c, victim, refused := s.admit(nc)
+		if refused != "" {
 			nc.Close()
 			continue
 		}
-		s.conns[c] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
+		if c == nil { // shutting down
+			nc.Close()
+			return nil
+		}
+		if victim != nil {
+			victim.abort(errEvicted)
+		}
 		go func() {
 			defer s.wg.Done()
 			c.serve()
 			s.mu.Lock()
-			delete(s.conns, c)
+			s.untrackLocked(c)
 			s.mu.Unlock()
 		}()
 	}
@@ -309,7 +410,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 // Panics reports how many connection handlers recovered from a panic.
-func (s *Server) Panics() int64 { return s.panics.Load() }
+func (s *Server) Panics() int64 { return int64(s.stats.panics.Load()) }
 
 // SessionCount reports the number of logged-in sessions.
 func (s *Server) SessionCount() int {

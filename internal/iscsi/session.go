@@ -2,6 +2,7 @@ package iscsi
 
 import (
 	"errors"
+	"log/slog"
 	"sync/atomic"
 	"time"
 
@@ -64,7 +65,7 @@ func (s *Server) bindSession(c *conn, key sessionKey, tsih uint16, discovery boo
 	old := s.sessions[key]
 	s.mu.Unlock()
 	if old != nil && !discovery {
-		s.log.Info("iscsi session reinstatement", "iqn", key.initiator, "isid", isidString(key.isid), "tsih", old.tsih)
+		s.info.Log(s.log, slog.LevelInfo, "iscsi session reinstatement", "iqn", key.initiator, "isid", isidString(key.isid), "tsih", old.tsih)
 		old.close(errors.New("session reinstated"))
 	}
 	s.mu.Lock()
@@ -80,6 +81,9 @@ func (s *Server) bindSession(c *conn, key sessionKey, tsih uint16, discovery boo
 	ss.nexus = scsi.Nexus{InitiatorName: key.initiator, ISID: key.isid, RelTargetPort: 1}
 	if !discovery {
 		s.sessions[key] = ss
+		// A normal session is no longer a login anyone could open:
+		// it is never evicted for a new connection.
+		s.settleLocked(c, nil)
 	}
 	return ss, pdu.LoginSuccess
 }

@@ -57,7 +57,7 @@ func TestFuzzSessionDetects(t *testing.T) {
 		}
 	})
 	synctest.Test(t, func(t *testing.T) {
-		got := runFzSession(t, seed, func(w *fzWorld) { w.srv.memUsed.Add(512) })
+		got := runFzSession(t, seed, func(w *fzWorld) { w.srv.mem.total.Add(512) })
 		if !slices.ContainsFunc(got, func(s string) bool { return strings.Contains(s, "buffer bytes") }) {
 			t.Errorf("a leaked buffer count went unnoticed: %q", got)
 		}

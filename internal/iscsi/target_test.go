@@ -53,7 +53,9 @@ func startTargetWith(t *testing.T, cfg Config, mutate func(*Target)) (*Server, s
 	if err := st.AddLU(0, lu); err != nil {
 		t.Fatal(err)
 	}
-	cfg.Logger = slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
 	srv := New(cfg)
 	tgt := &Target{Name: testIQN, SCSI: st}
 	if mutate != nil {

@@ -33,8 +33,17 @@ type task struct {
 	delivered bool        // reached in CmdSN order
 	executing bool        // handed to the SCSI layer
 	aborted   atomic.Bool // response must not be sent
-	done      chan struct{}
+	// waiting: what the task waits for that only the initiator can
+	// send (waitData, waitOrder), for Config.DataOutTimeout.
+	waiting atomic.Uint32
+	done    chan struct{}
 }
+
+// What a task may wait for from the initiator (task.waiting).
+const (
+	waitData  = 1 << iota // its Data-Out
+	waitOrder             // a command before it in CmdSN order
+)
 
 // r2t is one outstanding Ready To Transfer (RFC 7143 11.8).
 type r2t struct {
@@ -73,6 +82,9 @@ func (c *conn) handleSCSICommand(p *pdu.PDU) error {
 	if busy || cmd.ITT == pdu.ReservedTag {
 		return c.rejectData(h, pdu.RejectInvalidPDUField)
 	}
+	if !c.gotCommand.Load() {
+		c.gotCommand.Store(true) // Config.FirstCommandTimeout
+	}
 
 	t := &task{cmd: cmd, lun: decodeLUN(cmd.LUN), edtl: cmd.ExpectedDataTransferLength, write: cmd.Write, done: make(chan struct{})}
 	if cmd.Read && cmd.Write {
@@ -85,14 +97,16 @@ func (c *conn) handleSCSICommand(p *pdu.PDU) error {
 	}
 	if t.edtl > 0 && (cmd.Read || cmd.Write) {
 		c.mu.Lock()
-		ok := c.memUsed+int64(t.edtl) <= c.srv.cfg.SessionMemory && c.srv.reserveMem(int64(t.edtl))
-		if ok {
+		bound := c.srv.reserveMem(c.memTarget, c.memUsed, int64(t.edtl))
+		if bound == memOK {
 			c.memUsed += int64(t.edtl)
 		}
 		c.mu.Unlock()
-		if !ok {
+		if bound != memOK {
 			// SAM-5 5.3: TASK SET FULL tells the initiator to retry
 			// later; the buffers of the commands in flight bound us.
+			c.srv.stats.countTaskSetFull(bound)
+			c.warn("iscsi command refused: memory budget", "bound", bound.String(), "bytes", t.edtl)
 			return c.refuse(t, dsl, scsi.StatusTaskSetFull, nil)
 		}
 		t.buf = getBuf(int(t.edtl))
@@ -182,7 +196,15 @@ func (c *conn) progress(t *task) {
 			t.dataDone = true
 		}
 	}
-	if !t.delivered || (t.write && !t.dataDone) {
+	var w uint32
+	if !t.delivered {
+		w |= waitOrder
+	}
+	if t.write && !t.dataDone {
+		w |= waitData
+	}
+	t.waiting.Store(w)
+	if w != 0 {
 		return
 	}
 	c.mu.Lock()
@@ -269,6 +291,7 @@ func (c *conn) handleDataOut(p *pdu.PDU) error {
 		}
 		return err
 	}
+	c.dataOutCount.Add(1) // for the watchdog
 	if seq == nil {
 		t.unsolicitedRecv += dsl
 		t.unsolDataSN++
@@ -313,7 +336,7 @@ func (c *conn) discardTask(t *task) bool {
 func (c *conn) releaseMemLocked(t *task) {
 	if t.memHeld {
 		c.memUsed -= int64(t.edtl)
-		c.srv.memUsed.Add(-int64(t.edtl))
+		c.srv.releaseMem(c.memTarget, int64(t.edtl))
 		t.memHeld = false
 	}
 }

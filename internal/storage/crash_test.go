@@ -47,7 +47,7 @@ func TestDeleteSnapshotAgainAfterCrashOpen(t *testing.T) {
 	if _, err := l.DeleteSnapshot("h", st, "a"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := l.OpenDisk("h", st); err != nil {
+	if _, err := l.OpenDisk("h", st, nil); err != nil {
 		t.Fatal(err)
 	}
 	defer l.CloseDisk("h")

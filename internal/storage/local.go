@@ -37,6 +37,9 @@ type Local struct {
 	mu       sync.Mutex
 	versions map[VersionRef]*sharedVersion
 	open     map[string]*openDisk
+
+	failMu  sync.Mutex        // orders the failure records of disks (failure.go)
+	failGen map[string]uint64 // by host: failures recorded by this process
 }
 
 // sharedVersion is one open version file and how many users hold it.
@@ -64,7 +67,8 @@ func NewLocal(dir string, log *slog.Logger) (*Local, error) {
 			return nil, fmt.Errorf("storage: %w", err)
 		}
 	}
-	return &Local{root: dir, log: log, versions: map[VersionRef]*sharedVersion{}, open: map[string]*openDisk{}}, nil
+	return &Local{root: dir, log: log, versions: map[VersionRef]*sharedVersion{}, open: map[string]*openDisk{},
+		failGen: map[string]uint64{}}, nil
 }
 
 func (l *Local) versionPath(ref VersionRef) string {
@@ -289,30 +293,60 @@ func (l *Local) ensureLayer(host string, st DiskState, id string, size int64) er
 }
 
 // OpenDisk implements Backend.
-func (l *Local) OpenDisk(host string, st DiskState) (disk.Device, error) {
+func (l *Local) OpenDisk(host string, st DiskState, log *slog.Logger) (disk.Device, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if _, ok := l.open[host]; ok {
 		return nil, fmt.Errorf("%w: %s is already open", ErrDiskOpen, host)
 	}
-	od, err := l.openChain(host, st, st.Top, false)
+	if log == nil {
+		log = l.log
+	}
+	gen := l.failureGen(host)
+	f := l.readFailure(host)
+	var failed error
+	if f != nil && f.applies(st) {
+		failed = f.err()
+	}
+	var od *openDisk
+	onFail := func(err error) {
+		// Called from a flush, never with l.mu held (the disk is
+		// closed and pushed outside it).
+		l.mu.Lock()
+		st := od.st
+		l.mu.Unlock()
+		l.recordFailure(host, st, err)
+	}
+	od, err := l.openChain(host, st, st.Top, false, log, failed, onFail)
 	if err != nil {
 		return nil, err
+	}
+	switch {
+	case failed != nil:
+		log.Warn("host disk opened failed: a flush of it failed and nobody cleared the error since",
+			"host", host, "err", failed, "since", f.Time)
+	case f != nil:
+		if err := l.forgetFailure(host, gen); err != nil {
+			log.Warn("host disk: old failure record not removed", "host", host, "err", err)
+		}
+		log.Info("host disk no longer holds the part whose flush failed: it starts healthy", "host", host, "part", f.Part)
 	}
 	l.open[host] = od
 	return od.dev, nil
 }
 
 // openChain opens the disk whose top is the layer top (read-only when ro),
-// or the raw file. l.mu is held.
-func (l *Local) openChain(host string, st DiskState, top string, ro bool) (*openDisk, error) {
+// or the raw file, logging to log; failed opens it failed and onFail is
+// told when it fails (see disk.Failer). l.mu is held.
+func (l *Local) openChain(host string, st DiskState, top string, ro bool, log *slog.Logger, failed error, onFail func(error)) (*openDisk, error) {
 	if st.Mode == Raw {
 		if !st.Owned {
 			if err := l.foreign(st.RawPath); err != nil {
 				return nil, err
 			}
 		}
-		f, err := disk.OpenFile(st.RawPath, ro)
+		f, err := disk.OpenFileWith(st.RawPath, disk.FileOptions{ReadOnly: ro, Name: host, Logger: log,
+			Failed: failed, OnFail: onFail})
 		if err != nil {
 			return nil, fmt.Errorf("storage: disk of %s: %w", host, err)
 		}
@@ -340,7 +374,8 @@ func (l *Local) openChain(host string, st DiskState, top string, ro bool) (*open
 	for i, id := range chain {
 		dirs[i] = l.layerDir(host, id)
 	}
-	ov, err := disk.OpenOverlay(base, dirs[:len(dirs)-1], dirs[len(dirs)-1], disk.OverlayOptions{ReadOnly: ro, Name: host, Logger: l.log})
+	ov, err := disk.OpenOverlay(base, dirs[:len(dirs)-1], dirs[len(dirs)-1],
+		disk.OverlayOptions{ReadOnly: ro, Name: host, Logger: log, Failed: failed, OnFail: onFail})
 	if err != nil {
 		base.closeLocked()
 		return nil, fmt.Errorf("storage: disk of %s: %w", host, err)
@@ -356,7 +391,9 @@ func (od *openDisk) close() error {
 	return err
 }
 
-// CloseDisk implements Backend.
+// CloseDisk implements Backend. A failed disk without a failure record
+// gets one now: the storage that failed may have refused it when the
+// failure happened.
 func (l *Local) CloseDisk(host string) error {
 	l.mu.Lock()
 	od, ok := l.open[host]
@@ -365,7 +402,45 @@ func (l *Local) CloseDisk(host string) error {
 	if !ok {
 		return nil
 	}
-	return od.close()
+	err := od.close()
+	if f, ok := od.dev.(disk.Failer); ok && f.Err() != nil && l.readFailure(host) == nil {
+		l.recordFailure(host, od.st, f.Err())
+	}
+	return err
+}
+
+// DiskError implements Backend.
+func (l *Local) DiskError(host string, st DiskState) error {
+	l.mu.Lock()
+	od, open := l.open[host]
+	l.mu.Unlock()
+	if open {
+		if f, ok := od.dev.(disk.Failer); ok {
+			return f.Err()
+		}
+		return nil
+	}
+	if f := l.readFailure(host); f != nil && f.applies(st) {
+		return fmt.Errorf("%w: %w", disk.ErrDeviceFailed, f.err())
+	}
+	return nil
+}
+
+// ClearDiskError implements Backend. The caller holds the host's lock.
+func (l *Local) ClearDiskError(host string) error {
+	gen := l.failureGen(host)
+	l.mu.Lock()
+	od, open := l.open[host]
+	l.mu.Unlock()
+	if open {
+		if f, ok := od.dev.(disk.Failer); ok {
+			// A flush may take long on sick storage: not under l.mu.
+			if err := f.ClearError(); err != nil {
+				return fmt.Errorf("storage: disk of %s: %w", host, err)
+			}
+		}
+	}
+	return l.forgetFailure(host, gen)
 }
 
 func (l *Local) isOpen(host string) bool {
@@ -528,7 +603,7 @@ func (l *Local) merge(host string, st DiskState, x, child string) error {
 		l.mu.Unlock()
 		return nil // x was never written: nothing to merge
 	}
-	od, err := l.openChain(host, st, child, false)
+	od, err := l.openChain(host, st, child, false, l.log, nil, nil)
 	l.mu.Unlock()
 	if err != nil {
 		return err
@@ -631,7 +706,7 @@ func (l *Local) CopyDisk(ctx context.Context, host string, st DiskState, snapsho
 		l.mu.Unlock()
 		return fmt.Errorf("%w: close %s's disk before copying it", ErrDiskOpen, host)
 	}
-	od, err := l.openChain(host, st, top, true)
+	od, err := l.openChain(host, st, top, true, l.log, nil, nil)
 	l.mu.Unlock()
 	if err != nil {
 		return err
@@ -765,7 +840,8 @@ func (l *Local) Hosts() ([]string, error) {
 	}
 	var out []string
 	for _, e := range ents {
-		if e.IsDir() {
+		// lost+found: hosts/ may be a file system of its own.
+		if e.IsDir() && e.Name() != "lost+found" {
 			out = append(out, e.Name())
 		}
 	}

@@ -47,7 +47,7 @@ func (f fileSource) Size() int64 { st, _ := f.Stat(); return st.Size() }
 // withDisk opens host's disk, runs fn on it and closes it.
 func withDisk(t *testing.T, l *Local, host string, st DiskState, fn func(d disk.Device)) {
 	t.Helper()
-	d, err := l.OpenDisk(host, st)
+	d, err := l.OpenDisk(host, st, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +177,7 @@ func TestSnapshotsRollbackDelete(t *testing.T) {
 func TestRebaseAndVersionInUse(t *testing.T) {
 	l, ref, base := fixture(t)
 	st, _ := l.CreateDisk(context.Background(), "v", Volatile, ref, "", nil)
-	d, err := l.OpenDisk("v", st)
+	d, err := l.OpenDisk("v", st, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +194,7 @@ func TestRebaseAndVersionInUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.Prune("v", st)
-	d, _ = l.OpenDisk("v", st)
+	d, _ = l.OpenDisk("v", st, nil)
 	p := make([]byte, 4096)
 	d.ReadAt(p, 0)
 	l.CloseDisk("v")

@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"regexp"
 	"time"
 
@@ -207,9 +208,21 @@ type Backend interface {
 	// rawPath (used as is, never deleted).
 	CreateDisk(ctx context.Context, host string, mode DiskMode, base VersionRef, rawPath string, progress Progress) (DiskState, error)
 	// OpenDisk opens a host disk for the target. At most one open per
-	// host; CloseDisk releases it.
-	OpenDisk(host string, st DiskState) (disk.Device, error)
+	// host; CloseDisk releases it. log receives what happens to the open
+	// disk (a failed flush), with the caller's attributes (the image); nil:
+	// the backend's logger.
+	OpenDisk(host string, st DiskState, log *slog.Logger) (disk.Device, error)
 	CloseDisk(host string) error
+	// DiskError is nil while the host's disk (made of st) is healthy;
+	// once a flush of it failed, the error (wrapping disk.ErrDeviceFailed)
+	// that its writes and flushes return until ClearDiskError - also
+	// after CloseDisk and OpenDisk, a restart included, as long as the
+	// disk still holds the part that failed.
+	DiskError(host string, st DiskState) error
+	// ClearDiskError returns a failed disk to service once its storage
+	// is fixed: an open disk must complete one more flush (else it stays
+	// failed and the error is returned; see disk.Failer).
+	ClearDiskError(host string) error
 	// Snapshot freezes the current chain as snapshot name and continues on
 	// a new empty layer. On an open disk the switch happens in Sync, once
 	// the caller has committed the new state (crash-consistent snapshot).

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 func FuzzParseRequest(f *testing.F) {
@@ -30,7 +31,7 @@ func FuzzParseRequest(f *testing.F) {
 			t.Fatalf("round trip: %+v -> %x -> %+v, %v", r, enc, r2, err)
 		}
 		for _, maxBlock := range []int{512, 1468, MaxBlockSize} {
-			n := negotiate(r.Options, int64(len(b)), maxBlock, MaxWindowSize)
+			n := negotiate(r.Options, int64(len(b)), maxBlock, MaxWindowSize, 255*time.Second)
 			if n.blockSize < MinBlockSize || n.blockSize > max(maxBlock, DefaultBlockSize) ||
 				n.windowSize < 1 || n.windowSize > MaxWindowSize || n.timeout < 0 || len(n.oack) > 4 {
 				t.Fatalf("negotiated %+v from %+v", n, r.Options)

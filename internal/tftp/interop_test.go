@@ -153,6 +153,25 @@ func TestInteropTFTPHPA(t *testing.T) {
 			t.Fatalf("netascii round trip:\n got %q\nwant %q", got, text)
 		}
 	})
+	t.Run("too many from one address", func(t *testing.T) {
+		ts := interopServer(t, 0, Config{MaxTransfersPerSource: 1})
+		writeFile(ts.dir, "f", 5000, 1)
+		hog, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer hog.Close()
+		hog.WriteTo((&Request{Op: OpRRQ, Filename: "f", Mode: "octet"}).AppendBinary(nil), ts.addr)
+		tid := hogTID(t, hog) // its DATA 1: the one slot of 127.0.0.1 is taken
+		defer hog.WriteTo((&Error{ErrCodeNotDefined, "done"}).AppendBinary(nil), tid)
+		out, err := runClient(t, bin, "-m", "binary", "127.0.0.1", port(ts), "-c", "get", "f", filepath.Join(t.TempDir(), "f"))
+		if !strings.Contains(out, "too many transfers from your address") {
+			t.Fatalf("refusal not shown to the user (err %v): %q", err, out)
+		}
+		if st := ts.Stats(); st.SourceBusy != 1 {
+			t.Errorf("%+v", st)
+		}
+	})
 	t.Run("not found", func(t *testing.T) {
 		ts := interopServer(t, 0, Config{})
 		out, _ := runClient(t, bin, "-m", "binary", "127.0.0.1", port(ts), "-c", "get", "../../etc/passwd", filepath.Join(t.TempDir(), "x"))
@@ -183,6 +202,9 @@ func TestInteropAtftp(t *testing.T) {
 		{name: "blksize 8192 capped", size: 300_000, args: get("blksize 65464"), wantBlk: 8192, wantWin: 1},
 		{name: "windowsize 4", size: 300_000, args: get("blksize 1468", "windowsize 4", "tsize 0"), wantBlk: 1468, wantWin: 4},
 		{name: "windowsize 16", size: 1_000_000, args: get("blksize 1468", "windowsize 16", "tsize 0", "timeout 1"), wantBlk: 1468, wantWin: 16},
+		// Above Config.MaxTimeout the option is left out of the OACK;
+		// atftp then keeps its own timer.
+		{name: "timeout 255 ignored", size: 100_000, args: get("blksize 1468", "timeout 255", "tsize 0"), wantBlk: 1468, wantWin: 1},
 		{name: "windowsize 8 lossy", loss: 0.03, size: 300_000, args: get("blksize 1468", "windowsize 8", "tsize 0"), wantBlk: 1468, wantWin: 8},
 		{name: "lossy", loss: 0.05, size: 200_000, args: get("blksize 1024"), wantBlk: 1024, wantWin: 1},
 	}

@@ -23,7 +23,10 @@ const MaxWindowSize = 64
 type negotiated struct {
 	blockSize  int           // bytes per DATA packet
 	windowSize int           // DATA packets sent per ACK
-	timeout    time.Duration // client's timeout option, 0 if none
+	timeout    time.Duration // client's timeout option, 0 if none or ignored
+	// timeoutIgnored is set when the client asked for a timeout above the
+	// server's cap: the option was left out of the OACK.
+	timeoutIgnored bool
 	// oack lists the accepted options with the values the server uses, in
 	// the order the client sent them. Empty means no OACK: the transfer
 	// starts with DATA 1 (RFC 2347: a server that accepts no option
@@ -33,13 +36,13 @@ type negotiated struct {
 
 // negotiate applies RFC 2347 option negotiation to an RRQ. size is the
 // number of bytes the transfer will carry, or -1 when unknown (netascii).
-// maxBlock and maxWindow are the server's caps.
+// maxBlock, maxWindow and maxTimeout are the server's caps.
 //
 // Options the server does not know, repeats of an option, and values that
 // are not canonical decimal numbers in range are left out of the OACK, which
 // RFC 2347 allows ("the server may ignore an option"); the client then uses
 // the RFC 1350 default for them.
-func negotiate(opts []Option, size int64, maxBlock, maxWindow int) negotiated {
+func negotiate(opts []Option, size int64, maxBlock, maxWindow int, maxTimeout time.Duration) negotiated {
 	n := negotiated{blockSize: DefaultBlockSize, windowSize: 1}
 	seen := map[string]bool{}
 	for _, o := range opts {
@@ -60,9 +63,19 @@ func negotiate(opts []Option, size int64, maxBlock, maxWindow int) negotiated {
 			n.oack = append(n.oack, Option{optBlksize, strconv.Itoa(n.blockSize)})
 		case optTimeout:
 			// RFC 2349: 1..255 seconds; the server may not change the value,
-			// only accept it or ignore it.
+			// only accept it or ignore it. EDK2 enforces that: its OACK check
+			// (Mtftp4RrqOackValid) fails the transfer when the timeout differs
+			// from the one it asked for. So a timeout above the server's cap
+			// is ignored, not lowered: the client keeps its own retransmission
+			// timer and the server uses Config.Timeout. Without the cap, 256
+			// requests asking for 255 s and never answering would hold every
+			// transfer slot for 6 x 255 s.
 			v, ok := parseDecimal(o.Value, 255)
 			if !ok || v < 1 {
+				continue
+			}
+			if time.Duration(v)*time.Second > maxTimeout {
+				n.timeoutIgnored = true
 				continue
 			}
 			n.timeout = time.Duration(v) * time.Second

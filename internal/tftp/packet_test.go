@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func unhex(t testing.TB, s string) []byte {
@@ -208,6 +209,10 @@ func TestNegotiate(t *testing.T) {
 		{"timeout", opt("timeout", "3"), 5, 1468, 512, 1, opt("timeout", "3")},
 		{"timeout 0 ignored", opt("timeout", "0"), 5, 1468, 512, 1, nil},
 		{"timeout 256 ignored", opt("timeout", "256"), 5, 1468, 512, 1, nil},
+		{"timeout at the cap", opt("timeout", "10"), 5, 1468, 512, 1, opt("timeout", "10")},
+		// RFC 2349 does not let a server lower the timeout (EDK2 checks):
+		// above the cap it is left out, the other options still answered.
+		{"timeout above the cap ignored", opt("timeout", "255", "tsize", "0"), 5, 1468, 512, 1, opt("tsize", "5")},
 		{"windowsize", opt("windowsize", "16"), 5, 1468, 512, 16, opt("windowsize", "16")},
 		{"windowsize capped", opt("windowsize", "65535"), 5, 1468, 512, MaxWindowSize,
 			opt("windowsize", "64")},
@@ -218,7 +223,10 @@ func TestNegotiate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			n := negotiate(tt.opts, tt.size, tt.maxBlock, MaxWindowSize)
+			n := negotiate(tt.opts, tt.size, tt.maxBlock, MaxWindowSize, 10*time.Second)
+			if n.timeoutIgnored != strings.HasPrefix(tt.name, "timeout above") {
+				t.Errorf("timeoutIgnored %v", n.timeoutIgnored)
+			}
 			if n.blockSize != tt.wantBlock || n.windowSize != tt.wantWin || !reflect.DeepEqual(n.oack, tt.wantOACK) {
 				t.Fatalf("got block %d window %d oack %v; want %d %d %v",
 					n.blockSize, n.windowSize, n.oack, tt.wantBlock, tt.wantWin, tt.wantOACK)

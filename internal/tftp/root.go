@@ -16,6 +16,9 @@ var (
 	errReadOnly    = &Error{ErrCodeAccessViolation, "read-only server"}
 	errBadMode     = &Error{ErrCodeIllegalOperation, "unsupported transfer mode"}
 	errBusy        = &Error{ErrCodeNotDefined, "server busy, try again later"}
+	errSourceBusy  = &Error{ErrCodeNotDefined, "too many transfers from your address, try again later"}
+	errPreempted   = &Error{ErrCodeNotDefined, "no ACK received, transfer slot given to another client"}
+	errExpired     = &Error{ErrCodeNotDefined, "transfer time limit reached"}
 	errInternal    = &Error{ErrCodeNotDefined, "server error"}
 	errTimedOut    = &Error{ErrCodeNotDefined, "timed out"}
 	errShutdown    = &Error{ErrCodeNotDefined, "server shutting down"}

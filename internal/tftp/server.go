@@ -8,13 +8,22 @@
 // (DHCP and boot do) and never writes: write requests are refused.
 //
 // Each transfer runs in its own goroutine on its own ephemeral UDP socket
-// (its transfer ID, RFC 1350 section 4); the number of transfers is
-// bounded by Config.MaxTransfers. Octet transfers read blocks by offset
-// and buffer one packet; only streamed transfers (netascii) buffer their
-// window, at most 256 KiB.
+// (its transfer ID, RFC 1350 section 4). Octet transfers read blocks by
+// offset and buffer one packet; only streamed transfers (netascii) buffer
+// their window, at most 256 KiB.
+//
+// No client can hold the server: transfers are bounded in total
+// (Config.MaxTransfers) and per client address (MaxTransfersPerSource), a
+// transfer that stops answering is abandoned after its retransmissions
+// (at most about a minute, as the timeout option is capped by MaxTimeout),
+// every transfer ends after MaxTransferTime, and when every slot is taken
+// a transfer whose client never acknowledged anything gives its slot to a
+// new request. A request that gets no slot is answered with an ERROR,
+// counted by reason in Stats and logged (rate-limited).
 package tftp
 
 import (
+	"container/list"
 	"context"
 	"errors"
 	"fmt"
@@ -27,6 +36,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/diskless-boot/diskless/internal/ratelog"
 )
 
 // DefaultDir is the directory served by default: where Debian's ipxe
@@ -44,16 +55,44 @@ type Config struct {
 	// (*os.Root).FS() does, os.DirFS does not.
 	FS fs.FS
 	// MaxTransfers bounds the transfers running at once (default 256).
+	// When all are taken, a new request takes the slot of the oldest
+	// transfer whose client has not acknowledged anything within Timeout
+	// (a live client answers within a round trip); if there is none, it
+	// is refused (see DropWhenBusy) and counted in Stats.Busy.
 	MaxTransfers int
+	// MaxTransfersPerSource bounds the transfers running at once for one
+	// client IP address (default 8). A booting machine runs one or two (a
+	// tsize probe, then the file), so one address cannot take the slots
+	// every other machine needs. A request beyond it gets ERROR 0 "too
+	// many transfers from your address" and is counted in
+	// Stats.SourceBusy.
+	MaxTransfersPerSource int
 	// DropWhenBusy, when true, silently drops requests beyond MaxTransfers
 	// so that the client retransmits its RRQ later (PXE ROMs and iPXE do).
-	// By default such a request gets ERROR 0 "server busy", which most
-	// firmware treats as fatal.
+	// By default such a request gets ERROR 0 "server busy", which the
+	// client shows and most firmware treats as fatal for that boot. It
+	// never applies to MaxTransfersPerSource.
 	DropWhenBusy bool
 	// Timeout is the first retransmission timeout when the client does not
 	// negotiate one (default 1 s). It doubles after each unanswered
 	// retransmission, up to 10 s or the negotiated timeout if longer.
 	Timeout time.Duration
+	// MaxTimeout is the largest timeout option (RFC 2349) accepted
+	// (default 10 s; at most 255 s, the option's range). A client asking
+	// for more gets an OACK without the option - RFC 2349 lets a server
+	// ignore it but not lower it, and EDK2 fails a transfer whose OACK
+	// changes it - and the server retransmits after Timeout. A transfer
+	// that stops answering then holds its slot for at most
+	// (Retries+1) x max(MaxTimeout, 10 s): 1 min by default.
+	// Counted in Stats.TimeoutIgnored.
+	MaxTimeout time.Duration
+	// MaxTransferTime bounds the lifetime of a transfer (default 5 min,
+	// for files of a few MB: iPXE is about 1 MB and takes well under a
+	// second on a LAN). A transfer still running then is ended with ERROR
+	// 0 and counted in Stats.Expired, so a client acknowledging just often
+	// enough cannot hold a slot for ever. Raise it to serve large files
+	// over slow links.
+	MaxTransferTime time.Duration
 	// Retries is how many times a packet is retransmitted before the
 	// transfer is abandoned (default 5).
 	Retries int
@@ -86,6 +125,16 @@ func (c *Config) withDefaults() Config {
 	}
 	if d.MaxTransfers <= 0 {
 		d.MaxTransfers = 256
+	}
+	if d.MaxTransfersPerSource <= 0 {
+		d.MaxTransfersPerSource = 8
+	}
+	if d.MaxTimeout <= 0 {
+		d.MaxTimeout = 10 * time.Second
+	}
+	d.MaxTimeout = min(d.MaxTimeout, 255*time.Second)
+	if d.MaxTransferTime <= 0 {
+		d.MaxTransferTime = 5 * time.Minute
 	}
 	if d.Timeout <= 0 {
 		d.Timeout = time.Second
@@ -126,7 +175,8 @@ type TransferInfo struct {
 	Duration    time.Duration
 	// Err is nil when the client acknowledged the last block. Otherwise it
 	// is an *Error the server sent (refusal, busy), or wraps ErrTimeout,
-	// ErrClientAbort (with the client's *Error) or ErrShutdown.
+	// ErrClientAbort (with the client's *Error), ErrPreempted, ErrExpired
+	// or ErrShutdown.
 	Err error
 }
 
@@ -135,29 +185,54 @@ var (
 	ErrTimeout     = errors.New("tftp: client stopped answering")
 	ErrClientAbort = errors.New("tftp: client aborted the transfer")
 	ErrShutdown    = errors.New("tftp: server shutting down")
+	// ErrPreempted: the client had acknowledged nothing and its slot went
+	// to a new request (Config.MaxTransfers).
+	ErrPreempted = errors.New("tftp: slot given to another client")
+	// ErrExpired: the transfer ran longer than Config.MaxTransferTime.
+	ErrExpired = errors.New("tftp: transfer time limit reached")
 )
 
-// Stats are the server's counters since New.
+// Stats are the server's counters since New. Requests turned away are
+// counted by reason: Busy, SourceBusy and Refused.
 type Stats struct {
-	Requests    uint64 // RRQs and WRQs parsed, duplicates and busy ones included
-	Duplicates  uint64 // RRQs repeated while their transfer runs: ignored
-	Busy        uint64 // RRQs turned away because MaxTransfers were running
-	Refused     uint64 // requests answered with an ERROR: not found, access, mode, WRQ
-	Completed   uint64 // transfers whose last block was acknowledged
-	Aborted     uint64 // transfers the client ended with an ERROR (e.g. a tsize probe)
-	TimedOut    uint64 // transfers abandoned after Retries retransmissions
-	Failed      uint64 // transfers ended by a server-side error or shutdown
-	Malformed   uint64 // packets dropped: unparsable, or an opcode not expected there
-	UnknownTID  uint64 // packets from a stranger on a transfer port (answered ERROR 5)
-	Retransmits uint64 // OACK and DATA packets sent again
-	BytesSent   uint64 // payload bytes acknowledged by clients
-	Panics      uint64 // transfers that ended in a recovered panic
-	Active      int    // transfers running now
+	Requests       uint64 // RRQs and WRQs parsed, duplicates and busy ones included
+	Duplicates     uint64 // RRQs repeated while their transfer runs: ignored
+	Busy           uint64 // RRQs turned away because MaxTransfers were running
+	SourceBusy     uint64 // RRQs turned away because their address ran MaxTransfersPerSource
+	Refused        uint64 // requests answered with an ERROR: not found, access, mode, WRQ
+	TimeoutIgnored uint64 // timeout options above MaxTimeout, left out of the OACK
+	Preempted      uint64 // transfers without any ACK that gave their slot to a new request
+	Expired        uint64 // transfers ended after MaxTransferTime
+	Completed      uint64 // transfers whose last block was acknowledged
+	Aborted        uint64 // transfers the client ended with an ERROR (e.g. a tsize probe)
+	TimedOut       uint64 // transfers abandoned after Retries retransmissions
+	Failed         uint64 // transfers ended by a server-side error or shutdown
+	Malformed      uint64 // packets dropped: unparsable, or an opcode not expected there
+	UnknownTID     uint64 // packets from a stranger on a transfer port (answered ERROR 5)
+	Retransmits    uint64 // OACK and DATA packets sent again
+	BytesSent      uint64 // payload bytes acknowledged by clients
+	Panics         uint64 // transfers that ended in a recovered panic
+	Active         int    // transfers running now
 }
 
 type counters struct {
-	requests, duplicates, busy, refused, completed, aborted, timedOut, failed,
-	malformed, unknownTID, retransmits, bytesSent, panics atomic.Uint64
+	requests, duplicates, busy, sourceBusy, refused, timeoutIgnored, preempted, expired,
+	completed, aborted, timedOut, failed, malformed, unknownTID, retransmits, bytesSent,
+	panics atomic.Uint64
+}
+
+// slot is one running transfer's claim on the server's capacity. key,
+// src, start and cancel never change; the other fields are guarded by
+// Server.mu.
+type slot struct {
+	key    string     // the client's address:port, its key in Server.active
+	src    netip.Addr // the client's address, its key in Server.perSource
+	start  time.Time
+	cancel context.CancelCauseFunc
+	// waiting is its element in Server.unacked while the client has
+	// acknowledged nothing; nil after.
+	waiting *list.Element
+	gone    bool // given back: the transfer ended or was preempted
 }
 
 // Server is a read-only TFTP server. It is safe for concurrent use; one
@@ -175,12 +250,14 @@ type Server struct {
 	mu        sync.Mutex
 	closing   bool
 	listeners map[net.PacketConn]struct{}
-	active    map[string]struct{} // client address of each running transfer
+	active    map[string]*slot   // running transfers by client address:port
+	perSource map[netip.Addr]int // running transfers by client address
+	unacked   *list.List         // of *slot without any ACK yet, oldest first
 
 	wg           sync.WaitGroup
 	shutdownOnce sync.Once
 	stats        counters
-	warnLimit    limiter
+	warnLimit    *ratelog.Limiter
 }
 
 // New returns a Server for cfg. It opens Config.Dir, so a missing
@@ -191,8 +268,10 @@ func New(cfg Config) (*Server, error) {
 		cfg:       c,
 		log:       c.Logger,
 		listeners: make(map[net.PacketConn]struct{}),
-		active:    make(map[string]struct{}),
-		warnLimit: limiter{rate: 10, burst: 20},
+		active:    make(map[string]*slot),
+		perSource: make(map[netip.Addr]int),
+		unacked:   list.New(),
+		warnLimit: ratelog.New(100*time.Millisecond, 20),
 	}
 	if c.FS != nil {
 		s.fsys = c.FS
@@ -215,7 +294,9 @@ func (s *Server) Stats() Stats {
 	c := &s.stats
 	return Stats{
 		Requests: c.requests.Load(), Duplicates: c.duplicates.Load(), Busy: c.busy.Load(),
-		Refused: c.refused.Load(), Completed: c.completed.Load(), Aborted: c.aborted.Load(),
+		SourceBusy: c.sourceBusy.Load(), Refused: c.refused.Load(),
+		TimeoutIgnored: c.timeoutIgnored.Load(), Preempted: c.preempted.Load(), Expired: c.expired.Load(),
+		Completed: c.completed.Load(), Aborted: c.aborted.Load(),
 		TimedOut: c.timedOut.Load(), Failed: c.failed.Load(), Malformed: c.malformed.Load(),
 		UnknownTID: c.unknownTID.Load(), Retransmits: c.retransmits.Load(),
 		BytesSent: c.bytesSent.Load(), Panics: c.panics.Load(), Active: active,
@@ -283,6 +364,8 @@ func (s *Server) handleRequest(conn net.PacketConn, b []byte, peer net.Addr) {
 	}
 
 	key := peer.String()
+	src := addrPort(peer).Addr()
+	now := time.Now()
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
@@ -295,19 +378,41 @@ func (s *Server) handleRequest(conn net.PacketConn, b []byte, peer net.Addr) {
 		s.stats.duplicates.Add(1)
 		return
 	}
-	if len(s.active) >= s.cfg.MaxTransfers {
+	if n := s.perSource[src]; n >= s.cfg.MaxTransfersPerSource {
 		s.mu.Unlock()
-		s.stats.busy.Add(1)
-		s.warn("tftp busy: request turned away", "ip", addrString(peer), "file", req.Filename,
-			"max_transfers", s.cfg.MaxTransfers)
-		if !s.cfg.DropWhenBusy {
-			s.send(conn, peer, errBusy.AppendBinary(nil))
-		}
+		s.stats.sourceBusy.Add(1)
+		s.warn("tftp: too many transfers from one address, request refused", "ip", src.String(),
+			"file", req.Filename, "max_transfers_per_source", s.cfg.MaxTransfersPerSource)
+		// Always answered: silence would only make it ask again.
+		s.send(conn, peer, errSourceBusy.AppendBinary(nil))
 		s.report(TransferInfo{Client: addrPort(peer), File: req.Filename, Mode: req.Mode,
-			Size: -1, Start: time.Now(), Err: errBusy})
+			Size: -1, Start: now, Err: errSourceBusy})
 		return
 	}
-	s.active[key] = struct{}{}
+	if len(s.active) >= s.cfg.MaxTransfers {
+		victim := s.preemptibleLocked(now)
+		if victim == nil {
+			s.mu.Unlock()
+			s.stats.busy.Add(1)
+			s.warn("tftp: all transfer slots taken, request refused", "ip", src.String(), "file", req.Filename,
+				"max_transfers", s.cfg.MaxTransfers)
+			if !s.cfg.DropWhenBusy {
+				s.send(conn, peer, errBusy.AppendBinary(nil))
+			}
+			s.report(TransferInfo{Client: addrPort(peer), File: req.Filename, Mode: req.Mode,
+				Size: -1, Start: now, Err: errBusy})
+			return
+		}
+		// The victim's goroutine ends at once (its read is interrupted);
+		// its slot counts as free from now.
+		s.releaseLocked(victim)
+		victim.cancel(ErrPreempted)
+	}
+	ctx, cancel := context.WithCancelCause(s.ctx)
+	sl := &slot{key: key, src: src, start: now, cancel: cancel}
+	sl.waiting = s.unacked.PushBack(sl)
+	s.active[key] = sl
+	s.perSource[src]++
 	s.wg.Add(1)
 	s.mu.Unlock()
 
@@ -315,18 +420,66 @@ func (s *Server) handleRequest(conn net.PacketConn, b []byte, peer net.Addr) {
 		defer s.wg.Done()
 		defer func() {
 			s.mu.Lock()
-			delete(s.active, key)
+			s.releaseLocked(sl)
 			s.mu.Unlock()
+			cancel(nil)
 		}()
-		s.runTransfer(conn, peer, req)
+		ctx, stop := context.WithTimeoutCause(ctx, s.cfg.MaxTransferTime, ErrExpired)
+		defer stop()
+		s.runTransfer(ctx, sl, conn, peer, req)
 	}()
+}
+
+// preemptibleLocked returns the oldest transfer whose client has
+// acknowledged nothing for Config.Timeout, the server's own first
+// retransmission timeout: a live client answers an OACK or DATA within a
+// round trip, so such a slot is most likely held by a client that went
+// away or never meant to read. nil if there is none. Caller holds mu.
+func (s *Server) preemptibleLocked(now time.Time) *slot {
+	e := s.unacked.Front()
+	if e == nil {
+		return nil
+	}
+	if sl := e.Value.(*slot); now.Sub(sl.start) >= s.cfg.Timeout {
+		return sl
+	}
+	return nil
+}
+
+// releaseLocked gives a slot back, once. Caller holds mu.
+func (s *Server) releaseLocked(sl *slot) {
+	if sl.gone {
+		return
+	}
+	sl.gone = true
+	if s.active[sl.key] == sl {
+		delete(s.active, sl.key)
+	}
+	if s.perSource[sl.src]--; s.perSource[sl.src] <= 0 {
+		delete(s.perSource, sl.src)
+	}
+	if sl.waiting != nil {
+		s.unacked.Remove(sl.waiting)
+		sl.waiting = nil
+	}
+}
+
+// acknowledged records that sl's client acknowledged something: its slot
+// is no longer preemptible.
+func (s *Server) acknowledged(sl *slot) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sl.waiting != nil {
+		s.unacked.Remove(sl.waiting)
+		sl.waiting = nil
+	}
 }
 
 // runTransfer serves one RRQ and reports how it ended. A panic ends only
 // this transfer.
-func (s *Server) runTransfer(reqConn net.PacketConn, peer net.Addr, req Request) {
+func (s *Server) runTransfer(ctx context.Context, sl *slot, reqConn net.PacketConn, peer net.Addr, req Request) {
 	t := &transfer{
-		s: s, reqConn: reqConn, peer: peer, req: req,
+		s: s, slot: sl, reqConn: reqConn, peer: peer, req: req,
 		info: TransferInfo{Client: addrPort(peer), File: req.Filename, Mode: req.Mode,
 			Size: -1, Start: time.Now(), BlockSize: DefaultBlockSize, WindowSize: 1},
 	}
@@ -341,7 +494,7 @@ func (s *Server) runTransfer(reqConn net.PacketConn, peer net.Addr, req Request)
 		t.close()
 		s.finish(t)
 	}()
-	t.info.Err = t.run(s.ctx)
+	t.info.Err = t.run(ctx)
 }
 
 // finish counts, logs and reports a transfer that ended.
@@ -369,6 +522,13 @@ func (s *Server) finish(t *transfer) {
 	case errors.Is(err, ErrTimeout):
 		s.stats.timedOut.Add(1)
 		s.warn("tftp transfer timed out", append(attrs, "err", err)...)
+	case errors.Is(err, ErrPreempted):
+		s.stats.preempted.Add(1)
+		s.warn("tftp transfer without any ACK ended: its slot went to a new request", append(attrs, "err", err)...)
+	case errors.Is(err, ErrExpired):
+		s.stats.expired.Add(1)
+		s.warn("tftp transfer ended: time limit reached", append(attrs, "err", err,
+			"max_transfer_time", s.cfg.MaxTransferTime)...)
 	default:
 		s.stats.failed.Add(1)
 		if !t.panicked { // already logged with its stack
@@ -434,13 +594,22 @@ func (s *Server) send(conn net.PacketConn, to net.Addr, pkt []byte) bool {
 }
 
 func (s *Server) warn(msg string, args ...any) {
-	if s.warnLimit.allow() {
+	if ok, suppressed := s.warnLimit.Allow(); ok {
+		if suppressed > 0 {
+			args = append(args, "suppressed", suppressed)
+		}
 		s.log.Warn(msg, args...)
 	}
 }
 
 func (s *Server) debug(msg string, args ...any) {
-	if s.log.Enabled(context.Background(), slog.LevelDebug) && s.warnLimit.allow() {
+	if !s.log.Enabled(context.Background(), slog.LevelDebug) {
+		return
+	}
+	if ok, suppressed := s.warnLimit.Allow(); ok {
+		if suppressed > 0 {
+			args = append(args, "suppressed", suppressed)
+		}
 		s.log.Debug(msg, args...)
 	}
 }
@@ -484,29 +653,4 @@ func sameAddr(a, b net.Addr) bool {
 		return ua.Port == ub.Port && ua.IP.Equal(ub.IP)
 	}
 	return a.String() == b.String()
-}
-
-// limiter is a token bucket for logs clients can trigger.
-type limiter struct {
-	rate, burst float64
-	mu          sync.Mutex
-	tokens      float64
-	last        time.Time
-}
-
-func (l *limiter) allow() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := time.Now()
-	if l.last.IsZero() {
-		l.tokens = l.burst
-	} else {
-		l.tokens = min(l.burst, l.tokens+now.Sub(l.last).Seconds()*l.rate)
-	}
-	l.last = now
-	if l.tokens < 1 {
-		return false
-	}
-	l.tokens--
-	return true
 }

@@ -280,8 +280,9 @@ func TestRollover(t *testing.T) {
 }
 
 func TestConcurrentTransfers(t *testing.T) {
-	ts := startServer(t, Config{MaxBlockSize: 8192})
 	const n = 64
+	// All the clients share 127.0.0.1.
+	ts := startServer(t, Config{MaxBlockSize: 8192, MaxTransfersPerSource: n})
 	files := make([][]byte, 8)
 	for i := range files {
 		files[i], _ = writeFile(ts.dir, fmt.Sprintf("f%d", i), 50_000+i*7777, uint64(i))

@@ -156,19 +156,26 @@ func synctestServer(t *testing.T, cfg Config) (*Server, *memNet, *memConn, func(
 // with ERROR 0 after Retries attempts.
 func TestRetransmissionBackoff(t *testing.T) {
 	for _, tt := range []struct {
-		name    string
-		options []Option
-		want    []time.Duration // arrival times of DATA 1 (or OACK), then the ERROR
+		name       string
+		options    []Option
+		maxTimeout time.Duration
+		want       []time.Duration // arrival times of DATA 1 (or OACK), then the ERROR
 	}{
-		{"default", nil, []time.Duration{0, 1, 3, 7, 15, 25, 35}},
-		{"negotiated timeout 3s", opts("timeout", "3"), []time.Duration{0, 3, 9, 19, 29, 39, 49}},
-		{"negotiated timeout 20s", opts("timeout", "20"), []time.Duration{0, 20, 40, 60, 80, 100, 120}},
+		{"default", nil, 0, []time.Duration{0, 1, 3, 7, 15, 25, 35}},
+		{"negotiated timeout 3s", opts("timeout", "3"), 0, []time.Duration{0, 3, 9, 19, 29, 39, 49}},
+		{"negotiated timeout 20s under a raised cap", opts("timeout", "20"), 20 * time.Second,
+			[]time.Duration{0, 20, 40, 60, 80, 100, 120}},
+		// The attack of issue 13: timeout=255 and no ACK held a slot for
+		// 6 x 255 s. Above the cap the option is ignored (OACK without it)
+		// and the server's own schedule frees the slot after 35 s.
+		{"timeout 255 ignored", opts("timeout", "255", "tsize", "0"), 0, []time.Duration{0, 1, 3, 7, 15, 25, 35}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				var info TransferInfo
 				s, mn, l, stop := synctestServer(t, Config{
 					FS:         fstest.MapFS{"f": {Data: make([]byte, 1000)}},
+					MaxTimeout: tt.maxTimeout,
 					OnTransfer: func(ti TransferInfo) { info = ti },
 				})
 				defer stop()
@@ -181,6 +188,17 @@ func TestRetransmissionBackoff(t *testing.T) {
 					n, _, err := c.ReadFrom(buf)
 					if err != nil {
 						t.Fatal(err)
+					}
+					if op, _ := PeekOpcode(buf[:n]); op == OpOACK && len(got) == 0 {
+						o, err := ParseOAck(buf[:n])
+						if err != nil {
+							t.Fatal(err)
+						}
+						for _, opt := range o.Options {
+							if opt.Name == "timeout" && tt.maxTimeout == 0 && opt.Value != "3" {
+								t.Errorf("OACK carries timeout %s above the cap", opt.Value)
+							}
+						}
 					}
 					got = append(got, time.Since(start)/time.Second)
 					if op, _ := PeekOpcode(buf[:n]); op == OpERROR {
@@ -196,8 +214,12 @@ func TestRetransmissionBackoff(t *testing.T) {
 					}
 				}
 				synctest.Wait()
-				if st := s.Stats(); st.TimedOut != 1 || st.Retransmits != 5 {
+				st := s.Stats()
+				if st.TimedOut != 1 || st.Retransmits != 5 || st.Active != 0 {
 					t.Errorf("%+v", st)
+				}
+				if ignored := tt.name == "timeout 255 ignored"; (st.TimeoutIgnored == 1) != ignored {
+					t.Errorf("TimeoutIgnored %d", st.TimeoutIgnored)
 				}
 				if !errors.Is(info.Err, ErrTimeout) || info.Retransmits != 5 {
 					t.Errorf("info %+v", info)

@@ -24,8 +24,11 @@ const maxStreamWindow = 256 << 10
 // transfer is one RRQ being served. It is owned by one goroutine.
 type transfer struct {
 	s       *Server
-	reqConn net.PacketConn // the request port: refusals before a socket exists
-	conn    net.PacketConn // this transfer's own socket (its TID)
+	slot    *slot
+	ctx     context.Context // ends with the transfer's slot: shutdown, preemption, time limit
+	acked1  bool            // the client acknowledged something; slot told
+	reqConn net.PacketConn  // the request port: refusals before a socket exists
+	conn    net.PacketConn  // this transfer's own socket (its TID)
 	peer    net.Addr
 	req     Request
 	file    fs.File
@@ -71,6 +74,7 @@ func (t *transfer) refuse(e *Error) error {
 // run serves the request and returns nil once the client acknowledged the
 // last block.
 func (t *transfer) run(ctx context.Context) error {
+	t.ctx = ctx
 	mode := strings.ToLower(t.req.Mode)
 	if mode != "octet" && mode != "netascii" {
 		// "mail" is obsolete (RFC 1350 section 1) and meaningless for reads.
@@ -89,11 +93,15 @@ func (t *transfer) run(ctx context.Context) error {
 	}
 	_, canReadAt := f.(io.ReaderAt)
 	streaming := mode == "netascii" || !canReadAt
-	neg := negotiate(t.req.Options, size, t.s.cfg.MaxBlockSize, t.s.cfg.MaxWindowSize)
+	cfg := &t.s.cfg
+	neg := negotiate(t.req.Options, size, cfg.MaxBlockSize, cfg.MaxWindowSize, cfg.MaxTimeout)
 	if streaming && neg.windowSize*neg.blockSize > maxStreamWindow {
 		// A streamed file keeps its unacknowledged window in memory: offer
 		// a smaller window rather than hold megabytes per client.
-		neg = negotiate(t.req.Options, size, t.s.cfg.MaxBlockSize, max(1, maxStreamWindow/neg.blockSize))
+		neg = negotiate(t.req.Options, size, cfg.MaxBlockSize, max(1, maxStreamWindow/neg.blockSize), cfg.MaxTimeout)
+	}
+	if neg.timeoutIgnored {
+		t.s.stats.timeoutIgnored.Add(1)
 	}
 	t.info.BlockSize, t.info.WindowSize = neg.blockSize, neg.windowSize
 	t.timeout = t.s.cfg.Timeout
@@ -178,8 +186,7 @@ func (t *transfer) exchange(send func(retry bool) error, ack func(block uint16) 
 				return err
 			}
 			if t.isCancelled() {
-				t.s.send(t.conn, t.peer, errShutdown.AppendBinary(nil))
-				return ErrShutdown
+				return t.stopped()
 			}
 			attempt++
 			if attempt > t.s.cfg.Retries {
@@ -217,6 +224,10 @@ func (t *transfer) readUntil(ack func(block uint16) bool) (progress bool, err er
 				continue
 			}
 			if ack(a.Block) {
+				if !t.acked1 {
+					t.acked1 = true
+					t.s.acknowledged(t.slot)
+				}
 				return true, nil
 			}
 		case OpERROR:
@@ -295,10 +306,26 @@ func (t *transfer) setDeadline(d time.Time) error {
 	t.deadlineMu.Lock()
 	defer t.deadlineMu.Unlock()
 	if t.cancelled {
-		t.s.send(t.conn, t.peer, errShutdown.AppendBinary(nil))
-		return ErrShutdown
+		return t.stopped()
 	}
 	return t.conn.SetReadDeadline(d)
+}
+
+// stopped tells the client why its transfer ends before its time and
+// returns that as the outcome: the slot went to another client, the time
+// limit was reached, or the server shuts down.
+func (t *transfer) stopped() error {
+	cause := context.Cause(t.ctx)
+	switch {
+	case errors.Is(cause, ErrPreempted):
+		t.s.send(t.conn, t.peer, errPreempted.AppendBinary(nil))
+		return ErrPreempted
+	case errors.Is(cause, ErrExpired):
+		t.s.send(t.conn, t.peer, errExpired.AppendBinary(nil))
+		return fmt.Errorf("%w (%v)", ErrExpired, t.s.cfg.MaxTransferTime)
+	}
+	t.s.send(t.conn, t.peer, errShutdown.AppendBinary(nil))
+	return ErrShutdown
 }
 
 func (t *transfer) isCancelled() bool {

@@ -76,7 +76,7 @@ func TestFuzzTransfersDetects(t *testing.T) {
 		}
 	})
 	synctest.Test(t, func(t *testing.T) {
-		got := runFtTransfers(t, seed, func(w *ftWorld) { w.srv.active["10.9.9.9:1"] = struct{}{} })
+		got := runFtTransfers(t, seed, func(w *ftWorld) { w.srv.active["10.9.9.9:1"] = &slot{key: "10.9.9.9:1"} })
 		if !slices.ContainsFunc(got, func(s string) bool { return strings.Contains(s, "slots still busy") }) {
 			t.Errorf("a leaked slot went unnoticed: %q", got)
 		}
@@ -424,13 +424,15 @@ func (w *ftWorld) finish() {
 	if socks != 0 {
 		w.failf("%d transfer sockets still open after every transfer ended", socks)
 	}
-	if ended := st.Duplicates + st.Busy + st.Refused + st.Completed + st.Aborted + st.TimedOut + st.Failed; st.Requests != ended {
+	if ended := st.Duplicates + st.Busy + st.SourceBusy + st.Refused + st.Completed + st.Aborted + st.TimedOut +
+		st.Failed + st.Preempted + st.Expired; st.Requests != ended {
 		w.failf("%d requests, %d accounted for: %+v", st.Requests, ended, st)
 	}
 	if st.Completed != w.completed || st.Aborted != w.aborted {
 		w.failf("the server counts %d completed and %d aborted transfers, the clients %d and %d", st.Completed, st.Aborted, w.completed, w.aborted)
 	}
-	if want := int64(st.Busy+st.Refused+st.Completed+st.Aborted+st.TimedOut+st.Failed) - int64(w.wrqs); w.infos.Load() != want {
+	if want := int64(st.Busy+st.SourceBusy+st.Refused+st.Completed+st.Aborted+st.TimedOut+st.Failed+st.Preempted+st.Expired) -
+		int64(w.wrqs); w.infos.Load() != want {
 		w.failf("OnTransfer called %d times, for %d answered read requests", w.infos.Load(), want)
 	}
 	if !w.shut {
@@ -784,8 +786,10 @@ func (c *ftClient) checkOAck(o OAck) {
 			}
 			c.window = v
 		case "timeout":
-			if v < 1 || v > 255 || v != int64(a) {
-				w.failf("client %d: timeout %d for %q", c.id, v, av)
+			// Accepted as asked, or left out (RFC 2349: never lowered);
+			// above MaxTimeout it is left out.
+			if v < 1 || time.Duration(v)*time.Second > w.cfg.MaxTimeout || v != int64(a) {
+				w.failf("client %d: timeout %d for %q (cap %v)", c.id, v, av, w.cfg.MaxTimeout)
 			}
 		case "tsize":
 			if !c.octet || v != int64(len(c.wantFile)) {

@@ -19,6 +19,7 @@ import (
 	"testing/fstest"
 
 	"github.com/diskless-boot/diskless/internal/boot"
+	"github.com/diskless-boot/diskless/internal/httplimit"
 )
 
 // FuzzHandler sends the boot plane's handler requests built from the
@@ -31,8 +32,9 @@ import (
 //     (the only 5xx is the 503 of a host whose boot cannot start, when the
 //     input makes BeginBoot fail);
 //   - a CHAP secret is in an answer only when the host itself asked for
-//     its own script (the request's source resolves to the script's MAC),
-//     never in a header, never in the logs;
+//     its own script (the request's source resolves to the script's MAC,
+//     and in DHCP full mode it is the address leased to that MAC), never
+//     in a header, never in the logs;
 //   - a new boot starts (BeginBoot) only for the host asking itself;
 //   - a host file answer is the host's kernel or initrd, byte for byte
 //     (ranges included), never another file.
@@ -98,7 +100,7 @@ var fhTrace func(*http.Request, *httptest.ResponseRecorder)
 // fhEnv is the handler under test, one per policy (unknown MACs get a
 // script, a menu, or nothing), plus what the checks need.
 type fhEnv struct {
-	servers  map[boot.Policy]*Server
+	servers  map[fhKey]*Server
 	logs     *fhLogs
 	kernel   []byte
 	initrd   []byte
@@ -120,7 +122,7 @@ func (l *fhLogs) Write(p []byte) (int, error) {
 
 func newFhEnv(f testing.TB) *fhEnv {
 	dir := f.TempDir()
-	e := &fhEnv{servers: map[boot.Policy]*Server{}, logs: &fhLogs{},
+	e := &fhEnv{servers: map[fhKey]*Server{}, logs: &fhLogs{},
 		kernel: bytes.Repeat([]byte("0123456789abcdef"), 512), initrd: []byte("initrd contents")}
 	os.WriteFile(filepath.Join(dir, "vmlinuz"), e.kernel, 0o644)
 	os.WriteFile(filepath.Join(dir, "initrd"), e.initrd, 0o644)
@@ -137,13 +139,20 @@ func newFhEnv(f testing.TB) *fhEnv {
 		mac, ok := fhNeighbors[ip]
 		return mac, ok
 	})
-	for _, p := range []boot.Policy{boot.PolicyLocal, boot.PolicyMenu, boot.PolicyRefuse} {
-		b, err := boot.New(boot.Config{Hosts: hosts, Unknown: p, HTTPPort: 8080,
+	for _, k := range fhKeys() {
+		b, err := boot.New(boot.Config{Hosts: hosts, Unknown: k.policy, HTTPPort: 8080,
 			Binaries: fstest.MapFS{"snponly.efi": {Data: []byte("EFI binary")}, "ipxe.lkrn": {Data: []byte("x")}}})
 		if err != nil {
 			f.Fatal(err)
 		}
-		s, err := New(Config{Booter: b, Neighbors: neighbors, Logger: slog.New(slog.NewTextHandler(e.logs, nil)),
+		var leases Leases
+		if k.leases != fhNoLeases {
+			leases = LeaseFunc(func(mac net.HardwareAddr, ip netip.Addr) bool { return fhLeased(k.leases, mac, ip) })
+		}
+		s, err := New(Config{Booter: b, Neighbors: neighbors, Leases: leases, Logger: slog.New(slog.NewTextHandler(e.logs, nil)),
+			// Inputs share the server: its request rate per source
+			// would soon answer everything 429.
+			Limits: httplimit.Config{RequestsPerSecond: 1e9, Burst: 1 << 30},
 			BeginBoot: func(mac net.HardwareAddr, host string) error {
 				e.mu.Lock()
 				defer e.mu.Unlock()
@@ -156,9 +165,41 @@ func newFhEnv(f testing.TB) *fhEnv {
 		if err != nil {
 			f.Fatal(err)
 		}
-		e.servers[p] = s
+		e.servers[k] = s
 	}
 	return e
+}
+
+// fhKey picks one of the servers: the unknown-host policy, and whether
+// DHCP leases are checked (full mode) and agree with the neighbour table.
+type fhKey struct {
+	policy boot.Policy
+	leases int
+}
+
+const (
+	fhNoLeases     = iota // proxy mode: the neighbour table decides
+	fhLeasesAgree         // full mode, the leases agree with it
+	fhLeasesDiffer        // full mode, 10.0.0.1 is leased to another MAC
+)
+
+func fhKeys() []fhKey {
+	var ks []fhKey
+	for _, l := range []int{fhNoLeases, fhLeasesAgree, fhLeasesDiffer} {
+		for _, p := range []boot.Policy{boot.PolicyLocal, boot.PolicyMenu, boot.PolicyRefuse} {
+			ks = append(ks, fhKey{p, l})
+		}
+	}
+	return ks
+}
+
+// fhLeased is the DHCP lease table of a lease mode.
+func fhLeased(mode int, mac net.HardwareAddr, ip netip.Addr) bool {
+	if mode == fhLeasesDiffer && ip == netip.MustParseAddr("10.0.0.1") {
+		return mac.String() == fhOther.String()
+	}
+	got, ok := fhNeighbors[ip]
+	return ok && got.String() == mac.String()
 }
 
 type fhInput struct{ b []byte }
@@ -189,7 +230,8 @@ func pick[T any](in *fhInput, list []T) T { return list[int(in.u8())%len(list)] 
 func (e *fhEnv) run(data []byte) []string {
 	in := &fhInput{b: data}
 	var fails []string
-	srv := e.servers[pick(in, []boot.Policy{boot.PolicyLocal, boot.PolicyMenu, boot.PolicyRefuse})]
+	key := pick(in, fhKeys())
+	srv := e.servers[key]
 	e.mu.Lock()
 	e.failBoot = in.u8()%4 == 3
 	e.mu.Unlock()
@@ -249,7 +291,7 @@ func (e *fhEnv) run(data []byte) []string {
 		if fhTrace != nil {
 			fhTrace(r, w)
 		}
-		fails = append(fails, e.check(r, w, scriptMAC, failBoot)...)
+		fails = append(fails, e.check(r, w, scriptMAC, failBoot, key.leases)...)
 	}
 	e.logs.mu.Lock()
 	logs := e.logs.buf.String()
@@ -271,7 +313,7 @@ func source(r *http.Request) (net.HardwareAddr, bool) {
 	return mac, ok
 }
 
-func (e *fhEnv) check(r *http.Request, w *httptest.ResponseRecorder, scriptMAC string, failBoot bool) (fails []string) {
+func (e *fhEnv) check(r *http.Request, w *httptest.ResponseRecorder, scriptMAC string, failBoot bool, leases int) (fails []string) {
 	errorf := func(format string, args ...any) { fails = append(fails, fmt.Sprintf(format, args...)) }
 	desc := fmt.Sprintf("%s %s from %q", r.Method, r.URL.RequestURI(), r.RemoteAddr)
 	body := w.Body.String()
@@ -279,7 +321,8 @@ func (e *fhEnv) check(r *http.Request, w *httptest.ResponseRecorder, scriptMAC s
 	ownScript := false
 	if r.URL.Path == boot.ScriptPath && (r.Method == "GET" || r.Method == "HEAD") {
 		if mac, err := net.ParseMAC(scriptMAC); err == nil && resolved && mac.String() == src.String() {
-			ownScript = true
+			ap, _ := netip.ParseAddrPort(r.RemoteAddr)
+			ownScript = leases == fhNoLeases || fhLeased(leases, mac, ap.Addr().Unmap())
 		}
 	}
 	switch {

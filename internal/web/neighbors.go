@@ -25,6 +25,22 @@ type NeighborFunc func(netip.Addr) (net.HardwareAddr, bool)
 // MACOf calls f.
 func (f NeighborFunc) MACOf(ip netip.Addr) (net.HardwareAddr, bool) { return f(ip) }
 
+// Leases says whether ip is the address this server's DHCP leased to mac
+// and the lease runs (a reserved address is leased once the host asked
+// for it, as a booting host just did): the second witness, beside the
+// neighbour table, that a request comes from the host, when diskless
+// hands out the addresses. A machine that copies a host's MAC must then also hold the
+// host's address, which the host itself holds while it runs.
+type Leases interface {
+	Leased(mac net.HardwareAddr, ip netip.Addr) bool
+}
+
+// LeaseFunc adapts a function to Leases.
+type LeaseFunc func(mac net.HardwareAddr, ip netip.Addr) bool
+
+// Leased calls f.
+func (f LeaseFunc) Leased(mac net.HardwareAddr, ip netip.Addr) bool { return f(mac, ip) }
+
 // AnyOf asks each Neighbors in turn; the first answer wins.
 type AnyOf []Neighbors
 

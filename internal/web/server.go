@@ -5,13 +5,21 @@
 //
 // It owns one rule: a script holding CHAP secrets is only served to the
 // host it belongs to - the request's source address must resolve, through
-// Neighbors (the kernel's neighbour table of the served link, the DHCP
-// leases), to the MAC the script is for; anything else gets 403. What a
-// host boots is decided by internal/boot; this package does not render
-// scripts nor decide policies.
+// Neighbors (the kernel's neighbour table of the served link), to the MAC
+// the script is for and, when this server hands out the addresses (DHCP
+// full mode), Leases must agree that the address is the one leased to
+// that MAC; anything else gets 403. What a host boots is decided by
+// internal/boot; this package does not render scripts nor decide
+// policies.
+//
+// No client can starve the others: connections and requests per source
+// are bounded (internal/httplimit), headers, bodies and every phase of a
+// request are bounded in size or time, and the log lines a client can
+// cause are rate-limited.
 package web
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -22,9 +30,11 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/diskless-boot/diskless/internal/boot"
+	"github.com/diskless-boot/diskless/internal/httplimit"
 )
 
 // Config configures a Server.
@@ -32,9 +42,16 @@ type Config struct {
 	// Booter decides and renders what hosts boot. Required.
 	Booter *boot.Booter
 	// Neighbors resolves request source addresses to MACs, e.g.
-	// AnyOf{leases, ARPTable{Interface: "br0"}}. nil: nothing resolves,
-	// so scripts holding secrets are never served.
+	// ARPTable{Interface: "br0"}. nil: nothing resolves, so scripts
+	// holding secrets are never served.
 	Neighbors Neighbors
+	// Leases, when set, must agree with Neighbors before a script holding
+	// secrets is served or a host's boot begun: the source address must be
+	// the one this server's DHCP leased to the MAC (a reserved address is
+	// leased too once the host asked for it). Set it when diskless hands
+	// out the addresses (dhcp: full); nil (proxy mode, no DHCP) leaves the
+	// decision to Neighbors.
+	Leases Leases
 	// Logger receives one line per script and file served or refused
 	// (default: discard).
 	Logger *slog.Logger
@@ -47,16 +64,36 @@ type Config struct {
 	// volatile disk is discarded and pending changes apply. An error
 	// answers 503 (iPXE's script asks again after a pause).
 	BeginBoot func(mac net.HardwareAddr, host string) error
+	// HeaderTimeout bounds reading a request's headers (default 10 s): a
+	// client sending them byte by byte (slowloris) is cut then, however
+	// steadily it sends. iPXE sends its request in one segment.
+	HeaderTimeout time.Duration
+	// Limits bound what each client may hold and ask (zero: the defaults
+	// of internal/httplimit - 32 connections per source, 2048 in all, 50
+	// requests a second per source with bursts of 200, bodies of 1 MiB).
+	// Its Logger defaults to Logger.
+	Limits httplimit.Config
+}
+
+// Stats are the server's counters since New.
+type Stats struct {
+	Limits         httplimit.Stats // connections and requests refused or cut
+	Scripts        uint64          // iPXE scripts served
+	ScriptsRefused uint64          // scripts refused: secrets for another address, unknown host
+	Files          uint64          // kernels, initrds and binaries sent (or begun)
 }
 
 // Server is the boot HTTP server. It is safe for concurrent use.
 type Server struct {
 	cfg  Config
-	log  *slog.Logger
+	log  *slog.Logger // rate-limited: clients cause most lines
+	lim  *httplimit.Limiter
 	srv  *http.Server
 	mux  *http.ServeMux
 	once sync.Once
 	err  error
+
+	scripts, scriptsRefused, files atomic.Uint64
 }
 
 const scriptTimeout = 30 * time.Second
@@ -72,22 +109,40 @@ func New(cfg Config) (*Server, error) {
 	if cfg.FileTimeout <= 0 {
 		cfg.FileTimeout = 10 * time.Minute
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger}
+	if cfg.HeaderTimeout <= 0 {
+		cfg.HeaderTimeout = 10 * time.Second
+	}
+	if cfg.Limits.Logger == nil {
+		cfg.Limits.Logger = cfg.Logger
+	}
+	lim := httplimit.New(cfg.Limits)
+	s := &Server{cfg: cfg, log: lim.Logger(), lim: lim}
 	s.mux = s.newMux()
 	s.srv = &http.Server{
-		Handler:           s.mux,
-		ReadHeaderTimeout: 10 * time.Second,
+		Handler:   lim.Handler(s.mux),
+		ConnState: lim.ConnState,
+		// A client sending its request byte by byte (slowloris) is cut
+		// after ReadHeaderTimeout; the limiter gives its slot to others
+		// before that when they need it.
+		ReadHeaderTimeout: cfg.HeaderTimeout,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      scriptTimeout, // files extend it per request
 		IdleTimeout:       60 * time.Second,
 		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
+		ErrorLog:          slog.NewLogLogger(lim.Logger().Handler(), slog.LevelDebug),
 	}
 	return s, nil
 }
 
-// Handler is the HTTP handler (for tests or an outer mux).
-func (s *Server) Handler() http.Handler { return s.mux }
+// Handler is the HTTP handler with the request limits (for tests or an
+// outer mux).
+func (s *Server) Handler() http.Handler { return s.srv.Handler }
+
+// Stats returns a snapshot of the counters.
+func (s *Server) Stats() Stats {
+	return Stats{Limits: s.lim.Stats(), Scripts: s.scripts.Load(),
+		ScriptsRefused: s.scriptsRefused.Load(), Files: s.files.Load()}
+}
 
 // Mount serves h under pattern on this server's listener: the admin API
 // when it shares the boot network's port. Call it before Serve.
@@ -110,7 +165,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		s.Shutdown(sctx)
 	})
 	defer stop()
-	err := s.srv.Serve(l)
+	err := s.srv.Serve(s.lim.Listener(l))
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
@@ -151,16 +206,12 @@ func (s *Server) script(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h, known := s.cfg.Booter.Host(mac)
-	got, resolved := s.neighbor(remote)
-	fromHost := resolved && got.String() == mac.String()
+	fromHost, why := s.fromHost(mac, remote)
 	if known && h.Secret() && !fromHost {
 		// The script holds CHAP secrets: only the host itself may have it.
-		seen := "unresolved"
-		if resolved {
-			seen = got.String()
-		}
+		s.scriptsRefused.Add(1)
 		s.log.Warn("iPXE script refused: holds secrets and the source address does not belong to this mac",
-			"mac", mac.String(), "ip", remote, "host", h.Name, "neighbour_mac", seen)
+			"mac", mac.String(), "ip", remote, "host", h.Name, "err", why)
 		http.Error(w, "forbidden: this script is only served to "+mac.String(), http.StatusForbidden)
 		return
 	}
@@ -177,6 +228,7 @@ func (s *Server) script(w http.ResponseWriter, r *http.Request) {
 	}
 	sc, err := s.cfg.Booter.Script(boot.ScriptRequest{MAC: mac, Server: local, ClientIP: remote, Arch: archOf(r)})
 	if errors.Is(err, boot.ErrRefused) {
+		s.scriptsRefused.Add(1)
 		s.log.Info("iPXE script refused: unknown host", "mac", mac.String(), "ip", remote)
 		http.Error(w, "forbidden: unknown host", http.StatusForbidden)
 		return
@@ -189,6 +241,7 @@ func (s *Server) script(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Write(sc.Body)
+	s.scripts.Add(1)
 	if sc.Known {
 		s.log.Info("iPXE script", "mac", mac.String(), "ip", remote, "host", sc.Host)
 	} else {
@@ -207,11 +260,24 @@ func archOf(r *http.Request) string {
 	return a
 }
 
-func (s *Server) neighbor(ip netip.Addr) (net.HardwareAddr, bool) {
+// fromHost reports whether a request from ip comes from the machine with
+// mac: the neighbour table says so and, in full DHCP mode, ip is the
+// address leased to mac. Otherwise it says why not, for the log.
+func (s *Server) fromHost(mac net.HardwareAddr, ip netip.Addr) (bool, string) {
 	if s.cfg.Neighbors == nil || !ip.IsValid() {
-		return nil, false
+		return false, "no neighbour table"
 	}
-	return s.cfg.Neighbors.MACOf(ip)
+	got, ok := s.cfg.Neighbors.MACOf(ip)
+	if !ok {
+		return false, "the neighbour table has no entry for the address"
+	}
+	if !bytes.Equal(got, mac) {
+		return false, "the neighbour table names " + got.String()
+	}
+	if s.cfg.Leases != nil && !s.cfg.Leases.Leased(mac, ip) {
+		return false, "not the address this server's DHCP leased to the mac"
+	}
+	return true, ""
 }
 
 func (s *Server) hostFile(w http.ResponseWriter, r *http.Request) {
@@ -240,6 +306,7 @@ func (s *Server) hostFile(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "internal error", http.StatusInternalServerError)
 		return
 	}
+	s.files.Add(1)
 	s.log.Info("HTTP file", "mac", mac.String(), "ip", remote, "file", name, "bytes", st.Size())
 	s.serveFile(w, r, name, st.ModTime(), f)
 }
@@ -259,6 +326,7 @@ func (s *Server) binary(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "internal error", http.StatusInternalServerError)
 		return
 	}
+	s.files.Add(1)
 	s.log.Info("HTTP boot binary", "ip", remote, "file", name, "bytes", st.Size())
 	s.serveFile(w, r, name, st.ModTime(), rs)
 }

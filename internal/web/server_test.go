@@ -31,7 +31,10 @@ const secret = "Abcdefgh1234XYZ9"
 
 type env struct {
 	url    string
+	addr   string
+	dir    string // holds the kernel host's vmlinuz and initrd
 	logs   *output.Output
+	srv    *Server
 	booter *boot.Booter
 	kernel []byte
 }
@@ -48,6 +51,13 @@ func start(t *testing.T, policy boot.Policy, neighbors Neighbors) *env {
 }
 
 func startWith(t *testing.T, policy boot.Policy, neighbors Neighbors, beginBoot func(net.HardwareAddr, string) error) *env {
+	t.Helper()
+	return startConfig(t, policy, Config{Neighbors: neighbors, BeginBoot: beginBoot})
+}
+
+// startConfig serves the three hosts with cfg (its Booter and Logger set
+// here).
+func startConfig(t *testing.T, policy boot.Policy, cfg Config) *env {
 	t.Helper()
 	dir := t.TempDir()
 	kernel := bytes.Repeat([]byte("0123456789abcdef"), 4096)
@@ -69,7 +79,8 @@ func startWith(t *testing.T, policy boot.Policy, neighbors Neighbors, beginBoot 
 		t.Fatal(err)
 	}
 	logs := &output.Output{}
-	s, err := New(Config{Booter: b, Neighbors: neighbors, Logger: slog.New(slog.NewTextHandler(logs, nil)), BeginBoot: beginBoot})
+	cfg.Booter, cfg.Logger = b, slog.New(slog.NewTextHandler(logs, nil))
+	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +105,7 @@ func startWith(t *testing.T, policy boot.Policy, neighbors Neighbors, beginBoot 
 			t.Errorf("logs show a secret:\n%s", logs)
 		}
 	})
-	return &env{url: "http://" + l.Addr().String(), logs: logs, booter: b, kernel: kernel}
+	return &env{url: "http://" + l.Addr().String(), addr: l.Addr().String(), dir: dir, logs: logs, srv: s, booter: b, kernel: kernel}
 }
 
 func get(t *testing.T, url string, hdr ...string) (int, string) {
@@ -309,5 +320,49 @@ garbage
 	chain := AnyOf{nil, NeighborFunc(func(netip.Addr) (net.HardwareAddr, bool) { return nil, false }), tab}
 	if mac, ok := chain.MACOf(netip.MustParseAddr("10.77.0.100")); !ok || mac.String() != "52:54:00:12:34:56" {
 		t.Errorf("AnyOf: %v %v", mac, ok)
+	}
+}
+
+// In full DHCP mode the neighbour table and the server's leases must both
+// name the host: a machine that copied a host's MAC gets neither its
+// secrets nor a new boot of it from an address the host was not leased.
+func TestSecretBoundToLease(t *testing.T) {
+	leasedAt := func(ip string) Leases {
+		return LeaseFunc(func(mac net.HardwareAddr, a netip.Addr) bool {
+			return bytes.Equal(mac, macCHAP) && a == netip.MustParseAddr(ip)
+		})
+	}
+	for _, tc := range []struct {
+		name      string
+		neighbors Neighbors
+		leases    Leases
+		want      int
+		why       string
+	}{
+		{"both agree", is(macCHAP), leasedAt("127.0.0.1"), 200, ""},
+		{"leased another address", is(macCHAP), leasedAt("127.0.0.7"), 403, "not the address this server's DHCP leased to the mac"},
+		{"leased, the neighbour table names another", is(macOther), leasedAt("127.0.0.1"), 403, "the neighbour table names " + macOther.String()},
+		{"leased, not in the neighbour table", NeighborFunc(func(netip.Addr) (net.HardwareAddr, bool) { return nil, false }), leasedAt("127.0.0.1"), 403, "no entry"},
+		{"proxy mode: the neighbour table alone", is(macCHAP), nil, 200, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			began := 0
+			e := startConfig(t, boot.PolicyLocal, Config{Neighbors: tc.neighbors, Leases: tc.leases,
+				BeginBoot: func(net.HardwareAddr, string) error { began++; return nil }})
+			code, body := get(t, e.url+"/boot.ipxe?mac="+macCHAP.String())
+			if code != tc.want || (code == 200) != strings.Contains(body, "set password "+secret) {
+				t.Fatalf("%d, want %d\n%s", code, tc.want, body)
+			}
+			if want := map[bool]int{true: 1, false: 0}[code == 200]; began != want {
+				t.Errorf("began %d boots, want %d", began, want)
+			}
+			if tc.why != "" && !strings.Contains(e.logs.String(), tc.why) {
+				t.Errorf("the log does not say why (%q):\n%s", tc.why, e.logs)
+			}
+			st := e.srv.Stats()
+			if code == 200 && st.Scripts != 1 || code != 200 && st.ScriptsRefused != 1 {
+				t.Errorf("stats %+v", st)
+			}
+		})
 	}
 }

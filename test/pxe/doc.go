@@ -14,7 +14,10 @@
 //   - bios-proxy: the same beside dnsmasq handing out addresses only;
 //   - uefi-full: OVMF's own PXE stack chainloads snponly.efi by TFTP, which
 //     sanboots a GPT disk whose EFI system partition holds a standalone GRUB
-//     as \EFI\BOOT\BOOTX64.EFI (YAML config file).
+//     as \EFI\BOOT\BOOTX64.EFI (YAML config file);
+//   - bios-rotate: a host with chap_rotation boot (YAML) boots twice with a
+//     server restart between: each boot's script carries new secrets, the
+//     target takes only those, and iPXE's login with them reaches the LUN.
 //
 // Each logs its power-on to marker time. The tests need root, ip, QEMU, the
 // iPXE ROMs and binaries, dnsmasq, OVMF, grub-efi-amd64-bin, mtools and

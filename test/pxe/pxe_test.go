@@ -1,6 +1,7 @@
 package pxe
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"github.com/diskless-boot/diskless/internal/testutil/bootdisk"
+	"github.com/diskless-boot/diskless/internal/testutil/iscsiclient"
+	"github.com/diskless-boot/diskless/internal/testutil/netns"
 	"github.com/diskless-boot/diskless/internal/testutil/proc"
 	"github.com/diskless-boot/diskless/internal/testutil/qemu"
 )
@@ -40,9 +43,12 @@ func TestPXEBoot(t *testing.T) {
 			t.Fatal(err)
 		}
 		srv := startServe(t, n, "--interface", n.srvIf, "--dhcp", "full", "--dhcp-range", poolRange,
-			"--host", clientMAC+"="+img, "--chap", "--data-dir", filepath.Join(dir, "state"))
-		// --chap: the generated secret is printed once, on stdout.
-		waitOutput(t, srv, "generated CHAP secret", time.Second)
+			"--host", clientMAC+"="+img, "--data-dir", filepath.Join(dir, "state"))
+		// CHAP and mutual CHAP by default: generated, never printed.
+		waitOutput(t, srv, "CHAP credentials generated", time.Second)
+		if strings.Contains(srv.Output(), "secret=") {
+			t.Errorf("a secret in the server's output")
+		}
 		v := startVM(t, n.vmNS, biosArgs(n)...)
 		took := expectMarker(t, v, marker, 120*time.Second)
 		t.Logf("BIOS, dhcp full: power-on to marker %v", took.Round(100*time.Millisecond))
@@ -62,17 +68,7 @@ func TestPXEBoot(t *testing.T) {
 			t.Fatal(err)
 		}
 		data := filepath.Join(dir, "state")
-		cli := func(args ...string) string {
-			t.Helper()
-			// In the server's namespace: with the server running the CLI
-			// talks to its API there.
-			argv := append([]string{"netns", "exec", n.srvNS, disklessBin}, append(args, "--data-dir", data)...)
-			out, err := exec.Command("ip", argv...).CombinedOutput()
-			if err != nil {
-				t.Fatalf("diskless %v: %v\n%s", args, err, out)
-			}
-			return string(out)
-		}
+		cli := nsCLI(t, n, data)
 		cli("image", "import", "golden", img)
 		cli("host", "add", "pc1", "--image", "golden", "--disk", "volatile", "--mac", clientMAC)
 		srv := startServe(t, n, "--interface", n.srvIf, "--dhcp", "full", "--dhcp-range", poolRange, "--data-dir", data)
@@ -91,6 +87,126 @@ func TestPXEBoot(t *testing.T) {
 		}
 		if h.Arch != "bios" || !h.ArchLearnt || !h.Online || h.IP != "10.77.0.100" {
 			t.Errorf("host after its boot: %+v", h)
+		}
+	})
+
+	// A host with chap_rotation boot boots twice, with a server restart
+	// in between: each boot's script carries new secrets, the target takes
+	// them before iPXE logs in, and iPXE really logs in with them (the
+	// marker is on the LUN); the secrets are never in the server's output.
+	t.Run("bios-rotate", func(t *testing.T) {
+		need(t, []string{"ip", "qemu-system-x86_64"}, map[string]string{ipxeROM: "ipxe-qemu"})
+		n := newTestNet(t, false)
+		dir := tempDir(t)
+		marker := bootdisk.Marker(t, "DISKLESS-PXE-")
+		img := filepath.Join(dir, "golden.img")
+		if err := os.WriteFile(img, bootdisk.MBR(4<<20, marker), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		data := filepath.Join(dir, "state")
+		cfg := filepath.Join(dir, "diskless.yaml")
+		os.WriteFile(cfg, []byte(fmt.Sprintf(`interface: %s
+data_dir: %s
+dhcp: {mode: full, range: %s}
+images:
+  - {name: golden, import: %s}
+hosts:
+  - {mac: "%s", name: pc1, image: golden, chap_rotation: boot}
+`, n.srvIf, data, poolRange, img, clientMAC)), 0o644)
+		cli := nsCLI(t, n, data)
+		type creds struct{ User, Secret string }
+		secrets := func() [2]creds {
+			t.Helper()
+			var hc struct {
+				CHAP       creds `json:"chap"`
+				MutualCHAP creds `json:"mutual_chap"`
+			}
+			if err := json.Unmarshal([]byte(cli("host", "show", "pc1", "--secrets", "--json")), &hc); err != nil {
+				t.Fatal(err)
+			}
+			return [2]creds{hc.CHAP, hc.MutualCHAP}
+		}
+		var names struct {
+			InitiatorIQN string `json:"initiator_iqn"`
+			TargetIQN    string `json:"target_iqn"`
+		}
+		// loginAs logs into pc1's target as pc1 with c, from the server's
+		// namespace, checking the target's mutual CHAP answer too.
+		loginAs := func(c [2]creds) error {
+			return netns.Run(n.srvNS, func() error {
+				ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+				defer cancel()
+				sess, err := iscsiclient.Dial(ctx, iscsiclient.Config{Addr: n.serverIP + ":3260", Initiator: names.InitiatorIQN,
+					Target: names.TargetIQN, CHAPUser: c[0].User, CHAPSecret: c[0].Secret, MutualUser: c[1].User, MutualSecret: c[1].Secret})
+				if err == nil {
+					sess.Close()
+				}
+				return err
+			})
+		}
+		// bootOnce boots the VM to its marker and waits for QEMU to exit
+		// (the boot sector ends it). The server must have changed the
+		// secrets for this boot before iPXE logged in, and its target
+		// takes the new ones and refuses those of the boot before: so
+		// iPXE logged in with the new ones.
+		bootOnce := func(srv *proc.Proc, nth string, before [2]creds) [2]creds {
+			t.Helper()
+			v := startVM(t, n.vmNS, biosArgs(n)...)
+			took := expectMarker(t, v, marker, 120*time.Second)
+			if err := v.Wait(30 * time.Second); err != nil && strings.Contains(err.Error(), "still running") {
+				t.Fatal(err)
+			}
+			out := srv.Output()
+			rotated := strings.Index(out, "boot: new CHAP secrets for this boot")
+			login := strings.LastIndex(out, "boot: iSCSI login")
+			if rotated < 0 || login < rotated {
+				t.Fatalf("%s boot: no rotation logged before the iSCSI login", nth)
+			}
+			now := secrets()
+			if now[0] == before[0] || now[1] == before[1] {
+				t.Fatalf("%s boot: the secrets were not rotated", nth)
+			}
+			if err := loginAs(now); err != nil {
+				t.Fatalf("%s boot: the target does not take the boot's secrets: %v", nth, err)
+			}
+			if err := loginAs(before); err == nil {
+				t.Fatalf("%s boot: the target still takes the previous secrets", nth)
+			}
+			t.Logf("%s boot with rotated secrets: power-on to marker %v", nth, took.Round(100*time.Millisecond))
+			return now
+		}
+
+		srv := startServe(t, n, "--config", cfg)
+		if err := json.Unmarshal([]byte(cli("host", "show", "pc1", "--json")), &names); err != nil {
+			t.Fatal(err)
+		}
+		s0 := secrets()
+		s1 := bootOnce(srv, "first", s0)
+		if err := srv.Stop(); err != nil {
+			t.Fatal(err)
+		}
+		srv2 := startServe(t, n, "--config", cfg)
+		if again := secrets(); again != s1 {
+			t.Fatal("a restart changed the secrets of the last boot")
+		}
+		if err := loginAs(s1); err != nil {
+			t.Fatalf("after a restart the target does not take the secrets of the last boot: %v", err)
+		}
+		s2 := bootOnce(srv2, "second", s1)
+		for _, s := range [][2]creds{s0, s1, s2} {
+			if s[0].User != "pc1" || s[1].User != "pc1-target" || len(s[0].Secret) != 16 || len(s[1].Secret) != 16 {
+				t.Fatalf("credentials %s/%s", s[0].User, s[1].User)
+			}
+		}
+		if s2[0] == s0[0] || s2[1] == s0[1] {
+			t.Fatal("the second boot's secrets are the first's again")
+		}
+		for _, out := range []string{srv.Output(), srv2.Output()} {
+			for _, s := range [][2]creds{s0, s1, s2} {
+				if strings.Contains(out, s[0].Secret) || strings.Contains(out, s[1].Secret) {
+					t.Fatal("a CHAP secret in the server's output")
+				}
+			}
 		}
 	})
 
@@ -156,6 +272,20 @@ hosts:
 		t.Logf("UEFI (OVMF PXE, snponly.efi), dhcp full: power-on to marker %v", took.Round(100*time.Millisecond))
 		expectStages(t, srv, "dhcp: ", "boot: TFTP file", "iPXE script", "boot: iSCSI login")
 	})
+}
+
+// nsCLI returns a runner of diskless commands on data in the server's
+// namespace: with the server running, the CLI talks to its API there.
+func nsCLI(t *testing.T, n *testNet, data string) func(args ...string) string {
+	return func(args ...string) string {
+		t.Helper()
+		argv := append([]string{"netns", "exec", n.srvNS, disklessBin}, append(args, "--data-dir", data)...)
+		out, err := exec.Command("ip", argv...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("diskless %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
 }
 
 func biosArgs(n *testNet) []string {
