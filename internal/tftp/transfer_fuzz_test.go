@@ -651,8 +651,10 @@ func (c *ftClient) afterTake(op int, perTID map[string]int) {
 		}
 	}
 	// A client packet is worth at most a window of server packets (and an
-	// OACK or ERROR): the server cannot be used as an amplifier.
-	if op != ftOpSleep && op != ftOpBurst && op != ftOpFinish {
+	// OACK or ERROR): the server cannot be used as an amplifier. Not where
+	// time passes: a sleep, or a graceful Shutdown, which lets running
+	// transfers retransmit until its deadline.
+	if op != ftOpSleep && op != ftOpBurst && op != ftOpFinish && op != ftOpShutdown {
 		for from, n := range perTID {
 			if n > MaxWindowSize+1 {
 				w.failf("client %d: %d packets from %s for one packet sent", c.id, n, from)
