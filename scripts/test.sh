@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README): install what the tests need, then check
 # formatting and vet, and run every test with the race detector, including
-# the interop tests against real initiators (test/interop).
+# the interop tests against real initiators (test/interop); then fuzz the
+# stateful servers for a short while each (FUZZTIME, default 10s; 0 skips).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=$PATH:/usr/local/go/bin
@@ -13,3 +14,6 @@ if [ -n "$unformatted" ]; then
 fi
 go vet ./...
 go test -race -count=1 -timeout 28m ./...
+if [ "${FUZZTIME:-10s}" != 0 ]; then
+	./scripts/fuzz.sh -t "${FUZZTIME:-10s}" '^(FuzzSession|FuzzTransfers|FuzzHandler|FuzzAPI)$'
+fi

@@ -229,6 +229,9 @@ func (inv *Inventory) CreateImage(ctx context.Context, req NewImage) (ImageInfo,
 	}
 	if req.Size != 0 {
 		if _, _, err := inv.AddVersion(ctx, req.Name, req.Size, nil, "empty", nil); err != nil {
+			// The request failed: it must not leave an image without
+			// versions behind, whose name a retry would find taken.
+			inv.DeleteImage(req.Name)
 			return ImageInfo{}, err
 		}
 	}
@@ -253,6 +256,11 @@ func (inv *Inventory) AddVersion(ctx context.Context, image string, size int64, 
 	}
 	if err := inv.be.WriteVersion(ctx, v.Ref(), size, src, progress); err != nil {
 		inv.dropVersionRecord(v)
+		if errors.Is(err, storage.ErrTooLarge) {
+			// The size is valid in general, not for this server's
+			// file system: the client can ask for less.
+			return Version{}, nil, invalid("size", "%d bytes: %v", size, storage.ErrTooLarge)
+		}
 		return Version{}, nil, err
 	}
 	if err := inv.publish(v); err != nil {

@@ -75,7 +75,7 @@ type conn struct {
 
 	mu       sync.Mutex
 	tasks    map[uint32]*task    // by ITT, until the response is queued
-	queued   map[uint32]func()   // commands that arrived ahead of ExpCmdSN
+	queued   map[uint32]admitted // commands that arrived ahead of ExpCmdSN
 	active   int                 // tasks delivered and not yet answered
 	memUsed  int64               // bytes of data buffers held by tasks
 	nextTTT  uint32              // Target Transfer Tags for R2T
@@ -83,6 +83,10 @@ type conn struct {
 	running  sync.WaitGroup      // executing commands
 	closed   chan struct{}       // closed by abort
 	closeErr error
+
+	// loggedOut: a Logout Response of success is on the wire, the
+	// connection ends (RFC 7143 11.14). Reader goroutine only.
+	loggedOut bool
 
 	// Text response still to be fetched with continuation requests.
 	textPending []byte
@@ -138,7 +142,7 @@ func (c *conn) setup() {
 	}
 	c.log = c.srv.log.With("remote", nc.RemoteAddr().String())
 	c.tasks = make(map[uint32]*task)
-	c.queued = make(map[uint32]func())
+	c.queued = make(map[uint32]admitted)
 	c.aborted = make(map[uint32]struct{})
 	c.br = bufio.NewReaderSize(nc, 64<<10)
 	c.rd = pdu.Reader{R: c.br, MaxData: loginMaxData}
@@ -297,6 +301,9 @@ func (c *conn) readLoop() error {
 			}
 			err = c.handleControl(&p)
 		}
+		if err == nil && c.loggedOut {
+			err = errLogout
+		}
 		if err != nil {
 			return err
 		}
@@ -325,26 +332,41 @@ func (c *conn) rejectData(h *pdu.BHS, reason uint8) error {
 	return nil
 }
 
+// admitted is a command waiting in the CmdSN queue for the gap before it
+// to fill.
+type admitted struct{ deliver, drop func() }
+
 // admit applies the CmdSN rules to a non-immediate command (RFC 7143
 // 4.2.2.1): outside [ExpCmdSN, MaxCmdSN] it is silently ignored; at
 // ExpCmdSN it is delivered now; ahead of it, it waits for the gap to fill.
-// deliver runs in CmdSN order on the reader goroutine.
-func (c *conn) admit(cmdSN uint32, immediate bool, deliver func()) {
+// deliver runs in CmdSN order on the reader goroutine. drop, when not nil,
+// runs instead for a command that will not be delivered: one outside the
+// window, a duplicate of a CmdSN already waiting, or one whose CmdSN a task
+// management function aborted before it arrived (RFC 7143 11.5.1: that
+// CmdSN "counts as received"). It lets the caller free what the command
+// holds; without it, a task would stay in the table, its buffer counted,
+// until the connection ends.
+func (c *conn) admit(cmdSN uint32, immediate bool, deliver, drop func()) {
+	if drop == nil {
+		drop = func() {}
+	}
 	if immediate {
 		deliver()
 		return
 	}
 	if !c.inCmdSNWindow(cmdSN) {
+		drop()
 		return
 	}
 	exp := c.expCmdSN.Load()
 	c.mu.Lock()
 	if _, dup := c.queued[cmdSN]; dup {
 		c.mu.Unlock()
+		drop()
 		return
 	}
 	if cmdSN != exp {
-		c.queued[cmdSN] = deliver
+		c.queued[cmdSN] = admitted{deliver, drop}
 		c.mu.Unlock()
 		return
 	}
@@ -357,8 +379,13 @@ func (c *conn) admit(cmdSN uint32, immediate bool, deliver func()) {
 		exp++
 		c.expCmdSN.Store(exp)
 		c.updateMaxCmdSN()
-		if !skip {
+		if skip {
+			drop()
+		} else {
 			deliver()
+		}
+		if c.loggedOut {
+			return // what waits behind a Logout ends with the connection
 		}
 		c.mu.Lock()
 		next, ok := c.queued[exp]
@@ -367,7 +394,7 @@ func (c *conn) admit(cmdSN uint32, immediate bool, deliver func()) {
 		if !ok {
 			return
 		}
-		deliver = next
+		deliver, drop = next.deliver, next.drop
 	}
 }
 
@@ -414,11 +441,12 @@ func (c *conn) handleControl(p *pdu.PDU) error {
 			item := &outItem{pdus: []outPDU{{data: data, sn: snAdvance}}}
 			r.Marshal(&item.pdus[0].bhs)
 			c.send(item)
-		})
+		}, nil)
 	case pdu.OpTextReq:
 		m, _ := pdu.ParseTextRequest(h)
 		data := append([]byte(nil), p.Data...)
-		c.admit(m.CmdSN, m.Immediate, func() { c.handleText(m, data) })
+		hdr := *h // p is reused before a queued command runs
+		c.admit(m.CmdSN, m.Immediate, func() { c.handleText(m, &hdr, data) }, nil)
 	case pdu.OpTaskMgmtReq:
 		if c.sess.discovery {
 			// No tasks to manage in a discovery session (RFC 7143 4.3).
@@ -426,14 +454,14 @@ func (c *conn) handleControl(p *pdu.PDU) error {
 			return nil
 		}
 		m, _ := pdu.ParseTaskMgmtRequest(h)
-		c.admit(m.CmdSN, m.Immediate, func() { c.handleTaskMgmt(m) })
+		c.admit(m.CmdSN, m.Immediate, func() { c.handleTaskMgmt(m) }, nil)
 	case pdu.OpLogoutReq:
 		m, _ := pdu.ParseLogoutRequest(h)
-		var done bool
-		c.admit(m.CmdSN, m.Immediate, func() { done = c.handleLogout(m) })
-		if done {
-			return errLogout
-		}
+		hdr := *h
+		// A Logout queued behind a CmdSN gap runs when another PDU
+		// fills it: what it decides goes in c.loggedOut, which the
+		// read loop checks after every PDU.
+		c.admit(m.CmdSN, m.Immediate, func() { c.loggedOut = c.handleLogout(m, &hdr) }, nil)
 	case pdu.OpSNACKReq:
 		// ErrorRecoveryLevel 0: SNACK is not supported (RFC 7143 11.16).
 		c.reject(h, pdu.RejectSNACKReject)
@@ -446,7 +474,8 @@ func (c *conn) handleControl(p *pdu.PDU) error {
 	return nil
 }
 
-func (c *conn) handleLogout(m pdu.LogoutRequest) bool {
+// handleLogout answers a Logout Request whose header is h.
+func (c *conn) handleLogout(m pdu.LogoutRequest, h *pdu.BHS) bool {
 	resp := pdu.LogoutResponse{ITT: m.ITT, Response: pdu.LogoutSuccess}
 	switch m.Reason {
 	case pdu.LogoutCloseSession:
@@ -457,7 +486,7 @@ func (c *conn) handleLogout(m pdu.LogoutRequest) bool {
 	case pdu.LogoutRemoveForRecov:
 		resp.Response = pdu.LogoutRecoveryNotSupp
 	default:
-		c.reject(nil, pdu.RejectInvalidPDUField)
+		c.reject(h, pdu.RejectInvalidPDUField)
 		return false
 	}
 	// Let commands in progress finish so their responses precede ours.
@@ -477,6 +506,9 @@ func (c *conn) handleLogout(m pdu.LogoutRequest) bool {
 }
 
 // reject sends a Reject PDU carrying the offending header (RFC 7143 11.17).
+// The header is how the initiator learns which command failed: one left
+// out leaves that command waiting for an answer forever (11.17.1 requires
+// it). h is nil only when no PDU is at fault.
 func (c *conn) reject(h *pdu.BHS, reason uint8) {
 	c.warn("iscsi PDU rejected", "reason", reason, "op", opName(h))
 	item := &outItem{pdus: []outPDU{{sn: snAdvance}}}

@@ -11,12 +11,12 @@ import (
 // maxTextResponse bounds a whole Text response (all continuation PDUs).
 const maxTextResponse = 1 << 20
 
-// handleText answers a Text Request (RFC 7143 11.10). The only key served
-// in the full feature phase is SendTargets (appendix C); anything else is
-// answered NotUnderstood or Irrelevant. Long answers go out in several
-// responses with the C bit, the initiator fetching the rest with empty
-// requests carrying our Target Transfer Tag.
-func (c *conn) handleText(m pdu.TextRequest, data []byte) {
+// handleText answers a Text Request (RFC 7143 11.10) whose header is h.
+// The only key served in the full feature phase is SendTargets (appendix
+// C); anything else is answered NotUnderstood or Irrelevant. Long answers
+// go out in several responses with the C bit, the initiator fetching the
+// rest with empty requests carrying our Target Transfer Tag.
+func (c *conn) handleText(m pdu.TextRequest, h *pdu.BHS, data []byte) {
 	if m.TTT != pdu.ReservedTag && c.textPending != nil && m.TTT == c.textTTT {
 		c.sendTextChunk(m)
 		return
@@ -26,7 +26,7 @@ func (c *conn) handleText(m pdu.TextRequest, data []byte) {
 	if err != nil || m.Continue {
 		// Multi-PDU Text requests are not needed by any SendTargets
 		// initiator; refuse rather than buffer.
-		c.reject(nil, pdu.RejectProtocolError)
+		c.reject(h, pdu.RejectProtocolError)
 		return
 	}
 	var (
@@ -48,7 +48,7 @@ func (c *conn) handleText(m pdu.TextRequest, data []byte) {
 		// initiator declaring a new MaxRecvDataSegmentLength.
 		reply, err := c.ffpNeg.Respond(rest)
 		if err != nil {
-			c.reject(nil, pdu.RejectProtocolError)
+			c.reject(h, pdu.RejectProtocolError)
 			return
 		}
 		out = pdu.AppendText(out, reply...)

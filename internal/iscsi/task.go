@@ -146,7 +146,7 @@ func (c *conn) handleSCSICommand(p *pdu.PDU) error {
 		c.active++
 		c.mu.Unlock()
 		c.progress(t)
-	})
+	}, func() { c.discardTask(t) })
 	// R2Ts may go out before the command is delivered: the data is
 	// needed either way.
 	if !t.delivered {
@@ -163,7 +163,7 @@ func (c *conn) refuse(t *task, dsl uint32, status scsi.Status, sense []byte) err
 	}
 	if !t.cmd.Immediate {
 		// The command still consumes its CmdSN.
-		c.admit(t.cmd.CmdSN, false, func() {})
+		c.admit(t.cmd.CmdSN, false, func() {}, nil)
 	}
 	return c.sendStatus(t, status, sense)
 }
@@ -309,17 +309,26 @@ func (c *conn) handleDataOut(p *pdu.PDU) error {
 // failTask ends a task that has not executed with CHECK CONDITION.
 // Reader goroutine only.
 func (c *conn) failTask(t *task, sense []byte) {
+	if c.discardTask(t) {
+		c.sendStatus(t, scsi.StatusCheckCondition, sense)
+	}
+}
+
+// discardTask ends a task that has not executed, without a response, and
+// reports whether it did (a task management function may have been first).
+// Reader goroutine only.
+func (c *conn) discardTask(t *task) bool {
 	c.mu.Lock()
 	if c.tasks[t.cmd.ITT] != t || t.executing {
 		c.mu.Unlock()
-		return
+		return false
 	}
 	c.dropTaskLocked(t)
 	c.mu.Unlock()
 	// The reader is the only user of a task that is not executing, so
 	// the buffer can go back to the pool.
 	putBuf(t.buf)
-	c.sendStatus(t, scsi.StatusCheckCondition, sense)
+	return true
 }
 
 // releaseMemLocked returns a task's buffer bytes to the session budget,

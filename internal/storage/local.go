@@ -112,6 +112,10 @@ func (l *Local) WriteVersion(ctx context.Context, ref VersionRef, size int64, sr
 		}
 	}()
 	if err := copySparse(ctx, f, size, src, progress); err != nil {
+		if errors.Is(err, unix.EFBIG) {
+			// What the caller can act on, without the server's paths.
+			return fmt.Errorf("%w (%d bytes)", ErrTooLarge, size)
+		}
 		return fmt.Errorf("storage: write %s: %w", ref, err)
 	}
 	if err := f.Chmod(0o444); err != nil {

@@ -171,6 +171,9 @@ var (
 	ErrNotOverlay     = errors.New("storage: not a copy-on-write disk")
 	ErrDiskOpen       = errors.New("storage: disk is in use")
 	ErrTooManyLayers  = errors.New("storage: too many snapshots")
+	// ErrTooLarge: the file system of the data directory cannot hold a
+	// file of the size asked for (EFBIG: ext4 stops at 16 TiB).
+	ErrTooLarge = errors.New("storage: larger than the data directory's file system holds in one file")
 )
 
 // Source is what a new image version is copied from: an imported file or
