@@ -162,3 +162,82 @@ func TestScriptProxyModeNeighboursAlone(t *testing.T) {
 		t.Fatalf("proxy mode, the neighbour table names the host: %d\n%s", code, s.logs)
 	}
 }
+
+// dhcp full: every host the server knows gets its name as DHCP option 12,
+// with a pool address too (a generalized image takes its hostname from
+// DHCP), as hosts come and go while the server runs.
+func TestDHCPHostnamesFollowHosts(t *testing.T) {
+	data := t.TempDir()
+	cfg, httpPort, iscsiPort := writeConfig(t, data, "images:\n  - {name: golden, size: 1M}\n")
+	cfg.DHCP.Mode, cfg.DHCP.Range, cfg.DHCP.Netmask = "full", "127.0.0.100-127.0.0.200", "255.0.0.0"
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	listen, server := loopbackDHCP(t)
+	offers := make(chan *dhcpv4.DHCPv4, 16)
+	s := runSite(t, data, cfg, httpPort, iscsiPort, func(o *ServeOptions) {
+		o.ListenDHCP = func(iface string, port int) (net.PacketConn, error) {
+			c, err := listen(iface, port)
+			if err != nil {
+				return nil, err
+			}
+			return replyTap{c, offers}, nil
+		}
+	})
+	// hostname sends a DISCOVER from mac and returns option 12 of the OFFER.
+	hostname := func(mac string) string {
+		t.Helper()
+		c, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		hw, _ := net.ParseMAC(mac)
+		disc, _ := dhcpv4.New(dhcpv4.WithHwAddr(hw), dhcpv4.WithMessageType(dhcpv4.MessageTypeDiscover))
+		c.WriteTo(disc.ToBytes(), server.Load().(net.Addr))
+		for {
+			select {
+			case rep := <-offers:
+				if rep.TransactionID == disc.TransactionID {
+					return string(rep.Options.Get(dhcpv4.OptionHostName))
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("no OFFER for %s", mac)
+			}
+		}
+	}
+	s.call("POST", "/hosts", api.AddHostRequest{Name: "pc1", MACs: []string{"52:54:00:00:00:01"}, Image: "golden"}, nil, 201)
+	if got := hostname("52:54:00:00:00:01"); got != "pc1" {
+		t.Errorf("pc1's OFFER: host name %q", got)
+	}
+	s.call("POST", "/hosts", api.AddHostRequest{Name: "lab_3", MACs: []string{"52:54:00:00:00:03"}, Image: "golden"}, nil, 201)
+	if got := hostname("52:54:00:00:00:03"); got != "lab-3" {
+		t.Errorf("a host added while serving: host name %q, want lab-3", got)
+	}
+	s.call("DELETE", "/hosts/pc1", nil, nil, 204)
+	if got := hostname("52:54:00:00:00:01"); got != "" {
+		t.Errorf("a removed host's MAC still gets host name %q", got)
+	}
+}
+
+// replyTap passes a DHCP socket through and hands the test every reply the
+// server sends on it. It is still the socket (SyscallConn): the server
+// checks which device it is bound to.
+type replyTap struct {
+	net.PacketConn
+	replies chan<- *dhcpv4.DHCPv4
+}
+
+func (c replyTap) SyscallConn() (syscall.RawConn, error) {
+	return c.PacketConn.(syscall.Conn).SyscallConn()
+}
+
+func (c replyTap) WriteTo(b []byte, to net.Addr) (int, error) {
+	if rep, err := dhcpv4.FromBytes(b); err == nil {
+		select {
+		case c.replies <- rep:
+		default:
+		}
+	}
+	return c.PacketConn.WriteTo(b, to)
+}

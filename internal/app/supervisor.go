@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -272,10 +273,12 @@ func (s *supervisor) refreshTables() error {
 	s.mu.Lock()
 	var hosts []boot.Host
 	var res []dhcp.Reservation
+	names := map[string]string{}
 	for _, sv := range s.hosts {
 		h := &sv.rec
 		for _, mac := range h.HardwareAddrs() {
 			hosts = append(hosts, bootHost(h, mac))
+			names[mac.String()] = dhcpHostname(h.Name)
 			ip, err := netip.ParseAddr(h.IP)
 			if err != nil || s.dhcp == nil {
 				continue
@@ -286,7 +289,7 @@ func (s *supervisor) refreshTables() error {
 				s.log.Error("host's fixed address not reserved", "host", h.Name, "mac", mac.String(), "err", err)
 				continue
 			}
-			res = append(res, dhcp.Reservation{MAC: mac, IP: ip, Hostname: h.Name})
+			res = append(res, dhcp.Reservation{MAC: mac, IP: ip, Hostname: dhcpHostname(h.Name)})
 		}
 	}
 	s.mu.Unlock()
@@ -294,9 +297,19 @@ func (s *supervisor) refreshTables() error {
 		return err
 	}
 	if s.dhcp != nil {
+		if err := s.dhcp.SetHostnames(names); err != nil {
+			return err
+		}
 		return s.dhcp.SetReservations(res)
 	}
 	return nil
+}
+
+// dhcpHostname is a host's name as its DHCP host name (option 12): host
+// names may hold '_', which host names on the network may not (RFC 952,
+// and systemd-hostnamed refuses it).
+func dhcpHostname(name string) string {
+	return strings.ReplaceAll(name, "_", "-")
 }
 
 // leasedTo is the HTTP server's second witness in full DHCP mode: ip is the

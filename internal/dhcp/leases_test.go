@@ -341,3 +341,37 @@ func TestConcurrentClientsNeverShareAddress(t *testing.T) {
 		t.Errorf("lease file holds %d leases (%v)", len(lf.Leases), err)
 	}
 }
+
+// A generalized image takes its hostname from DHCP: known machines get
+// their name with a pool address too, a reservation's own name wins, and
+// strangers get none.
+func TestHostnamesOfKnownMachines(t *testing.T) {
+	cfg := smallPool(4)
+	cfg.Reservations = []Reservation{{MAC: macN(3), IP: netip.MustParseAddr("10.77.0.20"), Hostname: "reserved"}}
+	s, _ := newTestServer(t, cfg)
+	if err := s.SetHostnames(map[string]string{macN(1).String(): "pc1", macN(3).String(): "other"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		mac  net.HardwareAddr
+		want string
+	}{{macN(1), "pc1"}, {macN(2), ""}, {macN(3), "reserved"}} {
+		exs := dora(t, s, kindLinux, c.mac, 0x77, nil)
+		if len(exs) < 2 || exs[1].rep == nil {
+			t.Fatalf("%v: no DORA", c.mac)
+		}
+		for _, ex := range exs[:2] {
+			if got := string(ex.rep.Options.Get(dhcpv4.OptionHostName)); got != c.want {
+				t.Errorf("%v %v: option 12 %q, want %q", c.mac, ex.rep.MessageType(), got, c.want)
+			}
+		}
+	}
+	for _, bad := range []map[string]string{{"nope": "x"}, {macN(1).String(): ""}, {macN(1).String(): strings.Repeat("a", 256)}} {
+		if err := s.SetHostnames(bad); err == nil {
+			t.Errorf("SetHostnames(%v) accepted", bad)
+		}
+	}
+	if got := s.hostname(hwaddr(macN(1))); got != "pc1" {
+		t.Errorf("a refused table replaced the good one: %q", got)
+	}
+}

@@ -57,7 +57,7 @@ func (s *Server) replyDest(req *dhcpv4.DHCPv4, mt dhcpv4.MessageType) netip.Addr
 }
 
 // addLeaseOptions adds the network configuration of full mode: netmask,
-// router, DNS, the hostname of a reservation and, unless for an INFORM,
+// router, DNS, the host name of a known machine and, unless for an INFORM,
 // lease time with T1 = 1/2 and T2 = 7/8 of it (RFC 2131 4.4.5).
 func (s *Server) addLeaseOptions(rep *dhcpv4.DHCPv4, mac hwaddr, withLease bool) {
 	o := rep.Options
@@ -72,8 +72,8 @@ func (s *Server) addLeaseOptions(rep *dhcpv4.DHCPv4, mac hwaddr, withLease bool)
 		}
 		o[uint8(dhcpv4.OptionDomainNameServer)] = b
 	}
-	if r, ok := s.leases.reservation(mac); ok && r.Hostname != "" {
-		o[uint8(dhcpv4.OptionHostName)] = []byte(r.Hostname)
+	if name := s.hostname(mac); name != "" {
+		o[uint8(dhcpv4.OptionHostName)] = []byte(name)
 	}
 	if withLease {
 		secs := uint32(s.cfg.LeaseTime.Seconds())

@@ -2,6 +2,7 @@ package dhcp
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"time"
@@ -26,6 +27,53 @@ func (s *Server) SetReservations(rs []Reservation) error {
 	s.leases.setReservationsLocked(rs)
 	s.leases.mu.Unlock()
 	return nil
+}
+
+// SetHostnames gives the known machines that have no reservation their
+// host name (option 12, full mode) with the address they get from the pool:
+// a generalized image takes its hostname from DHCP. A reservation's own
+// Hostname wins over a name here. It replaces the previous table and takes
+// effect with the next reply.
+func (s *Server) SetHostnames(names map[string]string) error {
+	t := make(map[hwaddr]string, len(names))
+	for k, name := range names {
+		mac, err := net.ParseMAC(k)
+		if err != nil {
+			return fmt.Errorf("dhcp: hostname for %q: %w", k, err)
+		}
+		m, ok := toHW(mac)
+		if !ok {
+			return fmt.Errorf("dhcp: hostname for %v: not an Ethernet MAC", mac)
+		}
+		if name == "" || len(name) > 255 {
+			return fmt.Errorf("dhcp: hostname for %v: %d bytes, want 1-255", mac, len(name))
+		}
+		t[m] = name
+	}
+	s.hostnames.Store(&t)
+	return nil
+}
+
+// Hostname is the host name (option 12) mac gets, "" for none.
+func (s *Server) Hostname(mac net.HardwareAddr) string {
+	m, ok := toHW(mac)
+	if !ok {
+		return ""
+	}
+	return s.hostname(m)
+}
+
+// hostname is the option 12 value for mac, if it has one.
+func (s *Server) hostname(mac hwaddr) string {
+	if s.leases != nil {
+		if r, ok := s.leases.reservation(mac); ok && r.Hostname != "" {
+			return r.Hostname
+		}
+	}
+	if t := s.hostnames.Load(); t != nil {
+		return (*t)[mac]
+	}
+	return ""
 }
 
 // LeaseOf returns the address leased to mac now (full mode), if any.

@@ -36,9 +36,12 @@ type Server struct {
 	now    func() time.Time
 	stats  counters
 	shed   atomic.Uint64 // packets dropped unread: workers saturated
-	warnL  *ratelog.Limiter
-	infoL  *ratelog.Limiter
-	commit committer
+	// Host names of known machines without a reservation (SetHostnames),
+	// read on every reply.
+	hostnames atomic.Pointer[map[hwaddr]string]
+	warnL     *ratelog.Limiter
+	infoL     *ratelog.Limiter
+	commit    committer
 
 	// Destinations of replies; tests on loopback move them.
 	bcast      netip.Addr
