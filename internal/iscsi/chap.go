@@ -121,11 +121,17 @@ type CHAPAuthenticator struct {
 	mutual    *Credentials
 	rand      io.Reader
 
-	state     chapState
-	alg       chapAlgorithm
-	id        byte
-	challenge []byte
+	state      chapState
+	alg        chapAlgorithm
+	id         byte
+	challenge  []byte
+	mutualSent bool // the target answered the initiator's challenge
 }
+
+// AnsweredMutual reports whether the target has answered the initiator's
+// own challenge (mutual CHAP): from then on it is the initiator that
+// judges, and a hang-up means it did not accept the answer.
+func (a *CHAPAuthenticator) AnsweredMutual() bool { return a.mutualSent }
 
 // NewCHAPAuthenticator prepares the authentication of an initiator that must
 // prove it knows initiator.Secret. mutual, when not nil, is what the target
@@ -216,6 +222,7 @@ func (a *CHAPAuthenticator) step(kvs []pdu.KV) ([]pdu.KV, bool, error) {
 			return nil, false, err
 		}
 		a.state = chapDone
+		a.mutualSent = reply != nil
 		return reply, true, nil
 	}
 	return nil, false, authErrorf("CHAP keys after the exchange ended")

@@ -196,6 +196,8 @@ func (c *conn) serve() {
 			c.warn("iscsi login timed out", "after", c.srv.cfg.LoginTimeout)
 		case c.isClosed():
 			// Evicted or shut down: whoever closed it has said so.
+		case errors.Is(err, errMutualRefused):
+			c.warn("iscsi login failed", "err", err)
 		case !errors.Is(err, io.EOF):
 			c.info("iscsi login failed", "err", err)
 		}

@@ -38,6 +38,11 @@ type loginOpts struct {
 	chapUser, chapSec string
 	mutualUser        string
 	mutualSec         string
+	// hangUpOnBadMutual: a target answer to the mutual challenge that
+	// does not match mutualSec closes the connection (as iPXE and
+	// open-iscsi do) and login returns statusHungUp, instead of failing
+	// the test.
+	hangUpOnBadMutual bool
 	isid              uint64
 	ops               []pdu.KV
 }
@@ -97,6 +102,9 @@ func (in *testInitiator) loginStep(csg, nsg pdu.Stage, transit bool, kvs ...pdu.
 	return resp, got
 }
 
+// statusHungUp is what login returns when the initiator itself gave up.
+const statusHungUp = 0xffff
+
 // login logs in; it returns the final status (0 on success).
 func (in *testInitiator) login(o loginOpts) uint16 {
 	in.t.Helper()
@@ -141,6 +149,10 @@ func (in *testInitiator) login(o loginOpts) uint16 {
 		if o.mutualUser != "" {
 			want := md5.Sum(append(append([]byte{77}, o.mutualSec...), mutualChal...))
 			if keys["CHAP_N"] != o.mutualUser || keys["CHAP_R"] != "0x"+hex.EncodeToString(want[:]) {
+				if o.hangUpOnBadMutual {
+					in.nc.Close()
+					return statusHungUp
+				}
 				in.t.Fatalf("mutual CHAP answer N=%q R=%q", keys["CHAP_N"], keys["CHAP_R"])
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 
 	"github.com/diskless-boot/diskless/internal/iscsi/pdu"
@@ -50,6 +51,13 @@ type loginState struct {
 	neg        *Negotiator
 }
 
+// errMutualRefused: the initiator hung up right after the target answered
+// its mutual CHAP challenge - the one sign a target gets that the initiator
+// holds another target secret than the target's own (iPXE and open-iscsi
+// close without a word). Said plainly, as the boot stops there.
+var errMutualRefused = errors.New("the initiator closed the connection after the target's mutual CHAP answer: " +
+	"it holds another target secret (mutual CHAP) for this target than the server does")
+
 // login runs the login phase. On success the connection is in the full
 // feature phase with c.sess and c.params set.
 func (c *conn) login() error {
@@ -60,6 +68,9 @@ func (c *conn) login() error {
 	)
 	for {
 		if err := c.rd.ReadPDU(&p); err != nil {
+			if errors.Is(err, io.EOF) && ls.chap != nil && ls.chap.AnsweredMutual() {
+				return fmt.Errorf("%w (initiator %s, target %s)", errMutualRefused, ls.initiatorName, ls.target.Name)
+			}
 			return err
 		}
 		if p.BHS.Opcode() != pdu.OpLoginReq {

@@ -201,6 +201,44 @@ func TestCHAPLogin(t *testing.T) {
 	}
 }
 
+// An initiator that does not accept the target's mutual CHAP answer just
+// hangs up (iPXE, open-iscsi): the target says why, naming both ends, as
+// the host's boot stops there. A hang-up anywhere else in the login stays
+// quiet.
+func TestMutualCHAPRefusedByInitiatorIsLogged(t *testing.T) {
+	var logs lockedBuffer
+	cfg := Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))}
+	_, addr := startTargetWith(t, cfg, func(tg *Target) {
+		tg.CHAP = &Credentials{User: "alice", Secret: "secret-of-alice"}
+		tg.MutualCHAP = &Credentials{User: "target", Secret: "secret-of-target"}
+	})
+	in := dialInitiator(t, addr)
+	o := loginOpts{initiator: testInitiator1, target: testIQN, chapUser: "alice", chapSec: "secret-of-alice",
+		mutualUser: "target", mutualSec: "the-secret-it-was-given", hangUpOnBadMutual: true}
+	if got := in.login(o); got != statusHungUp {
+		t.Fatalf("login status 0x%04x, want the initiator to hang up", got)
+	}
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(logs.String(), "after the target's mutual CHAP answer"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line saying why the login ended:\n%s", logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if l := logs.String(); !strings.Contains(l, testInitiator1) || !strings.Contains(l, testIQN) || !strings.Contains(l, "level=WARN") {
+		t.Errorf("the line does not name initiator and target as a warning:\n%s", l)
+	}
+	// Hanging up before any mutual answer: nothing to explain.
+	logs.Reset()
+	quiet := dialInitiator(t, addr)
+	quiet.loginStep(pdu.StageSecurity, pdu.StageOperational, false,
+		pdu.KV{Key: "InitiatorName", Value: testInitiator1}, pdu.KV{Key: "TargetName", Value: testIQN}, pdu.KV{Key: "AuthMethod", Value: "CHAP"})
+	quiet.nc.Close()
+	time.Sleep(200 * time.Millisecond)
+	if strings.Contains(logs.String(), "mutual CHAP") {
+		t.Errorf("a plain hang-up blamed on mutual CHAP:\n%s", logs.String())
+	}
+}
+
 func TestLoginRefusals(t *testing.T) {
 	_, addr := startTarget(t, func(tg *Target) { tg.AllowedInitiators = []string{"iqn.2026-11.org.example:only"} })
 	in := dialInitiator(t, addr)
