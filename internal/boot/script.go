@@ -66,24 +66,21 @@ func (b *Booter) Script(req ScriptRequest) (Script, error) {
 		Group:     b.cfg.PortalGroupTag,
 		ScriptURL: b.ScriptURL(req.Server),
 	}
-	var tmpl *template.Template
-	switch h.Mode {
-	case Kernel:
+	// RFC 4173: iscsi:<server>:<protocol>:<port>:<LUN>:<targetname>,
+	// IPv6 servers in brackets; protocol empty means TCP.
+	server := d.Server
+	if req.Server.Unmap().Is6() {
+		server = "[" + server + "]"
+	}
+	d.SANURI = fmt.Sprintf("iscsi:%s::%d:%d:%s", server, b.cfg.ISCSIPort, h.LUN, h.TargetIQN)
+	tmpl := sanbootScript
+	if h.Mode == Kernel {
 		base := "http://" + hostPort(req.Server, b.cfg.HTTPPort) + HostFilePath(h.MAC, "")
 		d.KernelURL = base + "kernel"
 		if h.Initrd != "" {
 			d.InitrdURL = base + "initrd"
 		}
 		tmpl = kernelScript
-	default:
-		// RFC 4173: iscsi:<server>:<protocol>:<port>:<LUN>:<targetname>,
-		// IPv6 servers in brackets; protocol empty means TCP.
-		server := d.Server
-		if req.Server.Unmap().Is6() {
-			server = "[" + server + "]"
-		}
-		d.SANURI = fmt.Sprintf("iscsi:%s::%d:%d:%s", server, b.cfg.ISCSIPort, h.LUN, h.TargetIQN)
-		tmpl = sanbootScript
 	}
 	body, err := render(tmpl, d)
 	if err != nil {
@@ -162,9 +159,9 @@ sleep 10
 chain --replace --autofree {{url .ScriptURL}} || goto failed
 `
 
-var sanbootScript = mustTemplate("sanboot", `#!ipxe
-# diskless: {{arg .Name}} ({{arg .MACText}}) boots iSCSI {{arg .TargetIQN}}
-set initiator-iqn {{arg .InitiatorIQN}}
+// iSCSI login parameters: iPXE logs in with them and publishes them in the
+// iBFT for the initramfs.
+const credentials = `set initiator-iqn {{arg .InitiatorIQN}}
 {{- with .CHAP}}
 set username {{arg .User}}
 set password {{arg .Secret}}
@@ -173,20 +170,25 @@ set password {{arg .Secret}}
 set reverse-username {{arg .User}}
 set reverse-password {{arg .Secret}}
 {{- end}}
-sanboot {{url .SANURI}} || goto failed
+`
+
+var sanbootScript = mustTemplate("sanboot", `#!ipxe
+# diskless: {{arg .Name}} ({{arg .MACText}}) boots iSCSI {{arg .TargetIQN}}
+`+credentials+`sanboot {{url .SANURI}} || goto failed
 exit
 `+retry)
 
-// Kernel mode: the HOWTO's "without GRUB" boot. ISCSI_* are read by
-// open-iscsi's initramfs script (the kernel passes unknown KEY=VALUE
-// parameters to init's environment); initrd=initrd names the initrd for
-// EFI-stub kernels.
+// Kernel mode: the HOWTO's "without GRUB" boot. iPXE hooks the disk first
+// (sanhook: its iSCSI session and the iBFT, ACPI table, that describes it),
+// then boots kernel and initrd over HTTP. iscsi_auto has open-iscsi's
+// initramfs log in from the iBFT (iscsistart -b), so the CHAP secrets stay
+// off /proc/cmdline, which every user can read; the iBFT in sysfs is
+// root's only. initrd=initrd names the initrd for EFI-stub kernels.
 var kernelScript = mustTemplate("kernel", `#!ipxe
 # diskless: {{arg .Name}} ({{arg .MACText}}) boots a kernel, root on iSCSI {{arg .TargetIQN}}
+`+credentials+`sanhook {{url .SANURI}} || goto failed
 kernel {{url .KernelURL}}
-{{- if .InitrdURL}} initrd=initrd{{end}} ISCSI_INITIATOR={{arg .InitiatorIQN}} ISCSI_TARGET_NAME={{arg .TargetIQN}} ISCSI_TARGET_IP={{arg .Server}} ISCSI_TARGET_PORT={{port .Port}} ISCSI_TARGET_GROUP={{port .Group}}
-{{- with .CHAP}} ISCSI_USERNAME={{arg .User}} ISCSI_PASSWORD={{arg .Secret}}{{end}}
-{{- with .MutualCHAP}} ISCSI_IN_USERNAME={{arg .User}} ISCSI_IN_PASSWORD={{arg .Secret}}{{end}} ip=dhcp
+{{- if .InitrdURL}} initrd=initrd{{end}} iscsi_auto ip=dhcp
 {{- if .Cmdline}} {{line .Cmdline}}{{end}} || goto failed
 {{- if .InitrdURL}}
 initrd --name initrd {{url .InitrdURL}} || goto failed
