@@ -8,6 +8,7 @@ import (
 	"strconv"
 
 	"github.com/diskless-boot/diskless/internal/inventory"
+	"github.com/diskless-boot/diskless/internal/storage"
 )
 
 // Size is a disk size in a request: a number of bytes or a string such as
@@ -42,11 +43,19 @@ type CreateImageRequest struct {
 	// versions.
 	Size   Size   `json:"size,omitempty"`
 	Import string `json:"import,omitempty"`
+	// Kernel and Initrd go with Import as in ImportRequest.
+	Kernel string `json:"kernel,omitempty"`
+	Initrd string `json:"initrd,omitempty"`
 }
 
 // ImportRequest is the body of POST /images/{image}/versions.
 type ImportRequest struct {
 	Source string `json:"source"` // a file or block device on the server
+	// Kernel and Initrd, files on the server, are kept with the new
+	// version (diskless image build extracts them) for hosts that boot
+	// them without GRUB. Optional.
+	Kernel string `json:"kernel,omitempty"`
+	Initrd string `json:"initrd,omitempty"`
 }
 
 // ExportRequest is the body of POST .../versions/{version}/export.
@@ -108,7 +117,7 @@ func (h *Handler) createImage(w http.ResponseWriter, r *http.Request) {
 			h.fail(w, r, err)
 			return
 		}
-		writeJSON(w, http.StatusAccepted, Accepted{Job: h.startImport(req.Name, req.Import, size)})
+		writeJSON(w, http.StatusAccepted, Accepted{Job: h.startImport(req.Name, req.Import, bootFiles(req.Kernel, req.Initrd), size)})
 		return
 	}
 	img, err := h.inv.CreateImage(r.Context(), inventory.NewImage{Name: req.Name, Description: req.Description, Size: int64(req.Size)})
@@ -139,15 +148,27 @@ func (h *Handler) probe(ctx context.Context, path string) (int64, error) {
 	return src.Size(), nil
 }
 
+// bootFiles is the boot files an import request names.
+func bootFiles(kernel, initrd string) storage.BootFiles {
+	b := storage.BootFiles{}
+	if kernel != "" {
+		b[storage.BootKernel] = kernel
+	}
+	if initrd != "" {
+		b[storage.BootInitrd] = initrd
+	}
+	return b
+}
+
 // startImport imports path as the image's next version, as a job.
-func (h *Handler) startImport(image, path string, size int64) Job {
+func (h *Handler) startImport(image, path string, boot storage.BootFiles, size int64) Job {
 	return h.jobs.start("import", "image "+image, size, func(ctx context.Context, progress func(int64)) (any, error) {
 		src, origin, closeSrc, err := h.cfg.Import(ctx, path)
 		if err != nil {
 			return nil, err
 		}
 		defer closeSrc()
-		v, notes, err := h.inv.AddVersion(ctx, image, src.Size(), src, origin, progress)
+		v, notes, err := h.inv.AddVersionWithBoot(ctx, image, src.Size(), src, boot, origin, progress)
 		if err != nil {
 			return nil, err
 		}
@@ -173,7 +194,7 @@ func (h *Handler) importVersion(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "source", err.Error())
 		return
 	}
-	writeJSON(w, http.StatusAccepted, Accepted{Job: h.startImport(image, req.Source, size)})
+	writeJSON(w, http.StatusAccepted, Accepted{Job: h.startImport(image, req.Source, bootFiles(req.Kernel, req.Initrd), size)})
 }
 
 func (h *Handler) listVersions(w http.ResponseWriter, r *http.Request) {

@@ -244,6 +244,14 @@ func (inv *Inventory) CreateImage(ctx context.Context, req NewImage) (ImageInfo,
 // once its bytes are durable. Hosts that follow the image's newest
 // version move to it at their next boot, or at once when offline.
 func (inv *Inventory) AddVersion(ctx context.Context, image string, size int64, src storage.Source, origin string, progress storage.Progress) (Version, []string, error) {
+	return inv.AddVersionWithBoot(ctx, image, size, src, nil, origin, progress)
+}
+
+// AddVersionWithBoot is AddVersion that also keeps boot files (the
+// kernel and initrd an image build extracted) with the new version; they
+// are stored before the version is published, so a ready version has
+// them from its first moment.
+func (inv *Inventory) AddVersionWithBoot(ctx context.Context, image string, size int64, src storage.Source, boot storage.BootFiles, origin string, progress storage.Progress) (Version, []string, error) {
 	if src != nil && size == 0 {
 		size = src.Size()
 	}
@@ -262,6 +270,13 @@ func (inv *Inventory) AddVersion(ctx context.Context, image string, size int64, 
 			return Version{}, nil, invalid("size", "%d bytes: %v", size, storage.ErrTooLarge)
 		}
 		return Version{}, nil, err
+	}
+	if len(boot) > 0 {
+		if err := inv.be.WriteBootFiles(ctx, v.Ref(), boot); err != nil {
+			inv.be.DeleteVersion(v.Ref())
+			inv.dropVersionRecord(v)
+			return Version{}, nil, err
+		}
 	}
 	if err := inv.publish(v); err != nil {
 		return Version{}, nil, err

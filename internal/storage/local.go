@@ -26,6 +26,7 @@ const maxChain = 200
 //
 //	images/<image>/v<N>.img          a version, raw, mode 0444
 //	images/<image>/.v<N>.img.partial a version being written
+//	images/<image>/v<N>.kernel       its boot files (kernel, initrd), if any
 //	hosts/<host>/layers/<id>/        an overlay layer (data, meta)
 //	hosts/<host>/disk.img            a raw disk diskless made
 //
@@ -199,6 +200,9 @@ func (l *Local) DeleteVersion(ref VersionRef) error {
 	p := l.versionPath(ref)
 	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("storage: %w", err)
+	}
+	if err := l.removeBootFiles(ref); err != nil {
+		return err
 	}
 	os.Remove(filepath.Dir(p)) // the image's directory, when it was the last version
 	return nil

@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"regexp"
 	"time"
 
@@ -200,8 +201,15 @@ type Backend interface {
 	// VersionPath is a local file holding the version's bytes, for tools
 	// that need a path (qemu-img); "" when the backend has none.
 	VersionPath(ref VersionRef) string
-	// DeleteVersion removes a version nothing uses any more.
+	// DeleteVersion removes a version nothing uses any more, with its
+	// boot files.
 	DeleteVersion(ref VersionRef) error
+	// WriteBootFiles keeps copies of files (a kernel, an initrd) with the
+	// version ref, before it is published; a failed write leaves none.
+	WriteBootFiles(ctx context.Context, ref VersionRef, files BootFiles) error
+	// OpenBootFile opens one of a version's boot files (BootKernel,
+	// BootInitrd); an error wrapping os.ErrNotExist when it has none.
+	OpenBootFile(ref VersionRef, name string) (*os.File, error)
 
 	// CreateDisk makes a new host disk: an empty overlay on base, or for
 	// Raw a private copy of base (rawPath "" ) or the admin's file
