@@ -237,3 +237,75 @@ func TestYAMLChangeWaitsForRunningHost(t *testing.T) {
 		t.Errorf("the running host's disk changed under it at the server restart: reads %q", got[:8])
 	}
 }
+
+// A kernel-mode host with no kernel of its own boots the kernel and initrd
+// kept with the image version its disk is on (an image build keeps them):
+// its script hooks the disk and asks for both, and the host files are the
+// version's, byte for byte - after an import too, once the host moved to
+// the new version. Only the host itself gets them.
+func TestKernelModeBootsTheVersionsKernel(t *testing.T) {
+	data := t.TempDir()
+	dir := t.TempDir()
+	file := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	disk := filepath.Join(dir, "disk.img")
+	os.WriteFile(disk, bytes.Repeat([]byte("D"), 1<<20), 0o644)
+	s := startSite(t, data, "")
+	var acc api.Accepted
+	s.call("POST", "/images", api.CreateImageRequest{Name: "debian", Import: disk,
+		Kernel: file("k1", "kernel of v1"), Initrd: file("i1", "initrd of v1")}, &acc, 202)
+	s.waitJob(acc.Job)
+	const mac = "52:54:00:00:00:07"
+	s.call("POST", "/hosts", api.AddHostRequest{Name: "k1", MACs: []string{mac}, Image: "debian", Boot: "kernel"}, nil, 201)
+
+	hw, _ := net.ParseMAC(mac)
+	get := func(path string) (int, string) {
+		s.neighbour.Store(hw)
+		defer s.neighbour.Store(net.HardwareAddr(nil))
+		resp, err := clientFrom("127.0.0.1").Get(s.http + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	files := "/hosts/52-54-00-00-00-07/"
+	if code, script := get("/boot.ipxe?mac=" + mac); code != 200 || !strings.Contains(script, "sanhook iscsi:") ||
+		!strings.Contains(script, files+"kernel") || !strings.Contains(script, "initrd --name initrd http") ||
+		!strings.Contains(script, "iscsi_auto") || strings.Contains(script, "ISCSI_PASSWORD") {
+		t.Fatalf("script: %d\n%s", code, script)
+	}
+	for name, want := range map[string]string{"kernel": "kernel of v1", "initrd": "initrd of v1"} {
+		if code, got := get(files + name); code != 200 || got != want {
+			t.Errorf("%s: %d %q, want %q", name, code, got, want)
+		}
+	}
+	// Another machine asking for them gets nothing.
+	resp, err := clientFrom("127.0.0.1").Get(s.http + files + "kernel")
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == 200 {
+			t.Errorf("the kernel went to a machine that is not the host")
+		}
+	}
+
+	// A new version with its own kernel: the host (offline, following the
+	// newest) moves to it, and so does its kernel.
+	s.call("POST", "/images/debian/versions", api.ImportRequest{Source: disk,
+		Kernel: file("k2", "kernel of v2"), Initrd: file("i2", "initrd of v2")}, &acc, 202)
+	s.waitJob(acc.Job)
+	var h api.HostView
+	s.call("GET", "/hosts/k1", nil, &h)
+	if h.Disk.Base != "debian@v2" {
+		t.Fatalf("host on %s after the import", h.Disk.Base)
+	}
+	if code, got := get(files + "kernel"); code != 200 || got != "kernel of v2" {
+		t.Errorf("kernel after the host moved to v2: %d %q", code, got)
+	}
+}

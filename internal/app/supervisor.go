@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -276,8 +277,11 @@ func (s *supervisor) refreshTables() error {
 	names := map[string]string{}
 	for _, sv := range s.hosts {
 		h := &sv.rec
+		files := s.versionFiles(h)
 		for _, mac := range h.HardwareAddrs() {
-			hosts = append(hosts, bootHost(h, mac))
+			bh := bootHost(h, mac)
+			bh.Files = files
+			hosts = append(hosts, bh)
 			names[mac.String()] = dhcpHostname(h.Name)
 			ip, err := netip.ParseAddr(h.IP)
 			if err != nil || s.dhcp == nil {
@@ -329,6 +333,37 @@ func bootHost(h *inventory.Host, mac net.HardwareAddr) boot.Host {
 		InitiatorIQN: h.InitiatorIQN, TargetIQN: h.TargetIQN, LUN: 0,
 		CHAP: h.CHAP, MutualCHAP: h.MutualCHAP,
 		Kernel: h.Kernel, Initrd: h.Initrd, Cmdline: h.Cmdline}
+}
+
+// versionFiles serves a kernel-mode host without a kernel of its own the
+// kernel and initrd kept with the image version its disk is on when they
+// are asked for (the modules are on that disk; the disk moves to new
+// versions, at the boot that fetches them too), or, before the disk is
+// made, the version it will be made from. nil for every other host.
+func (s *supervisor) versionFiles(h *inventory.Host) *boot.VersionFiles {
+	if h.Boot != inventory.BootKernel || h.Kernel != "" || h.Image == "" {
+		return nil
+	}
+	name := h.Name
+	return &boot.VersionFiles{Open: func(file string) (*os.File, error) {
+		cur, err := s.inv.Host(name)
+		if err != nil {
+			return nil, err
+		}
+		ref := cur.Disk.Base()
+		if ref.IsZero() {
+			v, err := s.inv.ResolveVersion(cur.Image, cur.Version)
+			if err != nil {
+				return nil, fmt.Errorf("%s: no image version to take it from: %w", file, err)
+			}
+			ref = v.Ref()
+		}
+		f, err := s.inv.Backend().OpenBootFile(ref, file)
+		if err != nil {
+			return nil, fmt.Errorf("%s of %s (a version keeps them when diskless image build made it): %w", file, ref, err)
+		}
+		return f, nil
+	}}
 }
 
 // beginBoot is called when a host fetches its iPXE script from its own

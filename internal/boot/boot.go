@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"os"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -66,6 +67,28 @@ type Host struct {
 	// in Kernel mode (Initrd may be empty). Cmdline is appended to the
 	// generated kernel command line.
 	Kernel, Initrd, Cmdline string
+	// Files, when Kernel is empty, serves the kernel and initrd kept with
+	// the image version the host's disk is on (an image build extracts
+	// them): the kernel whose modules are on the disk.
+	Files *VersionFiles
+}
+
+// VersionFiles are the boot files of the image version a host's disk is
+// on when they are asked for (the disk moves to new versions).
+type VersionFiles struct {
+	// Open opens "kernel" or "initrd"; its errors name the version. One it
+	// does not keep is an error wrapping fs.ErrNotExist.
+	Open func(name string) (*os.File, error)
+}
+
+// has reports whether the version keeps the file name.
+func (v *VersionFiles) has(name string) bool {
+	f, err := v.Open(name)
+	if err != nil {
+		return false
+	}
+	f.Close()
+	return true
 }
 
 // Secret reports whether the host's script carries secrets.
@@ -208,8 +231,8 @@ func checkHost(h *Host) error {
 	switch h.Mode {
 	case Sanboot:
 	case Kernel:
-		if h.Kernel == "" {
-			return errors.New("kernel mode needs a kernel")
+		if h.Kernel == "" && h.Files == nil {
+			return errors.New("kernel mode needs a kernel: a file, or an image version that keeps one")
 		}
 		if !safeLine(h.Cmdline) {
 			return fmt.Errorf("command line %q has characters unsafe in a script", h.Cmdline)
@@ -232,20 +255,38 @@ func (b *Booter) Host(mac net.HardwareAddr) (Host, bool) {
 // Registry is where unknown MACs are recorded.
 func (b *Booter) Registry() *Registry { return b.registry }
 
-// HostFile is the server-side path of a host's "kernel" or "initrd"
-// (Kernel mode only).
-func (b *Booter) HostFile(mac net.HardwareAddr, name string) (string, bool) {
+// ErrNoHostFile: the host boots no such file (unknown MAC, not Kernel
+// mode, no initrd, another name).
+var ErrNoHostFile = errors.New("boot: no such host file")
+
+// OpenHostFile opens a Kernel mode host's "kernel" or "initrd": its own
+// file, or its image version's. What the host does not boot is
+// ErrNoHostFile; any other error is a file it should have and cannot open.
+func (b *Booter) OpenHostFile(mac net.HardwareAddr, name string) (*os.File, error) {
 	h, ok := b.host(mac)
 	if !ok || h.Mode != Kernel {
-		return "", false
+		return nil, ErrNoHostFile
 	}
+	path := ""
 	switch name {
 	case "kernel":
-		return h.Kernel, true
+		path = h.Kernel
 	case "initrd":
-		return h.Initrd, h.Initrd != ""
+		path = h.Initrd
+	default:
+		return nil, ErrNoHostFile
 	}
-	return "", false
+	if path != "" {
+		return os.Open(path)
+	}
+	if h.Kernel == "" && h.Files != nil {
+		f, err := h.Files.Open(name)
+		if name == "initrd" && errors.Is(err, fs.ErrNotExist) {
+			return nil, ErrNoHostFile // a version may keep a kernel only
+		}
+		return f, err
+	}
+	return nil, ErrNoHostFile
 }
 
 // OpenBinary opens one of the iPXE binaries DHCPBoot may offer (name as in

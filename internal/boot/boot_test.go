@@ -4,9 +4,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -18,6 +20,8 @@ var update = flag.Bool("update", false, "rewrite golden files")
 var (
 	mac1   = net.HardwareAddr{0x52, 0x54, 0x00, 0x12, 0x34, 0x56}
 	mac2   = net.HardwareAddr{0x52, 0x54, 0x00, 0xab, 0xcd, 0xef}
+	mac3   = net.HardwareAddr{0x52, 0x54, 0x00, 0xab, 0xcd, 0x01}
+	mac4   = net.HardwareAddr{0x52, 0x54, 0x00, 0xab, 0xcd, 0x02}
 	other  = net.HardwareAddr{0x52, 0x54, 0x00, 0x99, 0x99, 0x99}
 	server = netip.MustParseAddr("10.77.0.1")
 )
@@ -255,25 +259,72 @@ func TestDHCPBoot(t *testing.T) {
 }
 
 func TestHostFile(t *testing.T) {
-	h := host(mac1)
-	h.Mode, h.Kernel, h.Initrd = Kernel, "/srv/k", "/srv/i"
-	b := newBooter(t, PolicyLocal, h, host(mac2))
-	if p, ok := b.HostFile(mac1, "kernel"); !ok || p != "/srv/k" {
-		t.Errorf("kernel: %q %v", p, ok)
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
 	}
-	if p, ok := b.HostFile(mac1, "initrd"); !ok || p != "/srv/i" {
-		t.Errorf("initrd: %q %v", p, ok)
+	own := host(mac1)
+	own.Mode, own.Kernel, own.Initrd = Kernel, write("k", "own kernel"), write("i", "own initrd")
+	// mac2 boots its image version's files; mac3's version has no initrd.
+	versionFile := map[string]string{"kernel": write("vk", "version kernel"), "initrd": write("vi", "version initrd")}
+	fromVersion := host(mac2)
+	fromVersion.Mode = Kernel
+	fromVersion.Files = &VersionFiles{Open: func(name string) (*os.File, error) { return os.Open(versionFile[name]) }}
+	noInitrd := host(mac3)
+	noInitrd.Mode = Kernel
+	noInitrd.Files = &VersionFiles{Open: func(name string) (*os.File, error) {
+		return nil, fmt.Errorf("%s of golden@v1: %w", name, os.ErrNotExist)
+	}}
+	b := newBooter(t, PolicyLocal, own, fromVersion, noInitrd, host(mac4))
+	read := func(mac net.HardwareAddr, name string) (string, error) {
+		f, err := b.OpenHostFile(mac, name)
+		if err != nil {
+			return "", err
+		}
+		defer f.Close()
+		c, err := io.ReadAll(f)
+		return string(c), err
+	}
+	for _, c := range []struct {
+		mac        net.HardwareAddr
+		name, want string
+	}{{mac1, "kernel", "own kernel"}, {mac1, "initrd", "own initrd"}, {mac2, "kernel", "version kernel"}, {mac2, "initrd", "version initrd"}} {
+		if got, err := read(c.mac, c.name); err != nil || got != c.want {
+			t.Errorf("%s %s: %q %v, want %q", c.mac, c.name, got, err, c.want)
+		}
 	}
 	for _, c := range []struct {
 		mac  net.HardwareAddr
 		name string
-	}{{mac1, "image"}, {mac2, "kernel"}, {other, "kernel"}} {
-		if p, ok := b.HostFile(c.mac, c.name); ok {
-			t.Errorf("%s %s: served %q", c.mac, c.name, p)
+	}{{mac1, "image"}, {mac3, "initrd"}, {mac4, "kernel"}, {other, "kernel"}} {
+		if got, err := read(c.mac, c.name); !errors.Is(err, ErrNoHostFile) {
+			t.Errorf("%s %s: %q %v, want ErrNoHostFile", c.mac, c.name, got, err)
 		}
+	}
+	// A file the host should have and that is gone is not "no such file":
+	// the server must say so.
+	if _, err := read(mac3, "kernel"); err == nil || errors.Is(err, ErrNoHostFile) || !strings.Contains(err.Error(), "golden@v1") {
+		t.Errorf("a version's missing kernel: %v", err)
 	}
 	if HostFilePath(mac1, "kernel") != "/hosts/52-54-00-12-34-56/kernel" {
 		t.Error(HostFilePath(mac1, "kernel"))
+	}
+	// The script asks for the version's initrd only when it has one.
+	for _, c := range []struct {
+		mac    net.HardwareAddr
+		initrd bool
+	}{{mac2, true}, {mac3, false}} {
+		s, err := b.Script(ScriptRequest{MAC: c.mac, Server: netip.MustParseAddr("10.77.0.1")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Contains(string(s.Body), "initrd --name initrd"); got != c.initrd {
+			t.Errorf("%s: script fetches an initrd: %v, want %v\n%s", c.mac, got, c.initrd, s.Body)
+		}
 	}
 }
 

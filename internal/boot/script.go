@@ -77,7 +77,7 @@ func (b *Booter) Script(req ScriptRequest) (Script, error) {
 	if h.Mode == Kernel {
 		base := "http://" + hostPort(req.Server, b.cfg.HTTPPort) + HostFilePath(h.MAC, "")
 		d.KernelURL = base + "kernel"
-		if h.Initrd != "" {
+		if h.Initrd != "" || (h.Kernel == "" && h.Files != nil && h.Files.has("initrd")) {
 			d.InitrdURL = base + "initrd"
 		}
 		tmpl = kernelScript

@@ -210,9 +210,9 @@ func (v *validator) checkHosts() {
 				}
 			}
 		case BootKernel:
-			if h.Kernel == "" {
-				v.fail(k("kernel"), "required with boot: kernel")
-			} else {
+			if h.Kernel == "" && (h.Image == "" || h.ImageFile()) {
+				v.fail(k("kernel"), "required with boot: kernel, unless image names an image (whose versions keep their kernel)")
+			} else if h.Kernel != "" {
 				v.file(k("kernel"), h.Kernel, false)
 			}
 			if h.Initrd != "" {

@@ -369,8 +369,14 @@ func checkHost(h *Host) error {
 			return invalid("kernel", "kernel, initrd and cmdline go with boot mode kernel only")
 		}
 	case BootKernel:
-		if h.Kernel == "" {
-			return invalid("kernel", "required with boot mode kernel")
+		if h.Kernel == "" && (h.Image == "" || h.Mode == storage.Raw) {
+			// On an overlay, the version the disk is on serves its own
+			// kernel and initrd (an image build keeps them); a raw copy
+			// no longer says which version it was.
+			return invalid("kernel", "required with boot mode kernel on a raw disk")
+		}
+		if h.Initrd != "" && h.Kernel == "" {
+			return invalid("initrd", "goes with kernel: a version's kernel comes with its own initrd")
 		}
 		for _, f := range []struct{ field, path string }{{"kernel", h.Kernel}, {"initrd", h.Initrd}} {
 			if f.path == "" {

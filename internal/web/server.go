@@ -27,7 +27,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -288,13 +287,23 @@ func (s *Server) hostFile(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	name := r.PathValue("file")
-	path, ok := s.cfg.Booter.HostFile(mac, name)
-	if !ok {
+	if h, known := s.cfg.Booter.Host(mac); known && h.Secret() {
+		// As its script: a host with secrets may have an initrd holding
+		// them (/etc/iscsi/iscsi.initramfs, the HOWTO's way).
+		if ok, why := s.fromHost(mac, remote); !ok {
+			s.log.Warn("host file refused: the source address does not belong to this mac",
+				"mac", mac.String(), "ip", remote, "host", h.Name, "file", name, "err", why)
+			http.Error(w, "forbidden: this file is only served to "+mac.String(), http.StatusForbidden)
+			return
+		}
+	}
+	f, err := s.cfg.Booter.OpenHostFile(mac, name)
+	if errors.Is(err, boot.ErrNoHostFile) {
 		http.NotFound(w, r)
 		return
 	}
-	f, err := os.Open(path)
 	if err != nil {
+		// The host should have this file: say what is missing.
 		s.log.Error("host file", "mac", mac.String(), "ip", remote, "file", name, "err", err)
 		http.Error(w, "internal error", http.StatusInternalServerError)
 		return
