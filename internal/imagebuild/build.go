@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -35,6 +36,7 @@ type Options struct {
 
 	run    runner                 // tests replace the commands
 	exists func(path string) bool // and the device nodes
+	fake   bool                   // no retries or waits for the kernel
 }
 
 // Result is a finished build: files in a directory the caller removes
@@ -148,6 +150,13 @@ func (b *builder) cleanup() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var errs []error
+	if b.mnt != "" {
+		// What a cancelled or failed command left running in the chroot
+		// (dpkg, a maintainer script) holds the mounts: it goes first.
+		if err := killProcessesIn(ctx, b.mnt); err != nil {
+			errs = append(errs, fmt.Errorf("cleanup: %w", err))
+		}
+	}
 	for i := len(b.undo) - 1; i >= 0; i-- {
 		if err := b.undo[i].fn(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("cleanup: %s: %w", b.undo[i].what, err))
@@ -291,8 +300,12 @@ func (b *builder) partition(ctx context.Context) error {
 	}
 	b.loop = loop
 	b.defer_("detach "+loop, func(ctx context.Context) error {
-		_, err := b.cmd(ctx, "losetup", "--detach", loop)
-		return err
+		if _, err := b.cmd(ctx, "losetup", "--detach", loop); err != nil {
+			return err
+		}
+		// A loop device still open (a lazy unmount not yet finished)
+		// only goes when its last user does: wait for it.
+		return b.waitGone(ctx, "/sys/block/"+filepath.Base(loop)+"/loop/backing_file", 30*time.Second)
 	})
 	// Without udev (containers) the partition nodes may not appear:
 	// partx asks the kernel again and devtmpfs makes the nodes.
@@ -322,6 +335,58 @@ func (b *builder) waitFor(ctx context.Context, path string, d time.Duration) err
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// waitGone waits for path to disappear.
+func (b *builder) waitGone(ctx context.Context, path string, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for b.opt.exists(path) && !b.opt.fake {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s is still there after %s", path, d)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// killProcessesIn kills every process whose root directory is dir or
+// below it and waits until they are gone.
+func killProcessesIn(ctx context.Context, dir string) error {
+	for {
+		pids := processesIn(dir)
+		if len(pids) == 0 {
+			return nil
+		}
+		for _, p := range pids {
+			syscall.Kill(p, syscall.SIGKILL)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("processes %v in %s do not end", pids, dir)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// processesIn lists the processes whose root is dir or below it.
+func processesIn(dir string) []int {
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		root, err := os.Readlink("/proc/" + e.Name() + "/root")
+		if err == nil && (root == dir || strings.HasPrefix(root, dir+"/")) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 // part is the device of partition n.
@@ -391,7 +456,12 @@ func (b *builder) mount(ctx context.Context, src, dir string, extra ...string) e
 		return err
 	}
 	b.defer_("unmount "+dir, func(ctx context.Context) error {
-		if _, err := b.cmd(ctx, "umount", dir); err != nil {
+		_, err := b.cmd(ctx, "umount", dir)
+		for try := 0; err != nil && try < 3 && !b.opt.fake; try++ {
+			time.Sleep(300 * time.Millisecond) // a killed process's files close
+			_, err = b.cmd(ctx, "umount", dir)
+		}
+		if err != nil {
 			// Something still holds it (a process a killed command
 			// left): detach it lazily so the loop device can go.
 			_, lerr := b.cmd(ctx, "umount", "--lazy", dir)
@@ -466,6 +536,14 @@ func (b *builder) configure(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// debootstrap leaves the packages it installed here (they are in its
+	// own cache): out of the image, and not hidden under the bind mount.
+	debs, _ := filepath.Glob(filepath.Join(b.mnt, "var/cache/apt/archives/*.deb"))
+	for _, d := range debs {
+		if err := os.Remove(d); err != nil {
+			return err
+		}
+	}
 	if cache != "" {
 		if err := b.mount(ctx, cache, filepath.Join(b.mnt, "var/cache/apt/archives"), "--bind"); err != nil {
 			return err
@@ -529,10 +607,36 @@ func (b *builder) installGRUB(ctx context.Context) error {
 	if _, err := b.chroot(ctx, "", "update-grub"); err != nil {
 		return err
 	}
+	if err := b.fixGrubRoot(); err != nil {
+		return err
+	}
 	if b.r.Firmware.uefi() {
 		return b.installEFI(ctx)
 	}
 	return nil
+}
+
+// fixGrubRoot makes grub.cfg name the root file system by UUID.
+// grub-mkconfig uses root=UUID= only when /dev/disk/by-uuid has the file
+// system, which needs udev: on a build machine without it (a container)
+// the kernel line says root=/dev/loop0p3, which no host has. On a host,
+// update-grub (a kernel update) finds the UUID again.
+func (b *builder) fixGrubRoot() error {
+	p := filepath.Join(b.mnt, "boot/grub/grub.cfg")
+	cfg, err := os.ReadFile(p)
+	if err != nil {
+		return err
+	}
+	fixed := rootByUUID(string(cfg), b.partOf(partRoot), b.u.Root)
+	if strings.Contains(fixed, b.loop) {
+		return fmt.Errorf("grub.cfg still names the build's loop device %s", b.loop)
+	}
+	return os.WriteFile(p, []byte(fixed), 0o444)
+}
+
+// rootByUUID replaces the kernel argument root=dev by root=UUID=uuid.
+func rootByUUID(cfg, dev, uuid string) string {
+	return strings.ReplaceAll(cfg, "root="+dev+" ", "root=UUID="+uuid+" ")
 }
 
 // installEFI puts GRUB at the removable path \EFI\BOOT\BOOTX64.EFI of the

@@ -53,6 +53,12 @@ func (f *fakeRunner) run(ctx context.Context, c command) (string, error) {
 	case "blkid":
 		dev := c.Args[len(c.Args)-1]
 		return "uuid-of-" + filepath.Base(dev) + "\n", nil
+	case "chroot":
+		if c.Args[1] == "update-grub" {
+			os.MkdirAll(filepath.Join(c.Args[0], "boot/grub"), 0o755)
+			os.WriteFile(filepath.Join(c.Args[0], "boot/grub/grub.cfg"),
+				[]byte("search --no-floppy --fs-uuid --set=root uuid-of-loop9p4\n\tlinux\t/boot/vmlinuz-6.1.0-99-amd64 root=/dev/loop9p4 ro console=tty0\n"), 0o644)
+		}
 	case "debootstrap":
 		root := c.Args[len(c.Args)-2]
 		os.MkdirAll(filepath.Join(root, "boot"), 0o755)
@@ -83,7 +89,7 @@ func testRecipe() Recipe {
 }
 
 func fakeOptions(t *testing.T, f *fakeRunner) Options {
-	return Options{WorkDir: t.TempDir(), CacheDir: t.TempDir(), run: f, exists: func(string) bool { return true }}
+	return Options{WorkDir: t.TempDir(), CacheDir: t.TempDir(), run: f, exists: func(string) bool { return true }, fake: true}
 }
 
 // A build runs the HOWTO's steps in order against the loop device, writes
@@ -184,6 +190,9 @@ func checkImageFiles(t *testing.T, mnt string) {
 		if !strings.Contains(fstab, w) {
 			t.Errorf("fstab lacks %q:\n%s", w, fstab)
 		}
+	}
+	if s := read("boot/grub/grub.cfg"); !strings.Contains(s, " root=UUID=uuid-of-loop9p4 ro ") || strings.Contains(s, "/dev/loop") {
+		t.Errorf("grub.cfg does not boot the root by UUID:\n%s", s)
 	}
 	if s := read("etc/iscsi/iscsi.initramfs"); !strings.Contains(s, "\nISCSI_AUTO=true\n") {
 		t.Errorf("iscsi.initramfs: %q", s)
