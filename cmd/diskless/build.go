@@ -25,11 +25,12 @@ func newImageBuildCommand() *cobra.Command {
 		suite, size, firmware, mirror, swap string
 		packages                            []string
 		sshKeyFile, passwordFile, cacheDir  string
+		fromTar                             string
 		desc                                string
 		verbose                             bool
 	)
 	cmd := &cobra.Command{
-		Use:   "build NAME --suite bookworm --size 8G",
+		Use:   "build NAME --suite bookworm --size 8G [--from-tar FILE]",
 		Short: "Build a bootable Debian disk (debootstrap, GRUB, open-iscsi from the iBFT) as the image's next version",
 		Long: `Build a Debian system that boots from diskless on any host and import it as the
 next version of image NAME (created when it does not exist).
@@ -37,8 +38,9 @@ next version of image NAME (created when it does not exist).
 The disk has a GPT with a BIOS boot partition and/or an EFI system partition
 (--firmware), optional swap and an ext4 root, all mounted by UUID. Its
 initramfs logs in to the root disk from the iBFT that iPXE publishes at
-sanboot, so one image serves every host with no per-host file. See
-docs/images.md.
+sanboot, so one image serves every host with no per-host file. With
+--from-tar, a container's root file system gets the same preparation instead
+of debootstrap. See docs/images.md.
 
 Runs on the server's machine as root; needs debootstrap, gdisk, e2fsprogs,
 dosfstools. Downloaded packages are kept in --cache-dir for the next build.`,
@@ -47,6 +49,17 @@ dosfstools. Downloaded packages are kept in --cache-dir for the next build.`,
 			name := args[0]
 			r := imagebuild.Recipe{Suite: suite, Mirror: mirror, Packages: packages}
 			var err error
+			if fromTar != "" {
+				if r.FromTar, err = filepath.Abs(fromTar); err != nil {
+					return err
+				}
+				if _, err := os.Stat(r.FromTar); err != nil {
+					return fmt.Errorf("--from-tar: %w", err)
+				}
+				if !cmd.Flags().Changed("suite") {
+					r.Suite = "" // the tarball's own
+				}
+			}
 			if r.Size, err = inventory.ParseSize(size); err != nil {
 				return err
 			}
@@ -97,7 +110,11 @@ dosfstools. Downloaded packages are kept in --cache-dir for the next build.`,
 				log = io.MultiWriter(logf, cmd.ErrOrStderr())
 			}
 			stderr := cmd.ErrOrStderr()
-			fmt.Fprintf(stderr, "building image %s (%s, %s, %s); log in %s\n", name, r.Suite, firmware, humanBytes(r.Size), logPath)
+			from := r.Suite
+			if r.FromTar != "" {
+				from = r.FromTar
+			}
+			fmt.Fprintf(stderr, "building image %s (%s, %s, %s); log in %s\n", name, from, firmware, humanBytes(r.Size), logPath)
 			res, err := imagebuild.Build(cmd.Context(), r, imagebuild.Options{
 				WorkDir: work, CacheDir: cacheDir, Log: log,
 				Progress: func(phase string, elapsed time.Duration) {
@@ -116,6 +133,9 @@ dosfstools. Downloaded packages are kept in --cache-dir for the next build.`,
 			defer c.Close()
 			if desc == "" {
 				desc = fmt.Sprintf("Debian %s, %s, built by diskless image build", r.Suite, r.Firmware)
+				if r.FromTar != "" {
+					desc = fmt.Sprintf("%s, %s, built by diskless image build", filepath.Base(r.FromTar), r.Firmware)
+				}
 			}
 			return importVersion(cmd, c, name, desc, api.ImportRequest{Source: res.Disk, Kernel: res.Kernel, Initrd: res.Initrd})
 		},
@@ -131,6 +151,7 @@ dosfstools. Downloaded packages are kept in --cache-dir for the next build.`,
 	f.StringVar(&swap, "swap", "", "size of a swap partition, e.g. 512M (default: none)")
 	f.StringVar(&cacheDir, "cache-dir", "", "where downloaded packages are kept between builds (default: data-dir/cache/imagebuild)")
 	f.StringVar(&desc, "description", "", "description, when the image is created")
+	f.StringVar(&fromTar, "from-tar", "", "a root file system tarball (podman/docker export of a Debian or Ubuntu container) instead of debootstrap")
 	f.BoolVarP(&verbose, "verbose", "v", false, "show every command and its output")
 	cmd.MarkFlagRequired("size")
 	return cmd

@@ -130,6 +130,7 @@ type builder struct {
 	u      uuids
 
 	kernelVersion string
+	osID          string // os-release ID of the system (debian, ubuntu)
 
 	// undo is the cleanup stack: run in reverse order on every path.
 	undo []undoStep
@@ -158,6 +159,9 @@ func (b *builder) cleanup() error {
 		}
 	}
 	for i := len(b.undo) - 1; i >= 0; i-- {
+		if b.opt.Log != nil {
+			fmt.Fprintf(b.opt.Log, "== cleanup: %s\n", b.undo[i].what)
+		}
 		if err := b.undo[i].fn(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("cleanup: %s: %w", b.undo[i].what, err))
 		}
@@ -195,7 +199,7 @@ func Build(ctx context.Context, r Recipe, opt Options) (res *Result, err error) 
 	if opt.EtcApt == "" {
 		opt.EtcApt = "/etc/apt"
 	}
-	if r.Mirror == "" {
+	if r.Mirror == "" && r.FromTar == "" {
 		if r.Mirror = DefaultMirror(opt.EtcApt, r.Suite); r.Mirror == "" {
 			r.Mirror = FallbackMirror
 		}
@@ -238,13 +242,20 @@ func Build(ctx context.Context, r Recipe, opt Options) (res *Result, err error) 
 			err = fmt.Errorf("imagebuild: cancelled: %w", err)
 		}
 	}()
+	install := struct {
+		phase string
+		fn    func(context.Context) error
+	}{"debootstrap " + r.Suite + " from " + r.Mirror, b.debootstrap}
+	if r.FromTar != "" {
+		install.phase, install.fn = "unpack "+filepath.Base(r.FromTar), b.unpack
+	}
 	steps := []struct {
 		phase string
 		fn    func(context.Context) error
 	}{
 		{"partition the disk", b.partition},
 		{"make file systems", b.makeFileSystems},
-		{"debootstrap " + r.Suite + " from " + r.Mirror, b.debootstrap},
+		install,
 		{"configure the system", b.configure},
 		{"install kernel, open-iscsi and GRUB", b.installPackages},
 		{"install GRUB to the disk", b.installGRUB},
@@ -305,7 +316,11 @@ func (b *builder) partition(ctx context.Context) error {
 		}
 		// A loop device still open (a lazy unmount not yet finished)
 		// only goes when its last user does: wait for it.
-		return b.waitGone(ctx, "/sys/block/"+filepath.Base(loop)+"/loop/backing_file", 30*time.Second)
+		err := b.waitGone(ctx, "/sys/block/"+filepath.Base(loop)+"/loop/backing_file", 2*time.Minute)
+		if err != nil {
+			err = fmt.Errorf("%w (held by: %s)", err, loopUsers(loop))
+		}
+		return err
 	})
 	// Without udev (containers) the partition nodes may not appear:
 	// partx asks the kernel again and devtmpfs makes the nodes.
@@ -351,6 +366,29 @@ func (b *builder) waitGone(ctx context.Context, path string, d time.Duration) er
 		}
 	}
 	return nil
+}
+
+// loopUsers says what still holds a loop device: mounts of it or its
+// partitions, and processes with it open.
+func loopUsers(loop string) string {
+	var users []string
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, l := range strings.Split(string(mi), "\n") {
+		if strings.Contains(l, " "+loop) {
+			users = append(users, "mount: "+l)
+		}
+	}
+	fds, _ := filepath.Glob("/proc/[0-9]*/fd/*")
+	for _, fd := range fds {
+		if t, err := os.Readlink(fd); err == nil && strings.HasPrefix(t, loop) {
+			comm, _ := os.ReadFile(filepath.Join(filepath.Dir(filepath.Dir(fd)), "comm"))
+			users = append(users, fmt.Sprintf("%s (%s) has %s open", fd, strings.TrimSpace(string(comm)), t))
+		}
+	}
+	if len(users) == 0 {
+		return "nothing visible (the kernel is still releasing it)"
+	}
+	return strings.Join(users, "; ")
 }
 
 // killProcessesIn kills every process whose root directory is dir or
@@ -505,9 +543,62 @@ func (b *builder) debootstrap(ctx context.Context) error {
 	return err
 }
 
+// unpack fills the root file system from a tarball (a container's
+// export) instead of debootstrap, and learns its distribution.
+func (b *builder) unpack(ctx context.Context) error {
+	if _, err := b.cmd(ctx, "tar", "--extract", "--file="+b.r.FromTar, "--directory="+b.mnt,
+		"--numeric-owner", "--preserve-permissions", "--xattrs", "--xattrs-include=*"); err != nil {
+		return err
+	}
+	// Traces of the container runtime.
+	for _, p := range []string{".dockerenv", "run/.containerenv"} {
+		os.Remove(filepath.Join(b.mnt, p))
+	}
+	return nil
+}
+
+// osRelease reads ID and VERSION_CODENAME of the image's os-release.
+func osRelease(root string) (id, codename string) {
+	for _, p := range []string{"etc/os-release", "usr/lib/os-release"} {
+		data, err := os.ReadFile(filepath.Join(root, p))
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(data), "\n") {
+			k, v, _ := strings.Cut(l, "=")
+			v = strings.Trim(v, `"'`)
+			switch k {
+			case "ID":
+				id = v
+			case "VERSION_CODENAME":
+				codename = v
+			}
+		}
+		return id, codename
+	}
+	return "", ""
+}
+
 // configure writes the image's files and mounts what apt and GRUB need in
 // the chroot.
 func (b *builder) configure(ctx context.Context) error {
+	var codename string
+	b.osID, codename = osRelease(b.mnt)
+	if b.r.Suite == "" {
+		if !suitePattern.MatchString(codename) {
+			codename = "unknown"
+		}
+		b.r.Suite = codename // names the package cache
+	}
+	// apt in the chroot resolves the mirror with the build machine's DNS
+	// (debootstrap copies it; a tarball has a container's); generalize
+	// empties it again.
+	if hostConf, err := os.ReadFile("/etc/resolv.conf"); err == nil && !b.opt.fake {
+		os.Remove(filepath.Join(b.mnt, "etc/resolv.conf"))
+		if err := b.writeFile(file{"/etc/resolv.conf", 0o644, string(hostConf)}); err != nil {
+			return err
+		}
+	}
 	for _, f := range imageFiles(&b.r, b.u) {
 		if err := b.writeFile(f); err != nil {
 			return err
@@ -574,7 +665,7 @@ func (b *builder) installPackages(ctx context.Context) error {
 		return err
 	}
 	args := append([]string{"apt-get", "install", "--yes", "--no-install-recommends",
-		"-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold"}, b.r.aptPackages()...)
+		"-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold"}, b.r.aptPackages(b.osID)...)
 	if _, err := b.chroot(ctx, "", args...); err != nil {
 		return err
 	}

@@ -55,9 +55,16 @@ func (f *fakeRunner) run(ctx context.Context, c command) (string, error) {
 		return "uuid-of-" + filepath.Base(dev) + "\n", nil
 	case "chroot":
 		if c.Args[1] == "update-grub" {
+			// What grub-mkconfig writes without udev: the root device.
+			dev := ""
+			for _, m := range f.cmds {
+				if m.Name == "mount" && m.Args[len(m.Args)-1] == c.Args[0] {
+					dev = m.Args[len(m.Args)-2]
+				}
+			}
 			os.MkdirAll(filepath.Join(c.Args[0], "boot/grub"), 0o755)
 			os.WriteFile(filepath.Join(c.Args[0], "boot/grub/grub.cfg"),
-				[]byte("search --no-floppy --fs-uuid --set=root uuid-of-loop9p4\n\tlinux\t/boot/vmlinuz-6.1.0-99-amd64 root=/dev/loop9p4 ro console=tty0\n"), 0o644)
+				[]byte("search --no-floppy --fs-uuid --set=root uuid-of-x\n\tlinux\t/boot/vmlinuz-6.1.0-99-amd64 root="+dev+" ro console=tty0\n"), 0o644)
 		}
 	case "debootstrap":
 		root := c.Args[len(c.Args)-2]
@@ -341,4 +348,53 @@ func TestBuildCancelled(t *testing.T) {
 	if ents, _ := os.ReadDir(opt.WorkDir); len(ents) != 0 {
 		t.Errorf("left %v in the work dir", ents)
 	}
+}
+
+// --from-tar: the tarball replaces debootstrap, its distribution picks the
+// kernel package, its apt sources stay (no --mirror), and it gets what a
+// container lacks to boot.
+func TestBuildFromTar(t *testing.T) {
+	f := &fakeRunner{}
+	var mnt string
+	f.hook = func(c command) {
+		if c.Name == "tar" {
+			mnt = strings.TrimPrefix(c.Args[2], "--directory=")
+			os.MkdirAll(filepath.Join(mnt, "etc/apt"), 0o755)
+			os.WriteFile(filepath.Join(mnt, "etc/os-release"), []byte("NAME=\"Ubuntu\"\nID=ubuntu\nVERSION_CODENAME=noble\n"), 0o644)
+			os.WriteFile(filepath.Join(mnt, "etc/apt/sources.list"), []byte("deb http://archive.ubuntu.com/ubuntu noble main\n"), 0o644)
+			os.WriteFile(filepath.Join(mnt, ".dockerenv"), nil, 0o644)
+			os.MkdirAll(filepath.Join(mnt, "boot"), 0o755)
+			os.WriteFile(filepath.Join(mnt, "boot", "vmlinuz-6.8.0-1-generic"), []byte("K"), 0o644)
+			os.WriteFile(filepath.Join(mnt, "boot", "initrd.img-6.8.0-1-generic"), []byte("I"), 0o644)
+		}
+		if c.Name == "umount" && c.Args[0] == mnt {
+			if b, _ := os.ReadFile(filepath.Join(mnt, "etc/apt/sources.list")); !strings.Contains(string(b), "archive.ubuntu.com") {
+				t.Errorf("the tarball's sources were replaced: %s", b)
+			}
+			if _, err := os.Stat(filepath.Join(mnt, ".dockerenv")); err == nil {
+				t.Error(".dockerenv left")
+			}
+		}
+	}
+	r := Recipe{Size: 2 << 30, Firmware: BIOS, FromTar: "/srv/rootfs.tar"}
+	opt := fakeOptions(t, f)
+	res, err := Build(context.Background(), r, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Remove()
+	lines := strings.Join(f.lines(), "\n")
+	for _, w := range []string{
+		"tar --extract --file=/srv/rootfs.tar --directory=" + mnt + " --numeric-owner",
+		"apt-get install --yes --no-install-recommends -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold linux-image-generic initramfs-tools open-iscsi busybox-initramfs systemd-sysv e2fsprogs udev kmod grub-pc",
+		"mount --bind " + filepath.Join(opt.CacheDir, "noble-amd64", "apt"),
+	} {
+		if !strings.Contains(lines, w) {
+			t.Errorf("missing %q in:\n%s", w, lines)
+		}
+	}
+	if strings.Contains(lines, "debootstrap") {
+		t.Error("debootstrap ran for a tarball")
+	}
+	checkBalanced(t, f)
 }

@@ -26,6 +26,7 @@ func tools(f Firmware) []tool {
 		{"partx", "util-linux"},
 		{"mkswap", "util-linux"},
 		{"chroot", "coreutils"},
+		{"tar", "tar"},
 	}
 	if f.uefi() {
 		t = append(t, tool{"mkfs.vfat", "dosfstools"}, tool{"mcopy", "mtools"}, tool{"mmd", "mtools"})

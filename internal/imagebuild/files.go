@@ -190,7 +190,6 @@ func imageFiles(r *Recipe, u uuids) []file {
 	fs := []file{
 		{policyRC, 0o755, policyRCContent},
 		{"/etc/fstab", 0o644, fstab(u)},
-		{"/etc/apt/sources.list", 0o644, sourcesList(r.Mirror, r.Suite)},
 		{"/etc/default/grub.d/diskless.cfg", 0o644, grubDefaults},
 		{"/etc/initramfs-tools/conf.d/diskless", 0o644, "# diskless image build: drivers for any machine.\nMODULES=most\n"},
 		{"/etc/initramfs-tools/hooks/diskless-nics", 0o755, nicHook()},
@@ -202,6 +201,11 @@ func imageFiles(r *Recipe, u uuids) []file {
 		{"/etc/network/interfaces.d/diskless-boot-nic", 0o644,
 			"# diskless image build: the boot NIC is configured by the initramfs and\n" +
 				"# carries the root disk; nothing may reconfigure it (no ifupdown stanza).\n"},
+	}
+	if r.Mirror != "" {
+		// debootstrap's, or the admin's for a tarball (else the
+		// tarball's own sources stay).
+		fs = append(fs, file{"/etc/apt/sources.list", 0o644, sourcesList(r.Mirror, r.Suite)})
 	}
 	if r.SSHKey != "" {
 		fs = append(fs,

@@ -64,6 +64,10 @@ type Recipe struct {
 	SSHKey string
 	// RootPassword is root's password; "": root cannot log in with one.
 	RootPassword string
+	// FromTar, when set, is a root file system tarball (podman/docker
+	// export of a Debian or Ubuntu container) used instead of
+	// debootstrap. Its own apt sources stay unless Mirror is given.
+	FromTar string
 }
 
 // Sizes of the fixed partitions.
@@ -88,7 +92,9 @@ func (r *Recipe) Validate() error {
 	if _, err := ParseFirmware(string(r.Firmware)); err != nil {
 		return err
 	}
-	if !suitePattern.MatchString(r.Suite) {
+	if r.FromTar != "" && r.Suite == "" {
+		// The suite is the tarball's (its os-release), learnt when unpacked.
+	} else if !suitePattern.MatchString(r.Suite) {
 		return fmt.Errorf("suite %q: want a Debian suite name such as bookworm", r.Suite)
 	}
 	if r.Size%alignment != 0 {
@@ -140,9 +146,13 @@ func (r Recipe) Key() string {
 	h := sha256.New()
 	pk := slices.Clone(r.Packages)
 	slices.Sort(pk)
-	fmt.Fprintf(h, "v%d\n%s\n%d\n%s\n%s\n%s\n%d\n%s\n%s\n", keyVersion, r.Suite, r.Size, r.Firmware, r.Mirror,
-		strings.Join(pk, ","), r.Swap, r.SSHKey, r.RootPassword)
-	return r.Suite + "-" + string(r.Firmware) + "-" + hex.EncodeToString(h.Sum(nil))[:12]
+	fmt.Fprintf(h, "v%d\n%s\n%d\n%s\n%s\n%s\n%d\n%s\n%s\n%s\n", keyVersion, r.Suite, r.Size, r.Firmware, r.Mirror,
+		strings.Join(pk, ","), r.Swap, r.SSHKey, r.RootPassword, r.FromTar)
+	name := r.Suite
+	if r.FromTar != "" {
+		name = "tar"
+	}
+	return name + "-" + string(r.Firmware) + "-" + hex.EncodeToString(h.Sum(nil))[:12]
 }
 
 // keyVersion changes whenever the builder changes what it makes, so that
@@ -201,10 +211,19 @@ func sgdiskArgs(layout []Partition, disk string) []string {
 	return append(args, disk)
 }
 
-// Packages is what apt installs into the debootstrapped system, beyond
-// what debootstrap's default variant brings.
-func (r *Recipe) aptPackages() []string {
-	pk := []string{"linux-image-amd64", "initramfs-tools", "open-iscsi", "busybox", "systemd-sysv"}
+// aptPackages is what apt installs into the debootstrapped (or unpacked)
+// system of distribution osID (os-release ID), beyond what debootstrap's
+// default variant brings: a container's root file system has no kernel,
+// init or e2fsck.
+func (r *Recipe) aptPackages(osID string) []string {
+	kernel, busybox := "linux-image-amd64", "busybox"
+	if osID == "ubuntu" {
+		kernel, busybox = "linux-image-generic", "busybox-initramfs"
+	}
+	pk := []string{kernel, "initramfs-tools", "open-iscsi", busybox, "systemd-sysv"}
+	if r.FromTar != "" {
+		pk = append(pk, "e2fsprogs", "udev", "kmod")
+	}
 	switch r.Firmware {
 	case BIOS:
 		pk = append(pk, "grub-pc")

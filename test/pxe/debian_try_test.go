@@ -10,8 +10,8 @@ import (
 	"github.com/diskless-boot/diskless/internal/testutil/debimage"
 )
 
-// A manual try (DISKLESS_DEBIAN_TRY=1): the Debian image diskless image
-// build makes boots from diskless on a BIOS PC to a login prompt on the
+// A manual try (DISKLESS_DEBIAN_TRY=1; DISKLESS_DEBIAN_TRY_DISK=FILE boots
+// another built disk): the Debian image diskless image build makes boots from diskless on a BIOS PC to a login prompt on the
 // serial console. Issue 9's end-to-end test replaces it.
 func TestDebianTry(t *testing.T) {
 	if os.Getenv("DISKLESS_DEBIAN_TRY") == "" {
@@ -20,11 +20,15 @@ func TestDebianTry(t *testing.T) {
 	need(t, []string{"ip", "qemu-system-x86_64"}, map[string]string{ipxeROM: "ipxe-qemu"})
 	im := debimage.Get(t, imagebuild.Recipe{Suite: "bookworm", Size: 2 << 30, Firmware: imagebuild.Both, Swap: 256 << 20,
 		SSHKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDisklessImageBuildTestKeyXXXXXXXXXXXXXXXXXX diskless-test\n"})
+	disk := im.Disk
+	if d := os.Getenv("DISKLESS_DEBIAN_TRY_DISK"); d != "" {
+		disk = d // another built image, e.g. of --from-tar
+	}
 	n := newTestNet(t, false)
 	dir := tempDir(t)
 	data := filepath.Join(dir, "state")
 	cli := nsCLI(t, n, data)
-	cli("image", "import", "deb12", im.Disk)
+	cli("image", "import", "deb12", disk)
 	cli("host", "add", "pc1", "--image", "deb12", "--mac", clientMAC)
 	srv := startServe(t, n, "--interface", n.srvIf, "--dhcp", "full", "--dhcp-range", poolRange, "--data-dir", data)
 	v := startVM(t, n.vmNS, "-m", "1024", "-machine", "graphics=off",

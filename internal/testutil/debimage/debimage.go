@@ -153,10 +153,20 @@ func Get(t testing.TB, r imagebuild.Recipe) Image {
 		return im
 	}
 	start := time.Now()
-	res, err := imagebuild.Build(t.Context(), r, imagebuild.Options{WorkDir: CacheDir(), CacheDir: PackageCache(),
-		Progress: func(phase string, d time.Duration) { t.Logf("[%6s] %s", d.Round(time.Second), phase) }})
+	logPath := filepath.Join(t.TempDir(), "build.log")
+	logf, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
+	}
+	defer logf.Close()
+	res, err := imagebuild.Build(t.Context(), r, imagebuild.Options{WorkDir: CacheDir(), CacheDir: PackageCache(), Log: logf,
+		Progress: func(phase string, d time.Duration) { t.Logf("[%6s] %s", d.Round(time.Second), phase) }})
+	if err != nil {
+		b, _ := os.ReadFile(logPath)
+		if len(b) > 6000 {
+			b = b[len(b)-6000:]
+		}
+		t.Fatalf("%v\nlog:\n%s", err, b)
 	}
 	defer res.Remove()
 	im, err := Store(r, res.Disk, res.Kernel, res.Initrd)
