@@ -131,6 +131,7 @@ type builder struct {
 
 	kernelVersion string
 	osID          string // os-release ID of the system (debian, ubuntu)
+	cacheLocked   bool
 
 	// undo is the cleanup stack: run in reverse order on every path.
 	undo []undoStep
@@ -514,15 +515,61 @@ func (b *builder) mount(ctx context.Context, src, dir string, extra ...string) e
 
 // suiteCache is the package cache of the recipe's suite; "" without
 // CacheDir. The same suite shares one cache whatever else the recipe says.
-func (b *builder) suiteCache(kind string) (string, error) {
+//
+// Builds that share a suite's cache take turns (a lock file held for the
+// rest of the build): two apt runs on one archives directory, or two
+// debootstraps filling one cache, would fail or corrupt it.
+func (b *builder) suiteCache(ctx context.Context, kind string) (string, error) {
 	if b.opt.CacheDir == "" {
 		return "", nil
 	}
-	dir, err := filepath.Abs(filepath.Join(b.opt.CacheDir, b.r.Suite+"-amd64", kind))
+	suiteDir, err := filepath.Abs(filepath.Join(b.opt.CacheDir, b.r.Suite+"-amd64"))
 	if err != nil {
 		return "", err
 	}
-	return dir, os.MkdirAll(dir, 0o755)
+	dir := filepath.Join(suiteDir, kind)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	if !b.cacheLocked {
+		if err := b.lockCache(ctx, filepath.Join(suiteDir, ".lock")); err != nil {
+			return "", err
+		}
+		b.cacheLocked = true
+	}
+	return dir, nil
+}
+
+// lockCache takes the cache's lock file, waiting (and saying so) while
+// another build holds it; the lock goes with the build's cleanup.
+func (b *builder) lockCache(ctx context.Context, path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
+	}
+	said := false
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return fmt.Errorf("lock %s: %w", path, err)
+		}
+		if !said {
+			b.phase("wait for another build using the package cache " + filepath.Dir(path))
+			said = true
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	b.defer_("unlock "+path, func(context.Context) error { return f.Close() })
+	return nil
 }
 
 // debootstrapVariant is debootstrap's default set (Priority: important):
@@ -531,7 +578,7 @@ const debootstrapVariant = "-"
 
 func (b *builder) debootstrap(ctx context.Context) error {
 	args := []string{"--arch=amd64", "--variant=" + debootstrapVariant}
-	cache, err := b.suiteCache("debootstrap")
+	cache, err := b.suiteCache(ctx, "debootstrap")
 	if err != nil {
 		return err
 	}
@@ -623,7 +670,7 @@ func (b *builder) configure(ctx context.Context) error {
 			return err
 		}
 	}
-	cache, err := b.suiteCache("apt")
+	cache, err := b.suiteCache(ctx, "apt")
 	if err != nil {
 		return err
 	}
@@ -694,6 +741,10 @@ func (b *builder) installGRUB(ctx context.Context) error {
 		if _, err := b.chroot(ctx, "", "grub-install", "--target=i386-pc", b.loop); err != nil {
 			return err
 		}
+	}
+	// grub-install makes /boot/grub for BIOS; UEFI alone has none yet.
+	if err := os.MkdirAll(filepath.Join(b.mnt, "boot/grub"), 0o755); err != nil {
+		return err
 	}
 	if _, err := b.chroot(ctx, "", "update-grub"); err != nil {
 		return err

@@ -398,3 +398,62 @@ func TestBuildFromTar(t *testing.T) {
 	}
 	checkBalanced(t, f)
 }
+
+// Two builds on one package cache take turns: the second waits (and says
+// so) until the first is done, and a cancelled wait leaves nothing.
+func TestBuildsShareCacheInTurn(t *testing.T) {
+	cache := t.TempDir()
+	release, holding := make(chan struct{}), make(chan struct{})
+	first := &fakeRunner{hook: func(c command) {
+		if c.Name == "debootstrap" { // the cache is locked by now
+			close(holding)
+			<-release
+		}
+	}}
+	opt1 := fakeOptions(t, first)
+	opt1.CacheDir = cache
+	done := make(chan error)
+	go func() {
+		res, err := Build(context.Background(), testRecipe(), opt1)
+		if err == nil {
+			res.Remove()
+		}
+		done <- err
+	}()
+	// The second build waits for the lock; cancel it there.
+	second := &fakeRunner{}
+	opt2 := fakeOptions(t, second)
+	opt2.CacheDir = cache
+	ctx, cancel := context.WithCancel(context.Background())
+	waiting := make(chan struct{})
+	opt2.Progress = func(p string, _ time.Duration) {
+		if strings.HasPrefix(p, "wait for another build") {
+			close(waiting)
+		}
+	}
+	go func() { <-waiting; cancel() }()
+	<-holding
+	_, err := Build(ctx, testRecipe(), opt2)
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("second build: %v, want cancelled while waiting", err)
+	}
+	for _, l := range second.lines() {
+		if strings.HasPrefix(l, "debootstrap") {
+			t.Errorf("second build ran debootstrap while the first held the cache")
+		}
+	}
+	checkBalanced(t, second)
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// Now free: a third build goes through.
+	third := &fakeRunner{}
+	opt3 := fakeOptions(t, third)
+	opt3.CacheDir = cache
+	res, err := Build(context.Background(), testRecipe(), opt3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Remove()
+}
