@@ -30,6 +30,8 @@ pkgs=(
 	tftp-hpa        # real TFTP clients for internal/tftp's interop tests
 	atftp
 	curl
+	debootstrap     # diskless image build (its root test builds a small image)
+	gdisk           # sgdisk for the image's GPT
 )
 
 missing=()

@@ -72,46 +72,7 @@ func newImageCommand() *cobra.Command {
 			if abs, err := filepath.Abs(file); err == nil {
 				file = abs
 			}
-			// Say first which hosts the new version will move.
-			var hosts []api.HostView
-			if err := c.do(cmd.Context(), http.MethodGet, "/hosts", nil, &hosts); err == nil {
-				for _, h := range hosts {
-					if h.Image == name && h.Version == 0 && h.DiskMode != "raw" {
-						when := "now (offline)"
-						if h.Online {
-							when = "at its next boot"
-						}
-						fmt.Fprintf(cmd.ErrOrStderr(), "%s follows %s's newest version: it moves to the new one %s (a persistent disk keeps its old state as a snapshot)\n", h.Name, name, when)
-					}
-				}
-			}
-			var acc api.Accepted
-			err := c.do(cmd.Context(), http.MethodPost, "/images/"+name+"/versions", api.ImportRequest{Source: file}, &acc)
-			if e, ok := err.(*apiError); ok && e.Status == http.StatusNotFound {
-				req := api.CreateImageRequest{Name: name, Description: desc, Import: file}
-				err = c.do(cmd.Context(), http.MethodPost, "/images", req, &acc)
-			}
-			if err != nil {
-				return err
-			}
-			job, err := c.wait(cmd.Context(), acc.Job, "import "+name)
-			if err != nil {
-				return err
-			}
-			if jsonFlag(cmd) {
-				return printJSON(cmd, job)
-			}
-			if r, ok := job.Result.(map[string]any); ok {
-				if v, ok := r["version"].(map[string]any); ok {
-					fmt.Fprintf(cmd.OutOrStdout(), "image %s version %v imported (%v)\n", name, v["version"], v["origin"])
-				}
-				if notes, ok := r["notes"].([]any); ok {
-					for _, n := range notes {
-						fmt.Fprintln(cmd.OutOrStdout(), n)
-					}
-				}
-			}
-			return nil
+			return importVersion(cmd, c, name, desc, api.ImportRequest{Source: file})
 		}),
 	}
 	imp.Flags().StringVar(&desc, "description", "", "description, when the image is created")
@@ -225,7 +186,7 @@ func newImageCommand() *cobra.Command {
 		}),
 	}
 	del.Flags().StringVar(&version, "version", "", "delete this version only")
-	cmd.AddCommand(list, create, imp, exp, show, versions, del)
+	cmd.AddCommand(list, create, imp, newImageBuildCommand(), exp, show, versions, del)
 	return cmd
 }
 
@@ -246,4 +207,50 @@ func printVersions(cmd *cobra.Command, vs []inventory.VersionInfo) error {
 			v.Created.Local().Format(time.DateTime), v.Origin, strings.Join(v.Hosts, ","))
 	}
 	return tw.Flush()
+}
+
+// importVersion imports req's files as the next version of image name,
+// creating the image (with description desc) when it does not exist:
+// diskless image import, and the end of diskless image build.
+func importVersion(cmd *cobra.Command, c *client, name, desc string, req api.ImportRequest) error {
+	// Say first which hosts the new version will move.
+	var hosts []api.HostView
+	if err := c.do(cmd.Context(), http.MethodGet, "/hosts", nil, &hosts); err == nil {
+		for _, h := range hosts {
+			if h.Image == name && h.Version == 0 && h.DiskMode != "raw" {
+				when := "now (offline)"
+				if h.Online {
+					when = "at its next boot"
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "%s follows %s's newest version: it moves to the new one %s (a persistent disk keeps its old state as a snapshot)\n", h.Name, name, when)
+			}
+		}
+	}
+	var acc api.Accepted
+	err := c.do(cmd.Context(), http.MethodPost, "/images/"+name+"/versions", req, &acc)
+	if e, ok := err.(*apiError); ok && e.Status == http.StatusNotFound {
+		creq := api.CreateImageRequest{Name: name, Description: desc, Import: req.Source, Kernel: req.Kernel, Initrd: req.Initrd}
+		err = c.do(cmd.Context(), http.MethodPost, "/images", creq, &acc)
+	}
+	if err != nil {
+		return err
+	}
+	job, err := c.wait(cmd.Context(), acc.Job, "import "+name)
+	if err != nil {
+		return err
+	}
+	if jsonFlag(cmd) {
+		return printJSON(cmd, job)
+	}
+	if r, ok := job.Result.(map[string]any); ok {
+		if v, ok := r["version"].(map[string]any); ok {
+			fmt.Fprintf(cmd.OutOrStdout(), "image %s version %v imported (%v)\n", name, v["version"], v["origin"])
+		}
+		if notes, ok := r["notes"].([]any); ok {
+			for _, n := range notes {
+				fmt.Fprintln(cmd.OutOrStdout(), n)
+			}
+		}
+	}
+	return nil
 }
