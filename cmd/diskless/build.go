@@ -137,7 +137,7 @@ dosfstools. Downloaded packages are kept in --cache-dir for the next build.`,
 					desc = fmt.Sprintf("%s, %s, built by diskless image build", filepath.Base(r.FromTar), r.Firmware)
 				}
 			}
-			return importVersion(cmd, c, name, desc, api.ImportRequest{Source: res.Disk, Kernel: res.Kernel, Initrd: res.Initrd})
+			return importVersion(cmd, c, name, desc, api.ImportRequest{Source: res.Disk, Kernel: res.Kernel, Initrd: res.Initrd, Cmdline: res.Cmdline})
 		},
 	}
 	f := cmd.Flags()

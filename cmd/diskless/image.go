@@ -229,7 +229,7 @@ func importVersion(cmd *cobra.Command, c *client, name, desc string, req api.Imp
 	var acc api.Accepted
 	err := c.do(cmd.Context(), http.MethodPost, "/images/"+name+"/versions", req, &acc)
 	if e, ok := err.(*apiError); ok && e.Status == http.StatusNotFound {
-		creq := api.CreateImageRequest{Name: name, Description: desc, Import: req.Source, Kernel: req.Kernel, Initrd: req.Initrd}
+		creq := api.CreateImageRequest{Name: name, Description: desc, Import: req.Source, Kernel: req.Kernel, Initrd: req.Initrd, Cmdline: req.Cmdline}
 		err = c.do(cmd.Context(), http.MethodPost, "/images", creq, &acc)
 	}
 	if err != nil {

@@ -59,7 +59,10 @@ func TestImageBuildRoot(t *testing.T) {
 	if t.Failed() {
 		return // a bad image is not cached
 	}
-	if _, err := debimage.Store(r, v+".img", v+".kernel", v+".initrd"); err != nil {
+	if b, err := os.ReadFile(v + ".cmdline"); err != nil || !strings.HasPrefix(string(b), "root=UUID=") {
+		t.Errorf("the version's kernel command line: %q %v", b, err)
+	}
+	if _, err := debimage.Store(r, &imagebuild.Result{Disk: v + ".img", Kernel: v + ".kernel", Initrd: v + ".initrd", Cmdline: v + ".cmdline"}); err != nil {
 		t.Logf("not cached: %v", err)
 	}
 }

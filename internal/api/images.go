@@ -46,6 +46,9 @@ type CreateImageRequest struct {
 	// Kernel and Initrd go with Import as in ImportRequest.
 	Kernel string `json:"kernel,omitempty"`
 	Initrd string `json:"initrd,omitempty"`
+	// Cmdline, a file on the server, holds the version's kernel command
+	// line (root=UUID=...) for those hosts. Optional.
+	Cmdline string `json:"cmdline,omitempty"`
 }
 
 // ImportRequest is the body of POST /images/{image}/versions.
@@ -56,6 +59,9 @@ type ImportRequest struct {
 	// them without GRUB. Optional.
 	Kernel string `json:"kernel,omitempty"`
 	Initrd string `json:"initrd,omitempty"`
+	// Cmdline, a file on the server, holds the version's kernel command
+	// line (root=UUID=...) for those hosts. Optional.
+	Cmdline string `json:"cmdline,omitempty"`
 }
 
 // ExportRequest is the body of POST .../versions/{version}/export.
@@ -117,7 +123,7 @@ func (h *Handler) createImage(w http.ResponseWriter, r *http.Request) {
 			h.fail(w, r, err)
 			return
 		}
-		writeJSON(w, http.StatusAccepted, Accepted{Job: h.startImport(req.Name, req.Import, bootFiles(req.Kernel, req.Initrd), size)})
+		writeJSON(w, http.StatusAccepted, Accepted{Job: h.startImport(req.Name, req.Import, bootFiles(req.Kernel, req.Initrd, req.Cmdline), size)})
 		return
 	}
 	img, err := h.inv.CreateImage(r.Context(), inventory.NewImage{Name: req.Name, Description: req.Description, Size: int64(req.Size)})
@@ -149,13 +155,16 @@ func (h *Handler) probe(ctx context.Context, path string) (int64, error) {
 }
 
 // bootFiles is the boot files an import request names.
-func bootFiles(kernel, initrd string) storage.BootFiles {
+func bootFiles(kernel, initrd, cmdline string) storage.BootFiles {
 	b := storage.BootFiles{}
 	if kernel != "" {
 		b[storage.BootKernel] = kernel
 	}
 	if initrd != "" {
 		b[storage.BootInitrd] = initrd
+	}
+	if cmdline != "" {
+		b[storage.BootCmdline] = cmdline
 	}
 	return b
 }
@@ -194,7 +203,7 @@ func (h *Handler) importVersion(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "source", err.Error())
 		return
 	}
-	writeJSON(w, http.StatusAccepted, Accepted{Job: h.startImport(image, req.Source, bootFiles(req.Kernel, req.Initrd), size)})
+	writeJSON(w, http.StatusAccepted, Accepted{Job: h.startImport(image, req.Source, bootFiles(req.Kernel, req.Initrd, req.Cmdline), size)})
 }
 
 func (h *Handler) listVersions(w http.ResponseWriter, r *http.Request) {

@@ -258,10 +258,10 @@ func TestKernelModeBootsTheVersionsKernel(t *testing.T) {
 	s := startSite(t, data, "")
 	var acc api.Accepted
 	s.call("POST", "/images", api.CreateImageRequest{Name: "debian", Import: disk,
-		Kernel: file("k1", "kernel of v1"), Initrd: file("i1", "initrd of v1")}, &acc, 202)
+		Kernel: file("k1", "kernel of v1"), Initrd: file("i1", "initrd of v1"), Cmdline: file("c1", "root=UUID=1111 ro\n")}, &acc, 202)
 	s.waitJob(acc.Job)
 	const mac = "52:54:00:00:00:07"
-	s.call("POST", "/hosts", api.AddHostRequest{Name: "k1", MACs: []string{mac}, Image: "debian", Boot: "kernel"}, nil, 201)
+	s.call("POST", "/hosts", api.AddHostRequest{Name: "k1", MACs: []string{mac}, Image: "debian", Boot: "kernel", Cmdline: "quiet"}, nil, 201)
 
 	hw, _ := net.ParseMAC(mac)
 	get := func(path string) (int, string) {
@@ -278,7 +278,7 @@ func TestKernelModeBootsTheVersionsKernel(t *testing.T) {
 	files := "/hosts/52-54-00-00-00-07/"
 	if code, script := get("/boot.ipxe?mac=" + mac); code != 200 || !strings.Contains(script, "sanhook iscsi:") ||
 		!strings.Contains(script, files+"kernel") || !strings.Contains(script, "initrd --name initrd http") ||
-		!strings.Contains(script, "iscsi_auto") || strings.Contains(script, "ISCSI_PASSWORD") {
+		!strings.Contains(script, "iscsi_auto ip=dhcp root=UUID=1111 ro ") || strings.Contains(script, "ISCSI_PASSWORD") {
 		t.Fatalf("script: %d\n%s", code, script)
 	}
 	for name, want := range map[string]string{"kernel": "kernel of v1", "initrd": "initrd of v1"} {

@@ -17,6 +17,7 @@ package boot
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"os"
@@ -79,6 +80,28 @@ type VersionFiles struct {
 	// Open opens "kernel" or "initrd"; its errors name the version. One it
 	// does not keep is an error wrapping fs.ErrNotExist.
 	Open func(name string) (*os.File, error)
+}
+
+// cmdline is the kernel command line the version keeps ("" if none): what
+// its boot loader would pass (root=UUID=..., consoles).
+func (v *VersionFiles) cmdline() (string, error) {
+	f, err := v.Open("cmdline")
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, MaxLineLen+1))
+	if err != nil {
+		return "", err
+	}
+	line := strings.TrimSpace(string(b))
+	if len(b) > MaxLineLen || !safeLine(line) {
+		return "", fmt.Errorf("the version's kernel command line is too long or has characters unsafe in a script")
+	}
+	return line, nil
 }
 
 // has reports whether the version keeps the file name.

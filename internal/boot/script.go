@@ -77,6 +77,13 @@ func (b *Booter) Script(req ScriptRequest) (Script, error) {
 	if h.Mode == Kernel {
 		base := "http://" + hostPort(req.Server, b.cfg.HTTPPort) + HostFilePath(h.MAC, "")
 		d.KernelURL = base + "kernel"
+		if h.Kernel == "" && h.Files != nil {
+			line, err := h.Files.cmdline()
+			if err != nil {
+				return Script{}, err
+			}
+			d.VersionCmdline = line
+		}
 		if h.Initrd != "" || (h.Kernel == "" && h.Files != nil && h.Files.has("initrd")) {
 			d.InitrdURL = base + "initrd"
 		}
@@ -102,6 +109,7 @@ type hostData struct {
 	Port, Group          uint16
 	SANURI               string
 	KernelURL, InitrdURL string
+	VersionCmdline       string // the image version's own (root=UUID=...)
 	ScriptURL            string
 }
 
@@ -189,6 +197,7 @@ var kernelScript = mustTemplate("kernel", `#!ipxe
 `+credentials+`sanhook {{url .SANURI}} || goto failed
 kernel {{url .KernelURL}}
 {{- if .InitrdURL}} initrd=initrd{{end}} iscsi_auto ip=dhcp
+{{- if .VersionCmdline}} {{line .VersionCmdline}}{{end}}
 {{- if .Cmdline}} {{line .Cmdline}}{{end}} || goto failed
 {{- if .InitrdURL}}
 initrd --name initrd {{url .InitrdURL}} || goto failed

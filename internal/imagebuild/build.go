@@ -46,6 +46,8 @@ type Result struct {
 	Disk   string // the raw disk
 	Kernel string // the kernel (vmlinuz) from the disk's /boot
 	Initrd string // its initramfs
+	// Cmdline holds the kernel command line GRUB gives it (root=UUID=).
+	Cmdline string
 	// KernelVersion is the kernel's release, e.g. 6.1.0-37-amd64.
 	KernelVersion string
 	Mirror        string // the mirror the system came from
@@ -260,6 +262,7 @@ func Build(ctx context.Context, r Recipe, opt Options) (res *Result, err error) 
 		{"configure the system", b.configure},
 		{"install kernel, open-iscsi and GRUB", b.installPackages},
 		{"install GRUB to the disk", b.installGRUB},
+		{"add the recipe's files and units", b.addFiles},
 		{"generalize (one image for every host)", b.generalize},
 		{"extract kernel and initrd", b.extractBoot},
 	}
@@ -274,6 +277,7 @@ func Build(ctx context.Context, r Recipe, opt Options) (res *Result, err error) 
 	}
 	b.phase("unmount and detach")
 	res = &Result{Dir: b.dir, Disk: b.disk, Kernel: filepath.Join(b.dir, "kernel"), Initrd: filepath.Join(b.dir, "initrd"),
+		Cmdline:       filepath.Join(b.dir, "cmdline"),
 		KernelVersion: b.kernelVersion, Mirror: b.r.Mirror}
 	keep = true
 	if err := b.cleanup(); err != nil {
@@ -839,6 +843,21 @@ func (b *builder) generalize(context.Context) error {
 	return nil
 }
 
+// addFiles writes the recipe's own files and enables its units.
+func (b *builder) addFiles(ctx context.Context) error {
+	for _, f := range b.r.Files {
+		if err := b.writeFile(file{f.Path, f.Mode, f.Content}); err != nil {
+			return err
+		}
+	}
+	if len(b.r.Enable) > 0 {
+		if _, err := b.chroot(ctx, "", append([]string{"systemctl", "enable"}, b.r.Enable...)...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (b *builder) extractBoot(ctx context.Context) error {
 	kernels, _ := filepath.Glob(filepath.Join(b.mnt, "boot", "vmlinuz-*"))
 	if len(kernels) == 0 {
@@ -853,7 +872,9 @@ func (b *builder) extractBoot(ctx context.Context) error {
 			return err
 		}
 	}
-	return nil
+	// What GRUB's menu entry gives the kernel, for hosts that boot it
+	// without GRUB.
+	return os.WriteFile(filepath.Join(b.dir, "cmdline"), []byte(kernelCmdline(b.u.Root)+"\n"), 0o644)
 }
 
 func copyFile(src, dst string) error {
@@ -871,4 +892,10 @@ func copyFile(src, dst string) error {
 		return err
 	}
 	return out.Close()
+}
+
+// kernelCmdline is the command line of the image's kernel: root by UUID,
+// read-only until the boot remounts it, and the consoles of grubDefaults.
+func kernelCmdline(rootUUID string) string {
+	return "root=UUID=" + rootUUID + " ro " + bootConsoleArgs
 }

@@ -68,6 +68,18 @@ type Recipe struct {
 	// export of a Debian or Ubuntu container) used instead of
 	// debootstrap. Its own apt sources stay unless Mirror is given.
 	FromTar string
+	// Files are written into the root file system after the packages
+	// (a site's configuration, a unit of its own); Enable names systemd
+	// units to enable (systemctl enable in the image).
+	Files  []File
+	Enable []string
+}
+
+// File is one file a recipe adds to the image.
+type File struct {
+	Path    string // absolute, in the image
+	Mode    uint32 // default 0644
+	Content string
 }
 
 // Sizes of the fixed partitions.
@@ -81,6 +93,7 @@ const (
 var (
 	suitePattern   = regexp.MustCompile(`^[a-z][a-z0-9.-]{1,31}$`)
 	packagePattern = regexp.MustCompile(`^[a-z0-9][a-z0-9+.-]+$`)
+	unitPattern    = regexp.MustCompile(`^[A-Za-z0-9:_.@-]+\.(service|socket|timer|target|path|mount)$`)
 	sshKeyPattern  = regexp.MustCompile(`^(ssh-|ecdsa-|sk-)[a-z0-9@.-]+ [A-Za-z0-9+/=]+( .*)?$`)
 )
 
@@ -88,6 +101,28 @@ var (
 func (r *Recipe) Validate() error {
 	if r.Firmware == "" {
 		r.Firmware = Both
+	}
+	for i := range r.Files {
+		f := &r.Files[i]
+		if !filepath.IsAbs(f.Path) || filepath.Clean(f.Path) != f.Path || f.Path == "/" {
+			return fmt.Errorf("imagebuild: file %q: want an absolute, clean path in the image", f.Path)
+		}
+		for _, top := range []string{"/proc", "/sys", "/dev", "/run", "/boot/efi"} {
+			if f.Path == top || strings.HasPrefix(f.Path, top+"/") {
+				return fmt.Errorf("imagebuild: file %q: %s is not part of the image", f.Path, top)
+			}
+		}
+		if f.Mode == 0 {
+			f.Mode = 0o644
+		}
+		if f.Mode&^0o7777 != 0 {
+			return fmt.Errorf("imagebuild: file %q: mode %o", f.Path, f.Mode)
+		}
+	}
+	for _, u := range r.Enable {
+		if !unitPattern.MatchString(u) {
+			return fmt.Errorf("imagebuild: unit %q: want a systemd unit name such as ssh.service", u)
+		}
 	}
 	if _, err := ParseFirmware(string(r.Firmware)); err != nil {
 		return err
@@ -148,6 +183,10 @@ func (r Recipe) Key() string {
 	slices.Sort(pk)
 	fmt.Fprintf(h, "v%d\n%s\n%d\n%s\n%s\n%s\n%d\n%s\n%s\n%s\n", keyVersion, r.Suite, r.Size, r.Firmware, r.Mirror,
 		strings.Join(pk, ","), r.Swap, r.SSHKey, r.RootPassword, r.FromTar)
+	for _, f := range r.Files {
+		fmt.Fprintf(h, "file %q %o %d\n%s\n", f.Path, f.Mode, len(f.Content), f.Content)
+	}
+	fmt.Fprintf(h, "enable %q\n", r.Enable)
 	name := r.Suite
 	if r.FromTar != "" {
 		name = "tar"

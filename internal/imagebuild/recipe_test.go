@@ -29,6 +29,10 @@ func TestValidate(t *testing.T) {
 		{"mirror", Recipe{Suite: "bookworm", Size: 2 << 30, Mirror: "ftp.debian.org"}, "mirror"},
 		{"ssh key", Recipe{Suite: "bookworm", Size: 2 << 30, SSHKey: "-----BEGIN OPENSSH PRIVATE KEY-----\n"}, "ssh key"},
 		{"password", Recipe{Suite: "bookworm", Size: 2 << 30, RootPassword: "a\nroot:b"}, "password"},
+		{"relative file", Recipe{Suite: "bookworm", Size: 2 << 30, Files: []File{{Path: "etc/x"}}}, "absolute"},
+		{"file out of the image", Recipe{Suite: "bookworm", Size: 2 << 30, Files: []File{{Path: "/etc/../proc/x"}}}, "clean"},
+		{"file in /proc", Recipe{Suite: "bookworm", Size: 2 << 30, Files: []File{{Path: "/proc/sys/x"}}}, "not part"},
+		{"unit", Recipe{Suite: "bookworm", Size: 2 << 30, Enable: []string{"--root=/ x.service"}}, "unit"},
 	} {
 		if err := tc.r.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want an error about %q", tc.name, err, tc.want)
@@ -80,6 +84,8 @@ func TestKey(t *testing.T) {
 		func(r *Recipe) { r.SSHKey = "ssh-ed25519 AAAA" },
 		func(r *Recipe) { r.RootPassword = "other" },
 		func(r *Recipe) { r.Suite = "trixie" },
+		func(r *Recipe) { r.Files = []File{{Path: "/etc/x", Content: "1"}} },
+		func(r *Recipe) { r.Enable = []string{"x.service"} },
 	} {
 		r := base
 		r.Packages = append([]string(nil), base.Packages...)

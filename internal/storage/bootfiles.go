@@ -16,6 +16,9 @@ import (
 const (
 	BootKernel = "kernel"
 	BootInitrd = "initrd"
+	// BootCmdline holds the kernel command line the version boots with
+	// (root=UUID=..., consoles), as its boot loader would give it.
+	BootCmdline = "cmdline"
 )
 
 // BootFiles names files on this machine to keep with a new version, by
@@ -23,8 +26,8 @@ const (
 type BootFiles map[string]string
 
 func checkBootName(name string) error {
-	if name != BootKernel && name != BootInitrd {
-		return fmt.Errorf("storage: boot file %q: want %s or %s", name, BootKernel, BootInitrd)
+	if name != BootKernel && name != BootInitrd && name != BootCmdline {
+		return fmt.Errorf("storage: boot file %q: want %s, %s or %s", name, BootKernel, BootInitrd, BootCmdline)
 	}
 	return nil
 }
@@ -109,7 +112,7 @@ func (l *Local) OpenBootFile(ref VersionRef, name string) (*os.File, error) {
 // removeBootFiles removes a version's boot files (with the version).
 func (l *Local) removeBootFiles(ref VersionRef) error {
 	var errs []error
-	for _, name := range []string{BootKernel, BootInitrd} {
+	for _, name := range []string{BootKernel, BootInitrd, BootCmdline} {
 		if err := os.Remove(l.bootPath(ref, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("storage: %w", err))
 		}

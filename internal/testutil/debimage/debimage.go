@@ -32,7 +32,7 @@ import (
 // Image is a built image in the cache. Its files are shared: tests copy
 // or import them, never change them.
 type Image struct {
-	Dir, Disk, Kernel, Initrd string
+	Dir, Disk, Kernel, Initrd, Cmdline string
 }
 
 // CacheDir is the root of the test cache.
@@ -99,7 +99,7 @@ func Cached(r imagebuild.Recipe) (Image, bool) {
 		return Image{}, false
 	}
 	im := imageAt(filepath.Join(CacheDir(), "images", key))
-	for _, f := range []string{im.Disk, im.Kernel, im.Initrd} {
+	for _, f := range []string{im.Disk, im.Kernel, im.Initrd, im.Cmdline} {
 		if _, err := os.Stat(f); err != nil {
 			return Image{}, false
 		}
@@ -108,12 +108,13 @@ func Cached(r imagebuild.Recipe) (Image, bool) {
 }
 
 func imageAt(dir string) Image {
-	return Image{Dir: dir, Disk: filepath.Join(dir, "disk.img"), Kernel: filepath.Join(dir, "kernel"), Initrd: filepath.Join(dir, "initrd")}
+	return Image{Dir: dir, Disk: filepath.Join(dir, "disk.img"), Kernel: filepath.Join(dir, "kernel"), Initrd: filepath.Join(dir, "initrd"),
+		Cmdline: filepath.Join(dir, "cmdline")}
 }
 
 // Store copies a built image's files into the cache as r's (sparse, and
 // atomically: a directory renamed into place).
-func Store(r imagebuild.Recipe, disk, kernel, initrd string) (Image, error) {
+func Store(r imagebuild.Recipe, res *imagebuild.Result) (Image, error) {
 	key, err := Key(r)
 	if err != nil {
 		return Image{}, err
@@ -128,10 +129,10 @@ func Store(r imagebuild.Recipe, disk, kernel, initrd string) (Image, error) {
 	}
 	defer os.RemoveAll(tmp)
 	im := imageAt(tmp)
-	if out, err := exec.Command("cp", "--sparse=always", disk, im.Disk).CombinedOutput(); err != nil {
+	if out, err := exec.Command("cp", "--sparse=always", res.Disk, im.Disk).CombinedOutput(); err != nil {
 		return Image{}, fmt.Errorf("cp: %v: %s", err, out)
 	}
-	for src, dst := range map[string]string{kernel: im.Kernel, initrd: im.Initrd} {
+	for src, dst := range map[string]string{res.Kernel: im.Kernel, res.Initrd: im.Initrd, res.Cmdline: im.Cmdline} {
 		if err := copyFile(src, dst); err != nil {
 			return Image{}, err
 		}
@@ -169,7 +170,7 @@ func Get(t testing.TB, r imagebuild.Recipe) Image {
 		t.Fatalf("%v\nlog:\n%s", err, b)
 	}
 	defer res.Remove()
-	im, err := Store(r, res.Disk, res.Kernel, res.Initrd)
+	im, err := Store(r, res)
 	if err != nil {
 		t.Fatal(err)
 	}
