@@ -320,8 +320,13 @@ func (b *builder) partition(ctx context.Context) error {
 			return err
 		}
 		// A loop device still open (a lazy unmount not yet finished)
-		// only goes when its last user does: wait for it.
-		err := b.waitGone(ctx, "/sys/block/"+filepath.Base(loop)+"/loop/backing_file", 2*time.Minute)
+		// only goes when its last user does: wait for it. Once it went,
+		// another build may attach the same device to its own file.
+		backing := "/sys/block/" + filepath.Base(loop) + "/loop/backing_file"
+		err := b.waitUntil(ctx, 2*time.Minute, backing+" names "+b.disk, func() bool {
+			cur, err := os.ReadFile(backing)
+			return err != nil || strings.TrimSuffix(strings.TrimSpace(string(cur)), " (deleted)") != b.disk
+		})
 		if err != nil {
 			err = fmt.Errorf("%w (held by: %s)", err, loopUsers(loop))
 		}
@@ -357,12 +362,12 @@ func (b *builder) waitFor(ctx context.Context, path string, d time.Duration) err
 	}
 }
 
-// waitGone waits for path to disappear.
-func (b *builder) waitGone(ctx context.Context, path string, d time.Duration) error {
+// waitUntil waits for done, at most d.
+func (b *builder) waitUntil(ctx context.Context, d time.Duration, what string, done func() bool) error {
 	deadline := time.Now().Add(d)
-	for b.opt.exists(path) && !b.opt.fake {
+	for !b.opt.fake && !done() {
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s is still there after %s", path, d)
+			return fmt.Errorf("%s still after %s", what, d)
 		}
 		select {
 		case <-ctx.Done():
