@@ -61,6 +61,7 @@ func newImageCommand() *cobra.Command {
 	create.Flags().StringVar(&desc, "description", "", "free text shown in listings")
 	create.MarkFlagRequired("size")
 
+	var bootKernel, bootInitrd, bootCmdline string
 	imp := &cobra.Command{
 		Use:   "import NAME FILE",
 		Short: "Import a disk file (raw, block device, qcow2; vmdk/vhdx/vdi/vpc with qemu-img) as the image's next version",
@@ -69,13 +70,22 @@ func newImageCommand() *cobra.Command {
 		Args: cobra.ExactArgs(2),
 		RunE: withClient(func(cmd *cobra.Command, c *client, args []string) error {
 			name, file := args[0], args[1]
-			if abs, err := filepath.Abs(file); err == nil {
-				file = abs
+			req := api.ImportRequest{Source: file, Kernel: bootKernel, Initrd: bootInitrd, Cmdline: bootCmdline}
+			for _, p := range []*string{&req.Source, &req.Kernel, &req.Initrd, &req.Cmdline} {
+				if *p == "" {
+					continue
+				}
+				if abs, err := filepath.Abs(*p); err == nil {
+					*p = abs
+				}
 			}
-			return importVersion(cmd, c, name, desc, api.ImportRequest{Source: file})
+			return importVersion(cmd, c, name, desc, req)
 		}),
 	}
 	imp.Flags().StringVar(&desc, "description", "", "description, when the image is created")
+	imp.Flags().StringVar(&bootKernel, "kernel", "", "kernel file to keep with the version, for hosts that boot it without GRUB (boot kernel)")
+	imp.Flags().StringVar(&bootInitrd, "initrd", "", "its initrd file (with --kernel)")
+	imp.Flags().StringVar(&bootCmdline, "cmdline", "", "file holding the version's kernel command line, e.g. root=UUID=... (with --kernel)")
 
 	exp := &cobra.Command{
 		Use:   "export NAME FILE",

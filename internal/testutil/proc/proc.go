@@ -141,31 +141,43 @@ func (p *Proc) Signal(sig os.Signal) error { return p.cmd.Process.Signal(sig) }
 // index of the first one found and the time since the start. It fails when
 // the process exits first or timeout passes.
 func (p *Proc) WaitFor(timeout time.Duration, markers ...string) (int, time.Duration, error) {
+	i, took, _, err := p.WaitForFrom(0, timeout, markers...)
+	return i, took, err
+}
+
+// WaitForFrom is WaitFor on the output from byte offset from on (what a
+// process prints again, e.g. after a reboot); it also returns the offset
+// just after the marker found, where the next wait can start.
+func (p *Proc) WaitForFrom(from int, timeout time.Duration, markers ...string) (int, time.Duration, int, error) {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
-	find := func() int {
+	find := func() (int, int) {
 		s := p.out.String()
+		if from > len(s) {
+			from = len(s)
+		}
+		best, end := -1, 0
 		for i, m := range markers {
-			if strings.Contains(s, m) {
-				return i
+			if j := strings.Index(s[from:], m); j >= 0 && (best < 0 || from+j < end-len(markers[best])) {
+				best, end = i, from+j+len(m)
 			}
 		}
-		return -1
+		return best, end
 	}
 	for {
 		changed := p.out.Changes()
-		if i := find(); i >= 0 {
-			return i, time.Since(p.started), nil
+		if i, end := find(); i >= 0 {
+			return i, time.Since(p.started), end, nil
 		}
 		select {
 		case <-changed:
 		case <-p.exited:
-			if i := find(); i >= 0 {
-				return i, time.Since(p.started), nil
+			if i, end := find(); i >= 0 {
+				return i, time.Since(p.started), end, nil
 			}
-			return -1, 0, fmt.Errorf("%s exited (%v) before printing any of %q", p.cfg.Name, p.err, markers)
+			return -1, 0, from, fmt.Errorf("%s exited (%v) before printing any of %q", p.cfg.Name, p.err, markers)
 		case <-deadline.C:
-			return -1, 0, fmt.Errorf("%s printed none of %q within %v", p.cfg.Name, markers, timeout)
+			return -1, 0, from, fmt.Errorf("%s printed none of %q within %v", p.cfg.Name, markers, timeout)
 		}
 	}
 }

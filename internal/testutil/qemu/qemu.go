@@ -28,6 +28,9 @@ type Config struct {
 	// console is kept in that directory as <test name>.console.log instead
 	// of in the test's temporary directory. Default: none.
 	LogDirEnv string
+	// Reboot lets the guest reboot (QEMU resets the machine); by default
+	// QEMU exits instead (-no-reboot).
+	Reboot bool
 }
 
 // VM is a QEMU process whose serial console (COM1 on QEMU's stdout) the
@@ -43,7 +46,10 @@ type VM struct {
 func Start(t *testing.T, c Config, args ...string) *VM {
 	t.Helper()
 	argv := append(append([]string(nil), c.Prefix...), "qemu-system-x86_64",
-		"-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot")
+		"-display", "none", "-monitor", "none", "-serial", "stdio")
+	if !c.Reboot {
+		argv = append(argv, "-no-reboot")
+	}
 	argv = append(argv, args...)
 	// proc's cleanup only makes sure QEMU is gone; the console is kept
 	// and reported by the cleanup below, which runs first.
@@ -74,6 +80,17 @@ func Start(t *testing.T, c Config, args ...string) *VM {
 func (v *VM) WaitFor(timeout time.Duration, markers ...string) (int, time.Duration, error) {
 	return v.p.WaitFor(timeout, markers...)
 }
+
+// WaitForFrom is WaitFor on the console from byte offset from on (a boot
+// after a reboot prints the same again); it also returns the offset just
+// after the marker, where the next wait can start.
+func (v *VM) WaitForFrom(from int, timeout time.Duration, markers ...string) (int, time.Duration, int, error) {
+	return v.p.WaitForFrom(from, timeout, markers...)
+}
+
+// RawConsole is the console output as QEMU wrote it, escapes included:
+// the text WaitForFrom's offsets count in.
+func (v *VM) RawConsole() string { return v.p.Output() }
 
 // Wait waits for QEMU to exit by itself, at most timeout.
 func (v *VM) Wait(timeout time.Duration) error {
