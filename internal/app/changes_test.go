@@ -263,18 +263,7 @@ func TestKernelModeBootsTheVersionsKernel(t *testing.T) {
 	const mac = "52:54:00:00:00:07"
 	s.call("POST", "/hosts", api.AddHostRequest{Name: "k1", MACs: []string{mac}, Image: "debian", Boot: "kernel", Cmdline: "quiet"}, nil, 201)
 
-	hw, _ := net.ParseMAC(mac)
-	get := func(path string) (int, string) {
-		s.neighbour.Store(hw)
-		defer s.neighbour.Store(net.HardwareAddr(nil))
-		resp, err := clientFrom("127.0.0.1").Get(s.http + path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
+	get := func(path string) (int, string) { return s.getAs(mac, "127.0.0.1", path) }
 	files := "/hosts/52-54-00-00-00-07/"
 	if code, script := get("/boot.ipxe?mac=" + mac); code != 200 || !strings.Contains(script, "sanhook iscsi:") ||
 		!strings.Contains(script, files+"kernel") || !strings.Contains(script, "initrd --name initrd http") ||

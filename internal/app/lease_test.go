@@ -50,8 +50,9 @@ func loopbackDHCP(t *testing.T) (listen func(string, int) (net.PacketConn, error
 }
 
 // startDHCPSite runs a site with DHCP in mode on lo (pool
-// 127.0.0.100-200) and two hosts with CHAP, pc1 and pc2.
-func startDHCPSite(t *testing.T, mode string) (*site, net.Addr) {
+// 127.0.0.100-200) and two hosts with CHAP, pc1 and pc2. replies, when not
+// nil, gets every reply the DHCP server sends.
+func startDHCPSite(t *testing.T, mode string, replies chan<- *dhcpv4.DHCPv4) (*site, net.Addr) {
 	t.Helper()
 	data := t.TempDir()
 	cfg, httpPort, iscsiPort := writeConfig(t, data, "images:\n  - {name: golden, size: 1M}\n")
@@ -64,6 +65,16 @@ func startDHCPSite(t *testing.T, mode string) (*site, net.Addr) {
 		t.Fatal(err)
 	}
 	listen, server := loopbackDHCP(t)
+	if replies != nil {
+		lo := listen
+		listen = func(iface string, port int) (net.PacketConn, error) {
+			c, err := lo(iface, port)
+			if err != nil {
+				return nil, err
+			}
+			return replyTap{c, replies}, nil
+		}
+	}
 	s := runSite(t, data, cfg, httpPort, iscsiPort, func(o *ServeOptions) { o.ListenDHCP = listen })
 	s.call("POST", "/hosts", api.AddHostRequest{Name: "pc1", MACs: []string{"52:54:00:00:00:01"}, Image: "golden"}, nil, 201)
 	s.call("POST", "/hosts", api.AddHostRequest{Name: "pc2", MACs: []string{"52:54:00:00:00:02"}, Image: "golden"}, nil, 201)
@@ -76,19 +87,28 @@ func startDHCPSite(t *testing.T, mode string) (*site, net.Addr) {
 // else must not.
 func (s *site) script(mac, from string) int {
 	s.t.Helper()
+	code, body := s.getAs(mac, from, "/boot.ipxe?mac="+mac)
+	if (code == 200) != strings.Contains(body, "set password ") {
+		s.t.Fatalf("script for %s from %s: %d\n%s", mac, from, code, body)
+	}
+	return code
+}
+
+// getAs fetches path on the boot server from the address from, which the
+// faked neighbour table resolves to mac meanwhile (the machine with that
+// MAC asking), and returns status and body.
+func (s *site) getAs(mac, from, path string) (int, string) {
+	s.t.Helper()
 	hw, _ := net.ParseMAC(mac)
 	s.neighbour.Store(hw)
 	defer s.neighbour.Store(net.HardwareAddr(nil))
-	resp, err := clientFrom(from).Get(s.http + "/boot.ipxe?mac=" + mac)
+	resp, err := clientFrom(from).Get(s.http + path)
 	if err != nil {
 		s.t.Fatal(err)
 	}
+	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if (resp.StatusCode == 200) != strings.Contains(string(body), "set password ") {
-		s.t.Fatalf("script for %s from %s: %d\n%s", mac, from, resp.StatusCode, body)
-	}
-	return resp.StatusCode
+	return resp.StatusCode, string(body)
 }
 
 // lease plays mac's DHCP client asking the server for ip (DISCOVER, then
@@ -130,7 +150,7 @@ func (s *site) lease(server net.Addr, name, mac, ip string) {
 // (A reservation is a lease like any other here: the inventory refuses
 // loopback addresses for it, so it is not played on lo.)
 func TestScriptBoundToLease(t *testing.T) {
-	s, server := startDHCPSite(t, "full")
+	s, server := startDHCPSite(t, "full", nil)
 	const pc1, pc2 = "52:54:00:00:00:01", "52:54:00:00:00:02"
 	if code := s.script(pc1, "127.0.0.120"); code != http.StatusForbidden {
 		t.Fatalf("pc1 before it has a lease: %d", code)
@@ -157,7 +177,7 @@ func TestScriptBoundToLease(t *testing.T) {
 // dhcp proxy: the site's DHCP server hands out the addresses, so the
 // neighbour table decides alone.
 func TestScriptProxyModeNeighboursAlone(t *testing.T) {
-	s, _ := startDHCPSite(t, "proxy")
+	s, _ := startDHCPSite(t, "proxy", nil)
 	if code := s.script("52:54:00:00:00:01", "127.0.0.121"); code != 200 {
 		t.Fatalf("proxy mode, the neighbour table names the host: %d\n%s", code, s.logs)
 	}
@@ -167,23 +187,8 @@ func TestScriptProxyModeNeighboursAlone(t *testing.T) {
 // with a pool address too (a generalized image takes its hostname from
 // DHCP), as hosts come and go while the server runs.
 func TestDHCPHostnamesFollowHosts(t *testing.T) {
-	data := t.TempDir()
-	cfg, httpPort, iscsiPort := writeConfig(t, data, "images:\n  - {name: golden, size: 1M}\n")
-	cfg.DHCP.Mode, cfg.DHCP.Range, cfg.DHCP.Netmask = "full", "127.0.0.100-127.0.0.200", "255.0.0.0"
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	listen, server := loopbackDHCP(t)
 	offers := make(chan *dhcpv4.DHCPv4, 16)
-	s := runSite(t, data, cfg, httpPort, iscsiPort, func(o *ServeOptions) {
-		o.ListenDHCP = func(iface string, port int) (net.PacketConn, error) {
-			c, err := listen(iface, port)
-			if err != nil {
-				return nil, err
-			}
-			return replyTap{c, offers}, nil
-		}
-	})
+	s, server := startDHCPSite(t, "full", offers)
 	// hostname sends a DISCOVER from mac and returns option 12 of the OFFER.
 	hostname := func(mac string) string {
 		t.Helper()
@@ -194,7 +199,7 @@ func TestDHCPHostnamesFollowHosts(t *testing.T) {
 		defer c.Close()
 		hw, _ := net.ParseMAC(mac)
 		disc, _ := dhcpv4.New(dhcpv4.WithHwAddr(hw), dhcpv4.WithMessageType(dhcpv4.MessageTypeDiscover))
-		c.WriteTo(disc.ToBytes(), server.Load().(net.Addr))
+		c.WriteTo(disc.ToBytes(), server)
 		for {
 			select {
 			case rep := <-offers:
@@ -206,7 +211,6 @@ func TestDHCPHostnamesFollowHosts(t *testing.T) {
 			}
 		}
 	}
-	s.call("POST", "/hosts", api.AddHostRequest{Name: "pc1", MACs: []string{"52:54:00:00:00:01"}, Image: "golden"}, nil, 201)
 	if got := hostname("52:54:00:00:00:01"); got != "pc1" {
 		t.Errorf("pc1's OFFER: host name %q", got)
 	}

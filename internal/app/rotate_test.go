@@ -71,19 +71,11 @@ func (s *site) mustBeRefused(what string, h api.HostView, sec secrets) {
 // mac by the faked neighbour table).
 func (s *site) scriptBody(mac, from string) string {
 	s.t.Helper()
-	hw, _ := net.ParseMAC(mac)
-	s.neighbour.Store(hw)
-	defer s.neighbour.Store(net.HardwareAddr(nil))
-	resp, err := clientFrom(from).Get(s.http + "/boot.ipxe?mac=" + mac)
-	if err != nil {
-		s.t.Fatal(err)
+	code, body := s.getAs(mac, from, "/boot.ipxe?mac="+mac)
+	if code != http.StatusOK {
+		s.t.Fatalf("script for %s: %d %s", mac, code, body)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		s.t.Fatalf("script for %s: %d %s", mac, resp.StatusCode, body)
-	}
-	return string(body)
+	return body
 }
 
 // carries reports whether an iPXE script logs in with sec.
@@ -178,7 +170,7 @@ func TestRotatedSecretsAtTheTarget(t *testing.T) {
 // running system can) changes nothing.
 func TestRotationAtEveryNetworkBoot(t *testing.T) {
 	const pc1 = "52:54:00:00:00:01"
-	s, server := startDHCPSite(t, "proxy")
+	s, server := startDHCPSite(t, "proxy", nil)
 	boot := "boot"
 	var ch api.HostChange
 	s.call("PATCH", "/hosts/pc1", api.SetHostRequest{CHAPRotation: &boot}, &ch)

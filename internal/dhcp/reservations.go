@@ -54,15 +54,6 @@ func (s *Server) SetHostnames(names map[string]string) error {
 	return nil
 }
 
-// Hostname is the host name (option 12) mac gets, "" for none.
-func (s *Server) Hostname(mac net.HardwareAddr) string {
-	m, ok := toHW(mac)
-	if !ok {
-		return ""
-	}
-	return s.hostname(m)
-}
-
 // hostname is the option 12 value for mac, if it has one.
 func (s *Server) hostname(mac hwaddr) string {
 	if s.leases != nil {

@@ -222,6 +222,15 @@ func (c *fzClient) nextITT() uint32 {
 	return c.itt
 }
 
+// cmdSNFor is the CmdSN of a command: the current one for an immediate
+// command (it does not advance CmdSN), else pickCmdSN's choice.
+func (c *fzClient) cmdSNFor(immediate bool, sel byte) (sn uint32, mayDrop bool) {
+	if immediate {
+		return c.cmdSN, false
+	}
+	return c.pickCmdSN(sel)
+}
+
 // pickCmdSN chooses the CmdSN of a non-immediate command:
 // 0-3 the next one, 4 the previous again, 5 skip one (a gap), 6 fill the
 // oldest gap, 7 far outside the window.

@@ -606,12 +606,8 @@ func (c *fzClient) taskMgmt(in *fzInput, notImmediate bool) {
 	case 3:
 		m.RefCmdSN = uint32(snSel) << 20
 	}
-	mayDrop := false
-	if m.Immediate {
-		m.CmdSN = c.cmdSN
-	} else {
-		m.CmdSN, mayDrop = c.pickCmdSN(snSel >> 2)
-	}
+	var mayDrop bool
+	m.CmdSN, mayDrop = c.cmdSNFor(m.Immediate, snSel>>2)
 	var p pdu.PDU
 	m.Marshal(&p.BHS)
 	c.queue(&p)
@@ -656,12 +652,8 @@ func (c *fzClient) text(in *fzInput, notImmediate bool) {
 	case 8:
 		data = in.bytes(int(kind >> 4))
 	}
-	mayDrop := false
-	if m.Immediate {
-		m.CmdSN = c.cmdSN
-	} else {
-		m.CmdSN, mayDrop = c.pickCmdSN(snSel)
-	}
+	var mayDrop bool
+	m.CmdSN, mayDrop = c.cmdSNFor(m.Immediate, snSel)
 	var p pdu.PDU
 	m.Marshal(&p.BHS)
 	p.Data = data
@@ -690,12 +682,8 @@ func (c *fzClient) nop(in *fzInput, notImmediate bool) {
 	if ittSel%4 == 3 {
 		m.ITT = pdu.ReservedTag
 	}
-	mayDrop := false
-	if m.Immediate {
-		m.CmdSN = c.cmdSN
-	} else {
-		m.CmdSN, mayDrop = c.pickCmdSN(snSel)
-	}
+	var mayDrop bool
+	m.CmdSN, mayDrop = c.cmdSNFor(m.Immediate, snSel)
 	var p pdu.PDU
 	m.Marshal(&p.BHS)
 	p.Data = make([]byte, []uint32{0, 16, c.ourMRDSL, c.ourMRDSL + 1}[lenSel%4])
@@ -715,12 +703,8 @@ func (c *fzClient) logout(in *fzInput, notImmediate bool) {
 	reason, cidSel, snSel := in.u8(), in.u8(), in.u8()
 	m := pdu.LogoutRequest{Immediate: !notImmediate, Reason: []uint8{0, 0, 1, 2, 7}[int(reason)%5], ITT: c.nextITT(),
 		CID: uint16(cidSel % 2), ExpStatSN: c.expStatSN}
-	mayDrop := false
-	if m.Immediate {
-		m.CmdSN = c.cmdSN
-	} else {
-		m.CmdSN, mayDrop = c.pickCmdSN(snSel)
-	}
+	var mayDrop bool
+	m.CmdSN, mayDrop = c.cmdSNFor(m.Immediate, snSel)
 	var p pdu.PDU
 	m.Marshal(&p.BHS)
 	c.queue(&p)

@@ -13,15 +13,12 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/diskless-boot/diskless/internal/disk"
 	"github.com/diskless-boot/diskless/internal/iscsi/pdu"
 	"github.com/diskless-boot/diskless/internal/scsi"
 )
@@ -508,27 +505,7 @@ func TestHeldWriteAborted(t *testing.T) {
 // addTestTarget exports one more target, with an 8 MiB LU, on srv.
 func addTestTarget(t *testing.T, srv *Server, name string) {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "disk.img")
-	if err := os.WriteFile(path, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(path, 8<<20); err != nil {
-		t.Fatal(err)
-	}
-	dev, err := disk.OpenFile(path, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dev.Close() })
-	st := scsi.NewTarget(scsi.TargetConfig{Name: name, RelTargetPort: 1, TargetPortGroup: 1})
-	lu, err := scsi.NewLogicalUnit(dev, scsi.LUConfig{Serial: name})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.AddLU(0, lu); err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.AddTarget(&Target{Name: name, SCSI: st}); err != nil {
+	if err := srv.AddTarget(&Target{Name: name, SCSI: newTestSCSITarget(t, name, name)}); err != nil {
 		t.Fatal(err)
 	}
 }

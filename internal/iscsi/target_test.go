@@ -31,7 +31,8 @@ func startTarget(t *testing.T, mutate func(*Target)) (*Server, string) {
 	return startTargetWith(t, Config{}, mutate)
 }
 
-func startTargetWith(t *testing.T, cfg Config, mutate func(*Target)) (*Server, string) {
+// newTestSCSITarget is a SCSI target named name with an 8 MiB file as LU 0.
+func newTestSCSITarget(t *testing.T, name, serial string) *scsi.Target {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "disk.img")
 	if err := os.WriteFile(path, nil, 0o600); err != nil {
@@ -45,14 +46,20 @@ func startTargetWith(t *testing.T, cfg Config, mutate func(*Target)) (*Server, s
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dev.Close() })
-	st := scsi.NewTarget(scsi.TargetConfig{Name: testIQN, RelTargetPort: 1, TargetPortGroup: 1})
-	lu, err := scsi.NewLogicalUnit(dev, scsi.LUConfig{Serial: "test0"})
+	st := scsi.NewTarget(scsi.TargetConfig{Name: name, RelTargetPort: 1, TargetPortGroup: 1})
+	lu, err := scsi.NewLogicalUnit(dev, scsi.LUConfig{Serial: serial})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := st.AddLU(0, lu); err != nil {
 		t.Fatal(err)
 	}
+	return st
+}
+
+func startTargetWith(t *testing.T, cfg Config, mutate func(*Target)) (*Server, string) {
+	t.Helper()
+	st := newTestSCSITarget(t, testIQN, "test0")
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}

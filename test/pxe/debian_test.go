@@ -3,7 +3,6 @@ package pxe
 import (
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -221,12 +220,7 @@ func e2eVMArgs(t *testing.T, n *testNet, dir, mac string, uefi bool, action stri
 	if !uefi {
 		return append(args, "-device", "e1000,netdev=n0,mac="+mac, "-boot", "n")
 	}
-	vars := filepath.Join(dir, "OVMF_VARS-"+strings.ReplaceAll(mac, ":", "")+".fd")
-	b, err := os.ReadFile(ovmfVars)
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(vars, b, 0o644)
+	vars := ovmfVarsCopy(t, filepath.Join(dir, "OVMF_VARS-"+strings.ReplaceAll(mac, ":", "")+".fd"))
 	args[3] = "q35"
 	return append(args, "-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+ovmfCode,
 		"-drive", "if=pflash,format=raw,unit=1,file="+vars,

@@ -37,11 +37,8 @@ func TestPXEBoot(t *testing.T) {
 		need(t, []string{"ip", "qemu-system-x86_64"}, map[string]string{ipxeROM: "ipxe-qemu"})
 		n := newTestNet(t, false)
 		dir := tempDir(t)
-		marker := bootdisk.Marker(t, "DISKLESS-PXE-")
 		img := filepath.Join(dir, "disk.img")
-		if err := os.WriteFile(img, bootdisk.MBR(4<<20, marker), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		marker := markerDisk(t, img)
 		srv := startServe(t, n, "--interface", n.srvIf, "--dhcp", "full", "--dhcp-range", poolRange,
 			"--host", clientMAC+"="+img, "--data-dir", filepath.Join(dir, "state"))
 		// CHAP and mutual CHAP by default: generated, never printed.
@@ -62,11 +59,8 @@ func TestPXEBoot(t *testing.T) {
 		need(t, []string{"ip", "qemu-system-x86_64"}, map[string]string{ipxeROM: "ipxe-qemu"})
 		n := newTestNet(t, false)
 		dir := tempDir(t)
-		marker := bootdisk.Marker(t, "DISKLESS-PXE-")
 		img := filepath.Join(dir, "golden.img")
-		if err := os.WriteFile(img, bootdisk.MBR(4<<20, marker), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		marker := markerDisk(t, img)
 		data := filepath.Join(dir, "state")
 		cli := nsCLI(t, n, data)
 		cli("image", "import", "golden", img)
@@ -98,11 +92,8 @@ func TestPXEBoot(t *testing.T) {
 		need(t, []string{"ip", "qemu-system-x86_64"}, map[string]string{ipxeROM: "ipxe-qemu"})
 		n := newTestNet(t, false)
 		dir := tempDir(t)
-		marker := bootdisk.Marker(t, "DISKLESS-PXE-")
 		img := filepath.Join(dir, "golden.img")
-		if err := os.WriteFile(img, bootdisk.MBR(4<<20, marker), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		marker := markerDisk(t, img)
 		data := filepath.Join(dir, "state")
 		cfg := filepath.Join(dir, "diskless.yaml")
 		os.WriteFile(cfg, []byte(fmt.Sprintf(`interface: %s
@@ -214,11 +205,8 @@ hosts:
 		need(t, []string{"ip", "qemu-system-x86_64", "dnsmasq"}, map[string]string{ipxeROM: "ipxe-qemu"})
 		n := newTestNet(t, true)
 		dir := tempDir(t)
-		marker := bootdisk.Marker(t, "DISKLESS-PXE-")
 		img := filepath.Join(dir, "disk.img")
-		if err := os.WriteFile(img, bootdisk.MBR(4<<20, marker), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		marker := markerDisk(t, img)
 		// The site's DHCP server: addresses only, no boot options, no DNS.
 		startDaemon(t, "dnsmasq", n.siteNS, "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0",
 			"--interface="+n.siteIf, "--bind-interfaces", "--dhcp-range=10.77.0.100,10.77.0.200,1h",
@@ -242,12 +230,7 @@ hosts:
 		marker := bootdisk.Marker(t, "DISKLESS-PXE-")
 		img := filepath.Join(dir, "disk.img")
 		uefiDisk(t, dir, img, marker)
-		vars := filepath.Join(dir, "OVMF_VARS.fd")
-		data, err := os.ReadFile(ovmfVars)
-		if err != nil {
-			t.Fatal(err)
-		}
-		os.WriteFile(vars, data, 0o644)
+		vars := ovmfVarsCopy(t, filepath.Join(dir, "OVMF_VARS.fd"))
 		// The YAML form of the configuration.
 		cfg := filepath.Join(dir, "diskless.yaml")
 		os.WriteFile(cfg, []byte(fmt.Sprintf(`interface: %s

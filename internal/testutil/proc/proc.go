@@ -156,13 +156,17 @@ func (p *Proc) WaitForFrom(from int, timeout time.Duration, markers ...string) (
 		if from > len(s) {
 			from = len(s)
 		}
-		best, end := -1, 0
+		// The marker that shows first wins.
+		best, at := -1, 0
 		for i, m := range markers {
-			if j := strings.Index(s[from:], m); j >= 0 && (best < 0 || from+j < end-len(markers[best])) {
-				best, end = i, from+j+len(m)
+			if j := strings.Index(s[from:], m); j >= 0 && (best < 0 || j < at) {
+				best, at = i, j
 			}
 		}
-		return best, end
+		if best < 0 {
+			return -1, 0
+		}
+		return best, from + at + len(markers[best])
 	}
 	for {
 		changed := p.out.Changes()
