@@ -102,6 +102,9 @@ func (r *Recipe) Validate() error {
 	if r.Firmware == "" {
 		r.Firmware = Both
 	}
+	// The defaults go into a copy: the caller's Files (a test's recipe
+	// shared by several builds) stay as they were, and so does its Key.
+	r.Files = slices.Clone(r.Files)
 	for i := range r.Files {
 		f := &r.Files[i]
 		if !filepath.IsAbs(f.Path) || filepath.Clean(f.Path) != f.Path || f.Path == "/" {
@@ -181,17 +184,25 @@ func (r Recipe) Key() string {
 	h := sha256.New()
 	pk := slices.Clone(r.Packages)
 	slices.Sort(pk)
-	fmt.Fprintf(h, "v%d\n%s\n%d\n%s\n%s\n%s\n%d\n%s\n%s\n%s\n", keyVersion, r.Suite, r.Size, r.Firmware, r.Mirror,
+	fw := r.Firmware
+	if fw == "" {
+		fw = Both // the default: the same recipe
+	}
+	fmt.Fprintf(h, "v%d\n%s\n%d\n%s\n%s\n%s\n%d\n%s\n%s\n%s\n", keyVersion, r.Suite, r.Size, fw, r.Mirror,
 		strings.Join(pk, ","), r.Swap, r.SSHKey, r.RootPassword, r.FromTar)
 	for _, f := range r.Files {
-		fmt.Fprintf(h, "file %q %o %d\n%s\n", f.Path, f.Mode, len(f.Content), f.Content)
+		mode := f.Mode
+		if mode == 0 {
+			mode = 0o644 // the default: the same recipe
+		}
+		fmt.Fprintf(h, "file %q %o %d\n%s\n", f.Path, mode, len(f.Content), f.Content)
 	}
 	fmt.Fprintf(h, "enable %q\n", r.Enable)
 	name := r.Suite
 	if r.FromTar != "" {
 		name = "tar"
 	}
-	return name + "-" + string(r.Firmware) + "-" + hex.EncodeToString(h.Sum(nil))[:12]
+	return name + "-" + string(fw) + "-" + hex.EncodeToString(h.Sum(nil))[:12]
 }
 
 // keyVersion changes whenever the builder changes what it makes, so that

@@ -96,6 +96,23 @@ func TestKey(t *testing.T) {
 	}
 }
 
+// Validate fills in defaults without touching the caller's files, so a
+// recipe keeps its key across builds (a test's cache found it no more).
+func TestValidateKeepsKey(t *testing.T) {
+	r := Recipe{Suite: "bookworm", Size: 2 << 30, Files: []File{{Path: "/etc/x", Content: "1"}}}
+	before := r.Key()
+	v := r
+	if err := v.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if r.Files[0].Mode != 0 || v.Files[0].Mode != 0o644 {
+		t.Errorf("modes: caller's %o, validated %o", r.Files[0].Mode, v.Files[0].Mode)
+	}
+	if r.Key() != before || v.Key() != before {
+		t.Errorf("keys %s, %s after Validate, want %s", r.Key(), v.Key(), before)
+	}
+}
+
 // The default mirror is the machine's own, from deb822 or one-line
 // sources, preferring the entry that carries the suite.
 func TestDefaultMirror(t *testing.T) {
