@@ -109,7 +109,7 @@ func TestVPDPages(t *testing.T) {
 		{"WSNZ", uint64(bl[4] & 1), 0},
 		{"MAXIMUM COMPARE AND WRITE LENGTH", uint64(bl[5]), 255},
 		{"OPTIMAL TRANSFER LENGTH GRANULARITY", uint64(binary.BigEndian.Uint16(bl[6:])), 8},
-		{"MAXIMUM TRANSFER LENGTH", uint64(binary.BigEndian.Uint32(bl[8:])), 16384},
+		{"MAXIMUM TRANSFER LENGTH", uint64(binary.BigEndian.Uint32(bl[8:])), 32768},
 		{"MAXIMUM UNMAP LBA COUNT", uint64(binary.BigEndian.Uint32(bl[20:])), maxUnmapBlocks},
 		{"MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT", uint64(binary.BigEndian.Uint32(bl[24:])), maxUnmapDescriptors},
 		{"OPTIMAL UNMAP GRANULARITY", uint64(binary.BigEndian.Uint32(bl[28:])), 8},

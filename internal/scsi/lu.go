@@ -38,7 +38,11 @@ type LUConfig struct {
 	WriteCacheDisabled bool
 	// MaxTransferLength is the largest transfer in logical blocks
 	// (Block Limits VPD page); longer commands fail with INVALID FIELD
-	// IN CDB. Default 8 MiB worth of blocks.
+	// IN CDB. Default 16 MiB worth of blocks: the iSCSI layer's limit of
+	// one command. Not every initiator reads the page: iPXE's UEFI
+	// sanboot asks for a whole file of the EFI system partition in one
+	// READ, so this bounds the EFI programs a host can start from its
+	// disk (GRUB with all its modules is 9.4 MiB).
 	MaxTransferLength uint32
 	// Removable makes the medium removable (RMB=1): START STOP UNIT with
 	// LOEJ ejects and loads it, PREVENT ALLOW MEDIUM REMOVAL can lock it
@@ -56,7 +60,7 @@ const naaCompanyID = 0xda1e55
 
 // Limits the LU reports in the Block Limits VPD page and enforces.
 const (
-	defaultMaxTransferBytes = 8 << 20
+	defaultMaxTransferBytes = 16 << 20
 	maxCompareAndWrite      = 255      // blocks (the CDB field is one byte)
 	maxUnmapBlocks          = 1 << 20  // per UNMAP command
 	maxUnmapDescriptors     = 4095     // what a 16-bit parameter list holds
