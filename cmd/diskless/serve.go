@@ -5,6 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/diskless-boot/diskless/internal/activation"
 	"github.com/diskless-boot/diskless/internal/app"
 	"github.com/diskless-boot/diskless/internal/config"
 )
@@ -43,7 +44,11 @@ func newServeCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return app.RunServe(cmd.Context(), app.ServeOptions{Config: cfg, Logger: logger})
+			sockets, err := activation.FromEnv()
+			if err != nil {
+				return err
+			}
+			return app.RunServe(cmd.Context(), app.ServeOptions{Config: cfg, Logger: logger, Sockets: sockets})
 		},
 	}
 	f := cmd.Flags()

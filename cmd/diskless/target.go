@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/diskless-boot/diskless/internal/activation"
 	"github.com/diskless-boot/diskless/internal/app"
 	"github.com/diskless-boot/diskless/internal/iscsi"
 )
@@ -42,6 +43,9 @@ func newTargetCommand() *cobra.Command {
 				return err
 			}
 			opts.Logger = logger
+			if opts.Sockets, err = activation.FromEnv(); err != nil {
+				return err
+			}
 			return app.RunTarget(cmd.Context(), opts)
 		},
 	}

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/net/ipv6"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/diskless-boot/diskless/internal/activation"
 	"github.com/diskless-boot/diskless/internal/api"
 	"github.com/diskless-boot/diskless/internal/boot"
 	"github.com/diskless-boot/diskless/internal/config"
@@ -53,6 +54,10 @@ type ServeOptions struct {
 	// Ready, when set, is called once every socket is open and every
 	// host served, with the API's base URL.
 	Ready func(apiURL string)
+	// Sockets are the listening sockets a service manager handed over
+	// (activation.FromEnv): the iSCSI, HTTP and API listeners whose
+	// address they are bound to are taken from it (default: none).
+	Sockets *activation.Set
 }
 
 // shutdowner is what every server has.
@@ -101,6 +106,22 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 			}
 		}
 	}()
+	sockets := opts.Sockets
+	if sockets == nil {
+		sockets = &activation.Set{}
+	}
+	closers = append(closers, sockets)
+	listen := func(what, addr string) (net.Listener, error) {
+		l, inherited, err := sockets.Listen(addr)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+		if inherited {
+			log.Info("listening on a socket the service manager kept open", "listen", what, "addr", l.Addr().String())
+		}
+		closers = append(closers, l)
+		return l, nil
+	}
 
 	site, err := OpenSite(ctx, cfg.DataDir, SiteOptions{IQNBase: cfg.IQNBase, Logger: log})
 	if err != nil {
@@ -211,23 +232,20 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	}
 
 	// Open every socket before serving anything.
-	iln, err := net.Listen("tcp", cfg.ISCSI.Listen)
+	iln, err := listen("iscsi.listen", cfg.ISCSI.Listen)
 	if err != nil {
-		return fmt.Errorf("iscsi.listen: %w", err)
+		return err
 	}
-	closers = append(closers, iln)
-	hln, err := net.Listen("tcp", cfg.HTTP.Listen)
+	hln, err := listen("http.listen", cfg.HTTP.Listen)
 	if err != nil {
-		return fmt.Errorf("http.listen: %w", err)
+		return err
 	}
-	closers = append(closers, hln)
 	apiLn := hln
 	var asrv *api.Server
 	if cfg.API.Listen != "" {
-		if apiLn, err = net.Listen("tcp", cfg.API.Listen); err != nil {
-			return fmt.Errorf("api.listen: %w", err)
+		if apiLn, err = listen("api.listen", cfg.API.Listen); err != nil {
+			return err
 		}
-		closers = append(closers, apiLn)
 		asrv = api.NewServer(apiH, api.ServerConfig{Logger: log})
 	} else {
 		wsrv.Mount(api.Prefix+"/", apiH)
@@ -267,6 +285,10 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	} else {
 		rsrv, rconn = s, c
 		closers = append(closers, c)
+	}
+
+	if unused := sockets.Unused(); len(unused) > 0 {
+		log.Warn("closed sockets the service manager handed over that no listen address names", "addrs", unused)
 	}
 
 	// Secrets never reach stdout or the log (the journal keeps both):

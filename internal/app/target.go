@@ -8,11 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/diskless-boot/diskless/internal/activation"
 	"github.com/diskless-boot/diskless/internal/disk"
 	"github.com/diskless-boot/diskless/internal/iscsi"
 	"github.com/diskless-boot/diskless/internal/scsi"
@@ -97,6 +97,9 @@ type TargetOptions struct {
 	PortalGroupTag    uint16
 	NOPInterval       time.Duration
 	Logger            *slog.Logger
+	// Sockets are the listening sockets a service manager handed over:
+	// the one bound to Listen is taken from it (default: none).
+	Sockets *activation.Set
 }
 
 // RunTarget serves opts.LUNs as one iSCSI target until ctx is done, then
@@ -155,9 +158,20 @@ func RunTarget(ctx context.Context, opts TargetOptions) (err error) {
 	}); err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", opts.Listen)
+	sockets := opts.Sockets
+	if sockets == nil {
+		sockets = &activation.Set{}
+	}
+	defer sockets.Close()
+	ln, inherited, err := sockets.Listen(opts.Listen)
 	if err != nil {
 		return err
+	}
+	if inherited {
+		log.Info("listening on a socket the service manager kept open", "addr", ln.Addr().String())
+	}
+	if unused := sockets.Unused(); len(unused) > 0 {
+		log.Warn("closed sockets the service manager handed over that --listen does not name", "addrs", unused)
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ctx, ln) }()

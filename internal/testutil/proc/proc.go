@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -44,6 +45,12 @@ type Config struct {
 	LogTail int
 	// Stdin is the process's standard input (default: none, /dev/null).
 	Stdin io.Reader
+	// ListenFDs are listening sockets handed over the way systemd's
+	// socket activation does (sd_listen_fds(3)): from descriptor 3 on,
+	// with LISTEN_FDS and LISTEN_PID set. argv must exec its way to the
+	// program that takes them (e.g. ip netns exec NS PROGRAM), so that it
+	// keeps the pid (default: none).
+	ListenFDs []*os.File
 	// SysProcAttr is passed to exec.Cmd, e.g. Pdeathsig so that the
 	// process never outlives a benchmark killed with SIGKILL (default
 	// nil).
@@ -82,7 +89,12 @@ func Start(tb testing.TB, cfg Config, argv ...string) (*Proc, error) {
 	}
 	p := &Proc{cfg: cfg, exited: make(chan struct{})}
 	p.out.Max = cfg.MaxOutput
+	if len(cfg.ListenFDs) > 0 {
+		// LISTEN_PID is the pid of the shell, which every exec keeps.
+		argv = append([]string{"sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=` + strconv.Itoa(len(cfg.ListenFDs)) + ` exec "$0" "$@"`}, argv...)
+	}
 	p.cmd = exec.Command(argv[0], argv[1:]...)
+	p.cmd.ExtraFiles = cfg.ListenFDs
 	p.cmd.Dir = cfg.Dir
 	if len(cfg.Env) > 0 {
 		p.cmd.Env = append(os.Environ(), cfg.Env...)

@@ -1,0 +1,155 @@
+package activation
+
+import (
+	"bufio"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/diskless-boot/diskless/internal/testutil/proc"
+)
+
+// The child half of the tests below: a process started by the socket
+// activation protocol takes its socket and answers one connection.
+func TestMain(m *testing.M) {
+	if addr := os.Getenv("ACTIVATION_TEST_CHILD"); addr != "" {
+		child(addr)
+		return
+	}
+	os.Exit(m.Run())
+}
+
+func child(addr string) {
+	s, err := FromEnv()
+	if err != nil {
+		println("child: FromEnv:", err.Error())
+		os.Exit(2)
+	}
+	l, inherited, err := s.Listen(addr)
+	if err != nil {
+		println("child: Listen:", err.Error())
+		os.Exit(2)
+	}
+	c, err := l.Accept()
+	if err != nil {
+		os.Exit(2)
+	}
+	// What the child saw: whether the socket was handed over, and that
+	// the protocol's variables are gone (children must not take them).
+	env := os.Getenv("LISTEN_PID") + os.Getenv("LISTEN_FDS")
+	c.Write([]byte("inherited=" + map[bool]string{true: "yes", false: "no"}[inherited] + " env=" + env + "\n"))
+	c.Close()
+	os.Exit(0)
+}
+
+// startChild starts the test binary as a child that is handed f by socket
+// activation and takes the socket for listenAddr.
+func startChild(t *testing.T, f *os.File, listenAddr string) *proc.Proc {
+	t.Helper()
+	p, err := proc.Start(t, proc.Config{Name: "child", ListenFDs: []*os.File{f},
+		Env: []string{"ACTIVATION_TEST_CHILD=" + listenAddr}}, os.Args[0], "-test.run=^$")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// answer reads the child's line from c.
+func answer(t *testing.T, c net.Conn, p *proc.Proc) string {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		t.Fatalf("no answer from the child: %v\n%s", err, p.Output())
+	}
+	return strings.TrimSpace(line)
+}
+
+// A connection made before the child even runs waits on the handed-over
+// socket and is served by the child: what a restart under systemd's
+// socket activation gives an initiator that reconnects meanwhile.
+func TestHandedOverSocketServes(t *testing.T) {
+	l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	f, err := l.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p := startChild(t, f, l.Addr().String())
+	if got := answer(t, c, p); got != "inherited=yes env=" {
+		t.Errorf("child said %q, want the socket handed over and the variables gone", got)
+	}
+}
+
+// A handed-over socket bound to another address is not taken for this
+// one: the child listens on its address itself.
+func TestOtherAddressNotTaken(t *testing.T) {
+	l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	f, err := l.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	other, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := other.Addr().String()
+	other.Close() // a free port, for the child
+	p := startChild(t, f, addr)
+	var c net.Conn
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if c, err = net.Dial("tcp", addr); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("the child did not listen on %s itself: %v\n%s", addr, err, p.Output())
+	}
+	defer c.Close()
+	if got := answer(t, c, p); got != "inherited=no env=" {
+		t.Errorf("child said %q, want its own socket", got)
+	}
+}
+
+// Sockets meant for another process (LISTEN_PID not ours) are left alone.
+func TestOtherPIDIgnored(t *testing.T) {
+	t.Setenv("LISTEN_PID", "1")
+	t.Setenv("LISTEN_FDS", "1")
+	s, err := FromEnv()
+	if err != nil || len(s.listeners) != 0 {
+		t.Fatalf("FromEnv took sockets of pid 1: %v %v", s, err)
+	}
+	if os.Getenv("LISTEN_FDS") != "" {
+		t.Errorf("LISTEN_FDS still set")
+	}
+}
+
+// A descriptor that is not a listening socket is a clear error.
+func TestNotASocket(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	p := startChild(t, f, "127.0.0.1:1")
+	p.Wait()
+	if out := p.Output(); !strings.Contains(out, "descriptor 3 is not a listening TCP socket") {
+		t.Errorf("child said %q", out)
+	}
+}
