@@ -18,11 +18,10 @@ func TestDebianTry(t *testing.T) {
 		t.Skip("manual: DISKLESS_DEBIAN_TRY=1")
 	}
 	need(t, []string{"ip", "qemu-system-x86_64"}, map[string]string{ipxeROM: "ipxe-qemu"})
-	im := debimage.Get(t, imagebuild.Recipe{Suite: "bookworm", Size: 2 << 30, Firmware: imagebuild.Both, Swap: 256 << 20,
-		SSHKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDisklessImageBuildTestKeyXXXXXXXXXXXXXXXXXX diskless-test\n"})
-	disk := im.Disk
-	if d := os.Getenv("DISKLESS_DEBIAN_TRY_DISK"); d != "" {
-		disk = d // another built image, e.g. of --from-tar
+	disk := os.Getenv("DISKLESS_DEBIAN_TRY_DISK") // another built image, e.g. of --from-tar
+	if disk == "" {
+		disk = debimage.Get(t, imagebuild.Recipe{Suite: "bookworm", Size: 2 << 30, Firmware: imagebuild.Both, Swap: 256 << 20,
+			SSHKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDisklessImageBuildTestKeyXXXXXXXXXXXXXXXXXX diskless-test\n"}).Disk
 	}
 	n := newTestNet(t, false)
 	dir := tempDir(t)
@@ -51,8 +50,12 @@ func TestDebianTry(t *testing.T) {
 			"-device", "virtio-net-pci,netdev=n0,mac=" + clientMAC + ",romfile=,bootindex=1"}
 	}
 	v := startVM(t, n.vmNS, args...)
+	stageWait := 4 * time.Minute
+	if d, err := time.ParseDuration(os.Getenv("DISKLESS_DEBIAN_TRY_WAIT")); err == nil {
+		stageWait = d // short, to look at a boot that fails early
+	}
 	for _, stage := range []string{"Linux version", "iSCSI Initiator over TCP/IP", "EXT4-fs (sda", "login:"} {
-		i, took, err := v.WaitFor(4*time.Minute, stage, "Kernel panic", "ALERT!", "Gave up waiting")
+		i, took, err := v.WaitFor(stageWait, stage, "Kernel panic", "ALERT!", "Gave up waiting")
 		if err != nil || i != 0 {
 			t.Logf("server:\n%s", srv.Output())
 			t.Fatalf("waiting for %q: %v (matched %d)", stage, err, i)

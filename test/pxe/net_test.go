@@ -1,6 +1,7 @@
 package pxe
 
 import (
+	"net"
 	"os"
 	"testing"
 	"time"
@@ -78,7 +79,14 @@ func newTestNet(t *testing.T, withSite bool) *testNet {
 // end of its output.
 func startDaemon(t *testing.T, name, ns string, args ...string) *proc.Proc {
 	t.Helper()
-	p, err := proc.Start(t, proc.Config{Name: name}, append([]string{"ip", "netns", "exec", ns}, args...)...)
+	return startDaemonWith(t, proc.Config{Name: name}, ns, args...)
+}
+
+// startDaemonWith is startDaemon with more of proc's configuration, e.g.
+// sockets handed over by socket activation.
+func startDaemonWith(t *testing.T, cfg proc.Config, ns string, args ...string) *proc.Proc {
+	t.Helper()
+	p, err := proc.Start(t, cfg, append([]string{"ip", "netns", "exec", ns}, args...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,4 +109,26 @@ func tempDir(t *testing.T) string {
 	}
 	t.Cleanup(func() { os.RemoveAll(d) })
 	return d
+}
+
+// heldSocket opens a listening TCP socket on addr in namespace ns the way
+// a service manager does for socket activation (systemd's diskless.socket):
+// the test holds it, so it outlives every process it is handed to.
+func heldSocket(t *testing.T, ns, addr string) *os.File {
+	t.Helper()
+	var f *os.File
+	err := netns.Run(ns, func() error {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return err
+		}
+		defer l.Close() // f is a duplicate: the socket stays open
+		f, err = l.(*net.TCPListener).File()
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
 }

@@ -201,6 +201,87 @@ hosts:
 		}
 	})
 
+	// A client holding another mutual CHAP secret than the server (the
+	// HOWTO's hand-written iPXE commands, typed into iPXE's shell) stops
+	// with a clear message on its console, and the server's log says why.
+	t.Run("bios-wrong-mutual-chap", func(t *testing.T) {
+		need(t, []string{"ip", "qemu-system-x86_64"}, map[string]string{ipxeROM: "ipxe-qemu"})
+		n := newTestNet(t, false)
+		dir := tempDir(t)
+		img := filepath.Join(dir, "golden.img")
+		marker := markerDisk(t, img)
+		data := filepath.Join(dir, "state")
+		cli := nsCLI(t, n, data)
+		cli("image", "import", "golden", img)
+		cli("host", "add", "pc1", "--image", "golden", "--mac", clientMAC)
+		var h struct {
+			InitiatorIQN string `json:"initiator_iqn"`
+			TargetIQN    string `json:"target_iqn"`
+			CHAP         struct{ User, Secret string }
+			MutualCHAP   struct{ User, Secret string } `json:"mutual_chap"`
+		}
+		for _, args := range [][]string{{"--json"}, {"--secrets", "--json"}} {
+			if err := json.Unmarshal([]byte(cli(append([]string{"host", "show", "pc1"}, args...)...)), &h); err != nil {
+				t.Fatal(err)
+			}
+		}
+		srv := startServe(t, n, "--interface", n.srvIf, "--dhcp", "full", "--dhcp-range", poolRange, "--data-dir", data)
+		keys, typist, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { keys.Close(); typist.Close() })
+		v := qemu.Start(t, qemu.Config{Prefix: []string{"ip", "netns", "exec", n.vmNS}, LogDirEnv: "DISKLESS_PXE_LOGDIR", Keys: keys},
+			biosArgs(n)...)
+		// Into iPXE's shell before its own DHCP boots the host's script.
+		_, _, at, err := v.WaitForFrom(0, time.Minute, "Press Ctrl-B")
+		for i := 0; err == nil; i++ {
+			typist.Write([]byte{0x02})
+			var e error
+			if _, _, at, e = v.WaitForFrom(at, 100*time.Millisecond, "iPXE>"); e == nil {
+				break
+			}
+			if i == 50 {
+				err = e
+			}
+		}
+		if err != nil {
+			t.Fatalf("no iPXE shell: %v", err)
+		}
+		// One key at a time, each once iPXE echoed the one before:
+		// SeaBIOS moves the serial port's input into the BIOS keyboard
+		// buffer (15 keys), which drops what overflows while iPXE is busy.
+		typeLine := func(line string) {
+			for _, k := range []byte(line) {
+				typist.Write([]byte{k})
+				if _, _, at, err = v.WaitForFrom(at, 10*time.Second, string(k)); err != nil {
+					t.Fatalf("typing %q: no echo of %q: %v", line, k, err)
+				}
+			}
+			typist.Write([]byte("\r"))
+		}
+		for _, c := range []string{"dhcp", "set initiator-iqn " + h.InitiatorIQN,
+			"set username " + h.CHAP.User, "set password " + h.CHAP.Secret,
+			"set reverse-username " + h.MutualCHAP.User, "set reverse-password not-the-servers-secret",
+		} {
+			typeLine(c)
+			if _, _, at, err = v.WaitForFrom(at, 30*time.Second, "iPXE>"); err != nil {
+				t.Fatalf("%q: %v", c, err)
+			}
+		}
+		typeLine("sanboot iscsi:" + n.serverIP + "::::" + h.TargetIQN)
+		i, _, _, err := v.WaitForFrom(at, time.Minute, "Permission denied", marker)
+		if err != nil || i != 0 {
+			t.Fatalf("sanboot with another mutual secret: want iPXE's Permission denied (matched %d): %v", i, err)
+		}
+		t.Logf("the client says: %s", lineWith(v.Console()[strings.LastIndex(v.Console(), "sanboot"):], "Permission denied"))
+		if _, _, err := srv.WaitFor(10*time.Second, "holds another target secret (mutual CHAP)"); err != nil {
+			t.Errorf("the server's log does not say why: %v", err)
+		} else {
+			t.Logf("the server says: %s", lineWith(srv.Output(), "holds another target secret"))
+		}
+	})
+
 	t.Run("bios-proxy", func(t *testing.T) {
 		need(t, []string{"ip", "qemu-system-x86_64", "dnsmasq"}, map[string]string{ipxeROM: "ipxe-qemu"})
 		n := newTestNet(t, true)
@@ -284,7 +365,15 @@ func biosArgs(n *testNet) []string {
 // it serves.
 func startServe(t *testing.T, n *testNet, args ...string) *proc.Proc {
 	t.Helper()
-	d := startDaemon(t, "diskless serve", n.srvNS, append([]string{disklessBin, "serve"}, args...)...)
+	return startServeWith(t, n, nil, args...)
+}
+
+// startServeWith is startServe handing over the listening sockets (socket
+// activation).
+func startServeWith(t *testing.T, n *testNet, sockets []*os.File, args ...string) *proc.Proc {
+	t.Helper()
+	d := startDaemonWith(t, proc.Config{Name: "diskless serve", ListenFDs: sockets}, n.srvNS,
+		append([]string{disklessBin, "serve"}, args...)...)
 	waitOutput(t, d, "msg=serving", 30*time.Second)
 	return d
 }

@@ -6,6 +6,7 @@ package qemu
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -31,6 +32,9 @@ type Config struct {
 	// Reboot lets the guest reboot (QEMU resets the machine); by default
 	// QEMU exits instead (-no-reboot).
 	Reboot bool
+	// Keys, when set, is what is typed on the serial console (QEMU's
+	// stdin), e.g. Ctrl-B and commands for iPXE's shell. Default: none.
+	Keys io.Reader
 }
 
 // VM is a QEMU process whose serial console (COM1 on QEMU's stdout) the
@@ -53,7 +57,7 @@ func Start(t *testing.T, c Config, args ...string) *VM {
 	argv = append(argv, args...)
 	// proc's cleanup only makes sure QEMU is gone; the console is kept
 	// and reported by the cleanup below, which runs first.
-	p, err := proc.Start(t, proc.Config{Name: "QEMU", StopSignal: syscall.SIGKILL, LogTail: -1}, argv...)
+	p, err := proc.Start(t, proc.Config{Name: "QEMU", StopSignal: syscall.SIGKILL, LogTail: -1, Stdin: c.Keys}, argv...)
 	if err != nil {
 		t.Fatalf("start qemu: %v", err)
 	}
@@ -101,6 +105,10 @@ func (v *VM) Wait(timeout time.Duration) error {
 		return fmt.Errorf("QEMU still running after %v", timeout)
 	}
 }
+
+// PowerCut kills QEMU: the machine loses power with no shutdown, what it
+// has not written to its disks is lost.
+func (v *VM) PowerCut() { v.p.Kill() }
 
 var ansiEscape = regexp.MustCompile(`\x1b(\[[0-9;?]*[A-Za-z]|c)`)
 
