@@ -32,6 +32,7 @@ pkgs=(
 	curl
 	debootstrap     # diskless image build (its root test builds a small image)
 	gdisk           # sgdisk for the image's GPT
+	fdisk           # sfdisk: diskless image prepare reads partition tables
 )
 
 missing=()

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -154,5 +155,94 @@ dosfstools. Downloaded packages are kept in --cache-dir for the next build.`,
 	f.StringVar(&fromTar, "from-tar", "", "a root file system tarball (podman/docker export of a Debian or Ubuntu container) instead of debootstrap")
 	f.BoolVarP(&verbose, "verbose", "v", false, "show every command and its output")
 	cmd.MarkFlagRequired("size")
+	return cmd
+}
+
+// newImagePrepareCommand is diskless image prepare: an image version that
+// holds an installed system (imported with diskless image import) is made
+// to boot from diskless, as the next version.
+func newImagePrepareCommand() *cobra.Command {
+	var version, cacheDir string
+	var verbose bool
+	cmd := &cobra.Command{
+		Use:   "prepare NAME",
+		Short: "Make an imported installed Debian/Ubuntu disk boot from diskless (open-iscsi, iBFT login, fstab/GRUB by UUID) as the next version",
+		Long: `Make the installed Debian or Ubuntu system of an image version (an existing
+installation brought in with diskless image import) boot from diskless on any
+host, like the images diskless image build makes, and import the result as
+the image's next version: every file system mounted by UUID, open-iscsi
+installed if missing (from the system's own apt sources), the initramfs
+logging in from the iBFT with the NIC drivers of any machine, ifupdown kept
+off the boot NIC, GRUB for BIOS and/or UEFI, the system generalized, kernel and
+initrd kept for boot kernel hosts. The version it starts from is left as it is.
+
+Runs on the server's machine as root. See docs/images.md.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			if err := imagebuild.Check(imagebuild.Both, os.Geteuid(), nil); err != nil {
+				return err
+			}
+			c, err := newClient(cmd)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			dir, _ := cmd.Flags().GetString("data-dir")
+			if cacheDir == "" {
+				cacheDir = filepath.Join(dir, "cache", "imagebuild")
+			}
+			work, err := filepath.Abs(filepath.Join(dir, "build"))
+			if err != nil {
+				return err
+			}
+			if err := os.MkdirAll(work, 0o700); err != nil {
+				return err
+			}
+			logPath := filepath.Join(work, name+"-prepare.log")
+			logf, err := os.Create(logPath)
+			if err != nil {
+				return err
+			}
+			defer logf.Close()
+			var log io.Writer = logf
+			if verbose {
+				log = io.MultiWriter(logf, cmd.ErrOrStderr())
+			}
+			stderr := cmd.ErrOrStderr()
+			v := version
+			if v == "" {
+				v = "latest"
+			}
+			src := filepath.Join(work, name+"-prepare-source.img")
+			defer os.Remove(src)
+			fmt.Fprintf(stderr, "preparing image %s (version %s); log in %s\n", name, v, logPath)
+			var acc api.Accepted
+			if err := c.do(cmd.Context(), http.MethodPost, "/images/"+name+"/versions/"+v+"/export",
+				api.ExportRequest{Path: src, Format: "raw"}, &acc); err != nil {
+				return err
+			}
+			if _, err := c.wait(cmd.Context(), acc.Job, "read "+name); err != nil {
+				return err
+			}
+			res, err := imagebuild.Prepare(cmd.Context(), src, imagebuild.Options{
+				WorkDir: work, CacheDir: cacheDir, Log: log,
+				Progress: func(phase string, elapsed time.Duration) {
+					fmt.Fprintf(stderr, "[%6s] %s\n", elapsed.Round(time.Second), phase)
+				},
+			})
+			if err != nil {
+				return fmt.Errorf("%w (log: %s)", err, logPath)
+			}
+			defer res.Remove()
+			os.Remove(src)
+			fmt.Fprintf(stderr, "[%6s] prepared: kernel %s\n", res.Took.Round(time.Second), res.KernelVersion)
+			return importVersion(cmd, c, name, "", api.ImportRequest{Source: res.Disk, Kernel: res.Kernel, Initrd: res.Initrd, Cmdline: res.Cmdline})
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&version, "version", "", "version to prepare (default: the newest)")
+	f.StringVar(&cacheDir, "cache-dir", "", "where downloaded packages are kept (default: data-dir/cache/imagebuild)")
+	f.BoolVarP(&verbose, "verbose", "v", false, "show every command and its output")
 	return cmd
 }

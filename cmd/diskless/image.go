@@ -196,7 +196,7 @@ func newImageCommand() *cobra.Command {
 		}),
 	}
 	del.Flags().StringVar(&version, "version", "", "delete this version only")
-	cmd.AddCommand(list, create, imp, newImageBuildCommand(), exp, show, versions, del)
+	cmd.AddCommand(list, create, imp, newImageBuildCommand(), newImagePrepareCommand(), exp, show, versions, del)
 	return cmd
 }
 

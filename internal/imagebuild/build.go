@@ -134,6 +134,9 @@ type builder struct {
 	kernelVersion string
 	osID          string // os-release ID of the system (debian, ubuntu)
 	cacheLocked   bool
+	keep          bool           // the build succeeded: its directory stays
+	uuidOf        map[int]string // Prepare: file system UUID by partition number
+	units         []string       // Prepare: more units to enable
 
 	// undo is the cleanup stack: run in reverse order on every path.
 	undo []undoStep
@@ -207,10 +210,41 @@ func Build(ctx context.Context, r Recipe, opt Options) (res *Result, err error) 
 			r.Mirror = FallbackMirror
 		}
 	}
+	b, err := newBuilder(r, opt)
+	if err != nil {
+		return nil, err
+	}
+	b.layout = r.Layout()
+	install := step{"debootstrap " + r.Suite + " from " + r.Mirror, b.debootstrap}
+	if r.FromTar != "" {
+		install = step{"unpack " + filepath.Base(r.FromTar), b.unpack}
+	}
+	return b.runSteps(ctx, []step{
+		{"partition the disk", b.partition},
+		{"make file systems", b.makeFileSystems},
+		install,
+		{"configure the system", b.configure},
+		{"install kernel, open-iscsi and GRUB", b.installPackages},
+		{"install GRUB to the disk", b.installGRUB},
+		{"add the recipe's files and units", b.addFiles},
+		{"generalize (one image for every host)", b.generalize},
+		{"extract kernel and initrd", b.extractBoot},
+	})
+}
+
+// step is one phase of a build.
+type step struct {
+	phase string
+	fn    func(context.Context) error
+}
+
+// newBuilder makes a builder with its work directory, removed by its
+// cleanup unless the build succeeds.
+func newBuilder(r Recipe, opt Options) (*builder, error) {
 	if opt.WorkDir == "" {
 		opt.WorkDir = os.TempDir()
 	}
-	b := &builder{r: r, opt: opt, run: opt.run, start: time.Now(), layout: r.Layout()}
+	b := &builder{r: r, opt: opt, run: opt.run, start: time.Now()}
 	if b.run == nil {
 		b.run = execRunner{log: opt.Log}
 	}
@@ -220,17 +254,23 @@ func Build(ctx context.Context, r Recipe, opt Options) (res *Result, err error) 
 	if err := os.MkdirAll(opt.WorkDir, 0o700); err != nil {
 		return nil, fmt.Errorf("imagebuild: %w", err)
 	}
-	b.dir, err = os.MkdirTemp(opt.WorkDir, "build-")
-	if err != nil {
+	var err error
+	if b.dir, err = os.MkdirTemp(opt.WorkDir, "build-"); err != nil {
 		return nil, fmt.Errorf("imagebuild: %w", err)
 	}
-	keep := false
 	b.defer_("remove "+b.dir, func(context.Context) error {
-		if keep {
+		if b.keep {
 			return nil
 		}
 		return os.RemoveAll(b.dir)
 	})
+	return b, nil
+}
+
+// runSteps runs the steps of a build and returns its result; on every
+// path the cleanup undoes mounts and loop devices (and removes the work
+// directory, but for a result).
+func (b *builder) runSteps(ctx context.Context, steps []step) (res *Result, err error) {
 	defer func() {
 		if cerr := b.cleanup(); cerr != nil {
 			if err == nil {
@@ -245,27 +285,6 @@ func Build(ctx context.Context, r Recipe, opt Options) (res *Result, err error) 
 			err = fmt.Errorf("imagebuild: cancelled: %w", err)
 		}
 	}()
-	install := struct {
-		phase string
-		fn    func(context.Context) error
-	}{"debootstrap " + r.Suite + " from " + r.Mirror, b.debootstrap}
-	if r.FromTar != "" {
-		install.phase, install.fn = "unpack "+filepath.Base(r.FromTar), b.unpack
-	}
-	steps := []struct {
-		phase string
-		fn    func(context.Context) error
-	}{
-		{"partition the disk", b.partition},
-		{"make file systems", b.makeFileSystems},
-		install,
-		{"configure the system", b.configure},
-		{"install kernel, open-iscsi and GRUB", b.installPackages},
-		{"install GRUB to the disk", b.installGRUB},
-		{"add the recipe's files and units", b.addFiles},
-		{"generalize (one image for every host)", b.generalize},
-		{"extract kernel and initrd", b.extractBoot},
-	}
 	for _, s := range steps {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -279,7 +298,7 @@ func Build(ctx context.Context, r Recipe, opt Options) (res *Result, err error) 
 	res = &Result{Dir: b.dir, Disk: b.disk, Kernel: filepath.Join(b.dir, "kernel"), Initrd: filepath.Join(b.dir, "initrd"),
 		Cmdline:       filepath.Join(b.dir, "cmdline"),
 		KernelVersion: b.kernelVersion, Mirror: b.r.Mirror}
-	keep = true
+	b.keep = true
 	if err := b.cleanup(); err != nil {
 		res.Remove()
 		return nil, err
@@ -306,6 +325,12 @@ func (b *builder) partition(ctx context.Context) error {
 	if _, err := b.cmd(ctx, "sgdisk", sgdiskArgs(b.layout, b.disk)...); err != nil {
 		return err
 	}
+	return b.attach(ctx, len(b.layout))
+}
+
+// attach attaches the disk to a loop device with its partitions (the
+// last one numbered last) and registers the detach.
+func (b *builder) attach(ctx context.Context, last int) error {
 	out, err := b.cmd(ctx, "losetup", "--find", "--show", "--partscan", b.disk)
 	if err != nil {
 		return err
@@ -334,14 +359,14 @@ func (b *builder) partition(ctx context.Context) error {
 	})
 	// Without udev (containers) the partition nodes may not appear:
 	// partx asks the kernel again and devtmpfs makes the nodes.
-	if !b.opt.exists(b.part(len(b.layout))) {
+	if !b.opt.exists(b.part(last)) {
 		if _, err := b.cmd(ctx, "partx", "--add", loop); err != nil {
 			if _, err := b.cmd(ctx, "partx", "--update", loop); err != nil {
 				return err
 			}
 		}
 	}
-	return b.waitFor(ctx, b.part(len(b.layout)), 10*time.Second)
+	return b.waitFor(ctx, b.part(last), 10*time.Second)
 }
 
 // waitFor waits for a device node to appear.
@@ -646,20 +671,32 @@ func (b *builder) configure(ctx context.Context) error {
 		}
 		b.r.Suite = codename // names the package cache
 	}
-	// apt in the chroot resolves the mirror with the build machine's DNS
-	// (debootstrap copies it; a tarball has a container's); generalize
-	// empties it again.
-	if hostConf, err := os.ReadFile("/etc/resolv.conf"); err == nil && !b.opt.fake {
-		os.Remove(filepath.Join(b.mnt, "etc/resolv.conf"))
-		if err := b.writeFile(file{"/etc/resolv.conf", 0o644, string(hostConf)}); err != nil {
-			return err
-		}
+	if err := b.hostDNS(); err != nil {
+		return err
 	}
 	for _, f := range imageFiles(&b.r, b.u) {
 		if err := b.writeFile(f); err != nil {
 			return err
 		}
 	}
+	return b.mountChroot(ctx)
+}
+
+// hostDNS gives the chroot the build machine's DNS: apt in it resolves the
+// mirror with it (debootstrap copies it; a tarball has a container's, an
+// installed system its own). generalize empties it again.
+func (b *builder) hostDNS() error {
+	hostConf, err := os.ReadFile("/etc/resolv.conf")
+	if err != nil || b.opt.fake {
+		return nil
+	}
+	os.Remove(filepath.Join(b.mnt, "etc/resolv.conf"))
+	return b.writeFile(file{"/etc/resolv.conf", 0o644, string(hostConf)})
+}
+
+// mountChroot mounts what apt, the initramfs and GRUB need in the chroot,
+// and the package cache.
+func (b *builder) mountChroot(ctx context.Context) error {
 	for _, m := range []struct{ src, dir, typ string }{
 		{"proc", "proc", "proc"},
 		{"sysfs", "sys", "sysfs"},
@@ -810,10 +847,18 @@ func (b *builder) installEFI(ctx context.Context) error {
 	}
 	esp := b.partOf(partESP)
 	mtools := []string{"MTOOLS_SKIP_CHECK=1"}
-	if _, err := b.run.run(ctx, command{Name: "mmd", Args: []string{"-i", esp, "::/EFI", "::/EFI/BOOT"}, Env: mtools}); err != nil {
-		return err
+	// An installed system's ESP (image prepare) may have them already.
+	if _, err := b.run.run(ctx, command{Name: "mdir", Args: []string{"-i", esp, "-b", "::/EFI/BOOT"}, Env: mtools, Quiet: true}); err != nil {
+		for _, d := range []string{"::/EFI", "::/EFI/BOOT"} {
+			if _, err := b.run.run(ctx, command{Name: "mdir", Args: []string{"-i", esp, "-b", d}, Env: mtools, Quiet: true}); err == nil {
+				continue
+			}
+			if _, err := b.run.run(ctx, command{Name: "mmd", Args: []string{"-i", esp, d}, Env: mtools}); err != nil {
+				return err
+			}
+		}
 	}
-	_, err := b.run.run(ctx, command{Name: "mcopy", Args: []string{"-i", esp, filepath.Join(b.mnt, "tmp/BOOTX64.EFI"), "::/EFI/BOOT/BOOTX64.EFI"}, Env: mtools})
+	_, err := b.run.run(ctx, command{Name: "mcopy", Args: []string{"-D", "o", "-i", esp, filepath.Join(b.mnt, "tmp/BOOTX64.EFI"), "::/EFI/BOOT/BOOTX64.EFI"}, Env: mtools})
 	return err
 }
 

@@ -140,7 +140,7 @@ func TestBuildSteps(t *testing.T) {
 		"chroot " + mnt + " chpasswd",
 		"chroot " + mnt + " grub-install --target=i386-pc /dev/loop9",
 		"chroot " + mnt + " update-grub",
-		"mcopy -i /dev/loop9p2 " + mnt + "/tmp/BOOTX64.EFI ::/EFI/BOOT/BOOTX64.EFI",
+		"mcopy -D o -i /dev/loop9p2 " + mnt + "/tmp/BOOTX64.EFI ::/EFI/BOOT/BOOTX64.EFI",
 		"umount " + filepath.Join(mnt, "var/cache/apt/archives"),
 		"umount " + filepath.Join(mnt, "proc"),
 		"umount " + mnt,
@@ -287,6 +287,15 @@ func TestBuildFailureCleansUp(t *testing.T) {
 			// loop device can go: the build succeeds.
 			if err != nil || !slices.Contains(f.lines(), "umount --lazy "+c.Args[0]) {
 				t.Errorf("failing %q: err %v, want success after a lazy umount", cmd, err)
+			}
+			if res != nil {
+				res.Remove()
+			}
+		case c.Name == "mdir":
+			// A probe: the ESP lacks the directory, the build makes
+			// it and goes on.
+			if err != nil {
+				t.Errorf("failing %q: err %v, want success", cmd, err)
 			}
 			if res != nil {
 				res.Remove()

@@ -24,12 +24,13 @@ func tools(f Firmware) []tool {
 		{"losetup", "mount"},
 		{"mount", "mount"},
 		{"partx", "util-linux"},
+		{"sfdisk", "fdisk"}, // image prepare reads partition tables
 		{"mkswap", "util-linux"},
 		{"chroot", "coreutils"},
 		{"tar", "tar"},
 	}
 	if f.uefi() {
-		t = append(t, tool{"mkfs.vfat", "dosfstools"}, tool{"mcopy", "mtools"}, tool{"mmd", "mtools"})
+		t = append(t, tool{"mkfs.vfat", "dosfstools"}, tool{"mcopy", "mtools"}, tool{"mmd", "mtools"}, tool{"mdir", "mtools"})
 	}
 	return t
 }

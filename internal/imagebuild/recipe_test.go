@@ -165,7 +165,7 @@ func TestCheck(t *testing.T) {
 		t.Errorf("not root: %v", err)
 	}
 	err := Check(Both, 0, none)
-	if err == nil || !strings.Contains(err.Error(), "apt-get install debootstrap gdisk e2fsprogs util-linux mount coreutils tar dosfstools mtools") {
+	if err == nil || !strings.Contains(err.Error(), "apt-get install debootstrap gdisk e2fsprogs util-linux mount fdisk coreutils tar dosfstools mtools") {
 		t.Errorf("all missing: %v", err)
 	}
 	err = Check(BIOS, 0, func(n string) (string, error) {
