@@ -92,36 +92,19 @@ dosfstools. Downloaded packages are kept in --cache-dir for the next build.`,
 			if err := imagebuild.Check(r.Firmware, os.Geteuid(), nil); err != nil {
 				return err
 			}
-			dir, _ := cmd.Flags().GetString("data-dir")
-			if cacheDir == "" {
-				cacheDir = filepath.Join(dir, "cache", "imagebuild")
-			}
-			work := filepath.Join(dir, "build")
-			if err := os.MkdirAll(work, 0o700); err != nil {
-				return err
-			}
-			logPath := filepath.Join(work, name+".log")
-			logf, err := os.Create(logPath)
+			ws, err := openWorkspace(cmd, name+".log", cacheDir, verbose)
 			if err != nil {
 				return err
 			}
-			defer logf.Close()
-			var log io.Writer = logf
-			if verbose {
-				log = io.MultiWriter(logf, cmd.ErrOrStderr())
-			}
+			defer ws.close()
+			logPath := ws.logPath
 			stderr := cmd.ErrOrStderr()
 			from := r.Suite
 			if r.FromTar != "" {
 				from = r.FromTar
 			}
 			fmt.Fprintf(stderr, "building image %s (%s, %s, %s); log in %s\n", name, from, firmware, humanBytes(r.Size), logPath)
-			res, err := imagebuild.Build(cmd.Context(), r, imagebuild.Options{
-				WorkDir: work, CacheDir: cacheDir, Log: log,
-				Progress: func(phase string, elapsed time.Duration) {
-					fmt.Fprintf(stderr, "[%6s] %s\n", elapsed.Round(time.Second), phase)
-				},
-			})
+			res, err := imagebuild.Build(cmd.Context(), r, ws.options(stderr))
 			if err != nil {
 				return fmt.Errorf("%w (log: %s)", err, logPath)
 			}
@@ -188,27 +171,12 @@ Runs on the server's machine as root. See docs/images.md.`,
 				return err
 			}
 			defer c.Close()
-			dir, _ := cmd.Flags().GetString("data-dir")
-			if cacheDir == "" {
-				cacheDir = filepath.Join(dir, "cache", "imagebuild")
-			}
-			work, err := filepath.Abs(filepath.Join(dir, "build"))
+			ws, err := openWorkspace(cmd, name+"-prepare.log", cacheDir, verbose)
 			if err != nil {
 				return err
 			}
-			if err := os.MkdirAll(work, 0o700); err != nil {
-				return err
-			}
-			logPath := filepath.Join(work, name+"-prepare.log")
-			logf, err := os.Create(logPath)
-			if err != nil {
-				return err
-			}
-			defer logf.Close()
-			var log io.Writer = logf
-			if verbose {
-				log = io.MultiWriter(logf, cmd.ErrOrStderr())
-			}
+			defer ws.close()
+			work, logPath := ws.dir, ws.logPath
 			stderr := cmd.ErrOrStderr()
 			v := version
 			if v == "" {
@@ -225,12 +193,7 @@ Runs on the server's machine as root. See docs/images.md.`,
 			if _, err := c.wait(cmd.Context(), acc.Job, "read "+name); err != nil {
 				return err
 			}
-			res, err := imagebuild.Prepare(cmd.Context(), src, imagebuild.Options{
-				WorkDir: work, CacheDir: cacheDir, Log: log,
-				Progress: func(phase string, elapsed time.Duration) {
-					fmt.Fprintf(stderr, "[%6s] %s\n", elapsed.Round(time.Second), phase)
-				},
-			})
+			res, err := imagebuild.Prepare(cmd.Context(), src, ws.options(stderr))
 			if err != nil {
 				return fmt.Errorf("%w (log: %s)", err, logPath)
 			}
@@ -245,4 +208,46 @@ Runs on the server's machine as root. See docs/images.md.`,
 	f.StringVar(&cacheDir, "cache-dir", "", "where downloaded packages are kept (default: data-dir/cache/imagebuild)")
 	f.BoolVarP(&verbose, "verbose", "v", false, "show every command and its output")
 	return cmd
+}
+
+// workspace is where image build and image prepare work: data_dir/build
+// (the data directory's file system, for the disk they make), the package
+// cache, and the log of the commands they run.
+type workspace struct {
+	dir, cache, logPath string
+	log                 io.Writer // the log file, and stderr with --verbose
+	close               func() error
+}
+
+func openWorkspace(cmd *cobra.Command, logName, cacheDir string, verbose bool) (*workspace, error) {
+	dataDir, _ := cmd.Flags().GetString("data-dir")
+	dir, err := filepath.Abs(filepath.Join(dataDir, "build"))
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	if cacheDir == "" {
+		cacheDir = filepath.Join(dataDir, "cache", "imagebuild")
+	}
+	logPath := filepath.Join(dir, logName)
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	ws := &workspace{dir: dir, cache: cacheDir, logPath: logPath, log: logf, close: logf.Close}
+	if verbose {
+		ws.log = io.MultiWriter(logf, cmd.ErrOrStderr())
+	}
+	return ws, nil
+}
+
+// options are the builder's options in the workspace, its phases shown on
+// stderr with their time.
+func (ws *workspace) options(stderr io.Writer) imagebuild.Options {
+	return imagebuild.Options{WorkDir: ws.dir, CacheDir: ws.cache, Log: ws.log,
+		Progress: func(phase string, elapsed time.Duration) {
+			fmt.Fprintf(stderr, "[%6s] %s\n", elapsed.Round(time.Second), phase)
+		}}
 }

@@ -44,6 +44,23 @@ func child(addr string) {
 	os.Exit(0)
 }
 
+// handedOver is a listening socket on loopback and the descriptor a child
+// gets of it.
+func handedOver(t *testing.T) (*net.TCPListener, *os.File) {
+	t.Helper()
+	l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	f, err := l.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return l, f
+}
+
 // startChild starts the test binary as a child that is handed f by socket
 // activation and takes the socket for listenAddr.
 func startChild(t *testing.T, f *os.File, listenAddr string) *proc.Proc {
@@ -71,16 +88,7 @@ func answer(t *testing.T, c net.Conn, p *proc.Proc) string {
 // socket and is served by the child: what a restart under systemd's
 // socket activation gives an initiator that reconnects meanwhile.
 func TestHandedOverSocketServes(t *testing.T) {
-	l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	f, err := l.File()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	l, f := handedOver(t)
 	c, err := net.Dial("tcp", l.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -95,16 +103,7 @@ func TestHandedOverSocketServes(t *testing.T) {
 // A handed-over socket bound to another address is not taken for this
 // one: the child listens on its address itself.
 func TestOtherAddressNotTaken(t *testing.T) {
-	l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	f, err := l.File()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	_, f := handedOver(t)
 	other, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)

@@ -130,13 +130,7 @@ type e2eBoot struct {
 // 7, a client with another mutual CHAP secret, is TestPXEBoot's
 // bios-wrong-mutual-chap: it needs no image.
 func TestDebianEndToEnd(t *testing.T) {
-	need(t, []string{"ip", "qemu-system-x86_64"}, map[string]string{ipxeROM: "ipxe-qemu"})
-	im := debimage.Get(t, e2eRecipe)
-	n := newTestNet(t, false)
-	dir := tempDir(t)
-	data := filepath.Join(dir, "state")
-	cli := nsCLI(t, n, data)
-	cli("image", "import", "debian", im.Disk, "--kernel", im.Kernel, "--initrd", im.Initrd, "--cmdline", im.Cmdline)
+	n, dir, data, cli := e2eSite(t)
 	for _, h := range []struct{ name, mac, mode string }{
 		{"pc1", macPC1, "persistent"}, {"pc2", macPC2, "persistent"}, {"vol", macVol, "volatile"},
 	} {
@@ -144,7 +138,7 @@ func TestDebianEndToEnd(t *testing.T) {
 	}
 	cli("host", "add", "kern", "--image", "debian", "--disk", "persistent", "--mac", macKern, "--boot", "kernel")
 	cli("host", "add", "efi", "--image", "debian", "--disk", "persistent", "--mac", macEFI)
-	serveArgs := []string{"--interface", n.srvIf, "--dhcp", "full", "--dhcp-range", poolRange, "--data-dir", data}
+	serveArgs := e2eServeArgs(n, data)
 	srv := startServe(t, n, serveArgs...)
 	target := func(host string) string {
 		var h struct {
@@ -256,6 +250,28 @@ func TestDebianEndToEnd(t *testing.T) {
 		strings.Contains(out, sec.CHAP.Secret) || strings.Contains(out, sec.MutualCHAP.Secret) {
 		t.Errorf("pc1 without CHAP both ways, or a secret in the server's log")
 	}
+}
+
+// e2eSite is the start of a test with the end-to-end image: the image
+// (built or from the cache), a test network, a temporary directory and a
+// data directory where the image is imported as "debian" with its kernel,
+// initrd and command line, and the CLI on it.
+func e2eSite(t *testing.T) (n *testNet, dir, data string, cli func(args ...string) string) {
+	t.Helper()
+	need(t, []string{"ip", "qemu-system-x86_64"}, map[string]string{ipxeROM: "ipxe-qemu"})
+	im := debimage.Get(t, e2eRecipe)
+	n = newTestNet(t, false)
+	dir = tempDir(t)
+	data = filepath.Join(dir, "state")
+	cli = nsCLI(t, n, data)
+	cli("image", "import", "debian", im.Disk, "--kernel", im.Kernel, "--initrd", im.Initrd, "--cmdline", im.Cmdline)
+	return n, dir, data, cli
+}
+
+// e2eServeArgs are the arguments of diskless serve in the end-to-end
+// tests: DHCP and everything on the test network, the state in data.
+func e2eServeArgs(n *testNet, data string) []string {
+	return []string{"--interface", n.srvIf, "--dhcp", "full", "--dhcp-range", poolRange, "--data-dir", data}
 }
 
 // e2eVMArgs are QEMU's arguments for a machine of the end-to-end test:

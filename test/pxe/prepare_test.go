@@ -43,7 +43,7 @@ func TestImagePrepare(t *testing.T) {
 	n := newTestNet(t, false)
 	cli := nsCLI(t, n, data)
 	cli("host", "add", "pc1", "--image", "installed", "--disk", "persistent", "--mac", macPC1)
-	startServe(t, n, "--interface", n.srvIf, "--dhcp", "full", "--dhcp-range", poolRange, "--data-dir", data)
+	startServe(t, n, e2eServeArgs(n, data)...)
 	v := startVM(t, n.vmNS, e2eVMArgs(t, n, dir, macPC1, false, "poweroff")...)
 	b, _ := waitBoot(t, v, "pc1", 0)
 	if b.root != "/dev/sda3" || !strings.Contains(b.target, ".disk.") {

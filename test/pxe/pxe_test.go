@@ -57,13 +57,7 @@ func TestPXEBoot(t *testing.T) {
 	// architecture learnt from its DHCP request.
 	t.Run("bios-overlay", func(t *testing.T) {
 		need(t, []string{"ip", "qemu-system-x86_64"}, map[string]string{ipxeROM: "ipxe-qemu"})
-		n := newTestNet(t, false)
-		dir := tempDir(t)
-		img := filepath.Join(dir, "golden.img")
-		marker := markerDisk(t, img)
-		data := filepath.Join(dir, "state")
-		cli := nsCLI(t, n, data)
-		cli("image", "import", "golden", img)
+		n, data, marker, cli := markerSite(t)
 		cli("host", "add", "pc1", "--image", "golden", "--disk", "volatile", "--mac", clientMAC)
 		srv := startServe(t, n, "--interface", n.srvIf, "--dhcp", "full", "--dhcp-range", poolRange, "--data-dir", data)
 		v := startVM(t, n.vmNS, biosArgs(n)...)
@@ -206,13 +200,7 @@ hosts:
 	// with a clear message on its console, and the server's log says why.
 	t.Run("bios-wrong-mutual-chap", func(t *testing.T) {
 		need(t, []string{"ip", "qemu-system-x86_64"}, map[string]string{ipxeROM: "ipxe-qemu"})
-		n := newTestNet(t, false)
-		dir := tempDir(t)
-		img := filepath.Join(dir, "golden.img")
-		marker := markerDisk(t, img)
-		data := filepath.Join(dir, "state")
-		cli := nsCLI(t, n, data)
-		cli("image", "import", "golden", img)
+		n, data, marker, cli := markerSite(t)
 		cli("host", "add", "pc1", "--image", "golden", "--mac", clientMAC)
 		var h struct {
 			InitiatorIQN string `json:"initiator_iqn"`
@@ -336,6 +324,20 @@ hosts:
 		t.Logf("UEFI (OVMF PXE, snponly.efi), dhcp full: power-on to marker %v", took.Round(100*time.Millisecond))
 		expectStages(t, srv, "dhcp: ", "boot: TFTP file", "iPXE script", "boot: iSCSI login")
 	})
+}
+
+// markerSite is a test network and a data directory whose image "golden"
+// is a marker disk, with the CLI on it.
+func markerSite(t *testing.T) (n *testNet, data, marker string, cli func(args ...string) string) {
+	t.Helper()
+	n = newTestNet(t, false)
+	dir := tempDir(t)
+	img := filepath.Join(dir, "golden.img")
+	marker = markerDisk(t, img)
+	data = filepath.Join(dir, "state")
+	cli = nsCLI(t, n, data)
+	cli("image", "import", "golden", img)
+	return n, data, marker, cli
 }
 
 // nsCLI returns a runner of diskless commands on data in the server's

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"fmt"
 	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -12,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/diskless-boot/diskless/internal/testutil/debimage"
 	"github.com/diskless-boot/diskless/internal/testutil/proc"
 	"github.com/diskless-boot/diskless/internal/testutil/qemu"
 )
@@ -145,15 +143,9 @@ func TestRestartSurvival(t *testing.T) {
 		}
 		downs = append(downs, d)
 	}
-	need(t, []string{"ip", "qemu-system-x86_64"}, map[string]string{ipxeROM: "ipxe-qemu"})
-	im := debimage.Get(t, e2eRecipe)
-	n := newTestNet(t, false)
-	dir := tempDir(t)
-	data := filepath.Join(dir, "state")
-	cli := nsCLI(t, n, data)
-	cli("image", "import", "debian", im.Disk, "--kernel", im.Kernel, "--initrd", im.Initrd, "--cmdline", im.Cmdline)
+	n, dir, data, cli := e2eSite(t)
 	cli("host", "add", "pc1", "--image", "debian", "--disk", "persistent", "--mac", macPC1)
-	serveArgs := []string{"--interface", n.srvIf, "--dhcp", "full", "--dhcp-range", poolRange, "--data-dir", data}
+	serveArgs := e2eServeArgs(n, data)
 	for _, mode := range []string{"plain", "socket-activated"} {
 		if m := os.Getenv("DISKLESS_SURVIVAL_MODE"); m != "" && m != mode {
 			continue
