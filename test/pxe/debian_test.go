@@ -116,6 +116,8 @@ type e2eBoot struct {
 //     a line to a file, syncs and powers off.
 //  2. pc1 again finds its line (persistence), pc2 on the same image does
 //     not (isolation), a volatile host finds nothing of its first boot.
+//     pc2 has chap_rotation boot: its boot's new secrets reach the
+//     initramfs through the iBFT only.
 //  3. A UEFI host (OVMF's own PXE, snponly.efi, iPXE, sanboot) starts the
 //     ESP's GRUB and boots the same image.
 //  4. A boot: kernel host boots the version's kernel and initrd over HTTP,
@@ -132,10 +134,24 @@ type e2eBoot struct {
 func TestDebianEndToEnd(t *testing.T) {
 	n, dir, data, cli := e2eSite(t)
 	for _, h := range []struct{ name, mac, mode string }{
-		{"pc1", macPC1, "persistent"}, {"pc2", macPC2, "persistent"}, {"vol", macVol, "volatile"},
+		{"pc1", macPC1, "persistent"}, {"vol", macVol, "volatile"},
 	} {
 		cli("host", "add", h.name, "--image", "debian", "--disk", h.mode, "--mac", h.mac)
 	}
+	// pc2 gets new CHAP secrets at every boot: its initramfs logs in with
+	// the ones iPXE put in the iBFT, nothing in the image knows them.
+	cli("host", "add", "pc2", "--image", "debian", "--disk", "persistent", "--mac", macPC2, "--chap-rotation", "boot")
+	secretsOf := func(host string) string {
+		var sec struct {
+			CHAP       struct{ Secret string } `json:"chap"`
+			MutualCHAP struct{ Secret string } `json:"mutual_chap"`
+		}
+		if err := json.Unmarshal([]byte(cli("host", "show", host, "--secrets", "--json")), &sec); err != nil {
+			t.Fatal(err)
+		}
+		return sec.CHAP.Secret + "/" + sec.MutualCHAP.Secret
+	}
+	pc2Added := secretsOf("pc2")
 	cli("host", "add", "kern", "--image", "debian", "--disk", "persistent", "--mac", macKern, "--boot", "kernel")
 	cli("host", "add", "efi", "--image", "debian", "--disk", "persistent", "--mac", macEFI)
 	serveArgs := e2eServeArgs(n, data)
@@ -179,6 +195,9 @@ func TestDebianEndToEnd(t *testing.T) {
 	other := boot("pc2", macPC2, false, "poweroff")
 	if len(other.lines) != 0 {
 		t.Errorf("2. pc2 on the same image found %q: not isolated", other.lines)
+	}
+	if secretsOf("pc2") == pc2Added || !strings.Contains(srv.Output(), "new CHAP secrets for this boot") {
+		t.Errorf("2. pc2 (chap_rotation boot) booted without new secrets")
 	}
 	boot("vol", macVol, false, "poweroff")
 	if v := boot("vol", macVol, false, "poweroff"); len(v.lines) != 0 {
@@ -239,16 +258,11 @@ func TestDebianEndToEnd(t *testing.T) {
 
 	// Every boot logged in with CHAP both ways, and no secret reached
 	// the server's log.
-	var sec struct {
-		CHAP       struct{ Secret string } `json:"chap"`
-		MutualCHAP struct{ Secret string } `json:"mutual_chap"`
-	}
-	if err := json.Unmarshal([]byte(cli("host", "show", "pc1", "--secrets", "--json")), &sec); err != nil {
-		t.Fatal(err)
-	}
-	if out := srv.Output(); sec.CHAP.Secret == "" || sec.MutualCHAP.Secret == "" ||
-		strings.Contains(out, sec.CHAP.Secret) || strings.Contains(out, sec.MutualCHAP.Secret) {
-		t.Errorf("pc1 without CHAP both ways, or a secret in the server's log")
+	for _, host := range []string{"pc1", "pc2"} {
+		user, mutual, _ := strings.Cut(secretsOf(host), "/")
+		if out := srv.Output(); user == "" || mutual == "" || strings.Contains(out, user) || strings.Contains(out, mutual) {
+			t.Errorf("%s without CHAP both ways, or a secret in the server's log", host)
+		}
 	}
 }
 
