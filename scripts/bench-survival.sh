@@ -3,12 +3,13 @@
 # diskless serve (the end-to-end test's image, built and cached on first
 # use) runs an fsync'd append loop while diskless serve is killed
 # (SIGKILL) and started again N times per downtime, plain and with the
-# iSCSI socket held as systemd's diskless.socket holds it. Prints per run
-# and per series: survived/N, the longest I/O stall, lost writes (lines
-# acknowledged before a power cut that the next boot does not find).
+# iSCSI socket held as systemd's diskless.socket holds it, and while its
+# network goes away as long (link-down, the server running on). Prints per
+# outage and per series: survived/N, the longest I/O stall, lost writes
+# (lines acknowledged before a power cut that the next boot does not find).
 # Goal: N of N, stall <= downtime + 2 s, nothing lost.
 #
-# Usage: scripts/bench-survival.sh [N (20)] [downtimes (5s,20s)] [mode: plain|socket-activated (both)]
+# Usage: scripts/bench-survival.sh [N (20)] [downtimes (5s,20s)] [mode: plain|socket-activated|link-down (all)]
 # Takes about (N x (downtime + 5 s) + 2 min) per downtime and mode.
 # Needs root, QEMU, ipxe-qemu, debootstrap and the builder's tools
 # (scripts/ci-deps.sh).

@@ -224,7 +224,7 @@ func TestDebianEndToEnd(t *testing.T) {
 	// lines on the disk.
 	lv := startVM(t, n.vmNS, e2eVMArgs(t, n, dir, macPC1, false, "loop")...)
 	_, at := waitBoot(t, lv, "pc1", 0)
-	r := restartUnderLoop(t, n, startLoop(t, lv, at, 10), &srv, nil, serveArgs, 5*time.Second, 30)
+	r := restartUnderLoop(t, startLoop(t, lv, at, 10), serverRestart(t, n, &srv, nil, serveArgs), 5*time.Second, 30)
 	if !r.survived {
 		t.Errorf("6. pc1 did not survive a restart of diskless serve: %s", r.why)
 	}

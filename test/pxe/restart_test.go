@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/diskless-boot/diskless/internal/testutil/netns"
 	"github.com/diskless-boot/diskless/internal/testutil/proc"
 	"github.com/diskless-boot/diskless/internal/testutil/qemu"
 )
@@ -66,38 +67,75 @@ func startLoop(t *testing.T, v *qemu.VM, from, n int) *loopWatch {
 	return w
 }
 
-// restartResult is one kill -9 of diskless serve under the guest's loop.
+// restartResult is one outage of the guest's root disk under its loop.
 type restartResult struct {
 	survived     bool
-	stall        time.Duration // from the last line before the kill to the first after the restart
+	stall        time.Duration // the longest wait between two lines, the outage's included
 	newErrors    int           // kernel messages about failed I/O since the loop began
-	ackedBefore  int           // the last line acknowledged before the kill
-	ackedAfter   int           // the last line acknowledged after the restart
-	startup      time.Duration // from the new server's start to its "serving"
-	reloginAfter time.Duration // from the new server's "serving" to the guest's login
+	ackedBefore  int           // the last line acknowledged before the outage
+	ackedAfter   int           // the last line acknowledged after it
+	startup      time.Duration // a restart: from the new server's start to its "serving"
+	reloginAfter time.Duration // a restart: from its "serving" to the guest's login
 	why          string        // when it did not survive
 }
 
-// restartUnderLoop kills diskless serve (SIGKILL) just after the guest
-// acknowledged a line, keeps it down for down, starts it again with the
-// same arguments (and the held sockets, if any) and waits until the guest
-// has acknowledged progress more lines. The new server replaces *srv.
-func restartUnderLoop(t *testing.T, n *testNet, w *loopWatch, srv **proc.Proc, sockets []*os.File, serveArgs []string, down time.Duration, progress int) restartResult {
+// outage takes the guest's root disk away (begin) and brings it back
+// (end); times, if set, reports a restart's startup and re-login.
+type outage struct {
+	begin, end func()
+	times      func(*restartResult)
+}
+
+// serverRestart is diskless serve killed (SIGKILL) and started again with
+// the same arguments (and the held sockets, if any); the new server
+// replaces *srv.
+func serverRestart(t *testing.T, n *testNet, srv **proc.Proc, sockets []*os.File, serveArgs []string) outage {
+	return outage{
+		begin: func() { (*srv).Kill() },
+		end:   func() { *srv = startServeWith(t, n, sockets, serveArgs...) },
+		times: func(r *restartResult) {
+			out := (*srv).Output()
+			serving, login := logTime(out, "msg=serving"), logTime(out, `msg="boot: iSCSI login"`)
+			if !serving.IsZero() {
+				r.startup = serving.Sub((*srv).Started())
+				if !login.IsZero() {
+					r.reloginAfter = login.Sub(serving)
+				}
+			}
+		},
+	}
+}
+
+// linkDown is the guest's network gone (its tap down: what it sends is
+// lost, it sees no link change) while the server runs on.
+func linkDown(t *testing.T, n *testNet) outage {
+	set := func(state string) {
+		if err := netns.IP("-n", n.vmNS, "link", "set", n.tap, state); err != nil {
+			t.Error(err)
+		}
+	}
+	return outage{begin: func() { set("down") }, end: func() { set("up") }}
+}
+
+// restartUnderLoop runs one outage of down just after the guest
+// acknowledged a line and waits until the guest has acknowledged
+// progress more lines.
+func restartUnderLoop(t *testing.T, w *loopWatch, o outage, down time.Duration, progress int) restartResult {
 	t.Helper()
 	if err := w.next(time.Minute); err != nil {
-		return restartResult{why: "no line before the kill: " + err.Error()}
+		return restartResult{why: "no line before the outage: " + err.Error()}
 	}
-	(*srv).Kill()
+	o.begin()
 	r := restartResult{ackedBefore: w.last}
 	w.maxGap = 0
-	// Lines the guest still acknowledges while the server is down (none
-	// should come: the kill came just after one) are read on time.
+	// Lines the guest still acknowledges during the outage (none should
+	// come: it began just after one) are read on time.
 	for until := time.Now().Add(down); time.Until(until) > 0; {
 		if err := w.next(time.Until(until)); err != nil {
 			time.Sleep(time.Until(until))
 		}
 	}
-	*srv = startServeWith(t, n, sockets, serveArgs...)
+	o.end()
 	for w.last < r.ackedBefore+progress {
 		if err := w.next(down + 2*time.Minute); err != nil {
 			r.why = "the loop did not go on: " + err.Error()
@@ -105,13 +143,8 @@ func restartUnderLoop(t *testing.T, n *testNet, w *loopWatch, srv **proc.Proc, s
 		}
 	}
 	r.stall = w.maxGap
-	out := (*srv).Output()
-	serving, login := logTime(out, "msg=serving"), logTime(out, `msg="boot: iSCSI login"`)
-	if !serving.IsZero() {
-		r.startup = serving.Sub((*srv).Started())
-		if !login.IsZero() {
-			r.reloginAfter = login.Sub(serving)
-		}
+	if o.times != nil {
+		o.times(&r)
 	}
 	r.ackedAfter, r.newErrors = w.last, w.errors-w.baseErrors
 	r.survived = r.newErrors == 0
@@ -125,11 +158,13 @@ func restartUnderLoop(t *testing.T, n *testNet, w *loopWatch, srv **proc.Proc, s
 // DISKLESS_SURVIVAL=N, scripts/bench-survival.sh): a Debian host of the
 // end-to-end image runs its fsync'd append loop while diskless serve is
 // killed (SIGKILL) and started again N times for each downtime of
-// DISKLESS_SURVIVAL_DOWN (default 5s,20s). It reports how many restarts
-// the guest survived (the loop went on, no I/O error in its kernel log),
-// the longest stall of the loop, and lost writes: acknowledged lines that
-// are not on the disk at the next boot after a power cut. Goal: N of N,
-// stall <= downtime + 2 s, nothing lost.
+// DISKLESS_SURVIVAL_DOWN (default 5s,20s), plain and socket-activated, and
+// while its network goes away for as long with the server running on
+// (DISKLESS_SURVIVAL_MODE picks one: plain, socket-activated, link-down).
+// It reports how many outages the guest survived (the loop went on, no
+// I/O error in its kernel log), the longest stall of the loop, and lost
+// writes: acknowledged lines that are not on the disk at the next boot
+// after a power cut. Goal: N of N, stall <= downtime + 2 s, nothing lost.
 func TestRestartSurvival(t *testing.T) {
 	runs, _ := strconv.Atoi(os.Getenv("DISKLESS_SURVIVAL"))
 	if runs <= 0 {
@@ -146,7 +181,7 @@ func TestRestartSurvival(t *testing.T) {
 	n, dir, data, cli := e2eSite(t)
 	cli("host", "add", "pc1", "--image", "debian", "--disk", "persistent", "--mac", macPC1)
 	serveArgs := e2eServeArgs(n, data)
-	for _, mode := range []string{"plain", "socket-activated"} {
+	for _, mode := range []string{"plain", "socket-activated", "link-down"} {
 		if m := os.Getenv("DISKLESS_SURVIVAL_MODE"); m != "" && m != mode {
 			continue
 		}
@@ -155,13 +190,21 @@ func TestRestartSurvival(t *testing.T) {
 		// (open-iscsi's ISCSI_CONN_ERR_REOPEN_DELAY). Socket-activated:
 		// the iSCSI socket is held the way systemd's diskless.socket
 		// holds it, so a reconnect waits in its queue for the new server.
+		// Link-down: the server runs on, the guest's network is gone
+		// (the HOWTO: "iSCSI doesn't really like the network going
+		// away"); its old session is still open on the server when the
+		// guest comes back.
 		var sockets []*os.File
 		if mode == "socket-activated" {
 			sockets = []*os.File{heldSocket(t, n.srvNS, n.serverIP+":3260")}
 		}
 		srv := startServeWith(t, n, sockets, serveArgs...)
+		o := serverRestart(t, n, &srv, sockets, serveArgs)
+		if mode == "link-down" {
+			o = linkDown(t, n)
+		}
 		for _, down := range downs {
-			survive(t, n, dir, &srv, sockets, serveArgs, mode, down, runs)
+			survive(t, n, dir, o, mode, down, runs)
 			cli("host", "reset", "pc1") // the next run starts on a fresh loop file
 		}
 		srv.Stop()
@@ -169,18 +212,20 @@ func TestRestartSurvival(t *testing.T) {
 }
 
 // survive is one series of TestRestartSurvival: pc1 boots into its loop,
-// diskless serve is restarted runs times with down between kill and start,
-// then pc1's power is cut and its next boot counts the lines on its disk.
-func survive(t *testing.T, n *testNet, dir string, srv **proc.Proc, sockets []*os.File, serveArgs []string, mode string, down time.Duration, runs int) {
+// the outage o of down comes runs times, then pc1's power is cut and its
+// next boot counts the lines on its disk.
+func survive(t *testing.T, n *testNet, dir string, o outage, mode string, down time.Duration, runs int) {
 	v := startVM(t, n.vmNS, e2eVMArgs(t, n, dir, macPC1, false, "loop")...)
 	_, at := waitBoot(t, v, "pc1", 0)
 	w := startLoop(t, v, at, 10)
 	survived, stalls := 0, []time.Duration{}
 	for i := 1; i <= runs; i++ {
-		r := restartUnderLoop(t, n, w, srv, sockets, serveArgs, down, 20)
-		t.Logf("%s, down %v, restart %d: survived %v, stall %v (server up in %v, the guest's login %v after) %s",
-			mode, down, i, r.survived, r.stall.Round(100*time.Millisecond), r.startup.Round(time.Millisecond),
-			r.reloginAfter.Round(time.Millisecond), r.why)
+		r := restartUnderLoop(t, w, o, down, 20)
+		restart := ""
+		if r.startup > 0 {
+			restart = fmt.Sprintf(" (server up in %v, the guest's login %v after)", r.startup.Round(time.Millisecond), r.reloginAfter.Round(time.Millisecond))
+		}
+		t.Logf("%s, down %v, outage %d: survived %v, stall %v%s %s", mode, down, i, r.survived, r.stall.Round(100*time.Millisecond), restart, r.why)
 		if !r.survived {
 			break // the guest's disk is gone or read-only: the runs after it would measure nothing
 		}
