@@ -163,7 +163,7 @@ Runs on the server's machine as root. See docs/images.md.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
-			if err := imagebuild.Check(imagebuild.Both, os.Geteuid(), nil); err != nil {
+			if err := imagebuild.CheckPrepare(os.Geteuid(), nil); err != nil {
 				return err
 			}
 			c, err := newClient(cmd)

@@ -43,11 +43,27 @@ var ErrNotRoot = errors.New("imagebuild: building an image needs root (loop devi
 // them. euid is os.Geteuid(); lookPath finds a program (nil: in the PATH
 // the build runs its commands with, sbin included).
 func Check(f Firmware, euid int, lookPath func(string) (string, error)) error {
+	return check(tools(f), euid, lookPath)
+}
+
+// CheckPrepare is Check for image prepare, which installs no system of its
+// own (no debootstrap) and may meet an ESP.
+func CheckPrepare(euid int, lookPath func(string) (string, error)) error {
+	var t []tool
+	for _, x := range tools(Both) {
+		if x.name != "debootstrap" && x.name != "sgdisk" && !strings.HasPrefix(x.name, "mk") && x.name != "tar" {
+			t = append(t, x)
+		}
+	}
+	return check(append(t, tool{"cp", "coreutils"}), euid, lookPath)
+}
+
+func check(tools []tool, euid int, lookPath func(string) (string, error)) error {
 	if lookPath == nil {
 		lookPath = lookBuildPath
 	}
 	var missing, pkgs []string
-	for _, t := range tools(f) {
+	for _, t := range tools {
 		if _, err := lookPath(t.name); err != nil {
 			missing = append(missing, t.name)
 			if !slices.Contains(pkgs, t.pkg) {

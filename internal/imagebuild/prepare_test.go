@@ -1,6 +1,7 @@
 package imagebuild
 
 import (
+	"errors"
 	"strings"
 	"testing"
 )
@@ -60,5 +61,27 @@ func TestPartitionNumber(t *testing.T) {
 		if got := partitionNumber(node); got != want {
 			t.Errorf("partitionNumber(%q) = %d, want %d", node, got, want)
 		}
+	}
+}
+
+// prepare needs no debootstrap, sgdisk or mkfs, but sfdisk and mtools.
+func TestCheckPrepare(t *testing.T) {
+	none := func(string) (string, error) { return "", errors.New("no") }
+	err := CheckPrepare(0, none)
+	if err == nil {
+		t.Fatal("nothing present passed")
+	}
+	for _, want := range []string{"sfdisk", "blkid", "losetup", "chroot", "mcopy", "mdir", " cp"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("missing %q not named: %v", want, err)
+		}
+	}
+	for _, not := range []string{"debootstrap", "sgdisk", "mkfs", "tar"} {
+		if strings.Contains(err.Error(), not) {
+			t.Errorf("%q is not needed: %v", not, err)
+		}
+	}
+	if err := CheckPrepare(1000, func(n string) (string, error) { return "/usr/bin/" + n, nil }); !errors.Is(err, ErrNotRoot) {
+		t.Errorf("not root: %v", err)
 	}
 }
