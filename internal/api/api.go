@@ -27,6 +27,9 @@ import (
 // Prefix is where the API lives.
 const Prefix = "/api/v1"
 
+// MetricsPath is where the API's handler serves Config.Metrics.
+const MetricsPath = "/metrics"
+
 // maxBody bounds a request body: requests are small JSON documents.
 const maxBody = 1 << 20
 
@@ -79,6 +82,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Context bounds the jobs (default: background).
 	Context context.Context
+	// Metrics, when set, is served at GET /metrics (Prometheus), behind
+	// the same token as the API.
+	Metrics http.Handler
 }
 
 // Handler serves the API. It is safe for concurrent use.
@@ -131,6 +137,9 @@ func (h *Handler) WaitJob(ctx context.Context, id string) { h.jobs.wait(ctx, id)
 func (h *Handler) routes() {
 	m := h.mux
 	p := Prefix
+	if h.cfg.Metrics != nil {
+		m.Handle("GET "+MetricsPath, h.cfg.Metrics)
+	}
 	m.HandleFunc("GET "+p+"/images", h.listImages)
 	m.HandleFunc("POST "+p+"/images", h.createImage)
 	m.HandleFunc("GET "+p+"/images/{image}", h.getImage)

@@ -27,6 +27,7 @@ import (
 	"github.com/diskless-boot/diskless/internal/fsutil"
 	"github.com/diskless-boot/diskless/internal/inventory"
 	"github.com/diskless-boot/diskless/internal/iscsi"
+	"github.com/diskless-boot/diskless/internal/metrics"
 	"github.com/diskless-boot/diskless/internal/ra"
 	"github.com/diskless-boot/diskless/internal/ratelog"
 	"github.com/diskless-boot/diskless/internal/tftp"
@@ -224,7 +225,14 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	defer sup.stop()
 
 	// The admin API, on the HTTP listener or its own.
-	apiH, err := api.New(api.Config{Inventory: site.Inv, Status: sup, Logger: log, Context: ctx,
+	msrc := metrics.Sources{ISCSI: isrv.Stats, HTTP: wsrv.Stats, Hosts: sup.metricsHosts}
+	if tsrv != nil {
+		msrc.TFTP = tsrv.Stats
+	}
+	if dsrv != nil {
+		msrc.DHCP = dsrv.Stats
+	}
+	apiH, err := api.New(api.Config{Inventory: site.Inv, Status: sup, Logger: log, Context: ctx, Metrics: metrics.Handler(msrc),
 		Server: api.ServerInfo{Address: serverIP, HTTPPort: cfg.HTTPPort(), ISCSIPort: cfg.ISCSIPort(), PortalGroupTag: uint16(cfg.ISCSI.PortalGroupTag)},
 		Import: OpenImport, Inspect: InspectImport, Export: ExportImage})
 	if err != nil {
@@ -249,6 +257,7 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 		asrv = api.NewServer(apiH, api.ServerConfig{Logger: log})
 	} else {
 		wsrv.Mount(api.Prefix+"/", apiH)
+		wsrv.Mount("GET "+api.MetricsPath, apiH)
 	}
 	var tconn net.PacketConn
 	if tsrv != nil {

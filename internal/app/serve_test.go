@@ -99,6 +99,26 @@ func TestRunServeLoopback(t *testing.T) {
 		t.Fatalf("iSCSI portal: %v", err)
 	}
 	c.Close()
+	// Metrics on the API's side of the HTTP listener, behind its token.
+	metricsURL := fmt.Sprintf("http://127.0.0.1:%d/metrics", httpPort)
+	if resp, err := http.Get(metricsURL); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("metrics without the token: %v %v", err, resp)
+	}
+	tokNow, _ := os.ReadFile(filepath.Join(cfg.DataDir, "api-token"))
+	req, _ := http.NewRequest("GET", metricsURL, nil)
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tokNow)))
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusOK {
+		t.Errorf("metrics with the token: %v %v", err, resp)
+	} else {
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, want := range []string{"diskless_iscsi_connections_accepted_total ", `diskless_host_online{host="client1"} 0`,
+			`diskless_http_scripts_total{result="refused"} 1`} {
+			if !strings.Contains(string(body), want) {
+				t.Errorf("metrics lack %q", want)
+			}
+		}
+	}
 	cancel()
 	select {
 	case err := <-done:

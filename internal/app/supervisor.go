@@ -15,6 +15,7 @@ import (
 	"github.com/diskless-boot/diskless/internal/dhcp"
 	"github.com/diskless-boot/diskless/internal/inventory"
 	"github.com/diskless-boot/diskless/internal/iscsi"
+	"github.com/diskless-boot/diskless/internal/metrics"
 	"github.com/diskless-boot/diskless/internal/scsi"
 	"github.com/diskless-boot/diskless/internal/web"
 )
@@ -566,4 +567,27 @@ func (s *supervisor) keepUnknown(ctx context.Context) {
 			save()
 		}
 	}
+}
+
+// metricsHosts is every host's figures for a metrics scrape: its sessions
+// and their bytes, and its disk's own data.
+func (s *supervisor) metricsHosts() []metrics.Host {
+	hosts, err := s.inv.Hosts()
+	if err != nil {
+		s.log.Warn("metrics: host list", "err", err)
+		return nil
+	}
+	out := make([]metrics.Host, 0, len(hosts))
+	for _, h := range hosts {
+		m := metrics.Host{Name: h.Name}
+		for _, ss := range s.isrv.Sessions(h.TargetIQN) {
+			m.Sessions++
+			m.ReadBytes += ss.ReadBytes
+			m.WrittenBytes += ss.WrittenBytes
+		}
+		m.Online = m.Sessions > 0
+		m.DiskBytes, _ = s.inv.Backend().Usage(h.Name, h.Disk)
+		out = append(out, m)
+	}
+	return out
 }

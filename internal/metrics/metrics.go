@@ -1,0 +1,187 @@
+// Package metrics exports diskless' counters in the Prometheus text format.
+// It keeps no counter of its own: at every scrape one collector reads the
+// servers' Stats() and the hosts' sessions and disks, on a private registry
+// (with the process and Go runtime collectors). Names and units follow
+// Prometheus' conventions (diskless_ prefix, _total counters, _bytes);
+// labels are bounded: a reason, a message type, a host's name - never an
+// address, a connection or a block.
+package metrics
+
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/diskless-boot/diskless/internal/dhcp"
+	"github.com/diskless-boot/diskless/internal/iscsi"
+	"github.com/diskless-boot/diskless/internal/tftp"
+	"github.com/diskless-boot/diskless/internal/web"
+)
+
+// Sources are what a scrape reads; a nil one is a service not running
+// (its metrics are left out).
+type Sources struct {
+	ISCSI func() iscsi.Stats
+	TFTP  func() tftp.Stats
+	DHCP  func() dhcp.Stats
+	HTTP  func() web.Stats
+	Hosts func() []Host
+}
+
+// Host is one host's figures at scrape time.
+type Host struct {
+	Name     string
+	Online   bool
+	Sessions int
+	// ReadBytes and WrittenBytes are summed over the host's open sessions:
+	// they start again from zero when its sessions do (a reboot), which
+	// Prometheus' rate() takes as a counter reset.
+	ReadBytes, WrittenBytes uint64
+	DiskBytes               int64 // space its disk's own data takes (a copy-on-write disk: its writes)
+}
+
+// Handler serves the metrics of src.
+func Handler(src Sources) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collector{src},
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		collectors.NewGoCollector())
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
+}
+
+// collector turns the sources into metrics at every scrape.
+type collector struct{ src Sources }
+
+// desc is one metric's name, help and label names.
+func desc(name, help string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc("diskless_"+name, help, labels, nil)
+}
+
+var (
+	iscsiAccepted = desc("iscsi_connections_accepted_total", "iSCSI connections taken in.")
+	iscsiRefused  = desc("iscsi_connections_refused_total", "iSCSI connections closed at accept, by bound: per_source, total.", "reason")
+	iscsiEvicted  = desc("iscsi_connections_evicted_total", "Logins under way and discovery sessions closed to make room at the connection bound.")
+	iscsiTimedOut = desc("iscsi_connections_timed_out_total", "iSCSI connections closed for a time bound: login, discovery, first_command, nop, data_out.", "reason")
+	iscsiTSF      = desc("iscsi_task_set_full_total", "Commands answered TASK SET FULL, by the memory bound they hit: session, target, total, reserved.", "bound")
+	iscsiPanics   = desc("iscsi_panics_total", "iSCSI connection handlers that recovered from a panic.")
+	iscsiConns    = desc("iscsi_connections", "Open iSCSI connections.")
+	iscsiPending  = desc("iscsi_pending_connections", "Open iSCSI connections not in a normal session (login under way, discovery).")
+	iscsiSessions = desc("iscsi_sessions", "Logged-in normal iSCSI sessions.")
+	iscsiMemory   = desc("iscsi_command_memory_bytes", "Data buffer bytes held by iSCSI commands.")
+
+	tftpRequests    = desc("tftp_requests_total", "TFTP requests parsed, duplicates and refused ones included.")
+	tftpRefused     = desc("tftp_requests_refused_total", "TFTP requests turned away: busy, source_busy, error (answered with an ERROR), duplicate (ignored).", "reason")
+	tftpTransfers   = desc("tftp_transfers_total", "TFTP transfers ended, by result: completed, aborted, timed_out, failed, preempted, expired.", "result")
+	tftpRetransmits = desc("tftp_retransmits_total", "TFTP OACK and DATA packets sent again.")
+	tftpSent        = desc("tftp_sent_bytes_total", "TFTP payload bytes acknowledged by clients.")
+	tftpMalformed   = desc("tftp_malformed_packets_total", "TFTP packets dropped: unparsable or unexpected.")
+	tftpActive      = desc("tftp_transfers_active", "TFTP transfers running.")
+
+	dhcpPackets     = desc("dhcp_packets_total", "DHCP packets received, by message type and what became of them.", "type", "result")
+	dhcpShed        = desc("dhcp_shed_packets_total", "DHCP packets of unknown clients dropped unread while every worker was busy.")
+	dhcpLeaseWrites = desc("dhcp_lease_writes_total", "Writes of the DHCP lease file.")
+
+	httpScripts = desc("http_scripts_total", "iPXE scripts asked for, by result: served, refused.", "result")
+	httpFiles   = desc("http_files_total", "Kernels, initrds and binaries sent (or begun) over HTTP.")
+	httpLimited = desc("http_refused_total", "Boot HTTP connections and requests refused or cut by the bounds: per_source, total, evicted, rate_limited, too_large.", "reason")
+
+	hostOnline   = desc("host_online", "1 when the host has an iSCSI session.", "host")
+	hostSessions = desc("host_sessions", "The host's logged-in iSCSI sessions.", "host")
+	hostRead     = desc("host_read_bytes_total", "Bytes the host read from its disk in its open sessions.", "host")
+	hostWritten  = desc("host_written_bytes_total", "Bytes the host wrote to its disk in its open sessions.", "host")
+	hostDisk     = desc("host_disk_bytes", "Space the host's disk's own data takes (a copy-on-write disk: its writes).", "host")
+)
+
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{iscsiAccepted, iscsiRefused, iscsiEvicted, iscsiTimedOut, iscsiTSF, iscsiPanics,
+		iscsiConns, iscsiPending, iscsiSessions, iscsiMemory, tftpRequests, tftpRefused, tftpTransfers, tftpRetransmits,
+		tftpSent, tftpMalformed, tftpActive, dhcpPackets, dhcpShed, dhcpLeaseWrites, httpScripts, httpFiles, httpLimited,
+		hostOnline, hostSessions, hostRead, hostWritten, hostDisk} {
+		ch <- d
+	}
+}
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	if c.src.ISCSI != nil {
+		s := c.src.ISCSI()
+		counter(iscsiAccepted, s.Accepted)
+		counter(iscsiRefused, s.RefusedPerSource, "per_source")
+		counter(iscsiRefused, s.RefusedTotal, "total")
+		counter(iscsiEvicted, s.Evicted)
+		counter(iscsiTimedOut, s.LoginTimeouts, "login")
+		counter(iscsiTimedOut, s.DiscoveryTimeouts, "discovery")
+		counter(iscsiTimedOut, s.FirstCommandTimeouts, "first_command")
+		counter(iscsiTimedOut, s.NOPTimeouts, "nop")
+		counter(iscsiTimedOut, s.DataOutTimeouts, "data_out")
+		counter(iscsiTSF, s.TaskSetFullSession, "session")
+		counter(iscsiTSF, s.TaskSetFullTarget, "target")
+		counter(iscsiTSF, s.TaskSetFullTotal, "total")
+		counter(iscsiTSF, s.TaskSetFullReserved, "reserved")
+		counter(iscsiPanics, s.Panics)
+		gauge(iscsiConns, float64(s.Connections))
+		gauge(iscsiPending, float64(s.Pending))
+		gauge(iscsiSessions, float64(s.Sessions))
+		gauge(iscsiMemory, float64(s.MemoryUsed))
+	}
+	if c.src.TFTP != nil {
+		s := c.src.TFTP()
+		counter(tftpRequests, s.Requests)
+		counter(tftpRefused, s.Busy, "busy")
+		counter(tftpRefused, s.SourceBusy, "source_busy")
+		counter(tftpRefused, s.Refused, "error")
+		counter(tftpRefused, s.Duplicates, "duplicate")
+		counter(tftpTransfers, s.Completed, "completed")
+		counter(tftpTransfers, s.Aborted, "aborted")
+		counter(tftpTransfers, s.TimedOut, "timed_out")
+		counter(tftpTransfers, s.Failed, "failed")
+		counter(tftpTransfers, s.Preempted, "preempted")
+		counter(tftpTransfers, s.Expired, "expired")
+		counter(tftpRetransmits, s.Retransmits)
+		counter(tftpSent, s.BytesSent)
+		counter(tftpMalformed, s.Malformed)
+		gauge(tftpActive, float64(s.Active))
+	}
+	if c.src.DHCP != nil {
+		s := c.src.DHCP()
+		for typ, results := range s.ByType {
+			for result, n := range results {
+				counter(dhcpPackets, n, typ, result)
+			}
+		}
+		counter(dhcpShed, s.Shed)
+		counter(dhcpLeaseWrites, s.LeaseWrites)
+	}
+	if c.src.HTTP != nil {
+		s := c.src.HTTP()
+		counter(httpScripts, s.Scripts, "served")
+		counter(httpScripts, s.ScriptsRefused, "refused")
+		counter(httpFiles, s.Files)
+		l := s.Limits
+		counter(httpLimited, l.RefusedPerSource, "per_source")
+		counter(httpLimited, l.RefusedTotal, "total")
+		counter(httpLimited, l.Evicted, "evicted")
+		counter(httpLimited, l.RateLimited, "rate_limited")
+		counter(httpLimited, l.TooLarge, "too_large")
+	}
+	if c.src.Hosts != nil {
+		for _, h := range c.src.Hosts() {
+			online := 0.0
+			if h.Online {
+				online = 1
+			}
+			gauge(hostOnline, online, h.Name)
+			gauge(hostSessions, float64(h.Sessions), h.Name)
+			counter(hostRead, h.ReadBytes, h.Name)
+			counter(hostWritten, h.WrittenBytes, h.Name)
+			gauge(hostDisk, float64(h.DiskBytes), h.Name)
+		}
+	}
+}
