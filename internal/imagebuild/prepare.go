@@ -245,8 +245,12 @@ func (b *builder) configureInstalled(ctx context.Context) error {
 // installISCSI installs what the iSCSI boot needs and the system lacks,
 // enables the units and makes the initramfs again.
 func (b *builder) installISCSI(ctx context.Context) error {
+	busybox := "busybox"
+	if b.osID == "ubuntu" {
+		busybox = "busybox-initramfs" // as Build installs it
+	}
 	var missing []string
-	for _, p := range []string{"open-iscsi", "initramfs-tools", "busybox"} {
+	for _, p := range []string{"open-iscsi", "initramfs-tools", busybox} {
 		out, err := b.chroot(ctx, "", "dpkg-query", "-W", "-f=${Status}", p)
 		if err != nil || !strings.Contains(out, "install ok installed") {
 			missing = append(missing, p)
