@@ -198,7 +198,6 @@ Runs on the server's machine as root. See docs/images.md.`,
 				return fmt.Errorf("%w (log: %s)", err, logPath)
 			}
 			defer res.Remove()
-			os.Remove(src)
 			fmt.Fprintf(stderr, "[%6s] prepared: kernel %s\n", res.Took.Round(time.Second), res.KernelVersion)
 			return importVersion(cmd, c, name, "", api.ImportRequest{Source: res.Disk, Kernel: res.Kernel, Initrd: res.Initrd, Cmdline: res.Cmdline})
 		},

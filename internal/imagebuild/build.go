@@ -848,14 +848,12 @@ func (b *builder) installEFI(ctx context.Context) error {
 	esp := b.partOf(partESP)
 	mtools := []string{"MTOOLS_SKIP_CHECK=1"}
 	// An installed system's ESP (image prepare) may have them already.
-	if _, err := b.run.run(ctx, command{Name: "mdir", Args: []string{"-i", esp, "-b", "::/EFI/BOOT"}, Env: mtools, Quiet: true}); err != nil {
-		for _, d := range []string{"::/EFI", "::/EFI/BOOT"} {
-			if _, err := b.run.run(ctx, command{Name: "mdir", Args: []string{"-i", esp, "-b", d}, Env: mtools, Quiet: true}); err == nil {
-				continue
-			}
-			if _, err := b.run.run(ctx, command{Name: "mmd", Args: []string{"-i", esp, d}, Env: mtools}); err != nil {
-				return err
-			}
+	for _, d := range []string{"::/EFI", "::/EFI/BOOT"} {
+		if _, err := b.run.run(ctx, command{Name: "mdir", Args: []string{"-i", esp, "-b", d}, Env: mtools, Quiet: true}); err == nil {
+			continue
+		}
+		if _, err := b.run.run(ctx, command{Name: "mmd", Args: []string{"-i", esp, d}, Env: mtools}); err != nil {
+			return err
 		}
 	}
 	_, err := b.run.run(ctx, command{Name: "mcopy", Args: []string{"-D", "o", "-i", esp, filepath.Join(b.mnt, "tmp/BOOTX64.EFI"), "::/EFI/BOOT/BOOTX64.EFI"}, Env: mtools})

@@ -15,8 +15,8 @@ import (
 
 // Prepare makes an installed Debian or Ubuntu system on a raw disk image
 // boot from diskless the way Build's images do: the HOWTO's "transfer an
-// existing installation" followed by its "iSCSI boot configuration". On a
-// copy of disk it finds the root file system (ext4 holding
+// existing installation" followed by its "iSCSI boot configuration". On
+// disk it finds the root file system (ext4 holding
 // /etc/os-release), the EFI system partition, the BIOS boot partition and
 // swap; mounts every file system by UUID (device names of the machine it
 // was installed on, /dev/sda2 or /dev/vda1, name nothing on a host's
@@ -24,7 +24,9 @@ import (
 // from the iBFT with the NIC drivers of any machine; stops ifupdown from
 // reconfiguring the boot NIC; installs GRUB for BIOS and/or UEFI (what the
 // disk and the system's GRUB packages allow); generalizes it and extracts
-// kernel and initrd. Like Build, it leaves nothing behind on error.
+// kernel and initrd. disk is taken over: moved into the work directory
+// (copied when it is on another file system), so the caller exports a
+// version once, not twice. Like Build, it leaves nothing behind on error.
 func Prepare(ctx context.Context, disk string, opt Options) (*Result, error) {
 	if _, err := os.Stat(disk); err != nil {
 		return nil, fmt.Errorf("imagebuild: %w", err)
@@ -34,8 +36,12 @@ func Prepare(ctx context.Context, disk string, opt Options) (*Result, error) {
 		return nil, err
 	}
 	return b.runSteps(ctx, []step{
-		{"copy the disk", func(ctx context.Context) error {
+		{"take the disk", func(ctx context.Context) error {
 			b.disk = filepath.Join(b.dir, "disk.img")
+			if os.Rename(disk, b.disk) == nil {
+				return nil
+			}
+			// Another file system: a sparse copy.
 			_, err := b.cmd(ctx, "cp", "--sparse=always", disk, b.disk)
 			return err
 		}},

@@ -29,26 +29,10 @@ func TestDebianTry(t *testing.T) {
 	cli := nsCLI(t, n, data)
 	cli("image", "import", "deb12", disk)
 	cli("host", "add", "pc1", "--image", "deb12", "--mac", clientMAC)
-	srv := startServe(t, n, "--interface", n.srvIf, "--dhcp", "full", "--dhcp-range", poolRange, "--data-dir", data)
-	args := []string{"-m", "1024", "-machine", "graphics=off",
-		"-netdev", "tap,id=n0,ifname=" + n.tap + ",script=no,downscript=no",
-		"-device", "e1000,netdev=n0,mac=" + clientMAC, "-boot", "n"}
-	if os.Getenv("DISKLESS_DEBIAN_TRY") == "uefi" {
-		// OVMF's own PXE -> snponly.efi -> iPXE -> sanboot -> the ESP's
-		// \EFI\BOOT\BOOTX64.EFI; virtio-net, so the initramfs needs
-		// virtio_net.
-		vars := filepath.Join(dir, "OVMF_VARS.fd")
-		data, err := os.ReadFile(ovmfVars)
-		if err != nil {
-			t.Fatal(err)
-		}
-		os.WriteFile(vars, data, 0o644)
-		args = []string{"-m", "1024", "-machine", "q35",
-			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file=" + ovmfCode,
-			"-drive", "if=pflash,format=raw,unit=1,file=" + vars,
-			"-netdev", "tap,id=n0,ifname=" + n.tap + ",script=no,downscript=no",
-			"-device", "virtio-net-pci,netdev=n0,mac=" + clientMAC + ",romfile=,bootindex=1"}
-	}
+	srv := startServe(t, n, e2eServeArgs(n, data)...)
+	// UEFI: OVMF's own PXE -> snponly.efi -> iPXE -> sanboot -> the ESP's
+	// \EFI\BOOT\BOOTX64.EFI, on virtio-net.
+	args := e2eVMArgs(t, n, dir, clientMAC, os.Getenv("DISKLESS_DEBIAN_TRY") == "uefi", "poweroff")
 	v := startVM(t, n.vmNS, args...)
 	stageWait := 4 * time.Minute
 	if d, err := time.ParseDuration(os.Getenv("DISKLESS_DEBIAN_TRY_WAIT")); err == nil {
@@ -66,7 +50,7 @@ func TestDebianTry(t *testing.T) {
 	// server restart it logs in again, as the same initiator with CHAP.
 	srv.Kill()
 	time.Sleep(5 * time.Second)
-	srv2 := startServe(t, n, "--interface", n.srvIf, "--dhcp", "full", "--dhcp-range", poolRange, "--data-dir", data)
+	srv2 := startServe(t, n, e2eServeArgs(n, data)...)
 	if _, took, err := srv2.WaitFor(3*time.Minute, "boot: iSCSI login"); err != nil {
 		t.Errorf("no re-login after the restart: %v\n%s", err, srv2.Output())
 	} else {
