@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/diskless-boot/diskless/internal/api"
+	"github.com/diskless-boot/diskless/internal/bootevent"
 	"github.com/diskless-boot/diskless/internal/inventory"
 	"github.com/diskless-boot/diskless/internal/storage"
 )
@@ -134,10 +135,9 @@ func hostList() *cobra.Command {
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tMAC\tIMAGE\tDISK\tSTATE\tIP\tREAD\tWRITTEN\tUSED\tPENDING")
 			for _, h := range hosts {
-				state, rd, wr := "offline", int64(0), int64(0)
+				state, rd, wr := stateText(&h, true), int64(0), int64(0)
 				if h.Online {
-					since := h.Sessions[0].Since
-					state = fmt.Sprintf("online %s (%d session", time.Since(since).Round(time.Second), len(h.Sessions))
+					state += fmt.Sprintf(" (%d session", len(h.Sessions))
 					if len(h.Sessions) > 1 {
 						state += "s"
 					}
@@ -270,14 +270,37 @@ func printHost(cmd *cobra.Command, h *api.HostView) {
 		row("reserved ip", h.ReservedIP)
 	}
 	row("pending", orDash(h.Pending))
-	state := "offline"
-	if h.Online {
-		state = "online"
-	}
+	state := stateText(h, false)
 	if h.IP != "" {
 		state += ", " + h.IP
 	}
 	row("state", state)
+	if b := h.LastBoot; b != nil {
+		last := fmt.Sprintf("%s, %s", b.Started.Local().Format(time.DateTime), b.Result)
+		if b.Result == bootevent.Completed {
+			last += fmt.Sprintf(" in %.1f s", b.DurationSeconds)
+		}
+		if b.Attempts > 1 {
+			last += fmt.Sprintf(", %d attempts", b.Attempts)
+		}
+		if b.DroppedEvents > 0 {
+			last += fmt.Sprintf(" (%d steps left out)", b.DroppedEvents)
+		}
+		row("last boot", last)
+		for _, e := range b.Events {
+			step := fmt.Sprintf("+%5.1fs  %-10s %s", e.Time.Sub(b.Started).Seconds(), e.Stage, e.Detail)
+			if e.Count > 1 {
+				step += fmt.Sprintf(" (x%d)", e.Count)
+			}
+			if e.IP != "" {
+				step += "  " + e.IP
+			}
+			if e.Error != "" {
+				step += "  ERROR: " + e.Error
+			}
+			row("", step)
+		}
+	}
 	for _, s := range h.Sessions {
 		row("session", fmt.Sprintf("%s from %s since %s, read %s, written %s", s.Initiator, s.Remote,
 			s.Since.Local().Format(time.DateTime), humanBytes(int64(s.ReadBytes)), humanBytes(int64(s.WrittenBytes))))
@@ -639,4 +662,36 @@ func hostUnknown() *cobra.Command {
 			return tw.Flush()
 		}),
 	}
+}
+
+// stateText says where a host stands: "booting: san-login (12s)", "online
+// since 10:02:03 (5m0s)", "failed at script: sanboot failed: ...". short
+// leaves out the failure's text (listings).
+func stateText(h *api.HostView, short bool) string {
+	st := h.State
+	ago := func(t time.Time) string { return time.Since(t).Round(time.Second).String() }
+	switch st.State {
+	case bootevent.StateBooting:
+		return fmt.Sprintf("booting: %s (%s)", st.Stage, ago(st.Since))
+	case bootevent.StateOnline:
+		if st.Since.IsZero() {
+			return "online"
+		}
+		if short {
+			return "online " + ago(st.Since)
+		}
+		return fmt.Sprintf("online since %s (%s)", st.Since.Local().Format(time.DateTime), ago(st.Since))
+	case bootevent.StateFailed, bootevent.StateStuck:
+		if short {
+			return fmt.Sprintf("%s at %s", strings.ToUpper(st.State), st.Stage)
+		}
+		return fmt.Sprintf("%s at %s: %s", strings.ToUpper(st.State), st.Stage, st.Failure)
+	case bootevent.StateOffline:
+		return "offline"
+	}
+	// No server runs: only the sessions tell.
+	if h.Online {
+		return "online"
+	}
+	return "offline"
 }

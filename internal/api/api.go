@@ -19,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/diskless-boot/diskless/internal/bootevent"
 	"github.com/diskless-boot/diskless/internal/inventory"
 	"github.com/diskless-boot/diskless/internal/iscsi"
 	"github.com/diskless-boot/diskless/internal/storage"
@@ -45,6 +46,13 @@ type Status interface {
 	// HostIP is the host's current IPv4 address (DHCP lease or iSCSI
 	// session), "" when unknown.
 	HostIP(h *inventory.Host) string
+	// BootState is where the host stands in its boot now.
+	BootState(h *inventory.Host) bootevent.State
+	// Boots lists the host's boot timelines, newest first.
+	Boots(host string) ([]bootevent.Boot, error)
+	// SubscribeEvents streams every boot event from now on; the channel
+	// closes when the subscriber lags too far behind. cancel ends it.
+	SubscribeEvents() (events <-chan bootevent.Event, cancel func(), err error)
 }
 
 // ServerInfo says where hosts reach the server: for the configuration
@@ -165,6 +173,8 @@ func (h *Handler) routes() {
 	m.HandleFunc("POST "+p+"/hosts/{host}/snapshots", h.createSnapshot)
 	m.HandleFunc("DELETE "+p+"/hosts/{host}/snapshots/{snapshot}", h.deleteSnapshot)
 	m.HandleFunc("POST "+p+"/hosts/{host}/snapshots/{snapshot}/rollback", h.rollback)
+	m.HandleFunc("GET "+p+"/hosts/{host}/boots", h.listBoots)
+	m.HandleFunc("GET "+p+"/events", h.streamEvents)
 	m.HandleFunc("GET "+p+"/sessions", h.listSessions)
 	m.HandleFunc("GET "+p+"/unknown-hosts", h.listUnknown)
 	m.HandleFunc("GET "+p+"/jobs", h.listJobs)

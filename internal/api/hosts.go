@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/diskless-boot/diskless/internal/bootevent"
 	"github.com/diskless-boot/diskless/internal/inventory"
 	"github.com/diskless-boot/diskless/internal/iscsi"
 	"github.com/diskless-boot/diskless/internal/storage"
@@ -131,6 +132,12 @@ type HostView struct {
 	// DiskError is set once a flush of the disk failed: its writes and
 	// flushes fail until POST /hosts/{host}/clear-error.
 	DiskError string `json:"disk_error,omitempty"`
+	// State is where the host stands: offline, booting (at a stage),
+	// online (since), failed or stuck (why); offline without a server.
+	State bootevent.State `json:"state"`
+	// LastBoot is the timeline of the host's latest boot (GET of one host
+	// only), nil when none is known.
+	LastBoot *bootevent.Boot `json:"last_boot,omitempty"`
 }
 
 // DiskView is a host disk as the API shows it.
@@ -176,6 +183,10 @@ func (h *Handler) view(host inventory.Host, withSecrets bool) HostView {
 		v.Sessions = st.Sessions(host.TargetIQN)
 		v.Online = len(v.Sessions) > 0
 		v.IP = st.HostIP(&host)
+		v.State = st.BootState(&host)
+	} else {
+		// No server runs: nothing serves the host.
+		v.State = bootevent.State{State: bootevent.StateOffline}
 	}
 	return v
 }
@@ -211,7 +222,11 @@ func (h *Handler) getHost(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, h.view(host, false))
+	v := h.view(host, false)
+	if boots, err := h.boots(host.Name); err == nil && len(boots) > 0 {
+		v.LastBoot = &boots[0]
+	}
+	writeJSON(w, http.StatusOK, v)
 }
 
 func chapSpec(c *CHAP) *inventory.CHAPSpec {

@@ -22,6 +22,7 @@ import (
 	"github.com/diskless-boot/diskless/internal/activation"
 	"github.com/diskless-boot/diskless/internal/api"
 	"github.com/diskless-boot/diskless/internal/boot"
+	"github.com/diskless-boot/diskless/internal/bootevent"
 	"github.com/diskless-boot/diskless/internal/config"
 	"github.com/diskless-boot/diskless/internal/dhcp"
 	"github.com/diskless-boot/diskless/internal/fsutil"
@@ -29,7 +30,6 @@ import (
 	"github.com/diskless-boot/diskless/internal/iscsi"
 	"github.com/diskless-boot/diskless/internal/metrics"
 	"github.com/diskless-boot/diskless/internal/ra"
-	"github.com/diskless-boot/diskless/internal/ratelog"
 	"github.com/diskless-boot/diskless/internal/tftp"
 	"github.com/diskless-boot/diskless/internal/web"
 )
@@ -169,9 +169,12 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	icfg := iscsi.Defaults()
 	icfg.PortalGroupTag = uint16(cfg.ISCSI.PortalGroupTag)
 	icfg.Logger = log
-	icfg.OnLogin = func(e iscsi.LoginEvent) { sup.logLogin(e) }
+	icfg.OnLogin = func(e iscsi.LoginEvent) { sup.login(e) }
+	icfg.OnLoginFailed = func(f iscsi.LoginFailure) { sup.loginFailed(f) }
 	isrv := iscsi.New(icfg)
 	sup = newSupervisor(site.Inv, isrv, booter, log)
+	// Boot telemetry: every server's boot steps, one timeline per boot.
+	sup.events = bootevent.New(bootevent.Config{Recorder: site.Inv, StuckAfter: cfg.Boots.StuckAfter, Logger: log})
 
 	var neighbors web.Neighbors = web.ARPTable{Interface: cfg.Interface}
 	if opts.Neighbors != nil {
@@ -179,15 +182,10 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	}
 	sup.neighbors = neighbors
 
-	// TFTP, with a log line per transfer naming the host (100 a second
-	// at most: a flood of requests is not a flood of lines).
+	// TFTP, each transfer a boot event naming the host.
 	var tsrv *tftp.Server
-	tftpLog := ratelog.NewLogger(10*time.Millisecond, 100)
 	if cfg.TFTP.Enabled {
-		tsrv, err = tftp.New(tftp.Config{
-			Dir: cfg.TFTP.Root, FS: binaries, Logger: log,
-			OnTransfer: func(ti tftp.TransferInfo) { logTransfer(log, tftpLog, booter, neighbors, ti) },
-		})
+		tsrv, err = tftp.New(tftp.Config{Dir: cfg.TFTP.Root, FS: binaries, Logger: log, OnTransfer: sup.tftpTransfer})
 		if err != nil {
 			return fmt.Errorf("tftp: %w", err)
 		}
@@ -214,7 +212,8 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	if sup.dhcp != nil {
 		leases = web.LeaseFunc(sup.leasedTo)
 	}
-	wsrv, err := web.New(web.Config{Booter: booter, Neighbors: neighbors, Leases: leases, Logger: log, BeginBoot: sup.beginBoot})
+	wsrv, err := web.New(web.Config{Booter: booter, Neighbors: neighbors, Leases: leases, Logger: log, BeginBoot: sup.beginBoot,
+		Events: sup.emit})
 	if err != nil {
 		return err
 	}
@@ -225,7 +224,7 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	defer sup.stop()
 
 	// The admin API, on the HTTP listener or its own.
-	msrc := metrics.Sources{ISCSI: isrv.Stats, HTTP: wsrv.Stats, Hosts: sup.metricsHosts}
+	msrc := metrics.Sources{ISCSI: isrv.Stats, HTTP: wsrv.Stats, Hosts: sup.metricsHosts, Boots: sup.events.Stats}
 	if tsrv != nil {
 		msrc.TFTP = tsrv.Stats
 	}
@@ -323,9 +322,10 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	unknownDone := make(chan struct{})
+	unknownDone, eventsDone := make(chan struct{}), make(chan struct{})
 	go func() { sup.keepUnknown(sctx); close(unknownDone) }()
-	defer func() { cancel(); <-unknownDone }()
+	go func() { sup.events.Run(sctx); close(eventsDone) }()
+	defer func() { cancel(); <-unknownDone; <-eventsDone }()
 	g, gctx := errgroup.WithContext(sctx)
 	var order []shutdowner // in shutdown order
 	g.Go(func() error { return isrv.Serve(gctx, iln) })
@@ -410,6 +410,7 @@ func dhcpConfig(cfg *config.Config, booter *boot.Booter, sup *supervisor, log *s
 		DNS:       cfg.DHCP.DNSAddrs(),
 		LeaseTime: cfg.DHCP.LeaseTime,
 		Logger:    log,
+		OnReply:   sup.dhcpReply,
 		Boot: func(ci dhcp.ClientInfo) (dhcp.Boot, bool) {
 			code := archCode(ci)
 			if h, ok := booter.Host(ci.MAC); ok {
@@ -459,26 +460,4 @@ func archCode(ci dhcp.ClientInfo) uint16 {
 		return 20
 	}
 	return boot.ArchBIOS
-}
-
-// logTransfer logs a TFTP transfer under the MAC and name of the host that
-// made it (the kernel's neighbour table knows the MAC: it answered the
-// client's ARP to send the data).
-//
-// Clients trigger these lines (and a flood of refused requests would
-// trigger one each): they go through the shared rate limiter.
-func logTransfer(log *slog.Logger, limit *ratelog.Logger, booter *boot.Booter, arp web.Neighbors, ti tftp.TransferInfo) {
-	args := []any{"ip", ti.Client.Addr().String(), "file", ti.File, "bytes", ti.Bytes,
-		"blksize", ti.BlockSize, "windowsize", ti.WindowSize, "duration", ti.Duration.Round(time.Millisecond)}
-	if mac, ok := arp.MACOf(ti.Client.Addr()); ok {
-		args = append([]any{"mac", mac.String()}, args...)
-		if h, ok := booter.Host(mac); ok {
-			args = append(args, "host", h.Name)
-		}
-	}
-	if ti.Err != nil {
-		limit.Log(log, slog.LevelWarn, "boot: TFTP transfer failed", append(args, "err", ti.Err)...)
-		return
-	}
-	limit.Log(log, slog.LevelInfo, "boot: TFTP file", args...)
 }

@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/diskless-boot/diskless/internal/boot"
+	"github.com/diskless-boot/diskless/internal/bootevent"
 	"github.com/diskless-boot/diskless/internal/dhcp"
 	"github.com/diskless-boot/diskless/internal/inventory"
 	"github.com/diskless-boot/diskless/internal/iscsi"
@@ -32,6 +34,8 @@ type supervisor struct {
 	// neighbors names the MAC behind an address (boot logs are per MAC).
 	neighbors web.Neighbors
 	log       *slog.Logger
+	// events follows boots (nil: not followed).
+	events *bootevent.Tracker
 
 	// dhcpOn: a DHCP server (full or proxy) sees network boots.
 	dhcpOn bool
@@ -116,6 +120,9 @@ func (s *supervisor) syncLocked(name string) {
 		if sv != nil {
 			s.closeDisk(name, sv)
 			s.isrv.RemoveTarget(sv.rec.TargetIQN)
+			if s.events != nil {
+				s.events.Forget(name)
+			}
 			s.mu.Lock()
 			delete(s.hosts, name)
 			s.mu.Unlock()
@@ -427,22 +434,6 @@ func (s *supervisor) stop() {
 	}
 }
 
-// logLogin logs, for each iSCSI login, which host's target the initiator
-// logged into: the boot stage an admin follows per host.
-func (s *supervisor) logLogin(e iscsi.LoginEvent) {
-	h, ok := s.hostByTarget(e.Target)
-	if !ok {
-		return
-	}
-	args := []any{"host", h.Name, "iqn", e.Initiator, "target", e.Target, "ip", e.Remote.String()}
-	if ap, err := netip.ParseAddrPort(e.Remote.String()); err == nil && s.neighbors != nil {
-		if mac, ok := s.neighbors.MACOf(ap.Addr().Unmap()); ok {
-			args = append([]any{"mac", mac.String()}, args...)
-		}
-	}
-	s.log.Info("boot: iSCSI login", args...)
-}
-
 // Sessions implements api.Status.
 func (s *supervisor) Sessions(target string) []iscsi.SessionInfo { return s.isrv.Sessions(target) }
 
@@ -580,14 +571,48 @@ func (s *supervisor) metricsHosts() []metrics.Host {
 	out := make([]metrics.Host, 0, len(hosts))
 	for _, h := range hosts {
 		m := metrics.Host{Name: h.Name}
-		for _, ss := range s.isrv.Sessions(h.TargetIQN) {
+		sessions := s.isrv.Sessions(h.TargetIQN)
+		for _, ss := range sessions {
 			m.Sessions++
 			m.ReadBytes += ss.ReadBytes
 			m.WrittenBytes += ss.WrittenBytes
 		}
 		m.Online = m.Sessions > 0
+		m.State = s.bootState(h.Name, sessions).State
 		m.DiskBytes, _ = s.inv.Backend().Usage(h.Name, h.Disk)
 		out = append(out, m)
 	}
 	return out
+}
+
+// BootState implements api.Status: where the host stands in its boot.
+func (s *supervisor) BootState(h *inventory.Host) bootevent.State {
+	return s.bootState(h.Name, s.isrv.Sessions(h.TargetIQN))
+}
+
+func (s *supervisor) bootState(host string, sessions []iscsi.SessionInfo) bootevent.State {
+	if s.events == nil {
+		return bootevent.State{}
+	}
+	var since time.Time
+	if len(sessions) > 0 {
+		since = sessions[0].Since // oldest first
+	}
+	return s.events.State(host, len(sessions), since)
+}
+
+// Boots implements api.Status: the host's boot timelines, newest first.
+func (s *supervisor) Boots(host string) ([]bootevent.Boot, error) {
+	if s.events == nil {
+		return []bootevent.Boot{}, nil
+	}
+	return s.events.Boots(host)
+}
+
+// SubscribeEvents implements api.Status: every boot event from now on.
+func (s *supervisor) SubscribeEvents() (<-chan bootevent.Event, func(), error) {
+	if s.events == nil {
+		return nil, nil, errors.New("boot events are not followed")
+	}
+	return s.events.Subscribe()
 }

@@ -88,6 +88,13 @@ func cpuOf(arch uint16) string {
 // ScriptPath is the path of the iPXE script endpoint served by internal/web.
 const ScriptPath = "/boot.ipxe"
 
+// ReportPath is where a host's script reports a failed step:
+// ?mac=...&step=sanboot&errno=0x0216eb3c (internal/web).
+const ReportPath = "/boot/report"
+
+// ReportSteps are the steps a script names in its reports.
+var ReportSteps = []string{"sanboot", "sanhook", "kernel", "initrd", "boot"}
+
 // BinaryPathPrefix is where internal/web serves the iPXE binaries (UEFI
 // HTTP boot).
 const BinaryPathPrefix = "/ipxe/"

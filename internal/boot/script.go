@@ -65,6 +65,7 @@ func (b *Booter) Script(req ScriptRequest) (Script, error) {
 		Port:      b.cfg.ISCSIPort,
 		Group:     b.cfg.PortalGroupTag,
 		ScriptURL: b.ScriptURL(req.Server),
+		ReportURL: "http://" + hostPort(req.Server, b.cfg.HTTPPort) + ReportPath,
 	}
 	// RFC 4173: iscsi:<server>:<protocol>:<port>:<LUN>:<targetname>,
 	// IPv6 servers in brackets; protocol empty means TCP.
@@ -111,6 +112,7 @@ type hostData struct {
 	KernelURL, InitrdURL string
 	VersionCmdline       string // the image version's own (root=UUID=...)
 	ScriptURL            string
+	ReportURL            string // where the script reports a failed step
 }
 
 type unknownData struct{ ScriptURL string }
@@ -159,10 +161,15 @@ func mustTemplate(name, text string) *template.Template {
 	return template.Must(template.New(name).Funcs(funcs).Option("missingkey=error").Parse(text))
 }
 
-// Boot failure: show why, give the admin a moment, ask again (the host may
-// have been added meanwhile).
+// Boot failure: tell the server which step failed and iPXE's error number
+// (the admin sees it in the host's boot timeline), show it, give the admin
+// a moment, ask again (the host may have been fixed meanwhile). errno is
+// copied first: only a failing command changes it, but the report itself
+// may fail. A failed report does not stop the retry.
 const retry = `:failed
-echo diskless: boot failed (${errno}), asking the server again in 10 seconds
+set dlerr ${errno}
+echo diskless: ${dlstep} failed (${dlerr}), asking the server again in 10 seconds
+imgfetch --name dlreport {{url .ReportURL}}?mac=${netX/mac}&step=${dlstep}&errno=${dlerr} && imgfree dlreport || echo diskless: could not report the failure
 sleep 10
 chain --replace --autofree {{url .ScriptURL}} || goto failed
 `
@@ -182,7 +189,8 @@ set reverse-password {{arg .Secret}}
 
 var sanbootScript = mustTemplate("sanboot", `#!ipxe
 # diskless: {{arg .Name}} ({{arg .MACText}}) boots iSCSI {{arg .TargetIQN}}
-`+credentials+`sanboot {{url .SANURI}} || goto failed
+`+credentials+`set dlstep sanboot
+sanboot {{url .SANURI}} || goto failed
 exit
 `+retry)
 
@@ -194,14 +202,18 @@ exit
 // root's only. initrd=initrd names the initrd for EFI-stub kernels.
 var kernelScript = mustTemplate("kernel", `#!ipxe
 # diskless: {{arg .Name}} ({{arg .MACText}}) boots a kernel, root on iSCSI {{arg .TargetIQN}}
-`+credentials+`sanhook {{url .SANURI}} || goto failed
+`+credentials+`set dlstep sanhook
+sanhook {{url .SANURI}} || goto failed
+set dlstep kernel
 kernel {{url .KernelURL}}
 {{- if .InitrdURL}} initrd=initrd{{end}} iscsi_auto ip=dhcp
 {{- if .VersionCmdline}} {{line .VersionCmdline}}{{end}}
 {{- if .Cmdline}} {{line .Cmdline}}{{end}} || goto failed
 {{- if .InitrdURL}}
+set dlstep initrd
 initrd --name initrd {{url .InitrdURL}} || goto failed
 {{- end}}
+set dlstep boot
 boot || goto failed
 `+retry)
 

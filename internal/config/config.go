@@ -93,6 +93,8 @@ type Config struct {
 	API API `yaml:"api"`
 	// UnknownHosts says what machines not listed in Hosts get.
 	UnknownHosts UnknownHosts `yaml:"unknown_hosts"`
+	// Boots configures how boots are followed.
+	Boots Boots `yaml:"boots"`
 	// Images are images declared here (infrastructure as code): each is
 	// created in the store when missing. Default: none.
 	Images []Image `yaml:"images"`
@@ -159,6 +161,17 @@ type API struct {
 	// the admin plane to a loopback or management address.
 	Listen string `yaml:"listen"`
 }
+
+// Boots is the boots section: the boot telemetry.
+type Boots struct {
+	// StuckAfter marks a boot stuck when it made no progress (no DHCP,
+	// TFTP, HTTP or iSCSI step) for this long before the operating system
+	// logged in, e.g. "5m". Default 5m; between 10s and 24h.
+	StuckAfter time.Duration `yaml:"stuck_after"`
+}
+
+// DefaultStuckAfter is boots.stuck_after's default.
+const DefaultStuckAfter = 5 * time.Minute
 
 // Image is one image declared in the images section.
 type Image struct {
@@ -241,6 +254,7 @@ type Host struct {
 func Default() *Config {
 	return &Config{
 		DHCP:         DHCP{Mode: DefaultDHCPMode, LeaseTime: DefaultLeaseTime},
+		Boots:        Boots{StuckAfter: DefaultStuckAfter},
 		TFTP:         TFTP{Root: DefaultTFTPRoot, Enabled: true},
 		ISCSI:        ISCSI{PortalGroupTag: DefaultPortalGroupTag},
 		DataDir:      DefaultDataDir,

@@ -86,6 +86,9 @@ func (v *validator) check() {
 			v.fail("iqn_base", "too long: generated IQNs would exceed %d bytes", iscsi.MaxNameLen)
 		}
 	}
+	if b := c.Boots.StuckAfter; b < 10*time.Second || b > 24*time.Hour {
+		v.fail("boots.stuck_after", "%s: want between 10s and 24h", b)
+	}
 	if c.API.Listen != "" {
 		v.listen("api.listen", c.API.Listen)
 	}

@@ -88,6 +88,10 @@ type Config struct {
 	// Boot decides what a network-boot client boots (default: nothing; full
 	// mode then hands out addresses only).
 	Boot BootPolicy
+	// OnReply, when set, is told of every reply sent to a network-boot
+	// client, after it went out (the boot telemetry's DHCP stage). It runs
+	// on the worker: it must not block.
+	OnReply func(Reply)
 	// Workers is the number of packets handled at once per socket
 	// (default 8). Handling waits for lease file writes, so a few more
 	// workers than CPUs let writes be batched.

@@ -23,6 +23,19 @@ type result struct {
 	// commit the binding before the ACK).
 	gen     uint64
 	logArgs []any // the per-client log line, logged once the reply goes out
+	// note is told to Config.OnReply once the reply went out (network-boot
+	// clients only).
+	note *Reply
+}
+
+// Reply is a reply sent to a network-boot client, for Config.OnReply.
+type Reply struct {
+	MAC     net.HardwareAddr
+	Request string // the client's message: DISCOVER, REQUEST, ...
+	Op      string // what we answered: offer, ack, nak, proxy-offer, pxe-ack
+	IP      netip.Addr
+	Client  ClientInfo
+	File    string // the boot file or URL given, "" for none
 }
 
 // handle is answer followed by the lease file write the answer waits for,
@@ -306,6 +319,12 @@ func (s *Server) finish(r result, rep *dhcpv4.DHCPv4, dst netip.AddrPort, ci *Cl
 	}
 	if boot != nil {
 		args = append(args, "file", boot.Filename)
+	}
+	if ci.Netboot() && s.cfg.OnReply != nil {
+		r.note = &Reply{MAC: net.HardwareAddr(r.hw[:]), Request: kindNames[r.kind], Op: r.op, IP: addrOf(rep.YourIPAddr), Client: *ci}
+		if boot != nil {
+			r.note.File = boot.Filename
+		}
 	}
 	if r.gen != 0 {
 		r.logArgs = args // once the lease file is written

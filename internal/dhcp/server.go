@@ -350,6 +350,10 @@ func (s *Server) send(conn net.PacketConn, r result) result {
 	if _, err := conn.WriteTo(r.reply, dst); err != nil {
 		r.out = outError
 		s.warn("dhcp: send failed", "op", r.op, "mac", r.mac, "ip", r.dst.Addr().String(), "err", err)
+		return r
+	}
+	if r.note != nil {
+		s.cfg.OnReply(*r.note)
 	}
 	return r
 }

@@ -3,10 +3,12 @@ package dhcp
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -77,6 +79,13 @@ func TestServeLoopback(t *testing.T) {
 	before := runtime.NumGoroutine()
 	cfg := fullConfig()
 	cfg.Workers = 3
+	var mu sync.Mutex
+	var replies []string
+	cfg.OnReply = func(r Reply) {
+		mu.Lock()
+		replies = append(replies, fmt.Sprintf("%s %s->%s %s %s %s", r.MAC, r.Request, r.Op, r.IP, r.Client.Arch, r.File))
+		mu.Unlock()
+	}
 	s, cli, addr, errc := loopbackServer(t, cfg, false)
 	mac := macN(7)
 
@@ -109,6 +118,15 @@ func TestServeLoopback(t *testing.T) {
 	}
 	if st.ByType["DISCOVER"]["answered"] != 2 || st.ByType["REQUEST"]["answered"] != 1 || st.ByType["INVALID"]["malformed"] != 5 {
 		t.Errorf("per-type stats %v", st.ByType)
+	}
+	// Every reply to a network-boot client reached OnReply once it went
+	// out (the boot telemetry's DHCP steps).
+	mu.Lock()
+	got := strings.Join(replies, "\n")
+	mu.Unlock()
+	want := fmt.Sprintf("%s DISCOVER->offer %s efi-x64 snponly.efi\n%[1]s REQUEST->ack %[2]s efi-x64 snponly.efi\n", mac, offer.YourIPAddr)
+	if !strings.HasPrefix(got+"\n", want) || len(replies) != 3 || !strings.Contains(replies[2], "DISCOVER->offer") {
+		t.Errorf("replies:\n%s\nwant first:\n%s", got, want)
 	}
 
 	if err := s.Shutdown(context.Background()); err != nil {

@@ -667,7 +667,12 @@ func (inv *Inventory) RemoveHost(name string, fromYAML bool) error {
 		return conflict("host %q is declared in the YAML configuration; remove it there", name)
 	}
 	err = inv.rt.WithDiskClosed(name, func() error {
-		return inv.st.Update(func(tx store.Tx) error { return tx.Delete(store.BucketHosts, name) })
+		return inv.st.Update(func(tx store.Tx) error {
+			if err := deleteBoots(tx, name); err != nil {
+				return err
+			}
+			return tx.Delete(store.BucketHosts, name)
+		})
 	})
 	if err != nil {
 		return err

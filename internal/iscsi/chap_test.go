@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/diskless-boot/diskless/internal/iscsi/pdu"
@@ -359,4 +360,37 @@ func FuzzCHAPStep(f *testing.F) {
 			}
 		}
 	})
+}
+
+// The login hooks tell a normal session's login and a refused one, with
+// the ISID (which tells iPXE from open-iscsi) and whether CHAP refused it.
+func TestLoginHooks(t *testing.T) {
+	var mu sync.Mutex
+	var logins []LoginEvent
+	var failures []LoginFailure
+	cfg := Config{
+		OnLogin:       func(e LoginEvent) { mu.Lock(); logins = append(logins, e); mu.Unlock() },
+		OnLoginFailed: func(f LoginFailure) { mu.Lock(); failures = append(failures, f); mu.Unlock() },
+	}
+	creds := &Credentials{User: "host1", Secret: "secret-of-host1"}
+	_, addr := startTargetWith(t, cfg, func(tg *Target) { tg.CHAP = creds })
+	const isid = 0x400027230001 // iPXE's kind
+	bad := dialInitiator(t, addr)
+	if st := bad.login(loginOpts{initiator: testInitiator1, target: testIQN, isid: isid, chapUser: "host1", chapSec: "guessed"}); st != pdu.LoginAuthFailure {
+		t.Fatalf("wrong secret: 0x%04x", st)
+	}
+	good := dialInitiator(t, addr)
+	if st := good.login(loginOpts{initiator: testInitiator1, target: testIQN, isid: isid, chapUser: "host1", chapSec: "secret-of-host1"}); st != 0 {
+		t.Fatalf("login 0x%04x", st)
+	}
+	waitFor(t, "hooks", func() bool { mu.Lock(); defer mu.Unlock(); return len(logins) == 1 && len(failures) == 1 })
+	mu.Lock()
+	defer mu.Unlock()
+	if f := failures[0]; !f.Auth || f.ISID != isid || f.Target != testIQN || f.Initiator != testInitiator1 || f.Err == nil {
+		t.Errorf("failure %+v", f)
+	}
+	if e := logins[0]; e.ISID != isid || e.Target != testIQN {
+		t.Errorf("login %+v", e)
+	}
+	good.logout()
 }

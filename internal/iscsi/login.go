@@ -26,6 +26,15 @@ func (e *loginError) Error() string {
 
 func (e *loginError) Unwrap() error { return e.err }
 
+// authFailed reports whether err ends a login for authentication: CHAP
+// refused either way.
+func authFailed(err error) bool {
+	var le *loginError
+	var ae *AuthError
+	return errors.As(err, &ae) || errors.Is(err, errMutualRefused) ||
+		errors.As(err, &le) && le.status == pdu.LoginAuthFailure
+}
+
 func loginFail(status uint16, format string, args ...any) error {
 	return &loginError{status: status, err: fmt.Errorf(format, args...)}
 }
@@ -60,8 +69,16 @@ var errMutualRefused = errors.New("the initiator closed the connection after the
 
 // login runs the login phase. On success the connection is in the full
 // feature phase with c.sess and c.params set.
-func (c *conn) login() error {
+func (c *conn) login() (err error) {
 	ls := &loginState{c: c, first: true}
+	if hook := c.srv.cfg.OnLoginFailed; hook != nil {
+		defer func() {
+			if err != nil && ls.target != nil && !ls.discovery {
+				hook(LoginFailure{Initiator: ls.initiatorName, ISID: ls.isid, Target: ls.target.Name, Remote: c.nc.RemoteAddr(),
+					Auth: authFailed(err), Err: err})
+			}
+		}()
+	}
 	var (
 		p    pdu.PDU
 		text []byte

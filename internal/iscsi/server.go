@@ -127,6 +127,22 @@ type Config struct {
 	// completes, so the application can tie the session to what it knows
 	// of the initiator (e.g. the host a boot belongs to).
 	OnLogin func(LoginEvent)
+	// OnLoginFailed, when set, is called when a login to a normal
+	// session fails after the initiator named its target: refused CHAP,
+	// a mutual CHAP answer the initiator rejected, a protocol error, the
+	// connection lost. It runs on the connection's goroutine.
+	OnLoginFailed func(LoginFailure)
+}
+
+// LoginFailure describes a failed login of a normal session.
+type LoginFailure struct {
+	Initiator string
+	ISID      uint64
+	Target    string
+	Remote    net.Addr
+	// Auth: the failure is authentication's (CHAP refused either way).
+	Auth bool
+	Err  error
 }
 
 // LoginEvent describes a completed login of a normal session.

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/diskless-boot/diskless/internal/bootevent"
 	"github.com/diskless-boot/diskless/internal/dhcp"
 	"github.com/diskless-boot/diskless/internal/iscsi"
 	"github.com/diskless-boot/diskless/internal/tftp"
@@ -28,6 +29,7 @@ type Sources struct {
 	DHCP  func() dhcp.Stats
 	HTTP  func() web.Stats
 	Hosts func() []Host
+	Boots func() bootevent.Stats
 }
 
 // Host is one host's figures at scrape time.
@@ -40,6 +42,8 @@ type Host struct {
 	// Prometheus' rate() takes as a counter reset.
 	ReadBytes, WrittenBytes uint64
 	DiskBytes               int64 // space its disk's own data takes (a copy-on-write disk: its writes)
+	// State is the host's boot state (bootevent.States), "" if unknown.
+	State string
 }
 
 // Handler serves the metrics of src.
@@ -92,13 +96,22 @@ var (
 	hostRead     = desc("host_read_bytes_total", "Bytes the host read from its disk in its open sessions.", "host")
 	hostWritten  = desc("host_written_bytes_total", "Bytes the host wrote to its disk in its open sessions.", "host")
 	hostDisk     = desc("host_disk_bytes", "Space the host's disk's own data takes (a copy-on-write disk: its writes).", "host")
+	hostsByState = desc("hosts", "Hosts by boot state: offline, booting, online, failed, stuck.", "state")
+
+	bootsStarted   = desc("boots_started_total", "Network boots of hosts begun (a DHCP, script or iPXE login step after the last boot ended).")
+	bootsCompleted = desc("boots_completed_total", "Network boots that reached the operating system's iSCSI login (root mounted).")
+	bootsFailed    = desc("boots_failed_total", "Network boots that failed, by the stage they reached and why: reported (by the iPXE script), login (iSCSI login refused), stuck.", "stage", "reason")
+	bootEvents     = desc("boot_events_total", "Boot steps seen, by stage.", "stage")
+	bootDuration   = desc("boot_duration_seconds", "Time from a boot's first step to the operating system's iSCSI login.")
+	bootStreamCut  = desc("boot_event_streams_cut_total", "Live event streams (web console, API) cut off for lagging behind.")
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{iscsiAccepted, iscsiRefused, iscsiEvicted, iscsiTimedOut, iscsiTSF, iscsiPanics,
 		iscsiConns, iscsiPending, iscsiSessions, iscsiMemory, tftpRequests, tftpRefused, tftpTransfers, tftpRetransmits,
 		tftpSent, tftpMalformed, tftpActive, dhcpPackets, dhcpShed, dhcpLeaseWrites, httpScripts, httpFiles, httpLimited,
-		hostOnline, hostSessions, hostRead, hostWritten, hostDisk} {
+		hostOnline, hostSessions, hostRead, hostWritten, hostDisk, hostsByState,
+		bootsStarted, bootsCompleted, bootsFailed, bootEvents, bootDuration, bootStreamCut} {
 		ch <- d
 	}
 }
@@ -171,8 +184,34 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(httpLimited, l.RateLimited, "rate_limited")
 		counter(httpLimited, l.TooLarge, "too_large")
 	}
+	if c.src.Boots != nil {
+		s := c.src.Boots()
+		counter(bootsStarted, s.Started)
+		counter(bootsCompleted, s.Completed)
+		for k, n := range s.Failed {
+			counter(bootsFailed, n, string(k.Stage), k.Reason)
+		}
+		for i, st := range bootevent.Stages {
+			counter(bootEvents, s.Reached[i], string(st))
+		}
+		buckets := make(map[float64]uint64, len(bootevent.DurationBuckets))
+		var cum uint64
+		for i, le := range bootevent.DurationBuckets {
+			cum += s.DurationCounts[i]
+			buckets[le] = cum
+		}
+		ch <- prometheus.MustNewConstHistogram(bootDuration, s.Completed, s.DurationSum, buckets)
+		counter(bootStreamCut, s.SubscribersCut)
+	}
 	if c.src.Hosts != nil {
+		states := map[string]int{}
+		for _, st := range bootevent.States {
+			states[st] = 0
+		}
 		for _, h := range c.src.Hosts() {
+			if h.State != "" {
+				states[h.State]++
+			}
 			online := 0.0
 			if h.Online {
 				online = 1
@@ -182,6 +221,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			counter(hostRead, h.ReadBytes, h.Name)
 			counter(hostWritten, h.WrittenBytes, h.Name)
 			gauge(hostDisk, float64(h.DiskBytes), h.Name)
+		}
+		for st, n := range states {
+			gauge(hostsByState, float64(n), st)
 		}
 	}
 }

@@ -26,10 +26,11 @@ const (
 	BucketHosts    = "hosts"    // host name -> host (with its disk state and secrets)
 	BucketTokens   = "tokens"   // token name -> hashed API token
 	BucketUnknown  = "unknown"  // MAC -> machine seen but not configured
+	BucketBoots    = "boots"    // "<host>/<%020d start, ns>" -> one boot's timeline
 )
 
 // Buckets lists every bucket, in a fixed order.
-var Buckets = []string{BucketMeta, BucketImages, BucketVersions, BucketHosts, BucketTokens, BucketUnknown}
+var Buckets = []string{BucketMeta, BucketImages, BucketVersions, BucketHosts, BucketTokens, BucketUnknown, BucketBoots}
 
 // ErrNotFound is returned by Get for a key that is not there.
 var ErrNotFound = errors.New("store: not found")

@@ -22,17 +22,20 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/diskless-boot/diskless/internal/boot"
+	"github.com/diskless-boot/diskless/internal/bootevent"
 	"github.com/diskless-boot/diskless/internal/httplimit"
 )
 
@@ -63,6 +66,10 @@ type Config struct {
 	// volatile disk is discarded and pending changes apply. An error
 	// answers 503 (iPXE's script asks again after a pause).
 	BeginBoot func(mac net.HardwareAddr, host string) error
+	// Events, when set, is told the boot stages seen here: a host's
+	// script fetched from its own address, its kernel or initrd sent, a
+	// failed step its script reported. It must not block.
+	Events func(bootevent.Event)
 	// HeaderTimeout bounds reading a request's headers (default 10 s): a
 	// client sending them byte by byte (slowloris) is cut then, however
 	// steadily it sends. iPXE sends its request in one segment.
@@ -151,6 +158,7 @@ func (s *Server) newMux() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+boot.ScriptPath, s.script)
 	mux.HandleFunc("GET /hosts/{mac}/{file}", s.hostFile)
+	mux.HandleFunc("GET "+boot.ReportPath, s.report)
 	mux.HandleFunc("GET "+boot.BinaryPathPrefix+"{name...}", s.binary)
 	return mux
 }
@@ -243,6 +251,10 @@ func (s *Server) script(w http.ResponseWriter, r *http.Request) {
 	s.scripts.Add(1)
 	if sc.Known {
 		s.log.Info("iPXE script", "mac", mac.String(), "ip", remote, "host", sc.Host)
+		if fromHost {
+			s.emit(bootevent.Event{Host: sc.Host, MAC: mac.String(), IP: remote.String(), Stage: bootevent.StageScript,
+				Arch: archOf(r), Detail: "iPXE script"})
+		}
 	} else {
 		s.log.Info("iPXE script for unknown host", "mac", mac.String(), "ip", remote)
 	}
@@ -317,7 +329,49 @@ func (s *Server) hostFile(w http.ResponseWriter, r *http.Request) {
 	}
 	s.files.Add(1)
 	s.log.Info("HTTP file", "mac", mac.String(), "ip", remote, "file", name, "bytes", st.Size())
+	if h, known := s.cfg.Booter.Host(mac); known {
+		s.emit(bootevent.Event{Host: h.Name, MAC: mac.String(), IP: remote.String(), Stage: bootevent.StageKernel,
+			Detail: fmt.Sprintf("%s, %d bytes", name, st.Size())})
+	}
 	s.serveFile(w, r, name, st.ModTime(), f)
+}
+
+// report takes a failed step a host's script reports (boot.ReportPath):
+// which step, and iPXE's error number. Only the host itself may report
+// (as for its script): nobody else can write failures into its timeline.
+func (s *Server) report(w http.ResponseWriter, r *http.Request) {
+	_, remote := addrs(r)
+	q := r.URL.Query()
+	mac, err := net.ParseMAC(q.Get("mac"))
+	step := q.Get("step")
+	msg, okErr := boot.IPXEError(q.Get("errno"))
+	if err != nil || len(mac) != 6 || !slices.Contains(boot.ReportSteps, step) || !okErr {
+		http.Error(w, "want "+boot.ReportPath+"?mac=52:54:00:12:34:56&step=sanboot&errno=0x0216eb3c", http.StatusBadRequest)
+		return
+	}
+	h, known := s.cfg.Booter.Host(mac)
+	if !known {
+		http.Error(w, "forbidden: unknown host", http.StatusForbidden)
+		return
+	}
+	if ok, why := s.fromHost(mac, remote); !ok {
+		s.log.Warn("boot failure report refused: the source address does not belong to this mac",
+			"mac", mac.String(), "ip", remote, "host", h.Name, "err", why)
+		http.Error(w, "forbidden: only "+mac.String()+" reports its failures", http.StatusForbidden)
+		return
+	}
+	s.emit(bootevent.Event{Host: h.Name, MAC: mac.String(), IP: remote.String(), Stage: bootevent.StageFailed,
+		Detail: "iPXE: " + step + " failed", Error: step + " failed: " + msg})
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	// A script that does nothing: iPXE registers what imgfetch fetched.
+	io.WriteString(w, "#!ipxe\n")
+}
+
+func (s *Server) emit(e bootevent.Event) {
+	if s.cfg.Events != nil {
+		s.cfg.Events(e)
+	}
 }
 
 func (s *Server) binary(w http.ResponseWriter, r *http.Request) {

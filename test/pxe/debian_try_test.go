@@ -51,10 +51,10 @@ func TestDebianTry(t *testing.T) {
 	srv.Kill()
 	time.Sleep(5 * time.Second)
 	srv2 := startServe(t, n, e2eServeArgs(n, data)...)
-	if _, took, err := srv2.WaitFor(3*time.Minute, "boot: iSCSI login"); err != nil {
+	if _, took, err := srv2.WaitFor(3*time.Minute, `detail="login of `); err != nil {
 		t.Errorf("no re-login after the restart: %v\n%s", err, srv2.Output())
 	} else {
-		t.Logf("re-login %v after the restart: %s", took.Round(100*time.Millisecond), lineWith(srv2.Output(), "boot: iSCSI login"))
+		t.Logf("re-login %v after the restart: %s", took.Round(100*time.Millisecond), lineWith(srv2.Output(), `detail="login of `))
 	}
 	time.Sleep(10 * time.Second)
 	t.Logf("console after the restart:\n%s", tail(v.Console(), 1500))

@@ -49,7 +49,7 @@ func TestPXEBoot(t *testing.T) {
 		v := startVM(t, n.vmNS, biosArgs(n)...)
 		took := expectMarker(t, v, marker, 120*time.Second)
 		t.Logf("BIOS, dhcp full: power-on to marker %v", took.Round(100*time.Millisecond))
-		expectStages(t, srv, "dhcp: ", "iPXE script", "boot: iSCSI login")
+		expectStages(t, srv, "dhcp: ", "iPXE script", "boot: san-login")
 	})
 
 	// A host of the state store on a volatile copy-on-write disk over an
@@ -63,7 +63,7 @@ func TestPXEBoot(t *testing.T) {
 		v := startVM(t, n.vmNS, biosArgs(n)...)
 		took := expectMarker(t, v, marker, 120*time.Second)
 		t.Logf("BIOS, volatile overlay host from the store: power-on to marker %v", took.Round(100*time.Millisecond))
-		expectStages(t, srv, "dhcp: ", "iPXE script", "boot: iSCSI login")
+		expectStages(t, srv, "dhcp: ", "iPXE script", "boot: san-login")
 		var h struct {
 			Arch       string `json:"arch"`
 			ArchLearnt bool   `json:"arch_learnt"`
@@ -143,7 +143,7 @@ hosts:
 			}
 			out := srv.Output()
 			rotated := strings.Index(out, "boot: new CHAP secrets for this boot")
-			login := strings.LastIndex(out, "boot: iSCSI login")
+			login := strings.LastIndex(out, "boot: san-login")
 			if rotated < 0 || login < rotated {
 				t.Fatalf("%s boot: no rotation logged before the iSCSI login", nth)
 			}
@@ -286,7 +286,7 @@ hosts:
 		v := startVM(t, n.vmNS, biosArgs(n)...)
 		took := expectMarker(t, v, marker, 120*time.Second)
 		t.Logf("BIOS, proxyDHCP beside dnsmasq: power-on to marker %v", took.Round(100*time.Millisecond))
-		expectStages(t, srv, "dhcp: ", "iPXE script", "boot: iSCSI login")
+		expectStages(t, srv, "dhcp: ", "iPXE script", "boot: san-login")
 	})
 
 	t.Run("uefi-full", func(t *testing.T) {
@@ -322,7 +322,7 @@ hosts:
 			"-device", "virtio-net-pci,netdev=n0,mac="+clientMAC+",romfile=,bootindex=1")
 		took := expectMarker(t, v, marker, 240*time.Second)
 		t.Logf("UEFI (OVMF PXE, snponly.efi), dhcp full: power-on to marker %v", took.Round(100*time.Millisecond))
-		expectStages(t, srv, "dhcp: ", "boot: TFTP file", "iPXE script", "boot: iSCSI login")
+		expectStages(t, srv, "dhcp: ", "boot: tftp", "iPXE script", "boot: san-login")
 	})
 }
 

@@ -95,7 +95,7 @@ func serverRestart(t *testing.T, n *testNet, srv **proc.Proc, sockets []*os.File
 		end:   func() { *srv = startServeWith(t, n, sockets, serveArgs...) },
 		times: func(r *restartResult) {
 			out := (*srv).Output()
-			serving, login := logTime(out, "msg=serving"), logTime(out, `msg="boot: iSCSI login"`)
+			serving, login := logTime(out, "msg=serving"), logTime(out, `detail="login of `)
 			if !serving.IsZero() {
 				r.startup = serving.Sub((*srv).Started())
 				if !login.IsZero() {
