@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -218,5 +219,36 @@ func TestTokenLastUsed(t *testing.T) {
 	a.call(t, "GET", "/tokens", "", &list)
 	if got := lastUsed(); !got.Equal(now) || !list[0].LastUsed.Equal(now) {
 		t.Fatalf("last used %v (listed %v) after a minute, want %v", got, list[0].LastUsed, now)
+	}
+}
+
+// The CLI can make tokens on a data directory before any server ran: a
+// store with read-only tokens only still gets its admin token (and the
+// token file) at the server's first start, under a free name.
+func TestEnsureTokenWithoutAdmin(t *testing.T) {
+	dir := t.TempDir()
+	st, err := store.OpenBolt(filepath.Join(dir, store.FileName), store.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	st.Update(func(tx store.Tx) error {
+		return tx.Put(store.BucketTokens, "admin", []byte(`{"name":"admin","sha256":"x","role":"read-only"}`))
+	})
+	tok, err := EnsureToken(st, dir)
+	if err != nil || tok == "" {
+		t.Fatalf("EnsureToken: %q %v", tok, err)
+	}
+	if f, _ := ReadTokenFile(dir); f != tok {
+		t.Fatalf("token file %q", f)
+	}
+	var recs []tokenRecord
+	st.View(func(tx store.Tx) error { recs, err = readTokens(tx); return err })
+	if len(recs) != 2 || recs[0].role() != RoleReadOnly || recs[1].Name != "admin-2" || recs[1].role() != RoleAdmin ||
+		recs[1].Hash != hashToken(tok) {
+		t.Fatalf("tokens %+v", recs)
+	}
+	if again, err := EnsureToken(st, dir); again != "" || err != nil {
+		t.Fatalf("second start: %q %v", again, err)
 	}
 }

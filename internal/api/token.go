@@ -56,7 +56,7 @@ func ParseRole(s string) (Role, error) {
 	case RoleReadOnly, "":
 		return RoleReadOnly, nil
 	}
-	return "", fmt.Errorf("role %q: want admin or read-only", s)
+	return "", fmt.Errorf("want admin or read-only, not %q", s)
 }
 
 // tokenRecord is a token as stored: only its SHA-256, never the token.
@@ -114,17 +114,33 @@ func newToken() (string, error) {
 // EnsureToken makes the admin token on first start: 32 random bytes from
 // crypto/rand, stored hashed in the state store and in plain in
 // dir/api-token (0600) for the local CLI. It returns the token when it
-// made it now (to be shown once), "" otherwise.
+// made it now (to be shown once), "" otherwise. "First start" is a store
+// without an admin token: the CLI may have made read-only ones on the
+// data directory before any server ran, and once there is an admin token
+// the API never lets the last one go.
 func EnsureToken(st store.Store, dir string) (string, error) {
-	var have bool
+	var recs []tokenRecord
 	err := st.View(func(tx store.Tx) error {
-		return tx.ForEach(store.BucketTokens, "", func(string, []byte) error {
-			have = true
-			return nil
-		})
+		var err error
+		recs, err = readTokens(tx)
+		return err
 	})
-	if err != nil || have {
+	if err != nil {
 		return "", err
+	}
+	name := adminToken
+	for i := 2; ; i++ {
+		taken := false
+		for _, r := range recs {
+			if r.role() == RoleAdmin {
+				return "", nil
+			}
+			taken = taken || r.Name == name
+		}
+		if !taken {
+			break
+		}
+		name = fmt.Sprintf("%s-%d", adminToken, i)
 	}
 	tok, err := newToken()
 	if err != nil {
@@ -133,7 +149,7 @@ func EnsureToken(st store.Store, dir string) (string, error) {
 	if err := fsutil.WriteFileAtomic(filepath.Join(dir, TokenFile), []byte(tok+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("api: token: %w", err)
 	}
-	rec := tokenRecord{Name: adminToken, Hash: hashToken(tok), Role: RoleAdmin, Created: time.Now().UTC()}
+	rec := tokenRecord{Name: name, Hash: hashToken(tok), Role: RoleAdmin, Created: time.Now().UTC()}
 	b, _ := json.Marshal(rec)
 	err = st.Update(func(tx store.Tx) error { return tx.Put(store.BucketTokens, rec.Name, b) })
 	if err != nil {
