@@ -161,6 +161,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		r = r.WithContext(WithPrincipal(r.Context(), p))
 	}
+	if r.Body == nil {
+		r.Body = http.NoBody // a request made in process (WithPrincipal, the CLI's) may have none
+	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 	// Mounted on the boot network's server, the API would inherit its
 	// short timeouts; some calls (a raw host's copy, a snapshot merge)
