@@ -72,7 +72,7 @@ func newClient(cmd *cobra.Command) (*client, error) {
 	if err != nil {
 		return nil, err
 	}
-	h, err := api.New(api.Config{Inventory: site.Inv, NoAuth: true, Context: cmd.Context(),
+	h, err := api.New(api.Config{Inventory: site.Inv, NoAuth: true, Principal: localPrincipal(), Context: cmd.Context(),
 		Import: app.OpenImport, Inspect: app.InspectImport, Export: app.ExportImage})
 	if err != nil {
 		site.Close()

@@ -40,5 +40,7 @@ func newRootCommand() *cobra.Command {
 	root.AddCommand(newServeCommand())
 	root.AddCommand(newImageCommand())
 	root.AddCommand(newHostCommand())
+	root.AddCommand(newTokenCommand())
+	root.AddCommand(newAuditCommand())
 	return root
 }

@@ -1,10 +1,14 @@
 // Package api is the admin REST API of diskless: JSON under /api/v1 for
 // images, versions, hosts, snapshots, sessions and long-running jobs,
-// behind a bearer token. It turns HTTP into calls of the inventory (which
-// owns every rule) and the inventory's refusals into status codes: 400
-// with the bad field for invalid input, 404, 409 for conflicts with the
-// state. It serves no boot endpoint (internal/web does) and is mounted on
-// the admin plane. docs/api.md and docs/openapi.yaml describe it.
+// behind named bearer tokens with a role (admin, read-only), every change
+// recorded in a bounded audit log (who, what, when, result). Principal
+// and Handler.AuthenticateToken are the seam another front end (the web
+// console) uses to act through it. It turns HTTP into calls of the
+// inventory (which owns every rule) and the inventory's refusals into
+// status codes: 400 with the bad field for invalid input, 404, 409 for
+// conflicts with the state. It serves no boot endpoint (internal/web
+// does) and is mounted on the admin plane. docs/api.md and
+// docs/openapi.yaml describe it.
 package api
 
 import (
@@ -17,16 +21,22 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/diskless-boot/diskless/internal/bootevent"
 	"github.com/diskless-boot/diskless/internal/inventory"
 	"github.com/diskless-boot/diskless/internal/iscsi"
+	"github.com/diskless-boot/diskless/internal/ratelog"
 	"github.com/diskless-boot/diskless/internal/storage"
 )
 
 // Prefix is where the API lives.
 const Prefix = "/api/v1"
+
+// catchAll is the pattern that answers "no such endpoint".
+const catchAll = Prefix + "/"
 
 // MetricsPath is where the API's handler serves Config.Metrics.
 const MetricsPath = "/metrics"
@@ -85,9 +95,13 @@ type Config struct {
 	Inspect func(ctx context.Context, path string) (int64, error)
 	Export  Exporter // required for exports
 	// NoAuth skips the token check: only for the CLI's in-process
-	// handler on a data directory it has opened itself.
+	// handler on a data directory it has opened itself. Every request
+	// then acts as Principal.
 	NoAuth bool
-	Logger *slog.Logger
+	// Principal is who requests act as with NoAuth: the audit log names
+	// it. Default: "local", admin. The CLI sets "local:<user name>".
+	Principal Principal
+	Logger    *slog.Logger
 	// Context bounds the jobs (default: background).
 	Context context.Context
 	// Metrics, when set, is served at GET /metrics (Prometheus), behind
@@ -100,8 +114,15 @@ type Handler struct {
 	cfg  Config
 	inv  *inventory.Inventory
 	log  *slog.Logger
+	rlog *ratelog.Logger // lines clients can cause
 	mux  *http.ServeMux
 	jobs *jobs
+	now  func() time.Time
+
+	mu      sync.Mutex
+	touched map[string]time.Time // token name -> when its last use was written
+
+	unauthenticated, forbidden, auditFailures atomic.Uint64
 }
 
 // New returns the API handler.
@@ -115,19 +136,41 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.Context == nil {
 		cfg.Context = context.Background()
 	}
-	h := &Handler{cfg: cfg, inv: cfg.Inventory, log: cfg.Logger, mux: http.NewServeMux(), jobs: newJobs(cfg.Context)}
+	if cfg.Principal.Name == "" {
+		cfg.Principal.Name = "local"
+	}
+	if cfg.Principal.Role == "" {
+		cfg.Principal.Role = RoleAdmin
+	}
+	h := &Handler{cfg: cfg, inv: cfg.Inventory, log: cfg.Logger, rlog: ratelog.NewLogger(10*time.Second, 3),
+		mux: http.NewServeMux(), jobs: newJobs(cfg.Context), now: time.Now, touched: map[string]time.Time{}}
 	h.routes()
 	return h, nil
 }
 
-// ServeHTTP authenticates the request and dispatches it.
+// ServeHTTP authenticates the request, checks its role and dispatches
+// it; a change (any method but GET and HEAD on a route) is recorded in the
+// audit log. Who a request acts as comes from, in order: a principal in
+// its context (WithPrincipal: another front end in this process that
+// authenticated it), Config.Principal with NoAuth, the Authorization
+// header (Authenticate).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if !h.cfg.NoAuth {
-		if _, err := authenticate(h.inv.Store(), r.Header.Get("Authorization")); err != nil {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="diskless"`)
-			writeError(w, http.StatusUnauthorized, "", "a valid bearer token is required (Authorization: Bearer <token>; the server's is in data_dir/api-token)")
+	p, ok := PrincipalFrom(r.Context())
+	switch {
+	case ok:
+	case h.cfg.NoAuth:
+		p = h.cfg.Principal
+		r = r.WithContext(WithPrincipal(r.Context(), p))
+	default:
+		var err error
+		if p, err = h.Authenticate(r); err != nil {
+			h.refuse(w, r, err)
 			return
 		}
+		r = r.WithContext(WithPrincipal(r.Context(), p))
+	}
+	if r.Body == nil {
+		r.Body = http.NoBody // a request made in process (WithPrincipal, the CLI's) may have none
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 	// Mounted on the boot network's server, the API would inherit its
@@ -136,7 +179,56 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// shown once).
 	rc := http.NewResponseController(w)
 	rc.SetWriteDeadline(time.Now().Add(apiWriteTimeout))
-	h.mux.ServeHTTP(w, r)
+	if r.Method == http.MethodGet || r.Method == http.MethodHead {
+		h.mux.ServeHTTP(w, r)
+		return
+	}
+	if p.Role != RoleAdmin {
+		// Not an audit row: a read-only token could otherwise push the
+		// record of real changes out of the bounded log.
+		h.forbidden.Add(1)
+		h.rlog.Log(h.log, slog.LevelWarn, "api: change refused to a read-only token", "token", p.Name, "ip", r.RemoteAddr,
+			"method", r.Method, "path", r.URL.Path)
+		writeError(w, http.StatusForbidden, "", fmt.Sprintf("token %q is %s: %s %s changes state and needs an admin token",
+			p.Name, p.Role, r.Method, r.URL.Path))
+		return
+	}
+	if _, pattern := h.mux.Handler(r); pattern != "" && pattern != catchAll {
+		h.serveAudited(w, r, p, pattern)
+		return
+	}
+	h.mux.ServeHTTP(w, r) // no such route: nothing changes
+}
+
+// refuse answers a request that failed authentication. Such requests are
+// not audited: anyone who can reach the listener could grow the log with
+// them. They are counted, and logged at most a few times a minute with
+// the number held back (never with what the request sent).
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, err error) {
+	if !errors.Is(err, ErrUnauthenticated) {
+		h.log.Error("api: cannot check the token", "err", err)
+		writeError(w, http.StatusInternalServerError, "", "cannot check the token: "+err.Error())
+		return
+	}
+	h.unauthenticated.Add(1)
+	h.rlog.Log(h.log, slog.LevelWarn, "api: request without a valid token refused", "ip", r.RemoteAddr,
+		"method", r.Method, "path", r.URL.Path)
+	w.Header().Set("WWW-Authenticate", `Bearer realm="diskless"`)
+	writeError(w, http.StatusUnauthorized, "", "a valid bearer token is required (Authorization: Bearer <token>; the server's is in data_dir/api-token)")
+}
+
+// Stats are the API's counters. Requests refused for their token are
+// not audit entries (see refuse and ServeHTTP); they are counted here.
+type Stats struct {
+	Unauthenticated    uint64 // requests without a valid token (401)
+	Forbidden          uint64 // changes asked with a read-only token (403)
+	AuditWriteFailures uint64 // changes made whose audit entry could not be written
+}
+
+// Stats returns the API's counters.
+func (h *Handler) Stats() Stats {
+	return Stats{Unauthenticated: h.unauthenticated.Load(), Forbidden: h.forbidden.Load(),
+		AuditWriteFailures: h.auditFailures.Load()}
 }
 
 // WaitJob blocks until a job ends (the CLI's in-process handler).
@@ -180,7 +272,11 @@ func (h *Handler) routes() {
 	m.HandleFunc("GET "+p+"/jobs", h.listJobs)
 	m.HandleFunc("GET "+p+"/jobs/{job}", h.getJob)
 	m.HandleFunc("DELETE "+p+"/jobs/{job}", h.cancelJob)
-	m.HandleFunc(p+"/", func(w http.ResponseWriter, r *http.Request) {
+	m.HandleFunc("GET "+p+"/tokens", h.listTokens)
+	m.HandleFunc("POST "+p+"/tokens", h.createToken)
+	m.HandleFunc("DELETE "+p+"/tokens/{token}", h.revokeToken)
+	m.HandleFunc("GET "+p+"/audit", h.listAudit)
+	m.HandleFunc(catchAll, func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "", "no such endpoint: "+r.Method+" "+r.URL.Path+" (see docs/api.md)")
 	})
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -32,6 +33,13 @@ func newTestAPI(t *testing.T) *testAPI {
 // (nil: the Local one).
 func newTestAPIOn(t *testing.T, wrap func(*storage.Local) storage.Backend) *testAPI {
 	t.Helper()
+	return newTestAPILogged(t, wrap, nil)
+}
+
+// newTestAPILogged is newTestAPIOn with the inventory and the handler
+// logging to log (nil: nowhere).
+func newTestAPILogged(t *testing.T, wrap func(*storage.Local) storage.Backend, log *slog.Logger) *testAPI {
+	t.Helper()
 	dir := t.TempDir()
 	st, err := store.OpenBolt(filepath.Join(dir, store.FileName), store.BoltOptions{})
 	if err != nil {
@@ -46,7 +54,7 @@ func newTestAPIOn(t *testing.T, wrap func(*storage.Local) storage.Backend) *test
 	if wrap != nil {
 		backend = wrap(be)
 	}
-	inv, err := inventory.New(inventory.Options{Store: st, Backend: backend})
+	inv, err := inventory.New(inventory.Options{Store: st, Backend: backend, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,22 +62,29 @@ func newTestAPIOn(t *testing.T, wrap func(*storage.Local) storage.Backend) *test
 	if err != nil || tok == "" {
 		t.Fatalf("token %q: %v", tok, err)
 	}
-	h, err := New(Config{Inventory: inv, Context: t.Context()})
+	h, err := New(Config{Inventory: inv, Context: t.Context(), Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return &testAPI{h: h, token: tok, dir: dir}
 }
 
-// call sends a request and decodes the answer into out (if not nil).
+// call sends a request with the admin token and decodes the answer into
+// out (if not nil).
 func (a *testAPI) call(t *testing.T, method, path, body string, out any) (int, Error) {
+	t.Helper()
+	return a.callAs(t, a.token, method, path, body, out)
+}
+
+// callAs is call with another token.
+func (a *testAPI) callAs(t *testing.T, token, method, path, body string, out any) (int, Error) {
 	t.Helper()
 	var rd io.Reader
 	if body != "" {
 		rd = strings.NewReader(body)
 	}
 	r := httptest.NewRequest(method, Prefix+path, rd)
-	r.Header.Set("Authorization", "Bearer "+a.token)
+	r.Header.Set("Authorization", "Bearer "+token)
 	w := httptest.NewRecorder()
 	a.h.ServeHTTP(w, r)
 	var e Error

@@ -242,6 +242,7 @@ func (h *Handler) addHost(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) {
 		return
 	}
+	auditObject(r, req.Name)
 	spec := inventory.HostSpec{Name: req.Name, MACs: req.MACs, Arch: req.Arch, Image: req.Image, Version: req.Version,
 		Mode: storage.DiskMode(req.DiskMode), RawPath: req.RawPath, Boot: req.Boot, Kernel: req.Kernel, Initrd: req.Initrd,
 		Cmdline: req.Cmdline, InitiatorIQN: req.InitiatorIQN, TargetIQN: req.TargetIQN,
@@ -394,7 +395,7 @@ func (h *Handler) promoteHost(w http.ResponseWriter, r *http.Request) {
 		}
 		return map[string]any{"version": v, "notes": notes(n).Notes}, nil
 	})
-	writeJSON(w, http.StatusAccepted, Accepted{Job: job})
+	accepted(w, r, job)
 }
 
 func (h *Handler) listSnapshots(w http.ResponseWriter, r *http.Request) {
@@ -416,11 +417,15 @@ func (h *Handler) createSnapshot(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) {
 		return
 	}
+	if req.Name != "" {
+		auditObject(r, r.PathValue("host")+"/"+req.Name)
+	}
 	s, err := h.inv.Snapshot(r.PathValue("host"), req.Name)
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
+	auditObject(r, r.PathValue("host")+"/"+s.Name)
 	writeJSON(w, http.StatusCreated, s)
 }
 

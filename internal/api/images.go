@@ -108,6 +108,7 @@ func (h *Handler) createImage(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) {
 		return
 	}
+	auditObject(r, req.Name)
 	if req.Size != 0 && req.Import != "" {
 		writeError(w, http.StatusBadRequest, "import", "give size or import, not both")
 		return
@@ -123,7 +124,7 @@ func (h *Handler) createImage(w http.ResponseWriter, r *http.Request) {
 			h.fail(w, r, err)
 			return
 		}
-		writeJSON(w, http.StatusAccepted, Accepted{Job: h.startImport(req.Name, req.Import, bootFiles(req.Kernel, req.Initrd, req.Cmdline), size)})
+		accepted(w, r, h.startImport(req.Name, req.Import, bootFiles(req.Kernel, req.Initrd, req.Cmdline), size))
 		return
 	}
 	img, err := h.inv.CreateImage(r.Context(), inventory.NewImage{Name: req.Name, Description: req.Description, Size: int64(req.Size)})
@@ -203,7 +204,7 @@ func (h *Handler) importVersion(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "source", err.Error())
 		return
 	}
-	writeJSON(w, http.StatusAccepted, Accepted{Job: h.startImport(image, req.Source, bootFiles(req.Kernel, req.Initrd, req.Cmdline), size)})
+	accepted(w, r, h.startImport(image, req.Source, bootFiles(req.Kernel, req.Initrd, req.Cmdline), size))
 }
 
 func (h *Handler) listVersions(w http.ResponseWriter, r *http.Request) {
@@ -317,7 +318,7 @@ func (h *Handler) exportVersion(w http.ResponseWriter, r *http.Request) {
 		}
 		return map[string]string{"path": req.Path, "format": req.Format, "version": v.Ref().String()}, nil
 	})
-	writeJSON(w, http.StatusAccepted, Accepted{Job: job})
+	accepted(w, r, job)
 }
 
 func (h *Handler) listJobs(w http.ResponseWriter, r *http.Request) {

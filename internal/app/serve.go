@@ -224,14 +224,16 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	defer sup.stop()
 
 	// The admin API, on the HTTP listener or its own.
-	msrc := metrics.Sources{ISCSI: isrv.Stats, HTTP: wsrv.Stats, Hosts: sup.metricsHosts, Boots: sup.events.Stats}
+	var apiH *api.Handler // made below, read at scrape time
+	msrc := metrics.Sources{ISCSI: isrv.Stats, HTTP: wsrv.Stats, Hosts: sup.metricsHosts, Boots: sup.events.Stats,
+		API: func() api.Stats { return apiH.Stats() }}
 	if tsrv != nil {
 		msrc.TFTP = tsrv.Stats
 	}
 	if dsrv != nil {
 		msrc.DHCP = dsrv.Stats
 	}
-	apiH, err := api.New(api.Config{Inventory: site.Inv, Status: sup, Logger: log, Context: ctx, Metrics: metrics.Handler(msrc),
+	apiH, err = api.New(api.Config{Inventory: site.Inv, Status: sup, Logger: log, Context: ctx, Metrics: metrics.Handler(msrc),
 		Server: api.ServerInfo{Address: serverIP, HTTPPort: cfg.HTTPPort(), ISCSIPort: cfg.ISCSIPort(), PortalGroupTag: uint16(cfg.ISCSI.PortalGroupTag)},
 		Import: OpenImport, Inspect: InspectImport, Export: ExportImage})
 	if err != nil {

@@ -113,7 +113,8 @@ func TestRunServeLoopback(t *testing.T) {
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		for _, want := range []string{"diskless_iscsi_connections_accepted_total ", `diskless_host_online{host="client1"} 0`,
-			`diskless_http_scripts_total{result="refused"} 1`} {
+			`diskless_http_scripts_total{result="refused"} 1`,
+			`diskless_api_requests_refused_total{reason="unauthenticated"} 1`} { // the GET without the token
 			if !strings.Contains(string(body), want) {
 				t.Errorf("metrics lack %q", want)
 			}

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/diskless-boot/diskless/internal/api"
 	"github.com/diskless-boot/diskless/internal/bootevent"
 	"github.com/diskless-boot/diskless/internal/dhcp"
 	"github.com/diskless-boot/diskless/internal/iscsi"
@@ -28,6 +29,7 @@ type Sources struct {
 	TFTP  func() tftp.Stats
 	DHCP  func() dhcp.Stats
 	HTTP  func() web.Stats
+	API   func() api.Stats
 	Hosts func() []Host
 	Boots func() bootevent.Stats
 }
@@ -91,6 +93,9 @@ var (
 	httpFiles   = desc("http_files_total", "Kernels, initrds and binaries sent (or begun) over HTTP.")
 	httpLimited = desc("http_refused_total", "Boot HTTP connections and requests refused or cut by the bounds: per_source, total, evicted, rate_limited, too_large.", "reason")
 
+	apiRefused       = desc("api_requests_refused_total", "Admin API requests refused for their token: unauthenticated (none or unknown), forbidden (a change with a read-only token). Not in the audit log.", "reason")
+	apiAuditFailures = desc("api_audit_write_failures_total", "Changes made through the API whose audit entry could not be written.")
+
 	hostOnline   = desc("host_online", "1 when the host has an iSCSI session.", "host")
 	hostSessions = desc("host_sessions", "The host's logged-in iSCSI sessions.", "host")
 	hostRead     = desc("host_read_bytes_total", "Bytes the host read from its disk in its open sessions.", "host")
@@ -110,7 +115,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{iscsiAccepted, iscsiRefused, iscsiEvicted, iscsiTimedOut, iscsiTSF, iscsiPanics,
 		iscsiConns, iscsiPending, iscsiSessions, iscsiMemory, tftpRequests, tftpRefused, tftpTransfers, tftpRetransmits,
 		tftpSent, tftpMalformed, tftpActive, dhcpPackets, dhcpShed, dhcpLeaseWrites, httpScripts, httpFiles, httpLimited,
-		hostOnline, hostSessions, hostRead, hostWritten, hostDisk, hostsByState,
+		apiRefused, apiAuditFailures, hostOnline, hostSessions, hostRead, hostWritten, hostDisk, hostsByState,
 		bootsStarted, bootsCompleted, bootsFailed, bootEvents, bootDuration, bootStreamCut} {
 		ch <- d
 	}
@@ -202,6 +207,12 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstHistogram(bootDuration, s.Completed, s.DurationSum, buckets)
 		counter(bootStreamCut, s.SubscribersCut)
+	}
+	if c.src.API != nil {
+		s := c.src.API()
+		counter(apiRefused, s.Unauthenticated, "unauthenticated")
+		counter(apiRefused, s.Forbidden, "forbidden")
+		counter(apiAuditFailures, s.AuditWriteFailures)
 	}
 	if c.src.Hosts != nil {
 		states := map[string]int{}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/diskless-boot/diskless/internal/api"
 	"github.com/diskless-boot/diskless/internal/dhcp"
 	"github.com/diskless-boot/diskless/internal/httplimit"
 	"github.com/diskless-boot/diskless/internal/iscsi"
@@ -27,6 +28,7 @@ func sources() Sources {
 		HTTP: func() web.Stats {
 			return web.Stats{Scripts: 6, ScriptsRefused: 2, Limits: httplimit.Stats{RateLimited: 4}}
 		},
+		API: func() api.Stats { return api.Stats{Unauthenticated: 11, Forbidden: 3, AuditWriteFailures: 1} },
 		Hosts: func() []Host {
 			return []Host{{Name: "pc1", Online: true, Sessions: 1, ReadBytes: 1 << 20, WrittenBytes: 512, DiskBytes: 8192}, {Name: "pc2"}}
 		},
@@ -61,6 +63,9 @@ func TestScrape(t *testing.T) {
 		`diskless_dhcp_packets_total{result="no_offer",type="REQUEST"} 1`,
 		`diskless_http_scripts_total{result="refused"} 2`,
 		`diskless_http_refused_total{reason="rate_limited"} 4`,
+		`diskless_api_requests_refused_total{reason="unauthenticated"} 11`,
+		`diskless_api_requests_refused_total{reason="forbidden"} 3`,
+		"diskless_api_audit_write_failures_total 1",
 		`diskless_host_online{host="pc1"} 1`,
 		`diskless_host_online{host="pc2"} 0`,
 		`diskless_host_read_bytes_total{host="pc1"} 1.048576e+06`,

@@ -1,6 +1,6 @@
 // Package store keeps diskless' state: image and version records, hosts
 // with their generated names and secrets, API tokens, machines seen but not
-// configured. It owns persistence and transactions behind the small Store
+// configured, the audit log of changes. It owns persistence and transactions behind the small Store
 // interface; it knows nothing of what the records mean (internal/inventory
 // owns the model and its rules) and never logs.
 //
@@ -27,10 +27,13 @@ const (
 	BucketTokens   = "tokens"   // token name -> hashed API token
 	BucketUnknown  = "unknown"  // MAC -> machine seen but not configured
 	BucketBoots    = "boots"    // "<host>/<%020d start, ns>" -> one boot's timeline
+	// BucketAudit holds the audit log: "%020d" sequence number -> entry,
+	// so ForEach walks it oldest first. Its writer keeps it bounded.
+	BucketAudit = "audit"
 )
 
 // Buckets lists every bucket, in a fixed order.
-var Buckets = []string{BucketMeta, BucketImages, BucketVersions, BucketHosts, BucketTokens, BucketUnknown, BucketBoots}
+var Buckets = []string{BucketMeta, BucketImages, BucketVersions, BucketHosts, BucketTokens, BucketUnknown, BucketBoots, BucketAudit}
 
 // ErrNotFound is returned by Get for a key that is not there.
 var ErrNotFound = errors.New("store: not found")
