@@ -219,7 +219,10 @@ func (inv *Inventory) Adopt(ctx context.Context, mac string, a AdoptSpec) (Host,
 		spec.Version = 0 // the defaults' pin is for their image
 	}
 	if spec.Image == "" {
-		return Host{}, invalid("image", "required: no unknown_hosts.enroll.image to take it from")
+		return Host{}, invalid("image", "required: name one (there is no unknown_hosts.enroll.image to take it from)")
+	}
+	if spec.Mode == storage.Raw {
+		return Host{}, invalid("disk_mode", "persistent or volatile: for a raw copy, `diskless host add` it")
 	}
 	if a.Name != "" {
 		if err := storage.CheckName("host", a.Name); err != nil {
