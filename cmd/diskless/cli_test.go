@@ -14,6 +14,7 @@ import (
 
 	"github.com/diskless-boot/diskless/internal/app"
 	"github.com/diskless-boot/diskless/internal/config"
+	"github.com/diskless-boot/diskless/internal/inventory"
 	"github.com/diskless-boot/diskless/internal/testutil/ports"
 )
 
@@ -39,6 +40,24 @@ var (
 	timeName     = regexp.MustCompile(`\d{8}-\d{6}`)
 	dataDir      = regexp.MustCompile(`/tmp/\S+?/(local|server)`)
 )
+
+// seedUnknown stores two machines seen but not configured in the data
+// directory dir, as a server would have.
+func seedUnknown(t *testing.T, dir string) {
+	t.Helper()
+	site, err := app.OpenSite(t.Context(), dir, app.SiteOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer site.Close()
+	seen := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	if err := site.Inv.SaveUnknownHosts([]inventory.UnknownHost{
+		{MAC: "52:54:00:00:00:77", Arch: "bios", FirstSeen: seen, LastSeen: seen, Count: 3},
+		{MAC: "52:54:00:00:00:78", Arch: "efi-x64", FirstSeen: seen, LastSeen: seen, Count: 1},
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
 
 func normalize(s string) string {
 	s = volatileJSON.ReplaceAllString(s, `"$1": X`)
@@ -83,8 +102,15 @@ func TestCLISameWithAndWithoutServer(t *testing.T) {
 		{"host", "set", "a", "--chap-rotation", "boot", "--json"},
 		{"host", "show", "a"},
 		{"host", "rotate-secrets", "a", "--json"},
+		{"host", "unknown", "--json"}, // 30: what seedUnknown stored
+		{"host", "adopt", "52:54:00:00:00:77", "--image", "img", "--name", "adopted", "--json"},
+		{"host", "adopt", "52:54:00:00:00:78"}, // no image, no enroll section: 400
+		{"host", "adopt", "52-54-00-00-00-78", "--image", "img", "--disk", "volatile", "--json"},
+		{"host", "adopt", "52:54:00:00:00:77", "--image", "img"}, // adopted: no longer in the list
+		{"host", "unknown", "--json"},
+		{"host", "show", "host-525400000078"},
 	}
-	outcomeOnly := map[int]bool{13: true, 16: true, 28: true} // 28: usage and times differ
+	outcomeOnly := map[int]bool{13: true, 16: true, 28: true, 36: true} // 28, 36: usage and times differ
 	run := func(dir string) []string {
 		var out []string
 		for _, args := range script {
@@ -97,10 +123,12 @@ func TestCLISameWithAndWithoutServer(t *testing.T) {
 		return out
 	}
 	base := t.TempDir()
+	seedUnknown(t, filepath.Join(base, "local"))
 	local := run(filepath.Join(base, "local"))
 
 	// The same with a server on the other data directory.
 	dir := filepath.Join(base, "server")
+	seedUnknown(t, dir)
 	port := func() int { return ports.FreeTCP(t) }
 	y := fmt.Sprintf("interface: lo\nserver_ip: 127.0.0.1\ndata_dir: %s\ndhcp: {mode: off}\ntftp: {enabled: false}\n"+
 		"http: {listen: \"127.0.0.1:%d\"}\niscsi: {listen: \"127.0.0.1:%d\"}\n", dir, port(), port())
@@ -139,7 +167,9 @@ func TestCLISameWithAndWithoutServer(t *testing.T) {
 		}
 	}
 	for i, want := range map[int]string{3: "exists", 4: "no image", 14: "used by host", 21: "new secrets now",
-		24: "has no CHAP", 25: "no host", 26: "boot needs chap", 27: "chap_rotation boot", 28: "new secrets at every boot"} {
+		24: "has no CHAP", 25: "no host", 26: "boot needs chap", 27: "chap_rotation boot", 28: "new secrets at every boot",
+		30: "52:54:00:00:00:78", 31: `"source": "api"`, 32: "image: required", 33: `"name": "host-525400000078"`,
+		34: "not in the unknown list", 36: "volatile on img@v2"} {
 		if !strings.Contains(local[i], want) {
 			t.Errorf("diskless %s: %q, want an error saying %q", strings.Join(script[i], " "), local[i], want)
 		}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -25,7 +26,7 @@ func newHostCommand() *cobra.Command {
 	}
 	addClientFlags(cmd)
 	cmd.AddCommand(hostAdd(), hostList(), hostShow(), hostSet(), hostRemove(), hostSnapshot(), hostSnapshots(),
-		hostRollback(), hostReset(), hostPromote(), hostCheck(), hostClearError(), hostRotateSecrets(), hostUnknown())
+		hostRollback(), hostReset(), hostPromote(), hostCheck(), hostClearError(), hostRotateSecrets(), hostUnknown(), hostAdopt())
 	return cmd
 }
 
@@ -694,4 +695,54 @@ func stateText(h *api.HostView, short bool) string {
 		return "online"
 	}
 	return "offline"
+}
+
+func hostAdopt() *cobra.Command {
+	var req api.AdoptRequest
+	var version string
+	cmd := &cobra.Command{
+		Use:   "adopt MAC [--name NAME] [--image IMAGE] [--version N] [--disk persistent|volatile]",
+		Short: "Make a machine of `host unknown` a host (what is left out: the configuration's unknown_hosts.enroll)",
+		Long: `Makes a machine that asked to boot but is no host (diskless host unknown) a
+host, as host add would: generated IQNs and CHAP secrets (host show NAME
+--secrets prints them), a copy-on-write disk on the image. It leaves the
+unknown list. What the flags leave out comes from the unknown_hosts.enroll
+section the server last started with: the name from its name_pattern (default
+host-<mac without colons>), the image, version, disk mode and boot mode. Without
+that section, --image is required.`,
+		Example: `  diskless host adopt 52:54:00:12:34:56 --name lab-07 --image debian12
+  diskless host adopt 52:54:00:12:34:56          # as unknown_hosts.enroll says`,
+		Args: cobra.ExactArgs(1),
+		RunE: withClient(func(cmd *cobra.Command, c *client, args []string) error {
+			if cmd.Flags().Changed("version") {
+				n, err := inventory.ParseVersion(version)
+				if err != nil {
+					return err
+				}
+				req.Version = &n
+			}
+			var ch api.HostChange
+			if err := c.do(cmd.Context(), http.MethodPost, "/unknown-hosts/"+url.PathEscape(args[0])+"/adopt", req, &ch); err != nil {
+				return err
+			}
+			if jsonFlag(cmd) {
+				return printJSON(cmd, ch)
+			}
+			h := ch.Host
+			fmt.Fprintf(cmd.OutOrStdout(), "host %s adopted (%s): %s disk on %s\n", h.Name, strings.Join(h.MACs, ","), h.Disk.Mode, orDash(h.Disk.Base))
+			for _, n := range ch.Notes {
+				fmt.Fprintln(cmd.OutOrStdout(), "note:", n)
+			}
+			return nil
+		}),
+	}
+	f := cmd.Flags()
+	f.StringVar(&req.Name, "name", "", "host name (default: from unknown_hosts.enroll.name_pattern, else host-<mac hex>)")
+	f.StringVar(&req.Image, "image", "", "image the host boots (default: unknown_hosts.enroll.image)")
+	f.StringVar(&version, "version", "", "version number to pin to, or latest (default: the enroll section's, else the newest)")
+	f.StringVar(&req.DiskMode, "disk", "", "persistent or volatile (default: the enroll section's, else persistent)")
+	f.StringVar(&req.DiskMode, "mode", "", "same as --disk")
+	f.MarkHidden("mode")
+	f.StringVar(&req.Boot, "boot", "", "sanboot or kernel (default: the enroll section's, else sanboot)")
+	return cmd
 }

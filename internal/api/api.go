@@ -269,6 +269,7 @@ func (h *Handler) routes() {
 	m.HandleFunc("GET "+p+"/events", h.streamEvents)
 	m.HandleFunc("GET "+p+"/sessions", h.listSessions)
 	m.HandleFunc("GET "+p+"/unknown-hosts", h.listUnknown)
+	m.HandleFunc("POST "+p+"/unknown-hosts/{mac}/adopt", h.adoptUnknown)
 	m.HandleFunc("GET "+p+"/jobs", h.listJobs)
 	m.HandleFunc("GET "+p+"/jobs/{job}", h.getJob)
 	m.HandleFunc("DELETE "+p+"/jobs/{job}", h.cancelJob)

@@ -462,3 +462,35 @@ func (h *Handler) listUnknown(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, list)
 }
+
+// AdoptRequest is the body of POST /unknown-hosts/{mac}/adopt. Fields left
+// out come from the unknown_hosts.enroll section the server last started
+// with (the name from its name_pattern, default host-{mac}); the image is
+// required from one of them.
+type AdoptRequest struct {
+	Name     string `json:"name,omitempty"`
+	Image    string `json:"image,omitempty"`
+	Version  *int   `json:"version,omitempty"`   // 0: follow the newest
+	DiskMode string `json:"disk_mode,omitempty"` // persistent or volatile
+	Boot     string `json:"boot,omitempty"`      // sanboot or kernel
+}
+
+// adoptUnknown makes a machine of the unknown list a host. The answer is
+// the host as listings show it: its generated secrets are not in it.
+func (h *Handler) adoptUnknown(w http.ResponseWriter, r *http.Request) {
+	var req AdoptRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	host, err := h.inv.Adopt(r.Context(), r.PathValue("mac"), inventory.AdoptSpec{Name: req.Name, Image: req.Image,
+		Version: req.Version, Mode: storage.DiskMode(req.DiskMode), Boot: req.Boot})
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	notes := []string{}
+	if host.CHAP != nil {
+		notes = append(notes, "CHAP secrets generated; `diskless host show "+host.Name+" --secrets` prints them")
+	}
+	writeJSON(w, http.StatusCreated, HostChange{Host: h.view(host, false), Notes: notes})
+}

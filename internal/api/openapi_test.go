@@ -59,7 +59,7 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 		}
 	}
 	a := newTestAPI(t)
-	fill := strings.NewReplacer("{image}", "x", "{version}", "1", "{host}", "x", "{snapshot}", "x", "{job}", "x", "{token}", "x")
+	fill := strings.NewReplacer("{image}", "x", "{version}", "1", "{host}", "x", "{snapshot}", "x", "{job}", "x", "{token}", "x", "{mac}", "52:54:00:12:34:56")
 	for _, op := range ops {
 		method, path, _ := strings.Cut(op, " ")
 		if !slices.Contains(routes, op) {

@@ -137,6 +137,10 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	if err != nil {
 		return err
 	}
+	enroll, err := setupEnroll(site.Inv, cfg, log)
+	if err != nil {
+		return err
+	}
 	token, err := api.EnsureToken(site.Store, site.Dir)
 	if err != nil {
 		return err
@@ -153,7 +157,8 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 		binaries = root.FS()
 	}
 	booter, err := boot.New(boot.Config{
-		Unknown:        boot.Policy(cfg.UnknownHosts.Policy),
+		Unknown:        bootPolicy(cfg.UnknownHosts.Policy),
+		Registry:       boot.NewRegistry(inventory.MaxUnknown, nil), // as many as the store keeps
 		HTTPPort:       cfg.HTTPPort(),
 		ISCSIPort:      cfg.ISCSIPort(),
 		PortalGroupTag: uint16(cfg.ISCSI.PortalGroupTag),
@@ -194,7 +199,7 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	// DHCP.
 	var dsrv *dhcp.Server
 	if cfg.DHCP.Mode != config.DHCPOff {
-		dsrv, err = dhcp.NewServer(dhcpConfig(cfg, booter, sup, log))
+		dsrv, err = dhcp.NewServer(dhcpConfig(cfg, booter, sup, enroll, log))
 		if err != nil {
 			return err
 		}
@@ -399,8 +404,8 @@ func writeServerFile(dir, apiURL string) error {
 }
 
 // dhcpConfig maps the dhcp section onto the DHCP server, with the Booter as
-// its boot policy.
-func dhcpConfig(cfg *config.Config, booter *boot.Booter, sup *supervisor, log *slog.Logger) dhcp.Config {
+// its boot policy (and enroll, when not nil, making hosts of new machines).
+func dhcpConfig(cfg *config.Config, booter *boot.Booter, sup *supervisor, enroll *enroller, log *slog.Logger) dhcp.Config {
 	serverIP := cfg.Server()
 	ones, _ := cfg.DHCP.Mask().Size()
 	dc := dhcp.Config{
@@ -415,7 +420,11 @@ func dhcpConfig(cfg *config.Config, booter *boot.Booter, sup *supervisor, log *s
 		OnReply:   sup.dhcpReply,
 		Boot: func(ci dhcp.ClientInfo) (dhcp.Boot, bool) {
 			code := archCode(ci)
-			if h, ok := booter.Host(ci.MAC); ok {
+			h, ok, answer := enroll.hostFor(booter, ci.MAC, code)
+			if !answer {
+				return dhcp.Boot{}, false
+			}
+			if ok {
 				sup.sawNetboot(ci.MAC, h.Name, code)
 			}
 			file, ok := booter.DHCPBoot(ci.MAC, code, ci.IPXE, ci.HTTPClient, serverIP)

@@ -195,6 +195,7 @@ func New(cfg Config) (*Booter, error) {
 
 // SetHosts replaces the hosts (each checked as New does); on error the
 // hosts in use stay. Boots in progress finish with what they were given.
+// Machines of the registry that are hosts now leave it.
 func (b *Booter) SetHosts(hosts []Host) error {
 	m := make(map[string]*Host, len(hosts))
 	for i := range hosts {
@@ -212,6 +213,11 @@ func (b *Booter) SetHosts(hosts []Host) error {
 		m[key] = &h
 	}
 	b.hosts.Store(&m)
+	macs := make([]net.HardwareAddr, 0, len(hosts))
+	for i := range hosts {
+		macs = append(macs, hosts[i].MAC)
+	}
+	b.registry.Forget(macs)
 	return nil
 }
 

@@ -344,3 +344,24 @@ func TestRegistry(t *testing.T) {
 		t.Errorf("sighting: %+v", got)
 	}
 }
+
+// A machine that becomes a host (enrolled, adopted, added) leaves the
+// registry, and so the saved unknown list.
+func TestRegistryForgetsHosts(t *testing.T) {
+	reg := NewRegistry(10, nil)
+	a, b := net.HardwareAddr{2, 0, 0, 0, 0, 1}, net.HardwareAddr{2, 0, 0, 0, 0, 2}
+	reg.Observe(a, netip.Addr{}, "bios")
+	reg.Observe(b, netip.Addr{}, "bios")
+	bt, err := New(Config{HTTPPort: 8080, Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gen := reg.Gen()
+	h := Host{MAC: a, Name: "pc-1", Mode: Sanboot, InitiatorIQN: "iqn.2026-01.x:h", TargetIQN: "iqn.2026-01.x:d"}
+	if err := bt.SetHosts([]Host{h}); err != nil {
+		t.Fatal(err)
+	}
+	if l := reg.List(); len(l) != 1 || l[0].MAC.String() != b.String() || reg.Gen() == gen {
+		t.Errorf("registry after a's host was set: %+v (gen %d, was %d)", l, reg.Gen(), gen)
+	}
+}

@@ -107,6 +107,20 @@ func (r *Registry) Restore(list []Sighting) {
 	}
 }
 
+// Forget drops the machines of macs (those that became hosts), so the list
+// and what is saved of it leave them out.
+func (r *Registry) Forget(macs []net.HardwareAddr) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, mac := range macs {
+		if e, ok := r.m[mac.String()]; ok {
+			r.order.Remove(e)
+			delete(r.m, mac.String())
+			r.gen++
+		}
+	}
+}
+
 // List returns the recorded machines, most recently seen first.
 func (r *Registry) List() []Sighting {
 	r.mu.Lock()

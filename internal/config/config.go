@@ -20,6 +20,8 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+
+	"github.com/diskless-boot/diskless/internal/inventory"
 )
 
 // Defaults of the keys that have one. docs/config.md repeats them.
@@ -34,6 +36,9 @@ const (
 	DefaultUnknownPolicy  = UnknownLocal
 	DefaultBoot           = BootSanboot
 	DefaultCHAPRotation   = CHAPRotationOff
+	DefaultNamePattern    = inventory.DefaultNamePattern
+	DefaultMaxEnrolled    = 256
+	DefaultEnrollPerMin   = 10
 	// LeaseFileName is the default lease file, inside data_dir.
 	LeaseFileName = "dhcp-leases.json"
 )
@@ -50,6 +55,7 @@ const (
 	UnknownLocal  = "local"
 	UnknownMenu   = "menu"
 	UnknownRefuse = "refuse"
+	UnknownEnroll = "enroll"
 )
 
 // Boot modes (hosts[].boot).
@@ -190,10 +196,39 @@ type Image struct {
 // UnknownHosts is the unknown_hosts section.
 type UnknownHosts struct {
 	// Policy is what a machine not in hosts gets: "local" (boot from its
-	// local disk), "menu" (an iPXE menu: local disk, retry, shell, reboot)
-	// or "refuse" (no boot offer, no script). Default "local". Unknown
-	// machines are recorded either way.
+	// local disk), "menu" (an iPXE menu: local disk, retry, shell, reboot),
+	// "refuse" (no boot offer, no script) or "enroll" (it becomes a host as
+	// Enroll says and boots as one). Default "local". Unknown machines are
+	// recorded either way.
 	Policy string `yaml:"policy"`
+	// Enroll is how a machine becomes a host under policy enroll, and the
+	// defaults of `diskless host adopt` under any policy.
+	Enroll Enroll `yaml:"enroll"`
+}
+
+// Enroll is the unknown_hosts.enroll section.
+type Enroll struct {
+	// Image is the image enrolled hosts boot. Required with policy enroll;
+	// it must exist (in images or the state store) when the server starts.
+	Image string `yaml:"image"`
+	// Version pins enrolled hosts to one version. Default 0: the newest.
+	Version int `yaml:"version"`
+	// Disk is "persistent" or "volatile", as hosts[].disk. Default
+	// persistent.
+	Disk string `yaml:"disk"`
+	// Boot is "sanboot" or "kernel", as hosts[].boot (kernel: the image
+	// version's kernel). Default sanboot.
+	Boot string `yaml:"boot"`
+	// NamePattern names enrolled hosts: {n} is the first number from 1 no
+	// host name takes, {mac} the MAC in hex without colons. Default
+	// "host-{mac}" (the name a host declared without one gets).
+	NamePattern string `yaml:"name_pattern"`
+	// MaxHosts stops enrollment when that many enrolled hosts exist (a
+	// LAN can make up MACs). Default 256.
+	MaxHosts int `yaml:"max_hosts"`
+	// MaxPerMinute bounds enrollments per minute (bursts of as many).
+	// Default 10.
+	MaxPerMinute int `yaml:"max_per_minute"`
 }
 
 // Host is one machine diskless boots.
@@ -252,7 +287,7 @@ type Host struct {
 
 // Default returns the configuration with every default set and no hosts.
 func Default() *Config {
-	return &Config{
+	c := &Config{
 		DHCP:         DHCP{Mode: DefaultDHCPMode, LeaseTime: DefaultLeaseTime},
 		Boots:        Boots{StuckAfter: DefaultStuckAfter},
 		TFTP:         TFTP{Root: DefaultTFTPRoot, Enabled: true},
@@ -260,6 +295,8 @@ func Default() *Config {
 		DataDir:      DefaultDataDir,
 		UnknownHosts: UnknownHosts{Policy: DefaultUnknownPolicy},
 	}
+	c.UnknownHosts.Enroll = Enroll{NamePattern: DefaultNamePattern, MaxHosts: DefaultMaxEnrolled, MaxPerMinute: DefaultEnrollPerMin}
+	return c
 }
 
 // fillDerived sets the defaults that depend on other keys.
@@ -353,6 +390,10 @@ func (d *DHCP) DNSAddrs() []netip.Addr {
 	}
 	return out
 }
+
+// Where says where key ("unknown_hosts.enroll.image") was set: "file:line",
+// the flag, or "default"; for errors found after Validate (at start).
+func (c *Config) Where(key string) string { return c.src.where(key) }
 
 // HTTPPort is the port of http.listen (valid after Validate).
 func (c *Config) HTTPPort() uint16 { return listenPort(c.HTTP.Listen, DefaultHTTPPort) }

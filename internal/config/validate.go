@@ -32,6 +32,10 @@ const (
 	maxSecretLen  = boot.MaxArgLen
 	maxNameLen    = 63
 	maxCmdlineLen = boot.MaxLineLen // leaves room in the kernel's 2048-byte command line for the ISCSI_* values
+	// Bounds of enrollment: beyond these a LAN of made-up MACs grows the
+	// store faster than an admin notices.
+	maxEnrolled     = 100000
+	maxEnrollPerMin = 600
 )
 
 // Validate checks every key and reports every problem found (joined
@@ -95,10 +99,50 @@ func (v *validator) check() {
 	v.checkImages()
 	switch c.UnknownHosts.Policy {
 	case UnknownLocal, UnknownMenu, UnknownRefuse:
+	case UnknownEnroll:
+		if c.DHCP.Mode == DHCPOff {
+			v.fail("unknown_hosts.policy", "enroll needs dhcp.mode full or proxy: a machine is enrolled by its network-boot DHCP request")
+		}
 	default:
-		v.fail("unknown_hosts.policy", "%q: want local, menu or refuse", c.UnknownHosts.Policy)
+		v.fail("unknown_hosts.policy", "%q: want local, menu, refuse or enroll", c.UnknownHosts.Policy)
 	}
+	v.checkEnroll()
 	v.checkHosts()
+}
+
+// checkEnroll checks unknown_hosts.enroll: used by policy enroll, and as
+// the defaults of `host adopt` under any policy.
+func (v *validator) checkEnroll() {
+	e := &v.c.UnknownHosts.Enroll
+	k := func(name string) string { return "unknown_hosts.enroll." + name }
+	switch {
+	case e.Image == "" && v.c.UnknownHosts.Policy == UnknownEnroll:
+		v.fail(k("image"), "required with unknown_hosts.policy enroll: the image enrolled machines boot")
+	case e.Image != "" && !imageName.MatchString(e.Image):
+		v.fail(k("image"), "%q is not an image name (1-63 of a-z 0-9 . _ -): enrolled hosts get a copy-on-write disk on an image", e.Image)
+	}
+	if e.Version < 0 {
+		v.fail(k("version"), "%d: want a version number, or leave it out for the newest", e.Version)
+	}
+	switch e.Disk {
+	case "", DiskPersistent, DiskVolatile:
+	default:
+		v.fail(k("disk"), "%q: want persistent or volatile", e.Disk)
+	}
+	switch e.Boot {
+	case "", BootSanboot, BootKernel:
+	default:
+		v.fail(k("boot"), "%q: want sanboot or kernel", e.Boot)
+	}
+	if err := inventory.CheckNamePattern(e.NamePattern); err != nil {
+		v.fail(k("name_pattern"), "%v", err)
+	}
+	if e.MaxHosts < 1 || e.MaxHosts > maxEnrolled {
+		v.fail(k("max_hosts"), "%d: want 1-%d", e.MaxHosts, maxEnrolled)
+	}
+	if e.MaxPerMinute < 1 || e.MaxPerMinute > maxEnrollPerMin {
+		v.fail(k("max_per_minute"), "%d: want 1-%d", e.MaxPerMinute, maxEnrollPerMin)
+	}
 }
 
 func (v *validator) checkDHCP() {

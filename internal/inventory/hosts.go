@@ -66,7 +66,7 @@ type HostSpec struct {
 	// CHAPRotation: RotateOff (default) or RotateBoot (needs CHAP).
 	CHAPRotation string
 	IP           string
-	Source       string // SourceAPI (default) or SourceYAML
+	Source       string // SourceAPI (default), SourceYAML or SourceEnroll
 }
 
 // Hosts lists every host, secrets redacted, by name.

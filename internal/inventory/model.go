@@ -10,11 +10,14 @@ import (
 )
 
 // Where a record came from: the API (changeable through the API and the
-// CLI) or the YAML configuration (changed by editing the file; the API
-// refuses with a Conflict that says so).
+// CLI), the YAML configuration (changed by editing the file; the API
+// refuses with a Conflict that says so), or enrollment (a machine that
+// network-booted under unknown_hosts.policy enroll; changed like an API
+// host, and counted against the enroll section's max_hosts).
 const (
-	SourceAPI  = "api"
-	SourceYAML = "yaml"
+	SourceAPI    = "api"
+	SourceYAML   = "yaml"
+	SourceEnroll = "enroll"
 )
 
 // Boot modes of a host.

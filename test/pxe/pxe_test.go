@@ -270,6 +270,42 @@ hosts:
 		}
 	})
 
+	// A machine the server has never seen, under unknown_hosts.policy
+	// enroll: its first PXE boot makes it a host (pc-1, on a volatile
+	// overlay of golden) and it boots to its marker in that same boot,
+	// through its own script and CHAP login.
+	t.Run("bios-enroll", func(t *testing.T) {
+		need(t, []string{"ip", "qemu-system-x86_64"}, map[string]string{ipxeROM: "ipxe-qemu"})
+		n, data, marker, cli := markerSite(t)
+		cfg := filepath.Join(filepath.Dir(data), "diskless.yaml")
+		os.WriteFile(cfg, []byte(fmt.Sprintf(`interface: %s
+data_dir: %s
+dhcp: {mode: full, range: %s}
+unknown_hosts:
+  policy: enroll
+  enroll: {image: golden, disk: volatile, name_pattern: "pc-{n}", max_hosts: 4}
+`, n.srvIf, data, poolRange)), 0o644)
+		srv := startServe(t, n, "--config", cfg)
+		v := startVM(t, n.vmNS, biosArgs(n)...)
+		took := expectMarker(t, v, marker, 120*time.Second)
+		t.Logf("BIOS, unknown machine enrolled at its first boot: power-on to marker %v", took.Round(100*time.Millisecond))
+		expectStages(t, srv, "host enrolled", "dhcp: ", "iPXE script", "boot: san-login")
+		if l := lineWith(srv.Output(), "boot: san-login"); !strings.Contains(l, "host=pc-1") {
+			t.Errorf("the iSCSI login is not the enrolled host's: %s", l)
+		}
+		var h struct {
+			Name, Source, Arch string
+			MACs               []string
+			Disk               struct{ Mode, Base string }
+		}
+		if err := json.Unmarshal([]byte(cli("host", "show", "pc-1", "--json")), &h); err != nil {
+			t.Fatal(err)
+		}
+		if h.Source != "enroll" || len(h.MACs) != 1 || h.MACs[0] != clientMAC || h.Disk.Mode != "volatile" || h.Arch != "bios" {
+			t.Errorf("enrolled host: %+v", h)
+		}
+	})
+
 	t.Run("bios-proxy", func(t *testing.T) {
 		need(t, []string{"ip", "qemu-system-x86_64", "dnsmasq"}, map[string]string{ipxeROM: "ipxe-qemu"})
 		n := newTestNet(t, true)
