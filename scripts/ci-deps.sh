@@ -33,6 +33,7 @@ pkgs=(
 	debootstrap     # diskless image build (its root test builds a small image)
 	gdisk           # sgdisk for the image's GPT
 	fdisk           # sfdisk: diskless image prepare reads partition tables
+	chromium        # headless browser driving the web console's test (test/pxe)
 )
 
 missing=()

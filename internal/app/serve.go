@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -31,6 +32,7 @@ import (
 	"github.com/diskless-boot/diskless/internal/metrics"
 	"github.com/diskless-boot/diskless/internal/ra"
 	"github.com/diskless-boot/diskless/internal/tftp"
+	"github.com/diskless-boot/diskless/internal/ui"
 	"github.com/diskless-boot/diskless/internal/web"
 )
 
@@ -254,16 +256,24 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	if err != nil {
 		return err
 	}
+	// The admin plane: the API, its metrics and the web console, on the
+	// HTTP listener or on api.listen alone.
+	uiH, err := ui.New(ui.Config{API: apiH, Logger: log})
+	if err != nil {
+		return err
+	}
 	apiLn := hln
 	var asrv *api.Server
 	if cfg.API.Listen != "" {
 		if apiLn, err = listen("api.listen", cfg.API.Listen); err != nil {
 			return err
 		}
-		asrv = api.NewServer(apiH, api.ServerConfig{Logger: log})
+		admin := http.NewServeMux()
+		mountAdmin(admin.Handle, apiH, uiH)
+		admin.Handle("GET /{$}", http.RedirectHandler(ui.Prefix, http.StatusSeeOther))
+		asrv = api.NewServer(admin, api.ServerConfig{Logger: log})
 	} else {
-		wsrv.Mount(api.Prefix+"/", apiH)
-		wsrv.Mount("GET "+api.MetricsPath, apiH)
+		mountAdmin(wsrv.Mount, apiH, uiH)
 	}
 	var tconn net.PacketConn
 	if tsrv != nil {
@@ -383,6 +393,13 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 		err = errors.Join(err, gerr)
 	}
 	return err
+}
+
+// mountAdmin mounts the admin plane's handlers with mount.
+func mountAdmin(mount func(pattern string, h http.Handler), apiH *api.Handler, uiH *ui.Handler) {
+	mount(api.Prefix+"/", apiH)
+	mount("GET "+api.MetricsPath, apiH)
+	mount(ui.Prefix, uiH)
 }
 
 // loopbackFor is the address the CLI on this machine reaches a listener

@@ -9,10 +9,13 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -82,4 +85,49 @@ func Run(ns string, fn func() error) error {
 		errc <- fn()
 	}()
 	return <-errc
+}
+
+// Forward relays TCP connections made to the address it returns (on
+// loopback, in the test's own namespace) to addr inside namespace ns: a
+// program outside the namespace (a browser) can reach a server in it.
+// The listener and every relayed connection close when t ends.
+func Forward(t *testing.T, ns, addr string) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	track := func(c net.Conn) {
+		mu.Lock()
+		conns = append(conns, c)
+		mu.Unlock()
+	}
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	go func() {
+		for {
+			in, err := l.Accept()
+			if err != nil {
+				return
+			}
+			track(in)
+			var out net.Conn
+			if err := Run(ns, func() (err error) { out, err = net.Dial("tcp", addr); return err }); err != nil {
+				in.Close()
+				continue
+			}
+			track(out)
+			go func() { io.Copy(out, in); out.Close() }()
+			go func() { io.Copy(in, out); in.Close() }()
+		}
+	}()
+	return l.Addr().String()
 }
