@@ -33,6 +33,8 @@ pkgs=(
 	debootstrap     # diskless image build (its root test builds a small image)
 	gdisk           # sgdisk for the image's GPT
 	fdisk           # sfdisk: diskless image prepare reads partition tables
+	systemd         # systemd-analyze verify/security on the .deb's units (scripts/test-deb.sh)
+	init-system-helpers # deb-systemd-helper in the .deb's maintainer scripts
 )
 
 missing=()
