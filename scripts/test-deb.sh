@@ -53,7 +53,7 @@ dpkg-query -W -f='${Conffiles}' diskless | grep -q /etc/diskless/diskless.yaml |
 [ -e /etc/systemd/system/multi-user.target.wants/diskless.service ] && fail "installing enabled the service"
 
 # The units as installed. The exposure threshold keeps the hardening from
-# quietly eroding (2.7 when written; 10 is a root service with none).
+# quietly eroding (2.3 when written; 10 is a root service with none).
 systemd-analyze verify /lib/systemd/system/diskless.service /lib/systemd/system/diskless.socket ||
 	fail "systemd-analyze verify"
 systemd-analyze security --offline=true --threshold=30 /lib/systemd/system/diskless.service >"$tmp/security.log" 2>&1 ||
