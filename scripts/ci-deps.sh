@@ -34,6 +34,8 @@ pkgs=(
 	gdisk           # sgdisk for the image's GPT
 	fdisk           # sfdisk: diskless image prepare reads partition tables
 	chromium        # headless browser driving the web console's test (test/pxe)
+	systemd         # systemd-analyze verify/security on the .deb's units (scripts/test-deb.sh)
+	init-system-helpers # deb-systemd-helper in the .deb's maintainer scripts
 )
 
 missing=()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README): install what the tests need, then check
 # formatting and vet, and run every test with the race detector, including
-# the interop tests against real initiators (test/interop); then fuzz the
+# the interop tests against real initiators (test/interop), and the .deb
+# (scripts/test-deb.sh: built, installed, run, purged); then fuzz the
 # stateful servers for a short while each (FUZZTIME, default 10s; 0 skips).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,8 @@ if [ -n "$unformatted" ]; then
 	exit 1
 fi
 go vet ./...
+(cd scripts/mkdeb && go vet ./...)
+./scripts/test-deb.sh
 go test -race -count=1 -timeout 28m ./...
 if [ "${FUZZTIME:-10s}" != 0 ]; then
 	./scripts/fuzz.sh -t "${FUZZTIME:-10s}" '^(FuzzSession|FuzzTransfers|FuzzHandler|FuzzAPI)$'

@@ -1,7 +1,11 @@
 package main
 
 import (
+	"context"
 	"errors"
+	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -48,7 +52,11 @@ func newServeCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return app.RunServe(cmd.Context(), app.ServeOptions{Config: cfg, Logger: logger, Sockets: sockets})
+			ctx := cmd.Context()
+			opts := app.ServeOptions{Config: cfg, Logger: logger, Sockets: sockets, ConfigFile: file}
+			stop := serviceManager(ctx, &opts)
+			defer stop()
+			return app.RunServe(ctx, opts)
 		},
 	}
 	f := cmd.Flags()
@@ -61,4 +69,54 @@ func newServeCommand() *cobra.Command {
 	f.Bool("chap", true, "quick start: CHAP for the --host machines (the default; kept for older scripts)")
 	f.StringVar(&q.DataDir, "data-dir", "", "quick start: state directory (default /var/lib/diskless)")
 	return cmd
+}
+
+// serviceManager tells the service manager (systemd, Type=notify) where
+// serve is - READY=1 once every socket is open and every host served,
+// RELOADING=1 then READY=1 around each reload, STOPPING=1 once asked to
+// stop - and turns SIGHUP (systemctl reload) into reload requests. Without
+// a service manager the notifications are no-ops; SIGHUP still reloads.
+// stop undoes the signal handling.
+func serviceManager(ctx context.Context, opts *app.ServeOptions) (stop func()) {
+	log := opts.Logger
+	notify := func(state string) {
+		if err := activation.Notify(state); err != nil {
+			log.Warn("service manager not told", "state", state, "err", err)
+		}
+	}
+	opts.Ready = func(string) { notify("READY=1\nSTATUS=serving") }
+	opts.Reloaded = func(err error) {
+		status := "STATUS=serving; configuration reloaded"
+		if err != nil {
+			status = "STATUS=serving; configuration not reloaded (see the log)"
+		}
+		notify("READY=1\n" + status)
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	reload := make(chan struct{}, 1)
+	opts.Reload = reload
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-hup:
+				notify("RELOADING=1\nSTATUS=reloading the configuration")
+				select {
+				case reload <- struct{}{}:
+				default: // one is pending already: it reads the newest file
+				}
+			case <-ctx.Done():
+				notify("STOPPING=1\nSTATUS=stopping: draining sessions, flushing disks")
+				<-done
+				return
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(hup)
+		close(done)
+	}
 }

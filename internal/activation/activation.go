@@ -1,14 +1,16 @@
-// Package activation takes over the listening sockets a service manager
-// opened for diskless (systemd's socket activation, sd_listen_fds(3)):
-// while diskless restarts, the kernel keeps such a socket listening and
-// queues the connections that arrive, so an initiator that reconnects
-// during the restart is served as soon as the new process runs, instead of
-// being refused and waiting for its next retry (open-iscsi waits 3 s).
+// Package activation speaks systemd's service-manager protocols and
+// nothing else: it takes over the listening sockets the manager opened for
+// diskless (socket activation, sd_listen_fds(3)) and tells the manager the
+// service's state (Notify, sd_notify(3)).
 //
-// The protocol: LISTEN_PID is the pid of the process the sockets are for,
-// LISTEN_FDS how many there are, from file descriptor 3 on; LISTEN_FDNAMES
-// (optional) names them. The variables are removed once read, so child
-// processes do not take them as their own.
+// Socket activation: while diskless restarts, the kernel keeps such a
+// socket listening and queues the connections that arrive, so an
+// initiator that reconnects during the restart is served as soon as the
+// new process runs, instead of being refused and waiting for its next
+// retry (open-iscsi waits 3 s). LISTEN_PID is the pid of the process the
+// sockets are for, LISTEN_FDS how many there are, from file descriptor 3
+// on; LISTEN_FDNAMES (optional) names them. The variables are removed once
+// read, so child processes do not take them as their own.
 package activation
 
 import (

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"net"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -150,5 +152,68 @@ func TestNotASocket(t *testing.T) {
 	p.Wait()
 	if out := p.Output(); !strings.Contains(out, "descriptor 3 is not a listening TCP socket") {
 		t.Errorf("child said %q", out)
+	}
+}
+
+// listenNotify is a service manager's notification socket at name (a path,
+// or '@' and an abstract name) with NOTIFY_SOCKET set to it.
+func listenNotify(t *testing.T, name string) *net.UnixConn {
+	t.Helper()
+	addr := name
+	if addr[0] == '@' {
+		addr = "\x00" + addr[1:]
+	}
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: addr, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	t.Setenv("NOTIFY_SOCKET", name)
+	return c
+}
+
+// received is the next datagram on c.
+func received(t *testing.T, c *net.UnixConn) string {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	b := make([]byte, 4096)
+	n, err := c.Read(b)
+	if err != nil {
+		t.Fatalf("no notification: %v", err)
+	}
+	return string(b[:n])
+}
+
+// Each state reaches the manager as one datagram, on a path socket and on
+// an abstract one (systemd uses the latter for some units), and the
+// variable stays for the next notification.
+func TestNotify(t *testing.T) {
+	for _, name := range []string{filepath.Join(t.TempDir(), "notify"), "@diskless-test-" + strconv.Itoa(os.Getpid())} {
+		c := listenNotify(t, name)
+		for _, state := range []string{"READY=1", "RELOADING=1\nSTATUS=reading the configuration", "STOPPING=1"} {
+			if err := Notify(state); err != nil {
+				t.Fatalf("%s: Notify(%q): %v", name, state, err)
+			}
+			if got := received(t, c); got != state {
+				t.Errorf("%s: manager got %q, want %q", name, got, state)
+			}
+		}
+	}
+}
+
+// Without a manager Notify is a no-op; a manager that went away is an
+// error the caller can log.
+func TestNotifyWithoutManager(t *testing.T) {
+	t.Setenv("NOTIFY_SOCKET", "")
+	if err := Notify("READY=1"); err != nil {
+		t.Errorf("Notify without NOTIFY_SOCKET: %v", err)
+	}
+	t.Setenv("NOTIFY_SOCKET", filepath.Join(t.TempDir(), "gone"))
+	if err := Notify("READY=1"); err == nil {
+		t.Error("Notify to a socket nobody listens on said nil")
+	}
+	t.Setenv("NOTIFY_SOCKET", "relative")
+	if err := Notify("READY=1"); err == nil || !strings.Contains(err.Error(), "neither a path") {
+		t.Errorf("Notify to %q: %v", "relative", err)
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/diskless-boot/diskless/internal/httplimit"
@@ -15,10 +14,8 @@ import (
 // Server serves the API on its own listener (api.listen), apart from the
 // boot network's HTTP server. It is safe for concurrent use.
 type Server struct {
-	srv  *http.Server
-	lim  *httplimit.Limiter
-	once sync.Once
-	err  error
+	srv *http.Server
+	lim *httplimit.Limiter
 }
 
 // ServerConfig configures a Server.
@@ -73,12 +70,14 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	return nil
 }
 
-// Shutdown stops the server; it is idempotent.
+// Shutdown stops accepting, lets requests in flight finish until ctx is
+// done, then closes every connection. It is idempotent, and each call
+// keeps its own bound: the caller's is never stretched by another
+// (Serve's own, when its context ends) running at the same time - the
+// first deadline closes the connections for all.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.once.Do(func() {
-		if err := s.srv.Shutdown(ctx); err != nil {
-			s.err = errors.Join(err, s.srv.Close())
-		}
-	})
-	return s.err
+	if err := s.srv.Shutdown(ctx); err != nil {
+		return errors.Join(err, s.srv.Close())
+	}
+	return nil
 }

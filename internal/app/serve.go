@@ -61,6 +61,14 @@ type ServeOptions struct {
 	// (activation.FromEnv): the iSCSI, HTTP and API listeners whose
 	// address they are bound to are taken from it (default: none).
 	Sockets *activation.Set
+	// ConfigFile is the file Config was loaded from, read again at each
+	// Reload request ("" when it came from flags: nothing to re-read).
+	ConfigFile string
+	// Reload requests a re-read of ConfigFile (SIGHUP): what can change
+	// while serving is applied, the rest is logged (reload.go). Reloaded,
+	// when set, is called after each with its outcome.
+	Reload   <-chan struct{}
+	Reloaded func(error)
 }
 
 // shutdowner is what every server has.
@@ -96,6 +104,9 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	// The file as loaded, before the interface fills in defaults: what a
+	// reload compares the file read again with.
+	loaded := *cfg
 	if err := cfg.ResolveNetwork(opts.InterfaceAddrs); err != nil {
 		return err
 	}
@@ -316,12 +327,7 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 		log.Warn("closed sockets the service manager handed over that no listen address names", "addrs", unused)
 	}
 
-	// Secrets never reach stdout or the log (the journal keeps both):
-	// the CLI shows them from the store on demand.
-	for _, s := range secrets {
-		log.Info("CHAP credentials generated; `diskless host show HOST --secrets` prints them",
-			"host", s.Host, "mac", s.MAC, "key", s.Key, "user", s.User)
-	}
+	logSecrets(log, secrets)
 	if token != "" {
 		log.Info("API token made; the CLI on this machine reads it, others pass it with --token", "file", filepath.Join(site.Dir, api.TokenFile))
 	}
@@ -376,8 +382,10 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 		opts.Ready(apiURL)
 	}
 
-	// Wait for the end (signal) or a service failing, then stop all.
-	<-gctx.Done()
+	// Wait for the end (signal) or a service failing, re-reading the
+	// configuration when asked, then stop all.
+	rl := &reloader{file: opts.ConfigFile, started: &loaded, site: site, log: log}
+	rl.serve(gctx, opts.Reload, opts.Reloaded)
 	log.Info("shutting down")
 	tctx, tcancel := context.WithTimeout(context.Background(), cmp.Or(opts.ShutdownTimeout, 10*time.Second))
 	defer tcancel()

@@ -30,7 +30,6 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -91,13 +90,11 @@ type Stats struct {
 
 // Server is the boot HTTP server. It is safe for concurrent use.
 type Server struct {
-	cfg  Config
-	log  *slog.Logger // rate-limited: clients cause most lines
-	lim  *httplimit.Limiter
-	srv  *http.Server
-	mux  *http.ServeMux
-	once sync.Once
-	err  error
+	cfg Config
+	log *slog.Logger // rate-limited: clients cause most lines
+	lim *httplimit.Limiter
+	srv *http.Server
+	mux *http.ServeMux
 
 	scripts, scriptsRefused, files atomic.Uint64
 }
@@ -180,14 +177,15 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 }
 
 // Shutdown stops accepting, lets requests in flight finish until ctx is
-// done, then closes every connection. It is idempotent.
+// done, then closes every connection. It is idempotent, and each call
+// keeps its own bound: the caller's is never stretched by another
+// (Serve's own, when its context ends) running at the same time - the
+// first deadline closes the connections for all.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.once.Do(func() {
-		if err := s.srv.Shutdown(ctx); err != nil {
-			s.err = errors.Join(err, s.srv.Close())
-		}
-	})
-	return s.err
+	if err := s.srv.Shutdown(ctx); err != nil {
+		return errors.Join(err, s.srv.Close())
+	}
+	return nil
 }
 
 // addrs returns the local address the request came in on (the address the
