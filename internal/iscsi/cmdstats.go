@@ -102,7 +102,7 @@ func (l *Latency) Count() uint64 {
 // ended ones included. Commands aborted or lost with their connection are
 // not counted: they have no response.
 type CommandStats struct {
-	// Bytes moved by commands that ended GOOD.
+	// Bytes of the disk moved by READs and WRITEs that ended GOOD.
 	ReadBytes, WrittenBytes uint64
 	Latency                 [NumOps]Latency
 	// Errors counts CHECK CONDITION responses by sense key.

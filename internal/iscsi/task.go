@@ -394,12 +394,18 @@ func (c *conn) execute(t *task, onReader bool) {
 	}
 	res := c.sess.target.SCSI.Execute(&sc)
 	if res.Status == scsi.StatusGood {
+		// The target's counters take the disk's blocks only, not
+		// INQUIRY data or parameter lists.
 		if t.write {
 			c.sess.writtenBytes.Add(uint64(len(t.buf)))
-			c.cmds.writtenBytes.Add(uint64(len(t.buf)))
+			if t.op == OpWrite {
+				c.cmds.writtenBytes.Add(uint64(len(t.buf)))
+			}
 		} else if res.N > 0 {
 			c.sess.readBytes.Add(uint64(res.N))
-			c.cmds.readBytes.Add(uint64(res.N))
+			if t.op == OpRead {
+				c.cmds.readBytes.Add(uint64(res.N))
+			}
 		}
 	}
 

@@ -101,8 +101,8 @@ var (
 
 	hostOnline   = desc("host_online", "1 when the host has an iSCSI session.", "host")
 	hostSessions = desc("host_sessions", "The host's logged-in iSCSI sessions.", "host")
-	hostRead     = desc("host_read_bytes_total", "Bytes the host read from its disk, by commands that ended GOOD.", "host")
-	hostWritten  = desc("host_written_bytes_total", "Bytes the host wrote to its disk, by commands that ended GOOD.", "host")
+	hostRead     = desc("host_read_bytes_total", "Bytes the host read from its disk (READs that ended GOOD).", "host")
+	hostWritten  = desc("host_written_bytes_total", "Bytes the host wrote to its disk (WRITEs that ended GOOD).", "host")
 	hostLatency  = desc("host_command_duration_seconds", "Time from a SCSI command's arrival to its response written to the socket, by kind: read, write, other.", "host", "op")
 	hostErrors   = desc("host_command_errors_total", "SCSI commands answered CHECK CONDITION, by sense key (SPC-4 names: ILLEGAL_REQUEST, UNIT_ATTENTION, MEDIUM_ERROR, ...).", "host", "sense_key")
 	hostRefused  = desc("host_commands_refused_total", "SCSI commands the target did not run, by status: busy, reservation_conflict, task_set_full, aca_active, task_aborted.", "host", "status")
