@@ -36,6 +36,7 @@ pkgs=(
 	chromium        # headless browser driving the web console's test (test/pxe)
 	systemd         # systemd-analyze verify/security on the .deb's units (scripts/test-deb.sh)
 	init-system-helpers # deb-systemd-helper in the .deb's maintainer scripts
+	prometheus      # promtool checks a real /metrics scrape (internal/app TestMetricsPromtool)
 )
 
 missing=()
@@ -48,4 +49,15 @@ if [ ${#missing[@]} -gt 0 ] || ! apt-cache show linux-image-amd64 >/dev/null 2>&
 fi
 if [ ${#missing[@]} -gt 0 ]; then
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The prometheus package also brings a Prometheus server, which its postinst
+# starts wherever no policy-rc.d forbids it (containers usually do) or
+# systemd runs: nothing here needs it, so it is stopped and not started again.
+if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+	if [ -d /run/systemd/system ]; then
+		systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+	elif [ -x /etc/init.d/prometheus ]; then
+		/etc/init.d/prometheus stop >/dev/null 2>&1 || true
+		update-rc.d prometheus disable >/dev/null 2>&1 || true
+	fi
 fi

@@ -244,7 +244,7 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	// The admin API, on the HTTP listener or its own.
 	var apiH *api.Handler // made below, read at scrape time
 	msrc := metrics.Sources{ISCSI: isrv.Stats, HTTP: wsrv.Stats, Hosts: sup.metricsHosts, Boots: sup.events.Stats,
-		API: func() api.Stats { return apiH.Stats() }}
+		API: func() api.Stats { return apiH.Stats() }, StoreBytes: site.Store.Size}
 	if tsrv != nil {
 		msrc.TFTP = tsrv.Stats
 	}

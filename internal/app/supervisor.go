@@ -560,8 +560,8 @@ func (s *supervisor) keepUnknown(ctx context.Context) {
 	}
 }
 
-// metricsHosts is every host's figures for a metrics scrape: its sessions
-// and their bytes, and its disk's own data.
+// metricsHosts is every host's figures for a metrics scrape: its sessions,
+// its target's command counters, and its disk's own data.
 func (s *supervisor) metricsHosts() []metrics.Host {
 	hosts, err := s.inv.Hosts()
 	if err != nil {
@@ -572,11 +572,8 @@ func (s *supervisor) metricsHosts() []metrics.Host {
 	for _, h := range hosts {
 		m := metrics.Host{Name: h.Name}
 		sessions := s.isrv.Sessions(h.TargetIQN)
-		for _, ss := range sessions {
-			m.Sessions++
-			m.ReadBytes += ss.ReadBytes
-			m.WrittenBytes += ss.WrittenBytes
-		}
+		m.Sessions = len(sessions)
+		m.Commands, _ = s.isrv.CommandStats(h.TargetIQN)
 		m.Online = m.Sessions > 0
 		m.State = s.bootState(h.Name, sessions).State
 		m.DiskBytes, _ = s.inv.Backend().Usage(h.Name, h.Disk)

@@ -110,6 +110,9 @@ type conn struct {
 	// memTarget counts the memory of the session's target (memBudget);
 	// nil in discovery sessions, which carry no commands.
 	memTarget *atomic.Int64
+	// cmds counts the commands of the session's target; nil in
+	// discovery sessions.
+	cmds *cmdCounters
 
 	closeOnce sync.Once
 	finished  chan struct{} // closed when the connection has cleaned up
@@ -552,6 +555,9 @@ type outPDU struct {
 type outItem struct {
 	pdus    []outPDU
 	release func() // after the write (success or not)
+	// answered, when counted, is the command whose status the item
+	// carries, counted once the item is written.
+	answered answered
 }
 
 // maxHeld bounds the responses the reader holds back before writing them.
@@ -714,12 +720,30 @@ func (c *conn) writeBatchLocked() {
 	if err == nil {
 		err = c.writeIOV(iov)
 	}
+	if err == nil && c.cmds != nil {
+		c.countAnswered()
+	}
 	clear(iov)
 	c.iov = iov[:0]
 	clear(c.batch)
 	if err != nil {
 		c.wfailed = true
 		c.abort(err)
+	}
+}
+
+// countAnswered counts the commands whose responses c.batch carried, now
+// on the wire: one clock read for the batch. Called with c.wmu held.
+func (c *conn) countAnswered() {
+	var now int64
+	for _, it := range c.batch {
+		if !it.answered.counted {
+			continue
+		}
+		if now == 0 {
+			now = monoNow()
+		}
+		c.cmds.count(&it.answered, now)
 	}
 }
 

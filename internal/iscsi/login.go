@@ -324,6 +324,7 @@ func (ls *loginState) finish(req pdu.LoginRequest, reply []pdu.KV) error {
 	c.sess = ss
 	if !ls.discovery {
 		c.memTarget = c.srv.mem.forTarget(key.target)
+		c.cmds = c.srv.cmdCountersFor(key.target)
 	}
 	c.sessCID = ls.cid
 	c.params = ls.neg.Params()

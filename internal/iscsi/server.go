@@ -270,6 +270,9 @@ type Server struct {
 	shutdownOnce sync.Once
 	stats        counters
 	mem          memBudget
+	// cmdStats are the command counters of each target, by name (under
+	// mu; the counters themselves are atomic).
+	cmdStats map[string]*cmdCounters
 }
 
 // sessionKey identifies a session by its I_T nexus (RFC 7143 4.4.3).
@@ -293,6 +296,7 @@ func New(cfg Config) *Server {
 		warn:      ratelog.NewLogger(5*time.Second, 1),
 		info:      ratelog.NewLogger(100*time.Millisecond, 100),
 		mem:       memBudget{byTarget: make(map[string]*atomic.Int64)},
+		cmdStats:  make(map[string]*cmdCounters),
 	}
 }
 
@@ -330,6 +334,7 @@ func (s *Server) RemoveTarget(name string) error {
 		return fmt.Errorf("iscsi: no target %s", name)
 	}
 	delete(s.targets, name)
+	delete(s.cmdStats, name)
 	s.mu.Unlock()
 	s.mem.forget(name)
 	s.DropSessions(name, "target removed")

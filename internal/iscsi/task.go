@@ -19,6 +19,8 @@ type task struct {
 	buf   []byte // Data-Out collected, or Data-In to send; from getBuf
 	edtl  uint32
 	write bool
+	op    CommandOp // for its latency
+	start int64     // monoNow when it arrived
 
 	// Data-Out bookkeeping, on the reader goroutine.
 	unsolicitedEnd  uint32 // end of the unsolicited region (immediate + unsolicited Data-Out)
@@ -86,7 +88,8 @@ func (c *conn) handleSCSICommand(p *pdu.PDU) error {
 		c.gotCommand.Store(true) // Config.FirstCommandTimeout
 	}
 
-	t := &task{cmd: cmd, lun: decodeLUN(cmd.LUN), edtl: cmd.ExpectedDataTransferLength, write: cmd.Write, done: make(chan struct{})}
+	t := &task{cmd: cmd, lun: decodeLUN(cmd.LUN), edtl: cmd.ExpectedDataTransferLength, write: cmd.Write, done: make(chan struct{}),
+		op: commandOps[cmd.CDB[0]], start: monoNow()}
 	if cmd.Read && cmd.Write {
 		// Bidirectional commands (XDWRITEREAD and friends) are not
 		// implemented; the SCSI layer would not know the read length.
@@ -175,7 +178,7 @@ func (c *conn) sendStatus(t *task, status scsi.Status, sense []byte) error {
 	if t.edtl > 0 {
 		resp.Underflow, resp.ResidualCount = true, t.edtl
 	}
-	item := &outItem{pdus: []outPDU{{sn: snAdvance}}}
+	item := &outItem{pdus: []outPDU{{sn: snAdvance}}, answered: t.answer(status, sense)}
 	resp.Marshal(&item.pdus[0].bhs)
 	if sense != nil {
 		item.pdus[0].data = pdu.SenseData(nil, sense)
@@ -391,10 +394,18 @@ func (c *conn) execute(t *task, onReader bool) {
 	}
 	res := c.sess.target.SCSI.Execute(&sc)
 	if res.Status == scsi.StatusGood {
+		// The target's counters take the disk's blocks only, not
+		// INQUIRY data or parameter lists.
 		if t.write {
 			c.sess.writtenBytes.Add(uint64(len(t.buf)))
+			if t.op == OpWrite {
+				c.cmds.writtenBytes.Add(uint64(len(t.buf)))
+			}
 		} else if res.N > 0 {
 			c.sess.readBytes.Add(uint64(res.N))
+			if t.op == OpRead {
+				c.cmds.readBytes.Add(uint64(res.N))
+			}
 		}
 	}
 
@@ -467,7 +478,7 @@ func (c *conn) responseItem(t *task, res *scsi.Result) *outItem {
 	if !good || len(data) == 0 {
 		npdus++
 	}
-	item := &outItem{pdus: make([]outPDU, 0, npdus)}
+	item := &outItem{pdus: make([]outPDU, 0, npdus), answered: t.answer(res.Status, res.Sense)}
 	var dataSN uint32
 	for off, inBurst := 0, 0; off < len(data); {
 		n := min(seg, len(data)-off, burst-inBurst)

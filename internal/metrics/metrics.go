@@ -18,6 +18,7 @@ import (
 	"github.com/diskless-boot/diskless/internal/bootevent"
 	"github.com/diskless-boot/diskless/internal/dhcp"
 	"github.com/diskless-boot/diskless/internal/iscsi"
+	"github.com/diskless-boot/diskless/internal/scsi"
 	"github.com/diskless-boot/diskless/internal/tftp"
 	"github.com/diskless-boot/diskless/internal/web"
 )
@@ -32,6 +33,8 @@ type Sources struct {
 	API   func() api.Stats
 	Hosts func() []Host
 	Boots func() bootevent.Stats
+	// StoreBytes is the size of the state store's file.
+	StoreBytes func() (int64, error)
 }
 
 // Host is one host's figures at scrape time.
@@ -39,11 +42,11 @@ type Host struct {
 	Name     string
 	Online   bool
 	Sessions int
-	// ReadBytes and WrittenBytes are summed over the host's open sessions:
-	// they start again from zero when its sessions do (a reboot), which
-	// Prometheus' rate() takes as a counter reset.
-	ReadBytes, WrittenBytes uint64
-	DiskBytes               int64 // space its disk's own data takes (a copy-on-write disk: its writes)
+	// Commands are the counters of the host's iSCSI target: every
+	// session since the server started (or the host was added), so a
+	// reboot does not reset them. Zero before its first login.
+	Commands  iscsi.CommandStats
+	DiskBytes int64 // space its disk's own data takes (a copy-on-write disk: its writes)
 	// State is the host's boot state (bootevent.States), "" if unknown.
 	State string
 }
@@ -98,8 +101,11 @@ var (
 
 	hostOnline   = desc("host_online", "1 when the host has an iSCSI session.", "host")
 	hostSessions = desc("host_sessions", "The host's logged-in iSCSI sessions.", "host")
-	hostRead     = desc("host_read_bytes_total", "Bytes the host read from its disk in its open sessions.", "host")
-	hostWritten  = desc("host_written_bytes_total", "Bytes the host wrote to its disk in its open sessions.", "host")
+	hostRead     = desc("host_read_bytes_total", "Bytes the host read from its disk (READs that ended GOOD).", "host")
+	hostWritten  = desc("host_written_bytes_total", "Bytes the host wrote to its disk (WRITEs that ended GOOD).", "host")
+	hostLatency  = desc("host_command_duration_seconds", "Time from a SCSI command's arrival to its response written to the socket, by kind: read, write, other.", "host", "op")
+	hostErrors   = desc("host_command_errors_total", "SCSI commands answered CHECK CONDITION, by sense key (SPC-4 names: ILLEGAL_REQUEST, UNIT_ATTENTION, MEDIUM_ERROR, ...).", "host", "sense_key")
+	hostRefused  = desc("host_commands_refused_total", "SCSI commands the target did not run, by status: busy, reservation_conflict, task_set_full, aca_active, task_aborted.", "host", "status")
 	hostDisk     = desc("host_disk_bytes", "Space the host's disk's own data takes (a copy-on-write disk: its writes).", "host")
 	hostsByState = desc("hosts", "Hosts by boot state: offline, booting, online, failed, stuck.", "state")
 
@@ -109,14 +115,26 @@ var (
 	bootEvents     = desc("boot_events_total", "Boot steps seen, by stage.", "stage")
 	bootDuration   = desc("boot_duration_seconds", "Time from a boot's first step to the operating system's iSCSI login.")
 	bootStreamCut  = desc("boot_event_streams_cut_total", "Live event streams (web console, API) cut off for lagging behind.")
+
+	storeBytes = desc("store_bytes", "Size of the state store's file (bbolt grows it ahead of its data).")
 )
+
+// latencyBounds are iscsi.LatencyBuckets in seconds.
+var latencyBounds = func() []float64 {
+	b := make([]float64, len(iscsi.LatencyBuckets))
+	for i, d := range iscsi.LatencyBuckets {
+		b[i] = d.Seconds()
+	}
+	return b
+}()
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{iscsiAccepted, iscsiRefused, iscsiEvicted, iscsiTimedOut, iscsiTSF, iscsiPanics,
 		iscsiConns, iscsiPending, iscsiSessions, iscsiMemory, tftpRequests, tftpRefused, tftpTransfers, tftpRetransmits,
 		tftpSent, tftpMalformed, tftpActive, dhcpPackets, dhcpShed, dhcpLeaseWrites, httpScripts, httpFiles, httpLimited,
-		apiRefused, apiAuditFailures, hostOnline, hostSessions, hostRead, hostWritten, hostDisk, hostsByState,
-		bootsStarted, bootsCompleted, bootsFailed, bootEvents, bootDuration, bootStreamCut} {
+		apiRefused, apiAuditFailures, hostOnline, hostSessions, hostRead, hostWritten, hostLatency, hostErrors,
+		hostRefused, hostDisk, hostsByState, bootsStarted, bootsCompleted, bootsFailed, bootEvents, bootDuration,
+		bootStreamCut, storeBytes} {
 		ch <- d
 	}
 }
@@ -229,12 +247,49 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			}
 			gauge(hostOnline, online, h.Name)
 			gauge(hostSessions, float64(h.Sessions), h.Name)
-			counter(hostRead, h.ReadBytes, h.Name)
-			counter(hostWritten, h.WrittenBytes, h.Name)
+			counter(hostRead, h.Commands.ReadBytes, h.Name)
+			counter(hostWritten, h.Commands.WrittenBytes, h.Name)
 			gauge(hostDisk, float64(h.DiskBytes), h.Name)
+			collectCommands(ch, h.Name, &h.Commands)
 		}
 		for st, n := range states {
 			gauge(hostsByState, float64(n), st)
+		}
+	}
+	if c.src.StoreBytes != nil {
+		if n, err := c.src.StoreBytes(); err == nil {
+			gauge(storeBytes, float64(n))
+		}
+	}
+}
+
+// collectCommands sends a host's command metrics. Only what happened is
+// sent (a kind of command once seen, a sense key once answered): a host
+// that never booted adds no series, and one that did keeps them, since
+// its counters only grow.
+func collectCommands(ch chan<- prometheus.Metric, host string, st *iscsi.CommandStats) {
+	for op := range iscsi.NumOps {
+		l := &st.Latency[op]
+		n := l.Count()
+		if n == 0 {
+			continue
+		}
+		buckets := make(map[float64]uint64, len(latencyBounds))
+		var cum uint64
+		for i, le := range latencyBounds {
+			cum += l.Counts[i]
+			buckets[le] = cum
+		}
+		ch <- prometheus.MustNewConstHistogram(hostLatency, n, l.Sum.Seconds(), buckets, host, op.String())
+	}
+	for k, n := range st.Errors {
+		if n > 0 {
+			ch <- prometheus.MustNewConstMetric(hostErrors, prometheus.CounterValue, float64(n), host, scsi.SenseKey(k).String())
+		}
+	}
+	for r, n := range st.Refused {
+		if n > 0 {
+			ch <- prometheus.MustNewConstMetric(hostRefused, prometheus.CounterValue, float64(n), host, iscsi.RefusedStatus(r).String())
 		}
 	}
 }

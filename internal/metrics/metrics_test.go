@@ -5,6 +5,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/diskless-boot/diskless/internal/dhcp"
 	"github.com/diskless-boot/diskless/internal/httplimit"
 	"github.com/diskless-boot/diskless/internal/iscsi"
+	"github.com/diskless-boot/diskless/internal/scsi"
 	"github.com/diskless-boot/diskless/internal/tftp"
 	"github.com/diskless-boot/diskless/internal/web"
 )
@@ -30,8 +32,20 @@ func sources() Sources {
 		},
 		API: func() api.Stats { return api.Stats{Unauthenticated: 11, Forbidden: 3, AuditWriteFailures: 1} },
 		Hosts: func() []Host {
-			return []Host{{Name: "pc1", Online: true, Sessions: 1, ReadBytes: 1 << 20, WrittenBytes: 512, DiskBytes: 8192}, {Name: "pc2"}}
+			pc1 := Host{Name: "pc1", Online: true, Sessions: 1, DiskBytes: 8192,
+				Commands: iscsi.CommandStats{ReadBytes: 1 << 20, WrittenBytes: 512}}
+			// 3 READs within 50 us, 1 within 250 us; 2 commands of
+			// other kinds slower than every bucket.
+			pc1.Commands.Latency[iscsi.OpRead].Counts[0] = 3
+			pc1.Commands.Latency[iscsi.OpRead].Counts[2] = 1
+			pc1.Commands.Latency[iscsi.OpRead].Sum = 300 * time.Microsecond
+			pc1.Commands.Latency[iscsi.OpOther].Counts[len(iscsi.LatencyBuckets)] = 2
+			pc1.Commands.Latency[iscsi.OpOther].Sum = 20 * time.Second
+			pc1.Commands.Errors[scsi.SenseIllegalRequest] = 5
+			pc1.Commands.Refused[iscsi.RefusedTaskSetFull] = 2
+			return []Host{pc1, {Name: "pc2"}}
 		},
+		StoreBytes: func() (int64, error) { return 65536, nil },
 	}
 }
 
@@ -70,10 +84,29 @@ func TestScrape(t *testing.T) {
 		`diskless_host_online{host="pc2"} 0`,
 		`diskless_host_read_bytes_total{host="pc1"} 1.048576e+06`,
 		`diskless_host_disk_bytes{host="pc1"} 8192`,
+		`diskless_host_command_duration_seconds_bucket{host="pc1",op="read",le="5e-05"} 3`,
+		`diskless_host_command_duration_seconds_bucket{host="pc1",op="read",le="0.0001"} 3`,
+		`diskless_host_command_duration_seconds_bucket{host="pc1",op="read",le="0.00025"} 4`,
+		`diskless_host_command_duration_seconds_bucket{host="pc1",op="read",le="+Inf"} 4`,
+		`diskless_host_command_duration_seconds_sum{host="pc1",op="read"} 0.0003`,
+		`diskless_host_command_duration_seconds_count{host="pc1",op="read"} 4`,
+		`diskless_host_command_duration_seconds_bucket{host="pc1",op="other",le="5"} 0`,
+		`diskless_host_command_duration_seconds_count{host="pc1",op="other"} 2`,
+		`diskless_host_command_errors_total{host="pc1",sense_key="ILLEGAL_REQUEST"} 5`,
+		`diskless_host_commands_refused_total{host="pc1",status="task_set_full"} 2`,
+		"diskless_store_bytes 65536",
 		"process_cpu_seconds_total", "go_goroutines",
 	} {
 		if !strings.Contains(out, want+"\n") && !strings.Contains(out, want+" ") {
 			t.Errorf("no %q in:\n%s", want, out)
+		}
+	}
+	// What did not happen adds no series: no writes, no other sense
+	// key, no host without commands.
+	for _, unwanted := range []string{`op="write"`, `sense_key="NO_SENSE"`, `status="busy"`,
+		`diskless_host_command_duration_seconds_count{host="pc2"`} {
+		if strings.Contains(out, unwanted) {
+			t.Errorf("%s in:\n%s", unwanted, out)
 		}
 	}
 }

@@ -22,6 +22,34 @@ const (
 	SenseMiscompare     SenseKey = 0xe
 )
 
+// senseKeyNames are the sense keys' names in SPC-4 4.5.6 table 27, with
+// underscores for spaces: a fixed set of 16, fit for a metric label.
+var senseKeyNames = [16]string{
+	"NO_SENSE", "RECOVERED_ERROR", "NOT_READY", "MEDIUM_ERROR", "HARDWARE_ERROR", "ILLEGAL_REQUEST",
+	"UNIT_ATTENTION", "DATA_PROTECT", "BLANK_CHECK", "VENDOR_SPECIFIC", "COPY_ABORTED", "ABORTED_COMMAND",
+	"OBSOLETE", "VOLUME_OVERFLOW", "MISCOMPARE", "RESERVED",
+}
+
+// String is the key's name in SPC-4 table 27, e.g. ILLEGAL_REQUEST; Ch
+// (once EQUAL) is OBSOLETE and Fh RESERVED.
+func (k SenseKey) String() string { return senseKeyNames[k&0x0f] }
+
+// SenseKeyOf returns the sense key of sense data in fixed (SPC-4 4.5.3,
+// response codes 70h/71h) or descriptor format (4.5.2, 72h/73h); ok is
+// false when the data is too short or neither.
+func SenseKeyOf(sense []byte) (key SenseKey, ok bool) {
+	if len(sense) < 3 {
+		return 0, false
+	}
+	switch sense[0] & 0x7f {
+	case 0x70, 0x71:
+		return SenseKey(sense[2] & 0x0f), true
+	case 0x72, 0x73:
+		return SenseKey(sense[1] & 0x0f), true
+	}
+	return 0, false
+}
+
 // Additional sense code and qualifier pairs (SPC-4 4.5.6, table 28),
 // ASC in the high byte.
 const (

@@ -190,11 +190,15 @@ func (b *Bolt) Update(fn func(Tx) error) error {
 	return b.db.Update(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
 }
 
-// Size is the store file's size in bytes.
-func (b *Bolt) Size() int64 {
-	var n int64
-	b.db.View(func(tx *bolt.Tx) error { n = tx.Size(); return nil })
-	return n
+// Size is the store file's size in bytes: what it takes on disk, which
+// bbolt grows ahead of its data (doubling while small, then in steps of
+// 16 MiB) and never shrinks.
+func (b *Bolt) Size() (int64, error) {
+	st, err := os.Stat(b.path)
+	if err != nil {
+		return 0, fmt.Errorf("store: %w", err)
+	}
+	return st.Size(), nil
 }
 
 // Close implements Store.

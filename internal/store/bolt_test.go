@@ -153,3 +153,21 @@ func TestTruncatedAnywhere(t *testing.T) {
 	}
 	s.Close()
 }
+
+// Size follows the file as it grows.
+func TestSize(t *testing.T) {
+	s, path := openTemp(t)
+	before, err := s.Size()
+	if err != nil || before < 2*4096 {
+		t.Fatalf("size of a new store: %d %v", before, err)
+	}
+	big := make([]byte, 1<<20)
+	if err := s.Update(func(tx Tx) error { return tx.Put(BucketHosts, "big", big) }); err != nil {
+		t.Fatal(err)
+	}
+	after, err := s.Size()
+	st, _ := os.Stat(path)
+	if err != nil || after < before+int64(len(big)) || after != st.Size() {
+		t.Errorf("after a 1 MiB value: %d (%v), before %d, file %d", after, err, before, st.Size())
+	}
+}
