@@ -58,7 +58,11 @@ func TestWebConsole(t *testing.T) {
 		ctx, cancel := context.WithTimeout(bctx, timeout)
 		defer cancel()
 		if err := chromedp.Do(ctx, steps...); err != nil {
-			t.Fatalf("browser: %s: %v", what, err)
+			// What the page showed, for the log.
+			sctx, scancel := context.WithTimeout(bctx, 10*time.Second)
+			defer scancel()
+			text, _ := chromedp.Run(sctx, chromedp.Evaluate[string](`location.href + "\n" + document.body.innerText`))
+			t.Fatalf("browser: %s: %v\npage:\n%s", what, err, text)
 		}
 	}
 	shots := os.Getenv("DISKLESS_SCREENSHOT_DIR")
@@ -67,7 +71,7 @@ func TestWebConsole(t *testing.T) {
 	}
 	screenshot := func(name string) {
 		t.Helper()
-		png := browserValue(t, bctx, "screenshot", chromedp.CaptureScreenshot())
+		png := browserValue(t, bctx, "screenshot", chromedp.FullScreenshot(100))
 		p := filepath.Join(shots, name)
 		if err := os.WriteFile(p, png, 0o644); err != nil {
 			t.Fatal(err)
@@ -112,6 +116,8 @@ func TestWebConsole(t *testing.T) {
 	}
 	t.Logf("pc1 in the console: offline, %s", strings.Join(states, ", "))
 	checkStateOrder(t, states)
+	// Its I/O rate shows from the second refresh on.
+	do("I/O rate", 30*time.Second, chromedp.WaitVisible(chromedp.Search(`//tr[@data-host="pc1"]/td[contains(text(),"/s read")]`)))
 	screenshot("console-hosts.png")
 
 	// The API has the whole timeline, in order; /metrics counts the boot.

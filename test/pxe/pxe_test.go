@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -82,6 +83,53 @@ func TestPXEBoot(t *testing.T) {
 	// in between: each boot's script carries new secrets, the target takes
 	// them before iPXE logs in, and iPXE really logs in with them (the
 	// marker is on the LUN); the secrets are never in the server's output.
+	// A boot that fails: iPXE's sanboot of a disk without a boot sector.
+	// The script reports the step and iPXE's error number before it asks
+	// again; the admin sees why in the host's state and timeline, in
+	// /metrics and in the log.
+	t.Run("bios-failure-report", func(t *testing.T) {
+		need(t, []string{"ip", "qemu-system-x86_64"}, map[string]string{ipxeROM: "ipxe-qemu"})
+		n, data, _, cli := markerSite(t)
+		// 64 MiB: iPXE's INT 13 geometry needs a cylinder to read the
+		// MBR at all (8 MiB fails earlier, with an I/O error).
+		cli("image", "create", "blank", "--size", "64M")
+		cli("host", "add", "pc1", "--image", "blank", "--disk", "volatile", "--mac", clientMAC)
+		srv := startServe(t, n, "--interface", n.srvIf, "--dhcp", "full", "--dhcp-range", poolRange, "--data-dir", data)
+		_, _, apiGet := adminPlane(t, n, data)
+		startVM(t, n.vmNS, biosArgs(n)...)
+		_, took, err := srv.WaitFor(2*time.Minute, `msg="boot: failed"`)
+		if err != nil {
+			t.Fatalf("no failure reported: %v\n%s", err, srv.Output())
+		}
+		t.Logf("failure reported %v after power-on: %s", took.Round(100*time.Millisecond), lineWith(srv.Output(), `msg="boot: failed"`))
+		var h struct {
+			State    struct{ State, Stage, Failure string }
+			LastBoot struct {
+				Result string
+				Events []struct{ Stage, Error string }
+			} `json:"last_boot"`
+		}
+		if err := json.Unmarshal(apiGet("/api/v1/hosts/pc1"), &h); err != nil {
+			t.Fatal(err)
+		}
+		// iPXE's words and code: ipxe-qemu 1.21.1 says "Input/output
+		// error (https://ipxe.org/1d852039)" for this disk.
+		why := regexp.MustCompile(`^sanboot failed: [A-Z][a-z/ ]+ \(https://ipxe\.org/[0-9a-f]{8}\)$`)
+		if h.State.State != "failed" || h.State.Stage != "san-login" || !why.MatchString(h.State.Failure) {
+			t.Errorf("pc1's state %+v, want failed at san-login: sanboot failed: <iPXE's error> (https://ipxe.org/<code>)", h.State)
+		}
+		var stages []string
+		for _, e := range h.LastBoot.Events {
+			stages = append(stages, e.Stage)
+		}
+		if !inOrder(stages, "ipxe-dhcp", "script", "san-login", "failed") {
+			t.Errorf("timeline %v", stages)
+		}
+		if m := string(apiGet("/metrics")); !strings.Contains(m, `diskless_boots_failed_total{reason="reported",stage="san-login"} 1`) {
+			t.Errorf("/metrics does not count the failure:\n%s", lineWith(m, "diskless_boots_failed_total"))
+		}
+	})
+
 	t.Run("bios-rotate", func(t *testing.T) {
 		need(t, []string{"ip", "qemu-system-x86_64"}, map[string]string{ipxeROM: "ipxe-qemu"})
 		n := newTestNet(t, false)

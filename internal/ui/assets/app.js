@@ -23,7 +23,7 @@ function el(tag, attrs, ...kids) {
     else if (k === "text") e.textContent = v;
     else e.setAttribute(k, v === true ? "" : v);
   }
-  for (const k of kids.flat()) {
+  for (const k of kids.flat(Infinity)) {
     if (k === undefined || k === null || k === false) continue;
     e.append(k instanceof Node ? k : document.createTextNode(String(k)));
   }
@@ -61,7 +61,7 @@ function bytes(n) {
   let i = 0;
   n = Number(n) || 0;
   while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
-  return (i ? n.toFixed(1) : n) + " " + units[i];
+  return (i ? n.toFixed(1) : Math.round(n)) + " " + units[i];
 }
 function ago(t) {
   if (!t) return "";
@@ -155,7 +155,7 @@ async function hostsView() {
     el("h1", {}, "Hosts"),
     hosts.length ? el("div", { class: "table-wrap" }, el("table", { id: "hosts" },
       el("thead", {}, el("tr", {}, ["Name", "State", "IP", "MAC", "Disk on", "Mode", "I/O", "Since"].map((c, i) =>
-        el("th", { scope: "col", class: i >= 3 && i !== 4 ? "wide" : "" }, c)))),
+        el("th", { scope: "col", class: (i >= 3 && i !== 4 ? "wide" : "") + (c === "I/O" ? " num" : "") }, c)))),
       el("tbody", {}, rows)))
       : el("p", { class: "muted" }, "No hosts yet: add one with diskless host add, or adopt an unknown machine."),
   ];
@@ -189,7 +189,10 @@ async function hostView(name) {
           ? "The snapshot holds what its disk holds now; what the running system has not written out yet is not in it. The machine goes on undisturbed."
           : "The snapshot holds its disk as it is; rolling back to it later undoes every write after it."),
         "Take snapshot", [el("label", { for: "snap-name" }, "Name (optional)"), input]);
-      if (v) act("snapshot", () => api("POST", path + "/snapshots", { name: v.name || undefined }));
+      if (v) act("snapshot", async () => {
+        const snap = await api("POST", path + "/snapshots", { name: v.name || undefined });
+        return { notes: ["snapshot " + snap.name + " taken"] };
+      });
     }, disabled: h.disk.mode !== "persistent",
   }, "Snapshot");
   const resetBtn = el("button", {
@@ -233,7 +236,8 @@ async function hostView(name) {
   }, "Change image or mode");
 
   const snaps = h.disk.snapshots.map((s) => el("tr", {},
-    el("td", {}, s.name), el("td", {}, when(s.created)), el("td", {}, s.base + (s.auto ? " (automatic)" : "")),
+    el("td", {}, s.name), el("td", {}, when(s.created)),
+    el("td", {}, (s.base && s.base.image ? s.base.image + "@v" + s.base.version : "") + (s.auto ? " (automatic)" : "")),
     el("td", {},
       el("button", {
         class: "secondary", "data-snapshot": s.name,
