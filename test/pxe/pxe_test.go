@@ -90,8 +90,6 @@ func TestPXEBoot(t *testing.T) {
 	t.Run("bios-failure-report", func(t *testing.T) {
 		need(t, []string{"ip", "qemu-system-x86_64"}, map[string]string{ipxeROM: "ipxe-qemu"})
 		n, data, _, cli := markerSite(t)
-		// 64 MiB: iPXE's INT 13 geometry needs a cylinder to read the
-		// MBR at all (8 MiB fails earlier, with an I/O error).
 		cli("image", "create", "blank", "--size", "64M")
 		cli("host", "add", "pc1", "--image", "blank", "--disk", "volatile", "--mac", clientMAC)
 		srv := startServe(t, n, "--interface", n.srvIf, "--dhcp", "full", "--dhcp-range", poolRange, "--data-dir", data)
@@ -112,8 +110,11 @@ func TestPXEBoot(t *testing.T) {
 		if err := json.Unmarshal(apiGet("/api/v1/hosts/pc1"), &h); err != nil {
 			t.Fatal(err)
 		}
-		// iPXE's words and code: ipxe-qemu 1.21.1 says "Input/output
-		// error (https://ipxe.org/1d852039)" for this disk.
+		// iPXE's words and code. For an all-zero disk ipxe-qemu 1.21.1
+		// says "Input/output error (https://ipxe.org/1d852039)": its INT 13
+		// read of the boot sector fails (int13.c, int13_load_mbr), at 8 MiB
+		// as at 1 GiB, imported or created; a disk with a partition table
+		// boots.
 		why := regexp.MustCompile(`^sanboot failed: [A-Z][a-z/ ]+ \(https://ipxe\.org/[0-9a-f]{8}\)$`)
 		if h.State.State != "failed" || h.State.Stage != "san-login" || !why.MatchString(h.State.Failure) {
 			t.Errorf("pc1's state %+v, want failed at san-login: sanboot failed: <iPXE's error> (https://ipxe.org/<code>)", h.State)
