@@ -1,4 +1,4 @@
-package ui
+package ui_test
 
 import (
 	"encoding/json"
@@ -7,49 +7,45 @@ import (
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/diskless-boot/diskless/internal/api"
-	"github.com/diskless-boot/diskless/internal/inventory"
-	"github.com/diskless-boot/diskless/internal/storage"
-	"github.com/diskless-boot/diskless/internal/store"
+	"github.com/diskless-boot/diskless/internal/app"
+	"github.com/diskless-boot/diskless/internal/ui"
+)
+
+// The session's cookies and header, as the page sees them.
+const (
+	tokenCookie = "diskless_token"
+	csrfCookie  = "diskless_csrf"
+	csrfHeader  = "X-CSRF-Token"
 )
 
 // site serves the console over a real API on a fresh data directory; it
 // returns the server and the admin token.
 func site(t *testing.T) (*httptest.Server, string) {
 	t.Helper()
-	dir := t.TempDir()
-	st, err := store.OpenBolt(filepath.Join(dir, store.FileName), store.BoltOptions{})
+	s, err := app.OpenSite(t.Context(), t.TempDir(), app.SiteOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { st.Close() })
-	be, err := storage.NewLocal(dir, nil)
+	t.Cleanup(func() { s.Close() })
+	tok, err := api.EnsureToken(s.Store, s.Dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	inv, err := inventory.New(inventory.Options{Store: st, Backend: be})
+	apiH, err := api.New(api.Config{Inventory: s.Inv, Context: t.Context()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	tok, err := api.EnsureToken(st, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	apiH, err := api.New(api.Config{Inventory: inv, Context: t.Context()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	uiH, err := New(Config{API: apiH})
+	uiH, err := ui.New(ui.Config{API: apiH})
 	if err != nil {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle(api.Prefix+"/", apiH)
-	mux.Handle(Prefix, uiH)
+	mux.Handle(ui.Prefix, uiH)
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
 	return srv, tok
@@ -115,7 +111,7 @@ func TestLoginSession(t *testing.T) {
 			csrfC = k
 		}
 	}
-	if tokC == nil || !tokC.HttpOnly || tokC.SameSite != http.SameSiteStrictMode || tokC.Path != Prefix {
+	if tokC == nil || !tokC.HttpOnly || tokC.SameSite != http.SameSiteStrictMode || tokC.Path != ui.Prefix {
 		t.Fatalf("session cookie %+v: want HttpOnly, SameSite=Strict, Path=/ui/", tokC)
 	}
 	if csrfC == nil || csrfC.HttpOnly || csrfC.SameSite != http.SameSiteStrictMode || len(csrfC.Value) != 32 {
