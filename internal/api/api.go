@@ -60,6 +60,8 @@ type Status interface {
 	BootState(h *inventory.Host) bootevent.State
 	// Boots lists the host's boot timelines, newest first.
 	Boots(host string) ([]bootevent.Boot, error)
+	// LastBoot is the host's latest boot, false when none is known.
+	LastBoot(host string) (bootevent.Boot, bool)
 	// SubscribeEvents streams every boot event from now on; the channel
 	// closes when the subscriber lags too far behind. cancel ends it.
 	SubscribeEvents() (events <-chan bootevent.Event, cancel func(), err error)

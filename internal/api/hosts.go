@@ -135,8 +135,8 @@ type HostView struct {
 	// State is where the host stands: offline, booting (at a stage),
 	// online (since), failed or stuck (why); offline without a server.
 	State bootevent.State `json:"state"`
-	// LastBoot is the timeline of the host's latest boot (GET of one host
-	// only), nil when none is known.
+	// LastBoot is the host's latest boot, nil when none is known: with its
+	// timeline for one host, without (events left out) in listings.
 	LastBoot *bootevent.Boot `json:"last_boot,omitempty"`
 }
 
@@ -211,7 +211,14 @@ func (h *Handler) listHosts(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]HostView, 0, len(hosts))
 	for _, host := range hosts {
-		out = append(out, h.view(host, false))
+		v := h.view(host, false)
+		if st := h.cfg.Status; st != nil {
+			if b, ok := st.LastBoot(host.Name); ok {
+				b.Events = nil
+				v.LastBoot = &b
+			}
+		}
+		out = append(out, v)
 	}
 	writeJSON(w, http.StatusOK, out)
 }

@@ -606,6 +606,14 @@ func (s *supervisor) Boots(host string) ([]bootevent.Boot, error) {
 	return s.events.Boots(host)
 }
 
+// LastBoot implements api.Status: the host's latest boot.
+func (s *supervisor) LastBoot(host string) (bootevent.Boot, bool) {
+	if s.events == nil {
+		return bootevent.Boot{}, false
+	}
+	return s.events.LastBoot(host)
+}
+
 // SubscribeEvents implements api.Status: every boot event from now on.
 func (s *supervisor) SubscribeEvents() (<-chan bootevent.Event, func(), error) {
 	if s.events == nil {

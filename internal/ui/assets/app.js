@@ -140,7 +140,8 @@ async function hostsView() {
       rate = bytes((rd - p.read) / dt) + "/s read, " + bytes((wr - p.written) / dt) + "/s written";
     }
     ioPrev[h.name] = { t: now, read: rd, written: wr };
-    const lb = h.state && h.state.since ? when(h.state.since) : "";
+    const b = h.last_boot;
+    const lb = !b ? "" : when(b.started) + (b.result === "completed" ? ", " + b.duration_seconds.toFixed(1) + " s" : ", " + b.result);
     return el("tr", { "data-host": h.name },
       el("td", {}, el("a", { href: "#/hosts/" + encodeURIComponent(h.name) }, h.name)),
       el("td", { class: "state-cell" }, stateCell(h.state, h.online)),
@@ -154,7 +155,7 @@ async function hostsView() {
   return [
     el("h1", {}, "Hosts"),
     hosts.length ? el("div", { class: "table-wrap" }, el("table", { id: "hosts" },
-      el("thead", {}, el("tr", {}, ["Name", "State", "IP", "MAC", "Disk on", "Mode", "I/O", "Since"].map((c, i) =>
+      el("thead", {}, el("tr", {}, ["Name", "State", "IP", "MAC", "Disk on", "Mode", "I/O", "Last boot"].map((c, i) =>
         el("th", { scope: "col", class: (i >= 3 && i !== 4 ? "wide" : "") + (c === "I/O" ? " num" : "") }, c)))),
       el("tbody", {}, rows)))
       : el("p", { class: "muted" }, "No hosts yet: add one with diskless host add, or adopt an unknown machine."),
