@@ -429,6 +429,12 @@ func (t *Tracker) State(host string, sessions int, loggedIn time.Time) State {
 	}
 	switch b.Result {
 	case Booting:
+		if idle := t.cfg.Now().Sub(b.Updated); idle >= t.cfg.StuckAfter {
+			// A stored boot Run has not marked (the server stopped
+			// while it went on): as stuck as one it would have.
+			return State{State: StateStuck, Stage: b.Stage, Since: b.Updated,
+				Failure: fmt.Sprintf("no progress for %s after stage %s", idle.Round(time.Second), b.Stage)}
+		}
 		return State{State: StateBooting, Stage: b.Stage, Since: b.Started}
 	case Failed:
 		return State{State: StateFailed, Stage: b.Stage, Since: b.Updated, Failure: b.Failure}

@@ -193,6 +193,21 @@ func TestRestartContinuesFromRecorder(t *testing.T) {
 	if b, _ := tr2.LastBoot("pc1"); b.Result != Completed || b.Events[len(b.Events)-1].Stage != StageSession {
 		t.Fatalf("pc1 after restart: %+v", b)
 	}
+	// A boot stored while under way, by a server that then stopped, is
+	// stuck once StuckAfter passed, though no Run marked it.
+	tr2.Save()
+	c.advance(DefaultStuckAfter)
+	tr4 := New(Config{Now: c.now, Recorder: rec})
+	if st := tr4.State("pc2", 0, time.Time{}); st.State != StateOffline {
+		t.Fatalf("pc2 completed its boot above, then: %+v", st)
+	}
+	tr.Emit(Event{Time: c.t, Host: "pc5", Stage: StageScript})
+	tr.Save()
+	c.advance(DefaultStuckAfter)
+	if st := tr4.State("pc5", 0, time.Time{}); st.State != StateStuck || st.Stage != StageScript {
+		t.Fatalf("a stored boot under way, %s later: %+v", DefaultStuckAfter, st)
+	}
+
 	// Without any stored boot, a login is a session and no timeline.
 	tr3 := New(Config{Now: c.now})
 	tr3.Emit(Event{Time: c.t, Host: "pc3", Stage: StageRootLogin})
