@@ -110,11 +110,11 @@ func TestPXEBoot(t *testing.T) {
 		if err := json.Unmarshal(apiGet("/api/v1/hosts/pc1"), &h); err != nil {
 			t.Fatal(err)
 		}
-		// iPXE's words and code. For an all-zero disk ipxe-qemu 1.21.1
-		// says "Input/output error (https://ipxe.org/1d852039)": its INT 13
-		// read of the boot sector fails (int13.c, int13_load_mbr), at 8 MiB
-		// as at 1 GiB, imported or created; a disk with a partition table
-		// boots.
+		// iPXE's words and code. For a disk without a boot signature
+		// ipxe-qemu (git 36a4c85) says "Input/output error
+		// (https://ipxe.org/1d852039)": int13_boot tries the MBR
+		// (ENOEXEC), then El Torito, whose INT 13 read of a hard disk's
+		// boot catalogue fails (EIO), and reports that last error.
 		why := regexp.MustCompile(`^sanboot failed: [A-Z][a-z/ ]+ \(https://ipxe\.org/[0-9a-f]{8}\)$`)
 		if h.State.State != "failed" || h.State.Stage != "san-login" || !why.MatchString(h.State.Failure) {
 			t.Errorf("pc1's state %+v, want failed at san-login: sanboot failed: <iPXE's error> (https://ipxe.org/<code>)", h.State)
