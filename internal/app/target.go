@@ -96,6 +96,8 @@ type TargetOptions struct {
 	AllowedInitiators []string
 	PortalGroupTag    uint16
 	NOPInterval       time.Duration
+	// SendfileMin is iscsi.Config.SendfileMin (0: its default).
+	SendfileMin int
 	Logger            *slog.Logger
 	// Sockets are the listening sockets a service manager handed over:
 	// the one bound to Listen is taken from it (default: none).
@@ -151,6 +153,7 @@ func RunTarget(ctx context.Context, opts TargetOptions) (err error) {
 	// and in total, login, discovery and Data-Out time, memory per host).
 	icfg := iscsi.Defaults()
 	icfg.PortalGroupTag, icfg.NOPInterval, icfg.Logger = opts.PortalGroupTag, opts.NOPInterval, log
+	icfg.SendfileMin = opts.SendfileMin
 	srv := iscsi.New(icfg)
 	if err := srv.AddTarget(&iscsi.Target{
 		Name: opts.IQN, Alias: opts.Alias, SCSI: st,

@@ -118,6 +118,12 @@ type Config struct {
 	NOPInterval time.Duration
 	// WriteTimeout bounds each write to a connection (default 60 s).
 	WriteTimeout time.Duration
+	// SendfileMin is the smallest READ whose data goes to the socket with
+	// sendfile(2) straight from the disk's file (when the disk can hand
+	// out a file range and data digests are off); smaller ones are copied
+	// into the response's one writev, which saves sendfile's syscall per
+	// PDU (default 64 KiB; negative: never sendfile, always copy).
+	SendfileMin int
 
 	// Logger receives the target's logs (default: discard). Every line a
 	// client can trigger is rate limited: a line of each kind at most
@@ -208,6 +214,9 @@ func (c *Config) withDefaults() Config {
 	d.FirstCommandTimeout = orDefault(d.FirstCommandTimeout, 2*time.Minute)
 	d.DataOutTimeout = orDefault(d.DataOutTimeout, 30*time.Second)
 	d.ProvenNOPInterval = orDefault(d.ProvenNOPInterval, 30*time.Second)
+	if d.SendfileMin == 0 {
+		d.SendfileMin = DefaultSendfileMin
+	}
 	if d.WriteTimeout <= 0 {
 		d.WriteTimeout = 60 * time.Second
 	}

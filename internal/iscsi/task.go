@@ -8,8 +8,8 @@ import (
 	"github.com/diskless-boot/diskless/internal/scsi"
 )
 
-// sendfileMin is the smallest Data-In sent with sendfile(2).
-const sendfileMin = 64 << 10
+// DefaultSendfileMin is Config.SendfileMin's default.
+const DefaultSendfileMin = 64 << 10
 
 // task is one SCSI command from receipt to response (RFC 7143 4.2.2 and
 // 11.3 to 11.8).
@@ -390,7 +390,8 @@ func (c *conn) execute(t *task, onReader bool) {
 		sc.DataIn = t.buf
 		// sendfile costs a syscall of its own per PDU; below this size
 		// copying into the one writev is cheaper than that.
-		sc.FileDataIn = c.rawConn != nil && !c.params.DataDigest && t.edtl >= sendfileMin
+		least := c.srv.cfg.SendfileMin
+		sc.FileDataIn = c.rawConn != nil && !c.params.DataDigest && least >= 0 && t.edtl >= uint32(least)
 	}
 	res := c.sess.target.SCSI.Execute(&sc)
 	if res.Status == scsi.StatusGood {
