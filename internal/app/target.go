@@ -98,7 +98,7 @@ type TargetOptions struct {
 	NOPInterval       time.Duration
 	// SendfileMin is iscsi.Config.SendfileMin (0: its default).
 	SendfileMin int
-	Logger            *slog.Logger
+	Logger      *slog.Logger
 	// Sockets are the listening sockets a service manager handed over:
 	// the one bound to Listen is taken from it (default: none).
 	Sockets *activation.Set
