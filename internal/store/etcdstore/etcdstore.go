@@ -81,8 +81,11 @@ type Options struct {
 //     "the marker's ModRevision <= R". A range costs two conditions
 //     whatever its size; keys read inside a range read add none (etcd
 //     caps the conditions of a Txn, like its operations, at
-//     --max-txn-ops, default 128). Deletes in a bucket conflict with every concurrent
-//     range read of that bucket: coarser than needed, never wrong.
+//     --max-txn-ops, default 128). Deletes in a bucket conflict with
+//     every concurrent range read of that bucket: coarser than needed,
+//     never wrong.
+//   - A read whose revision etcd compacted away meanwhile makes the
+//     transaction start again, on the newest revision.
 //
 // So two transactions that each count a bucket's keys and add one when
 // there are fewer than N cannot both commit on the same count, which the
@@ -171,7 +174,7 @@ func (s *Store) run(op string, write bool, fn func(store.Tx) error) error {
 	ctx, cancel := context.WithTimeout(s.ctx, s.timeout)
 	defer cancel()
 	for attempt := 1; ; attempt++ {
-		tx := &tx{s: s, ctx: ctx, write: write}
+		tx := &txn{s: s, ctx: ctx, op: op, write: write}
 		err := fn(tx)
 		if tx.err != nil {
 			// A failed read: whatever fn made of it (it may have taken
@@ -184,10 +187,10 @@ func (s *Store) run(op string, write bool, fn func(store.Tx) error) error {
 				}
 				continue
 			}
-			if err == nil || !errors.Is(err, tx.err) {
-				return s.wrap(ctx, op, tx.err)
+			if err != nil && errors.Is(err, tx.err) {
+				return err // fn's own wrapping of it
 			}
-			return err // fn's own wrapping of it
+			return tx.err
 		}
 		if err != nil {
 			return err
@@ -243,12 +246,13 @@ func checkBucket(bucket string) error {
 	return nil
 }
 
-// tx is one attempt at a transaction: see Store.
-type tx struct {
+// txn is one attempt at a transaction: see Store.
+type txn struct {
 	s     *Store
 	ctx   context.Context
+	op    string // "view" or "update", for errors
 	write bool
-	err   error // the first failed read; the attempt then commits nothing
+	err   error // the first failed read (wrapped); the attempt then commits nothing
 
 	rev    int64                // the read revision, 0 before the first read
 	reads  map[string]etcdRead  // full key -> what was read (present keys)
@@ -274,7 +278,7 @@ type keyRange struct{ start, end string }
 func (r keyRange) has(k string) bool { return k >= r.start && k < r.end }
 
 // get reads at the transaction's revision, fixing it at the first read.
-func (t *tx) get(key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+func (t *txn) get(key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
 	if t.err != nil {
 		return nil, t.err
 	}
@@ -283,8 +287,8 @@ func (t *tx) get(key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, 
 	}
 	resp, err := t.s.cli.Get(t.ctx, key, opts...)
 	if err != nil {
-		t.err = err
-		return nil, err
+		t.err = t.s.wrap(t.ctx, t.op, err)
+		return nil, t.err
 	}
 	if t.rev == 0 {
 		t.rev = resp.Header.Revision
@@ -298,7 +302,7 @@ func (t *tx) get(key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, 
 	return resp, nil
 }
 
-func (t *tx) inRange(full string) bool {
+func (t *txn) inRange(full string) bool {
 	for _, r := range t.ranges {
 		if r.has(full) {
 			return true
@@ -307,7 +311,7 @@ func (t *tx) inRange(full string) bool {
 	return false
 }
 
-func (t *tx) Get(bucket, key string) ([]byte, error) {
+func (t *txn) Get(bucket, key string) ([]byte, error) {
 	if err := checkBucket(bucket); err != nil {
 		return nil, err
 	}
@@ -339,7 +343,7 @@ func (t *tx) Get(bucket, key string) ([]byte, error) {
 	return resp.Kvs[0].Value, nil
 }
 
-func (t *tx) Put(bucket, key string, value []byte) error {
+func (t *txn) Put(bucket, key string, value []byte) error {
 	if err := t.writable(bucket, key); err != nil {
 		return err
 	}
@@ -350,7 +354,7 @@ func (t *tx) Put(bucket, key string, value []byte) error {
 	return nil
 }
 
-func (t *tx) Delete(bucket, key string) error {
+func (t *txn) Delete(bucket, key string) error {
 	if err := t.writable(bucket, key); err != nil {
 		return err
 	}
@@ -365,7 +369,7 @@ func (t *tx) Delete(bucket, key string) error {
 	return nil
 }
 
-func (t *tx) writable(bucket, key string) error {
+func (t *txn) writable(bucket, key string) error {
 	if !t.write {
 		return errors.New("store: write in a read-only transaction")
 	}
@@ -378,7 +382,7 @@ func (t *tx) writable(bucket, key string) error {
 	return nil
 }
 
-func (t *tx) ForEach(bucket, prefix string, fn func(key string, value []byte) error) error {
+func (t *txn) ForEach(bucket, prefix string, fn func(key string, value []byte) error) error {
 	if err := checkBucket(bucket); err != nil {
 		return err
 	}
@@ -425,7 +429,7 @@ func (t *tx) ForEach(bucket, prefix string, fn func(key string, value []byte) er
 
 // commit applies the buffered writes if nothing read has changed since
 // the read revision: see Store. ok false means a conflict.
-func (t *tx) commit() (ok bool, err error) {
+func (t *txn) commit() (ok bool, err error) {
 	var cmps []clientv3.Cmp
 	if t.rev != 0 {
 		for k, mod := range t.keys {

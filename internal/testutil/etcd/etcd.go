@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -41,7 +42,7 @@ func Start(tb testing.TB) *Server {
 	peer := fmt.Sprintf("http://127.0.0.1:%d", ports.FreeTCP(tb))
 	s := &Server{Endpoint: client, tb: tb, argv: []string{bin,
 		"--name", "test",
-		"--data-dir", tb.TempDir(),
+		"--data-dir", filepath.Join(tb.TempDir(), "data"), // etcd makes it 0700
 		"--listen-client-urls", client, "--advertise-client-urls", client,
 		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
 		"--initial-cluster", "test=" + peer, "--initial-cluster-state", "new",
