@@ -55,6 +55,9 @@ type Store interface {
 	View(fn func(Tx) error) error
 	// Update runs fn in a read-write transaction: every change fn made is
 	// committed (durably) if it returns nil, none if it returns an error.
+	// A store with optimistic transactions (etcd) runs fn again when
+	// another writer changed what it read, so fn must have no effect
+	// outside the Tx but variables it sets anew on every run.
 	Update(fn func(Tx) error) error
 	// Close releases the store.
 	Close() error
