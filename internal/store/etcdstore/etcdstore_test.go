@@ -79,6 +79,7 @@ func TestWatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var committed time.Time
 	expect := func(key string, deleted bool) {
 		t.Helper()
 		select {
@@ -86,6 +87,7 @@ func TestWatch(t *testing.T) {
 			if c.Bucket != store.BucketHosts || c.Key != key || c.Deleted != deleted || c.Resync || c.Revision == 0 {
 				t.Errorf("change %+v, want %s deleted=%v", c, key, deleted)
 			}
+			t.Logf("%s deleted=%v seen %v after its commit", key, deleted, time.Since(committed))
 		case <-time.After(time.Second):
 			t.Fatalf("no change for %s within a second", key)
 		}
@@ -95,6 +97,7 @@ func TestWatch(t *testing.T) {
 		if err := b.Update(fn); err != nil {
 			t.Fatal(err)
 		}
+		committed = time.Now()
 	}
 	update(func(tx store.Tx) error {
 		tx.Put(store.BucketImages, "debian", []byte("x")) // not watched
@@ -110,6 +113,7 @@ func TestWatch(t *testing.T) {
 	for {
 		err := b.Update(func(tx store.Tx) error { return tx.Put(store.BucketHosts, "pc2", []byte("x")) })
 		if err == nil {
+			committed = time.Now()
 			break
 		}
 		if time.Since(start) > 20*time.Second {
