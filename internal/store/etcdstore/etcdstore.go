@@ -518,7 +518,7 @@ func (s *Store) watch(ctx context.Context, bucket, base string, next int64, ch c
 			if resp.Err() != nil {
 				continue // the channel closes after it
 			}
-			attempt = 1
+			attempt = 0 // working: the next pause is the shortest
 			for _, ev := range resp.Events {
 				c := store.Change{Bucket: bucket, Key: strings.TrimPrefix(string(ev.Kv.Key), base),
 					Deleted: ev.Type == clientv3.EventTypeDelete, Revision: ev.Kv.ModRevision}
@@ -529,7 +529,14 @@ func (s *Store) watch(ctx context.Context, bucket, base string, next int64, ch c
 			}
 		}
 		wcancel()
-		s.backoff(ctx, attempt*10)
+		// Ended (no leader, etcd gone): again after a pause that grows
+		// to 2 s, so a cluster without a leader is not asked in a loop.
+		t := time.NewTimer(min(time.Duration(attempt)*100*time.Millisecond, 2*time.Second))
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
 	}
 }
 
