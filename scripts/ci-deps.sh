@@ -37,6 +37,7 @@ pkgs=(
 	systemd         # systemd-analyze verify/security on the .deb's units (scripts/test-deb.sh)
 	init-system-helpers # deb-systemd-helper in the .deb's maintainer scripts
 	prometheus      # promtool checks a real /metrics scrape (internal/app TestMetricsPromtool)
+	etcd-server     # the etcd store's tests start their own etcd on loopback (internal/testutil/etcd)
 )
 
 missing=()
@@ -53,11 +54,16 @@ fi
 # The prometheus package also brings a Prometheus server, which its postinst
 # starts wherever no policy-rc.d forbids it (containers usually do) or
 # systemd runs: nothing here needs it, so it is stopped and not started again.
-if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+# etcd-server likewise brings an etcd daemon on the default ports 2379/2380;
+# the tests start their own on free ports, so it is stopped and disabled too.
+for svc in prometheus etcd; do
+	pkg=$svc
+	[ "$svc" = etcd ] && pkg=etcd-server
+	[[ " ${missing[*]} " == *" $pkg "* ]] || continue
 	if [ -d /run/systemd/system ]; then
-		systemctl disable --now prometheus.service >/dev/null 2>&1 || true
-	elif [ -x /etc/init.d/prometheus ]; then
-		/etc/init.d/prometheus stop >/dev/null 2>&1 || true
-		update-rc.d prometheus disable >/dev/null 2>&1 || true
+		systemctl disable --now "$svc.service" >/dev/null 2>&1 || true
+	elif [ -x "/etc/init.d/$svc" ]; then
+		"/etc/init.d/$svc" stop >/dev/null 2>&1 || true
+		update-rc.d "$svc" disable >/dev/null 2>&1 || true
 	fi
-fi
+done

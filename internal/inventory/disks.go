@@ -326,7 +326,9 @@ func (inv *Inventory) Rollback(host, name string) ([]string, error) {
 		if err != nil {
 			return diskErr(err)
 		}
+		var pinned string // set on every run: a store may run fn again
 		err = inv.st.Update(func(tx store.Tx) error {
+			pinned = ""
 			cur, err := getHost(tx, host)
 			if err != nil {
 				return err
@@ -338,13 +340,16 @@ func (inv *Inventory) Rollback(host, name string) ([]string, error) {
 						host, want, name, sn.Base, sn.Base.Image, sn.Base.Version)
 				}
 				cur.Image, cur.Version = sn.Base.Image, sn.Base.Version
-				notes = append(notes, fmt.Sprintf("%s: pinned to %s, the version snapshot %s is on (set its version to follow another)", host, sn.Base, name))
+				pinned = fmt.Sprintf("%s: pinned to %s, the version snapshot %s is on (set its version to follow another)", host, sn.Base, name)
 			}
 			cur.Disk, cur.ResetPending = d, false
 			return putJSON(tx, store.BucketHosts, host, cur)
 		})
 		if err != nil {
 			return err
+		}
+		if pinned != "" {
+			notes = append(notes, pinned)
 		}
 		notes = append(notes, fmt.Sprintf("%s: disk rolled back to snapshot %s", host, name))
 		return inv.be.Prune(host, d)

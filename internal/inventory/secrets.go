@@ -87,6 +87,7 @@ func (inv *Inventory) RotateSecrets(name string) (Host, []string, error) {
 func (inv *Inventory) bootSecrets(name string) ([]string, error) {
 	var note string
 	err := inv.st.Update(func(tx store.Tx) error {
+		note = "" // a store may run fn again
 		h, err := getHost(tx, name)
 		if err != nil {
 			return err

@@ -20,48 +20,6 @@ func openTemp(t *testing.T) (*Bolt, string) {
 	return s, path
 }
 
-func TestRoundTripAndPrefix(t *testing.T) {
-	s, path := openTemp(t)
-	err := s.Update(func(tx Tx) error {
-		for i := range 5 {
-			if err := tx.Put(BucketVersions, fmt.Sprintf("img/%08d", i+1), []byte{byte(i)}); err != nil {
-				return err
-			}
-		}
-		return tx.Put(BucketVersions, "imgx/00000001", []byte("other"))
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// A failing transaction leaves nothing behind.
-	boom := errors.New("boom")
-	if err := s.Update(func(tx Tx) error {
-		tx.Put(BucketHosts, "h1", []byte("x"))
-		return boom
-	}); !errors.Is(err, boom) {
-		t.Fatalf("update: %v", err)
-	}
-	s.Close()
-	s, err = OpenBolt(path, BoltOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	var keys []string
-	s.View(func(tx Tx) error {
-		if _, err := tx.Get(BucketHosts, "h1"); !errors.Is(err, ErrNotFound) {
-			t.Errorf("rolled back key: %v", err)
-		}
-		return tx.ForEach(BucketVersions, "img/", func(k string, v []byte) error {
-			keys = append(keys, k)
-			return nil
-		})
-	})
-	if len(keys) != 5 || keys[0] != "img/00000001" || keys[4] != "img/00000005" {
-		t.Fatalf("keys %v", keys)
-	}
-}
-
 func TestSecondWriterIsLockedOut(t *testing.T) {
 	_, path := openTemp(t)
 	start := time.Now()

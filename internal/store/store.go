@@ -10,10 +10,12 @@
 // when no server holds it). The interface is shaped like a key-value store
 // with serializable transactions so that etcd (whose concurrency.STM gives
 // the same Get/Put/Delete in a retried transaction) can implement it for
-// sites with several servers.
+// sites with several servers: package etcdstore does, and
+// package storetest checks both against the same suite.
 package store
 
 import (
+	"context"
 	"errors"
 )
 
@@ -53,6 +55,9 @@ type Store interface {
 	View(fn func(Tx) error) error
 	// Update runs fn in a read-write transaction: every change fn made is
 	// committed (durably) if it returns nil, none if it returns an error.
+	// A store with optimistic transactions (etcd) runs fn again when
+	// another writer changed what it read, so fn must have no effect
+	// outside the Tx but variables it sets anew on every run.
 	Update(fn func(Tx) error) error
 	// Close releases the store.
 	Close() error
@@ -71,4 +76,30 @@ type Tx interface {
 	// ForEach calls fn for every key of bucket with the given prefix, in
 	// ascending key order, until fn returns an error.
 	ForEach(bucket, prefix string, fn func(key string, value []byte) error) error
+}
+
+// Watcher is implemented by a Store that other processes change too (the
+// etcd store: several servers share it), so that a server learns of a
+// change made through another one. Bolt has none: one process holds it.
+type Watcher interface {
+	// Watch reports every committed change to bucket from the moment
+	// Watch returns, in commit order, until ctx is done; then the channel
+	// is closed. A Change says which key to read again, not its value:
+	// readers go through the model. To miss nothing, a reader watches
+	// first, then loads what it needs, then applies changes. The error
+	// is for a watch that could not be started (the store unreachable).
+	Watch(ctx context.Context, bucket string) (<-chan Change, error)
+}
+
+// Change is one change a Watcher reports.
+type Change struct {
+	Bucket string
+	// Key changed: put (Deleted false) or deleted. Empty when Resync.
+	Key     string
+	Deleted bool
+	// Resync says the watcher lost track of some changes (they were
+	// compacted away while it reconnected): read the whole bucket again.
+	Resync bool
+	// Revision orders changes: the store's revision of the commit.
+	Revision int64
 }
