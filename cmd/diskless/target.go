@@ -60,6 +60,7 @@ func newTargetCommand() *cobra.Command {
 	f.StringArrayVar(&opts.AllowedInitiators, "allow-initiator", nil, "initiator IQN allowed to log in (repeatable; default: any)")
 	f.Uint16Var(&opts.PortalGroupTag, "portal-group-tag", 1, "TargetPortalGroupTag (must match the initramfs' ISCSI_TARGET_GROUP)")
 	f.StringVar(&opts.Alias, "alias", "", "TargetAlias sent to initiators")
+	f.StringVar(&opts.TraceDir, "trace-io", "", traceIOHelp)
 	f.DurationVar(&opts.NOPInterval, "nop-interval", 0, "ping idle connections with NOP-In this often and drop silent ones (0 = off; iPXE does not answer while GRUB sits idle)")
 	cmd.MarkFlagRequired("iqn")
 	cmd.MarkFlagRequired("lun")

@@ -96,6 +96,7 @@ type TargetOptions struct {
 	AllowedInitiators []string
 	PortalGroupTag    uint16
 	NOPInterval       time.Duration
+	TraceDir          string // iscsi.Config.TraceDir: --trace-io
 	Logger            *slog.Logger
 	// Sockets are the listening sockets a service manager handed over:
 	// the one bound to Listen is taken from it (default: none).
@@ -151,6 +152,7 @@ func RunTarget(ctx context.Context, opts TargetOptions) (err error) {
 	// and in total, login, discovery and Data-Out time, memory per host).
 	icfg := iscsi.Defaults()
 	icfg.PortalGroupTag, icfg.NOPInterval, icfg.Logger = opts.PortalGroupTag, opts.NOPInterval, log
+	icfg.TraceDir = opts.TraceDir
 	srv := iscsi.New(icfg)
 	if err := srv.AddTarget(&iscsi.Target{
 		Name: opts.IQN, Alias: opts.Alias, SCSI: st,

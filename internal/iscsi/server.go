@@ -118,6 +118,10 @@ type Config struct {
 	NOPInterval time.Duration
 	// WriteTimeout bounds each write to a connection (default 60 s).
 	WriteTimeout time.Duration
+	// TraceDir, when set, is where every host's READs and WRITEs are
+	// recorded, a file per target and boot (trace.go, package iotrace):
+	// a debugging and benchmarking aid, off by default ("").
+	TraceDir string
 
 	// Logger receives the target's logs (default: discard). Every line a
 	// client can trigger is rate limited: a line of each kind at most
@@ -268,8 +272,11 @@ type Server struct {
 
 	wg           sync.WaitGroup
 	shutdownOnce sync.Once
-	stats        counters
-	mem          memBudget
+
+	traceMu sync.Mutex
+	traces  map[string]*traceFile // by target name, while Config.TraceDir is set
+	stats   counters
+	mem     memBudget
 	// cmdStats are the command counters of each target, by name (under
 	// mu; the counters themselves are atomic).
 	cmdStats map[string]*cmdCounters
