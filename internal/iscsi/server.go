@@ -122,6 +122,9 @@ type Config struct {
 	// recorded, a file per target and boot (trace.go, package iotrace):
 	// a debugging and benchmarking aid, off by default ("").
 	TraceDir string
+	// TraceLinger is how long a target's trace stays open after its last
+	// session ended, for the next session of the same boot (default 30 s).
+	TraceLinger time.Duration
 
 	// Logger receives the target's logs (default: discard). Every line a
 	// client can trigger is rate limited: a line of each kind at most
@@ -176,6 +179,9 @@ func (c *Config) withDefaults() Config {
 	}
 	if d.QueueDepth <= 0 {
 		d.QueueDepth = 64
+	}
+	if d.TraceLinger <= 0 {
+		d.TraceLinger = 30 * time.Second
 	}
 	if d.SessionMemory <= 0 {
 		d.SessionMemory = 256 << 20
@@ -431,6 +437,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	go func() { s.wg.Wait(); close(done) }()
 	select {
 	case <-done:
+		s.closeTraces()
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()

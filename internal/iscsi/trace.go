@@ -16,11 +16,13 @@ import (
 // boot, for replaying real boots in benchmarks (bench/replay).
 //
 // A target's trace file opens at the login of a session when the target
-// has none open and closes when its last session ends, so one file holds a
-// boot: iPXE's session and the OS's, which logs in while iPXE's is still
-// open (iPXE's connection is only dropped when the OS takes the network
-// card over). A reboot whose first login comes before the last boot's
-// session has ended lands in the same file.
+// has none open, and closes Config.TraceLinger (30 s) after its last
+// session ended, so that one file holds a boot: a BIOS boot of the
+// end-to-end image has four sessions one after the other, seconds apart
+// (iPXE's probe and sanboot, the initramfs' iscsistart, the OS's iscsid),
+// because iPXE's connection ends when Linux resets the network card and
+// iscsistart logs out before iscsid logs in. Two boots less than
+// TraceLinger apart share a file. Shutdown closes every file.
 //
 // Off, a command pays one nil check (session.trace). On, one mutex and a
 // formatted line in a 64 KiB buffer; files are capped at
@@ -33,6 +35,9 @@ type traceFile struct {
 	w     *iotrace.Writer
 	start int64 // monoNow at its first login: the trace's time 0
 	refs  int   // sessions writing to it
+	// linger closes the file TraceLinger after its last session ended,
+	// unless a login stops it first.
+	linger *time.Timer
 }
 
 // sessionTrace is a session's handle on its target's trace.
@@ -75,13 +80,17 @@ func (s *Server) startTrace(ss *session) {
 		}
 		s.traces[ss.key.target] = tf
 	}
+	if tf.linger != nil {
+		tf.linger.Stop() // if it fires anyway, it finds refs > 0
+		tf.linger = nil
+	}
 	tf.refs++
 	at := time.Duration(monoNow() - tf.start)
 	ss.trace = &sessionTrace{file: tf, index: tf.w.Login(at, ss.key.isid, ss.tsih, ss.key.initiator)}
 }
 
-// endTrace records the end of ss and closes its target's trace when no
-// other session writes to it.
+// endTrace records the end of ss; the trace of its target closes
+// TraceLinger after its last session ended.
 func (s *Server) endTrace(ss *session) {
 	st := ss.trace
 	if st == nil {
@@ -94,16 +103,49 @@ func (s *Server) endTrace(ss *session) {
 	if tf.refs--; tf.refs > 0 {
 		return
 	}
-	delete(s.traces, ss.key.target)
+	s.mu.Lock()
+	closing := s.closing
+	s.mu.Unlock()
+	if closing {
+		s.closeTraceLocked(ss.key.target, tf)
+		return
+	}
+	target := ss.key.target
+	tf.linger = time.AfterFunc(s.cfg.TraceLinger, func() {
+		s.traceMu.Lock()
+		defer s.traceMu.Unlock()
+		if tf.refs == 0 && s.traces[target] == tf {
+			s.closeTraceLocked(target, tf)
+		}
+	})
+}
+
+// closeTraces closes every trace no session writes to (at shutdown).
+func (s *Server) closeTraces() {
+	s.traceMu.Lock()
+	defer s.traceMu.Unlock()
+	for target, tf := range s.traces {
+		if tf.refs == 0 {
+			if tf.linger != nil {
+				tf.linger.Stop()
+			}
+			s.closeTraceLocked(target, tf)
+		}
+	}
+}
+
+// closeTraceLocked closes tf, the trace of target. Called with traceMu held.
+func (s *Server) closeTraceLocked(target string, tf *traceFile) {
+	delete(s.traces, target)
 	err := tf.w.Close()
 	if cerr := tf.f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		s.warn.Log(s.log, slog.LevelWarn, "io trace not written", "iqn", ss.key.target, "err", err)
+		s.warn.Log(s.log, slog.LevelWarn, "io trace not written", "iqn", target, "err", err)
 		return
 	}
-	s.log.Info("io trace written", "iqn", ss.key.target, "path", tf.path)
+	s.log.Info("io trace written", "iqn", target, "path", tf.path)
 }
 
 // traceName is the file of a target's trace started at t:
