@@ -114,7 +114,6 @@ func TestReadRejects(t *testing.T) {
 		"no magic":             "R,1,0,0,0,1\n",
 		"no session":           head + "R,1,0,0,0,1\n",
 		"session out of order": head + "L,0,1,1,1,i\n",
-		"backwards":            head + "L,0,0,1,1,i\nR,5,0,0,0,1\nR,4,0,0,0,1\n",
 		"short":                head + "L,0,0,1,1,i\nR,5,0,0,0\n",
 		"negative":             head + "L,0,0,1,1,i\nR,-5,0,0,0,1\n",
 		"blocks overflow":      head + "L,0,0,1,1,i\nR,5,0,0,0,4294967296\n",

@@ -1,6 +1,7 @@
 package iotrace
 
 import (
+	"cmp"
 	"slices"
 	"time"
 )
@@ -14,13 +15,16 @@ type Stats struct {
 	LargestGap, LargestGapAt time.Duration // longest time without an I/O arriving, and where it starts
 }
 
-// Stats computes s over every session of t.
+// Stats computes s over every session of t; gaps are between arrivals in
+// time order.
 func (t *Trace) Stats() Stats {
 	var s Stats
 	type span struct{ lba, end uint64 }
 	var spans []span
 	var prev time.Duration
-	for i, r := range t.IOs {
+	ios := slices.Clone(t.IOs)
+	slices.SortStableFunc(ios, func(a, b IO) int { return cmp.Compare(a.At, b.At) })
+	for i, r := range ios {
 		b := uint64(r.Blocks) * uint64(t.BlockSize)
 		if r.Write {
 			s.Writes++
@@ -33,9 +37,7 @@ func (t *Trace) Stats() Stats {
 		if i > 0 && r.At-prev > s.LargestGap {
 			s.LargestGap, s.LargestGapAt = r.At-prev, prev
 		}
-		if r.At > prev {
-			prev = r.At
-		}
+		prev = r.At
 		s.Duration = max(s.Duration, r.At)
 	}
 	slices.SortFunc(spans, func(a, b span) int {
