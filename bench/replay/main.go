@@ -150,9 +150,12 @@ type row struct {
 	last     time.Duration
 	p50, p99 time.Duration
 	cpu      float64 // server CPU seconds over the run
-	hwmKiB   int64   // server peak RSS
-	errors   int
-	firstErr error
+	// clientCPU is this program's (the initiators') CPU seconds over the
+	// run: it shares the machine with the server.
+	clientCPU float64
+	hwmKiB    int64 // server peak RSS
+	errors    int
+	firstErr  error
 }
 
 func run(o options) ([]row, error) {
@@ -303,9 +306,9 @@ func runOnce(o options, server, golden string, n int, p *plan) (row, error) {
 	for i := range sessions {
 		sessions[i].Timeout = 60 * time.Second
 	}
-	cpu0 := harness.CPUSeconds(srv.Pid())
+	cpu0, self0 := harness.CPUSeconds(srv.Pid()), harness.CPUSeconds(os.Getpid())
 	res, last := replay(ctx, p, sessions, o.gaps)
-	r := row{server: server, n: n, last: last, cpu: harness.CPUSeconds(srv.Pid()) - cpu0}
+	r := row{server: server, n: n, last: last, cpu: harness.CPUSeconds(srv.Pid()) - cpu0, clientCPU: harness.CPUSeconds(os.Getpid()) - self0}
 	r.hwmKiB, _ = harness.StatusKiB(srv.Pid(), "VmHWM")
 	var took []time.Duration
 	for _, h := range res {
@@ -318,8 +321,8 @@ func runOnce(o options, server, golden string, n int, p *plan) (row, error) {
 		}
 	}
 	r.p50, r.p99 = harness.Percentile(took, 50), harness.Percentile(took, 99)
-	fmt.Printf("%-8s N=%-3d last %8.3f s  p50 %8.3f s  p99 %8.3f s  CPU %6.1f s  peak RSS %4d MiB  errors %d",
-		server, n, last.Seconds(), r.p50.Seconds(), r.p99.Seconds(), r.cpu, r.hwmKiB>>10, r.errors)
+	fmt.Printf("%-8s N=%-3d last %8.3f s  p50 %8.3f s  p99 %8.3f s  CPU %6.1f s  peak RSS %4d MiB  initiators' CPU %6.1f s  errors %d",
+		server, n, last.Seconds(), r.p50.Seconds(), r.p99.Seconds(), r.cpu, r.hwmKiB>>10, r.clientCPU, r.errors)
 	if r.firstErr != nil {
 		fmt.Printf(" (first: %v)", r.firstErr)
 	}

@@ -52,7 +52,7 @@ func report(rows []row, servers []string, counts []int) {
 			if r.errors > 0 {
 				e = fmt.Sprintf(" (%d failed)", r.errors)
 			}
-			return fmt.Sprintf("%.3f s%s | %.2f / %.3f s | %.1f s | %d MiB", r.last.Seconds(), e, r.p50.Seconds(), r.p99.Seconds(), r.cpu, r.hwmKiB>>10)
+			return fmt.Sprintf("%.2f s%s | %.2f / %.2f s | %.1f s | %d MiB", r.last.Seconds(), e, r.p50.Seconds(), r.p99.Seconds(), r.cpu, r.hwmKiB>>10)
 		}
 		goal := time.Duration(n) * alone["diskless"] / 10
 		ratio, met := "-", "-"
@@ -63,7 +63,7 @@ func report(rows []row, servers []string, counts []int) {
 			ok := d.errors == 0 && d.last < goal && (t == nil || d.last < t.last)
 			met = map[bool]string{true: "yes", false: "no"}[ok]
 		}
-		fmt.Printf("| %d | %s | %s | %s | %.3f s | %s |\n", n, cell(d), cell(t), ratio, goal.Seconds(), met)
+		fmt.Printf("| %d | %s | %s | %s | %.2f s | %s |\n", n, cell(d), cell(t), ratio, goal.Seconds(), met)
 	}
 }
 

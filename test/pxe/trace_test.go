@@ -69,6 +69,11 @@ func TestRecordBootTrace(t *testing.T) {
 			kept++
 		}
 	}
+	for _, s := range tr.Sessions {
+		if s.End > 0 && s.End <= cut {
+			w.Logout(s.End, s.Index)
+		}
+	}
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
