@@ -7,6 +7,9 @@ import (
 	"net/http/pprof"
 )
 
+// traceIOHelp describes --trace-io of serve and target.
+const traceIOHelp = "debugging and benchmarks: record every READ and WRITE each host's disk serves to a file per host and boot in this existing directory (docs/config.md, \"I/O traces\"; at most 1M records a file; default off)"
+
 // startDebugServer serves Go's profiler on addr (the --debug-listen flag),
 // for finding where a slow workload spends its time.
 func startDebugServer(addr string, log *slog.Logger) error {

@@ -16,8 +16,9 @@ import (
 
 func newServeCommand() *cobra.Command {
 	var (
-		file string
-		q    config.QuickFlags
+		file     string
+		q        config.QuickFlags
+		traceDir string
 	)
 	cmd := &cobra.Command{
 		Use:   "serve (--config FILE | --interface IF [--host MAC=IMAGE ...])",
@@ -53,7 +54,7 @@ func newServeCommand() *cobra.Command {
 				return err
 			}
 			ctx := cmd.Context()
-			opts := app.ServeOptions{Config: cfg, Logger: logger, Sockets: sockets, ConfigFile: file}
+			opts := app.ServeOptions{Config: cfg, Logger: logger, Sockets: sockets, ConfigFile: file, TraceDir: traceDir}
 			stop := serviceManager(ctx, &opts)
 			defer stop()
 			return app.RunServe(ctx, opts)
@@ -68,6 +69,7 @@ func newServeCommand() *cobra.Command {
 	f.BoolVar(&q.NoCHAP, "no-chap", false, "quick start: no CHAP for the --host machines (default: CHAP and mutual CHAP, generated; `diskless host show NAME --secrets` prints them)")
 	f.Bool("chap", true, "quick start: CHAP for the --host machines (the default; kept for older scripts)")
 	f.StringVar(&q.DataDir, "data-dir", "", "quick start: state directory (default /var/lib/diskless)")
+	f.StringVar(&traceDir, "trace-io", "", traceIOHelp)
 	return cmd
 }
 

@@ -61,6 +61,7 @@ func newTargetCommand() *cobra.Command {
 	f.Uint16Var(&opts.PortalGroupTag, "portal-group-tag", 1, "TargetPortalGroupTag (must match the initramfs' ISCSI_TARGET_GROUP)")
 	f.StringVar(&opts.Alias, "alias", "", "TargetAlias sent to initiators")
 	f.IntVar(&opts.SendfileMin, "sendfile-min", 0, "smallest READ (bytes) sent with sendfile(2) from the image file instead of copied (0: 65536; -1: never)")
+	f.StringVar(&opts.TraceDir, "trace-io", "", traceIOHelp)
 	f.DurationVar(&opts.NOPInterval, "nop-interval", 0, "ping idle connections with NOP-In this often and drop silent ones (0 = off; iPXE does not answer while GRUB sits idle)")
 	cmd.MarkFlagRequired("iqn")
 	cmd.MarkFlagRequired("lun")

@@ -69,6 +69,10 @@ type ServeOptions struct {
 	// when set, is called after each with its outcome.
 	Reload   <-chan struct{}
 	Reloaded func(error)
+	// TraceDir, when set, records every host's READs and WRITEs there, a
+	// file per host and boot (--trace-io; iscsi.Config.TraceDir). Off by
+	// default.
+	TraceDir string
 }
 
 // shutdowner is what every server has.
@@ -187,6 +191,7 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	icfg := iscsi.Defaults()
 	icfg.PortalGroupTag = uint16(cfg.ISCSI.PortalGroupTag)
 	icfg.Logger = log
+	icfg.TraceDir = opts.TraceDir
 	icfg.OnLogin = func(e iscsi.LoginEvent) { sup.login(e) }
 	icfg.OnLoginFailed = func(f iscsi.LoginFailure) { sup.loginFailed(f) }
 	isrv := iscsi.New(icfg)

@@ -98,6 +98,7 @@ type TargetOptions struct {
 	NOPInterval       time.Duration
 	// SendfileMin is iscsi.Config.SendfileMin (0: its default).
 	SendfileMin int
+	TraceDir    string // iscsi.Config.TraceDir: --trace-io
 	Logger      *slog.Logger
 	// Sockets are the listening sockets a service manager handed over:
 	// the one bound to Listen is taken from it (default: none).
@@ -154,6 +155,7 @@ func RunTarget(ctx context.Context, opts TargetOptions) (err error) {
 	icfg := iscsi.Defaults()
 	icfg.PortalGroupTag, icfg.NOPInterval, icfg.Logger = opts.PortalGroupTag, opts.NOPInterval, log
 	icfg.SendfileMin = opts.SendfileMin
+	icfg.TraceDir = opts.TraceDir
 	srv := iscsi.New(icfg)
 	if err := srv.AddTarget(&iscsi.Target{
 		Name: opts.IQN, Alias: opts.Alias, SCSI: st,

@@ -256,6 +256,7 @@ func (c *conn) teardown() {
 		<-c.writerDone
 	}
 	if !c.sess.discovery {
+		c.srv.endTrace(c.sess) // before unbinding: SessionCount 0 means every trace is closed
 		c.srv.unbindSession(c.sess)
 		c.sess.target.SCSI.NexusLost(c.sess.nexus)
 		c.info("iscsi session ended", "tsih", c.sess.tsih)

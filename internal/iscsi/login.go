@@ -323,6 +323,7 @@ func (ls *loginState) finish(req pdu.LoginRequest, reply []pdu.KV) error {
 	}
 	c.sess = ss
 	if !ls.discovery {
+		c.srv.startTrace(ss)
 		c.memTarget = c.srv.mem.forTarget(key.target)
 		c.cmds = c.srv.cmdCountersFor(key.target)
 	}

@@ -124,6 +124,13 @@ type Config struct {
 	// into the response's one writev, which saves sendfile's syscall per
 	// PDU (default 64 KiB; negative: never sendfile, always copy).
 	SendfileMin int
+	// TraceDir, when set, is where every host's READs and WRITEs are
+	// recorded, a file per target and boot (trace.go, package iotrace):
+	// a debugging and benchmarking aid, off by default ("").
+	TraceDir string
+	// TraceLinger is how long a target's trace stays open after its last
+	// session ended, for the next session of the same boot (default 30 s).
+	TraceLinger time.Duration
 
 	// Logger receives the target's logs (default: discard). Every line a
 	// client can trigger is rate limited: a line of each kind at most
@@ -178,6 +185,9 @@ func (c *Config) withDefaults() Config {
 	}
 	if d.QueueDepth <= 0 {
 		d.QueueDepth = 64
+	}
+	if d.TraceLinger <= 0 {
+		d.TraceLinger = 30 * time.Second
 	}
 	if d.SessionMemory <= 0 {
 		d.SessionMemory = 256 << 20
@@ -277,8 +287,11 @@ type Server struct {
 
 	wg           sync.WaitGroup
 	shutdownOnce sync.Once
-	stats        counters
-	mem          memBudget
+
+	traceMu sync.Mutex
+	traces  map[string]*traceFile // by target name, while Config.TraceDir is set
+	stats   counters
+	mem     memBudget
 	// cmdStats are the command counters of each target, by name (under
 	// mu; the counters themselves are atomic).
 	cmdStats map[string]*cmdCounters
@@ -433,6 +446,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	go func() { s.wg.Wait(); close(done) }()
 	select {
 	case <-done:
+		s.closeTraces()
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()

@@ -24,6 +24,9 @@ type session struct {
 	// Bytes moved by commands that ended GOOD, for the admin's view of
 	// who is doing what (Sessions).
 	readBytes, writtenBytes atomic.Uint64
+	// trace, when Config.TraceDir is set, records the session's READs and
+	// WRITEs; set at login, before the first command.
+	trace *sessionTrace
 }
 
 // close ends the session by closing its connection, and waits (bounded)

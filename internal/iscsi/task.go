@@ -394,6 +394,9 @@ func (c *conn) execute(t *task, onReader bool) {
 		sc.FileDataIn = c.rawConn != nil && !c.params.DataDigest && least >= 0 && t.edtl >= uint32(least)
 	}
 	res := c.sess.target.SCSI.Execute(&sc)
+	if tr := c.sess.trace; tr != nil && t.op != OpOther && res.Status == scsi.StatusGood {
+		tr.record(t, sc.CDB)
+	}
 	if res.Status == scsi.StatusGood {
 		// The target's counters take the disk's blocks only, not
 		// INQUIRY data or parameter lists.

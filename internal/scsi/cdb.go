@@ -54,3 +54,14 @@ func putAllocated(c *Command, r *Result, data []byte, alloc int) {
 	r.Wanted = n
 	r.N = copy(c.DataIn, data[:n])
 }
+
+// BlockRange returns the LBA and transfer length (in blocks) of a READ,
+// WRITE or VERIFY CDB of any size (SBC-3 5.8-5.44); zero for a CDB shorter
+// than its operation code implies. For transports that record what a
+// command touched (I/O traces).
+func BlockRange(cdb []byte) (lba uint64, blocks uint32) {
+	if len(cdb) == 0 || len(cdb) < cdbLen(cdb[0]) {
+		return 0, 0
+	}
+	return lbaAndLength(cdb)
+}

@@ -54,3 +54,28 @@ func BenchmarkRead(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkReadTrace is BenchmarkRead's 4 KiB QD1 case with I/O tracing
+// off and on (iscsi.Config.TraceDir): what --trace-io costs per command.
+func BenchmarkReadTrace(b *testing.B) {
+	for _, on := range []bool{false, true} {
+		b.Run(map[bool]string{false: "off", true: "on"}[on], func(b *testing.B) {
+			var cfg iscsi.Config
+			if on {
+				cfg.TraceDir = b.TempDir()
+			}
+			ts := startServer(b, cfg, targetSpec{name: iqn1})
+			s := dial(b, Config{Addr: ts.addr, Initiator: hostA, Target: iqn1})
+			const size = 4 << 10
+			buf := make([]byte, size)
+			slots := uint64(diskBytes / size)
+			b.SetBytes(size)
+			b.ReportAllocs()
+			for i := 0; b.Loop(); i++ {
+				if err := s.Read(uint64(i)%slots*uint64(size/512), buf); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
