@@ -39,6 +39,8 @@ const (
 	DefaultNamePattern    = inventory.DefaultNamePattern
 	DefaultMaxEnrolled    = 256
 	DefaultEnrollPerMin   = 10
+	DefaultStoreBackend   = StoreBolt
+	DefaultEtcdPrefix     = "/diskless/" // etcdstore.DefaultPrefix
 	// LeaseFileName is the default lease file, inside data_dir.
 	LeaseFileName = "dhcp-leases.json"
 )
@@ -56,6 +58,12 @@ const (
 	UnknownMenu   = "menu"
 	UnknownRefuse = "refuse"
 	UnknownEnroll = "enroll"
+)
+
+// State store backends (store.backend).
+const (
+	StoreBolt = "bolt"
+	StoreEtcd = "etcd"
 )
 
 // Boot modes (hosts[].boot).
@@ -91,6 +99,9 @@ type Config struct {
 	// names and secrets, API tokens), image versions, host disks and DHCP
 	// leases. Default "/var/lib/diskless".
 	DataDir string `yaml:"data_dir"`
+	// Store says where the state store is: data_dir/state.db (bbolt) or
+	// an etcd cluster several servers share.
+	Store Store `yaml:"store"`
 	// IQNBase is the prefix of generated IQNs. Default
 	// "iqn.2026-01.boot.diskless:" followed by this install's random ID
 	// (kept in the state store), so two installs never clash.
@@ -166,6 +177,28 @@ type API struct {
 	// serves it on http.listen beside the boot endpoints; set it to move
 	// the admin plane to a loopback or management address.
 	Listen string `yaml:"listen"`
+}
+
+// Store is the store section.
+type Store struct {
+	// Backend is "bolt" (data_dir/state.db, one server) or "etcd" (an
+	// etcd cluster several servers of one site share). Default "bolt".
+	Backend string `yaml:"backend"`
+	// Etcd configures the etcd backend.
+	Etcd Etcd `yaml:"etcd"`
+}
+
+// Etcd is the store.etcd section.
+type Etcd struct {
+	// Endpoints are the etcd members' client URLs
+	// ("http://10.0.0.1:2379"). Required with backend etcd.
+	Endpoints []string `yaml:"endpoints"`
+	// Prefix starts every key diskless keeps in etcd; sites sharing an
+	// etcd use different ones. Default "/diskless/".
+	Prefix string `yaml:"prefix"`
+	// Timeout bounds each read or write of the store, retries included.
+	// Default 0: the store's own (10s); between 1s and 5m.
+	Timeout time.Duration `yaml:"timeout"`
 }
 
 // Boots is the boots section: the boot telemetry.
@@ -293,6 +326,7 @@ func Default() *Config {
 		TFTP:         TFTP{Root: DefaultTFTPRoot, Enabled: true},
 		ISCSI:        ISCSI{PortalGroupTag: DefaultPortalGroupTag},
 		DataDir:      DefaultDataDir,
+		Store:        Store{Backend: DefaultStoreBackend, Etcd: Etcd{Prefix: DefaultEtcdPrefix}},
 		UnknownHosts: UnknownHosts{Policy: DefaultUnknownPolicy},
 	}
 	c.UnknownHosts.Enroll = Enroll{NamePattern: DefaultNamePattern, MaxHosts: DefaultMaxEnrolled, MaxPerMinute: DefaultEnrollPerMin}

@@ -114,6 +114,24 @@ func TestEmptySectionKeepsDefaults(t *testing.T) {
 	}
 }
 
+// An etcd store needs only its endpoints; the prefix has its default and
+// an empty store section keeps bolt.
+func TestStoreSection(t *testing.T) {
+	c, err := Parse("x.yaml", []byte("interface: eth0\nstore:\n  backend: etcd\n  etcd:\n    endpoints: [http://10.0.0.1:2379]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if e := c.Store.Etcd; c.Store.Backend != StoreEtcd || e.Prefix != "/diskless/" || e.Timeout != 0 || len(e.Endpoints) != 1 {
+		t.Errorf("store: %+v", c.Store)
+	}
+	if c, _ := Parse("x.yaml", []byte("interface: eth0\nstore:\n")); c.Store.Backend != StoreBolt {
+		t.Errorf("empty store section: backend %q, want bolt", c.Store.Backend)
+	}
+}
+
 func TestEmptyFileIsDefaults(t *testing.T) {
 	c, err := Parse("x.yaml", nil)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -83,6 +84,7 @@ func (v *validator) check() {
 	if c.DataDir == "" {
 		v.fail("data_dir", "required: where generated secrets and leases are kept")
 	}
+	v.checkStore()
 	if c.IQNBase != "" {
 		if why := checkIQN(c.IQNBase); why != "" {
 			v.fail("iqn_base", "%q: %s", c.IQNBase, why)
@@ -108,6 +110,37 @@ func (v *validator) check() {
 	}
 	v.checkEnroll()
 	v.checkHosts()
+}
+
+// checkStore checks the store section.
+func (v *validator) checkStore() {
+	st := &v.c.Store
+	e := &st.Etcd
+	switch st.Backend {
+	case StoreBolt:
+		if len(e.Endpoints) > 0 {
+			v.fail("store.etcd.endpoints", "set, but store.backend is bolt: set store.backend: etcd to use etcd")
+		}
+	case StoreEtcd:
+		if len(e.Endpoints) == 0 {
+			v.fail("store.etcd.endpoints", "required with store.backend etcd: the etcd members' client URLs, e.g. http://10.0.0.1:2379")
+		}
+	default:
+		v.fail("store.backend", "%q: want bolt or etcd", st.Backend)
+	}
+	for i, ep := range e.Endpoints {
+		u, err := url.Parse(ep)
+		if err != nil || u.Scheme != "http" || u.Host == "" || u.Path != "" && u.Path != "/" {
+			// TLS to etcd is not configurable yet: https would fail later.
+			v.fail(fmt.Sprintf("store.etcd.endpoints[%d]", i), "%q: want http://HOST:PORT", ep)
+		}
+	}
+	if !strings.HasPrefix(e.Prefix, "/") || !strings.HasSuffix(e.Prefix, "/") || len(e.Prefix) < 2 {
+		v.fail("store.etcd.prefix", "%q: want a key prefix that starts and ends with /, e.g. /diskless/", e.Prefix)
+	}
+	if e.Timeout != 0 && (e.Timeout < time.Second || e.Timeout > 5*time.Minute) {
+		v.fail("store.etcd.timeout", "%s: want between 1s and 5m", e.Timeout)
+	}
 }
 
 // checkEnroll checks unknown_hosts.enroll: used by policy enroll, and as
