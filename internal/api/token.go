@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -151,8 +152,23 @@ func EnsureToken(st store.Store, dir string) (string, error) {
 	}
 	rec := tokenRecord{Name: name, Hash: hashToken(tok), Role: RoleAdmin, Created: time.Now().UTC()}
 	b, _ := json.Marshal(rec)
-	err = st.Update(func(tx store.Tx) error { return tx.Put(store.BucketTokens, rec.Name, b) })
-	if err != nil {
+	// Checked again in the transaction: servers sharing a store (etcd)
+	// may start together, and the second must not replace the first's
+	// token, whose plain text is in the first's data_dir.
+	lost := false
+	err = st.Update(func(tx store.Tx) error {
+		recs, err := readTokens(tx)
+		if err != nil {
+			return err
+		}
+		lost = slices.ContainsFunc(recs, func(r tokenRecord) bool { return r.role() == RoleAdmin || r.Name == rec.Name })
+		if lost {
+			return nil
+		}
+		return tx.Put(store.BucketTokens, rec.Name, b)
+	})
+	if err != nil || lost {
+		os.Remove(filepath.Join(dir, TokenFile))
 		return "", err
 	}
 	return tok, nil

@@ -31,6 +31,7 @@ import (
 	"github.com/diskless-boot/diskless/internal/iscsi"
 	"github.com/diskless-boot/diskless/internal/metrics"
 	"github.com/diskless-boot/diskless/internal/ra"
+	"github.com/diskless-boot/diskless/internal/store"
 	"github.com/diskless-boot/diskless/internal/tftp"
 	"github.com/diskless-boot/diskless/internal/ui"
 	"github.com/diskless-boot/diskless/internal/web"
@@ -141,7 +142,7 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 		return l, nil
 	}
 
-	site, err := OpenSite(ctx, cfg.DataDir, SiteOptions{IQNBase: cfg.IQNBase, Logger: log})
+	site, err := OpenSite(ctx, cfg.DataDir, SiteOptions{IQNBase: cfg.IQNBase, Logger: log, Store: cfg.Store})
 	if err != nil {
 		return err
 	}
@@ -249,7 +250,11 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	// The admin API, on the HTTP listener or its own.
 	var apiH *api.Handler // made below, read at scrape time
 	msrc := metrics.Sources{ISCSI: isrv.Stats, HTTP: wsrv.Stats, Hosts: sup.metricsHosts, Boots: sup.events.Stats,
-		API: func() api.Stats { return apiH.Stats() }, StoreBytes: site.Store.Size}
+		API: func() api.Stats { return apiH.Stats() }}
+	if b, ok := site.Store.(*store.Bolt); ok {
+		// etcd's size is the cluster's business (its own metrics).
+		msrc.StoreBytes = b.Size
+	}
 	if tsrv != nil {
 		msrc.TFTP = tsrv.Stats
 	}

@@ -9,17 +9,21 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/diskless-boot/diskless/internal/config"
 	"github.com/diskless-boot/diskless/internal/inventory"
 	"github.com/diskless-boot/diskless/internal/storage"
 	"github.com/diskless-boot/diskless/internal/store"
+	"github.com/diskless-boot/diskless/internal/store/etcdstore"
 )
 
 // Site is an opened data directory: its state store, the storage backend
 // and the inventory on them. Both `diskless serve` and the CLI (when no
 // server runs) work through one.
 type Site struct {
-	Dir     string
-	Store   *store.Bolt
+	Dir string
+	// Store is data_dir/state.db (*store.Bolt) or, with store.backend
+	// etcd, an *etcdstore.Store other servers share (a store.Watcher).
+	Store   store.Store
 	Backend *storage.Local
 	Inv     *inventory.Inventory
 }
@@ -28,6 +32,9 @@ type Site struct {
 type SiteOptions struct {
 	IQNBase string
 	Logger  *slog.Logger
+	// Store selects the state store (the config's store section). The
+	// zero value is bolt in the data directory.
+	Store config.Store
 }
 
 // Legacy files of data_dir from before the state store, migrated into it
@@ -38,7 +45,8 @@ const (
 )
 
 // OpenSite opens (creating) the data directory dir: mode 0700, the store
-// locked against other writers, an interrupted operation cleaned up.
+// locked against other writers (bolt) or connected to (etcd), an
+// interrupted operation cleaned up (bolt only: see openStore).
 func OpenSite(ctx context.Context, dir string, opts SiteOptions) (*Site, error) {
 	log := opts.Logger
 	if log == nil {
@@ -54,18 +62,9 @@ func OpenSite(ctx context.Context, dir string, opts SiteOptions) (*Site, error) 
 		}
 		log.Warn("data_dir was readable by others; made it 0700", "dir", dir, "was", st.Mode().Perm().String())
 	}
-	dbPath := filepath.Join(dir, store.FileName)
-	db, err := store.OpenBolt(dbPath, store.BoltOptions{})
+	db, shared, err := openStore(ctx, dir, opts.Store, log)
 	if err != nil {
 		return nil, err
-	}
-	// The store holds CHAP secrets: readable by its owner only.
-	if st, err := os.Stat(dbPath); err == nil && st.Mode().Perm()&0o077 != 0 {
-		if err := os.Chmod(dbPath, 0o600); err != nil {
-			db.Close()
-			return nil, fmt.Errorf("data_dir: %w", err)
-		}
-		log.Warn("the state store was readable by others; made it 0600", "file", dbPath)
 	}
 	if err := migrateInstallID(db, dir, log); err != nil {
 		db.Close()
@@ -81,10 +80,41 @@ func OpenSite(ctx context.Context, dir string, opts SiteOptions) (*Site, error) 
 		db.Close()
 		return nil, err
 	}
-	if err := inv.Recover(ctx); err != nil {
+	if shared {
+		// Recover forgets versions left "writing": in a shared store
+		// another server may be writing them now.
+		log.Info("not cleaning up after an interrupted run: the state store is shared with other servers")
+	} else if err := inv.Recover(ctx); err != nil {
 		log.Warn("cleaning up after an interrupted run was incomplete", "err", err)
 	}
 	return &Site{Dir: dir, Store: db, Backend: be, Inv: inv}, nil
+}
+
+// openStore opens the store sc names; shared says other servers use it
+// too (etcd).
+func openStore(ctx context.Context, dir string, sc config.Store, log *slog.Logger) (db store.Store, shared bool, err error) {
+	if sc.Backend == config.StoreEtcd {
+		db, err := etcdstore.Open(ctx, etcdstore.Options{Endpoints: sc.Etcd.Endpoints, Prefix: sc.Etcd.Prefix, Timeout: sc.Etcd.Timeout})
+		if err != nil {
+			return nil, false, err
+		}
+		log.Info("state store in etcd", "endpoints", strings.Join(sc.Etcd.Endpoints, ","), "prefix", db.Prefix())
+		return db, true, nil
+	}
+	dbPath := filepath.Join(dir, store.FileName)
+	bdb, err := store.OpenBolt(dbPath, store.BoltOptions{})
+	if err != nil {
+		return nil, false, err
+	}
+	// The store holds CHAP secrets: readable by its owner only.
+	if st, err := os.Stat(dbPath); err == nil && st.Mode().Perm()&0o077 != 0 {
+		if err := os.Chmod(dbPath, 0o600); err != nil {
+			bdb.Close()
+			return nil, false, fmt.Errorf("data_dir: %w", err)
+		}
+		log.Warn("the state store was readable by others; made it 0600", "file", dbPath)
+	}
+	return bdb, false, nil
 }
 
 // Close releases the store (and with it the data directory's lock).
