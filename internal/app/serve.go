@@ -242,10 +242,26 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 		return err
 	}
 	site.Inv.SetRuntime(sup)
+	// A store other servers share: their changes are applied here too
+	// (watch.go). The watch starts before the hosts are loaded.
+	var applyWatched func()
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	if w, ok := site.Store.(store.Watcher); ok {
+		if applyWatched, err = sup.watchHosts(wctx, w); err != nil {
+			return err
+		}
+	}
 	if err := sup.start(); err != nil {
 		return err
 	}
 	defer sup.stop()
+	if applyWatched != nil {
+		watchDone := make(chan struct{})
+		go func() { applyWatched(); close(watchDone) }()
+		// Before sup.stop: no sync may reopen a disk it closed.
+		defer func() { wcancel(); <-watchDone }()
+	}
 
 	// The admin API, on the HTTP listener or its own.
 	var apiH *api.Handler // made below, read at scrape time
