@@ -3,13 +3,20 @@ package app
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/diskless-boot/diskless/internal/api"
+	"github.com/diskless-boot/diskless/internal/boot"
+	"github.com/diskless-boot/diskless/internal/inventory"
+	"github.com/diskless-boot/diskless/internal/iscsi"
 	"github.com/diskless-boot/diskless/internal/iscsi/pdu"
+	"github.com/diskless-boot/diskless/internal/storage"
+	"github.com/diskless-boot/diskless/internal/store"
 	"github.com/diskless-boot/diskless/internal/testutil/etcd"
 	"github.com/diskless-boot/diskless/internal/testutil/iscsiclient"
 	"github.com/diskless-boot/diskless/internal/testutil/output"
@@ -107,4 +114,81 @@ func waitLogin(t *testing.T, s *site, h api.HostView, secret string, serving boo
 		time.Sleep(20 * time.Millisecond)
 	}
 	return nil, -1
+}
+
+// fakeWatcher hands the supervisor the changes a test sends.
+type fakeWatcher chan store.Change
+
+func (w fakeWatcher) Watch(ctx context.Context, bucket string) (<-chan store.Change, error) {
+	out := make(chan store.Change)
+	go func() {
+		defer close(out)
+		for {
+			select {
+			case c := <-w:
+				select {
+				case out <- c:
+				case <-ctx.Done():
+					return
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out, nil
+}
+
+// A Resync (the watch lost changes) syncs every host: here two added
+// behind the supervisor's back, as another server would.
+func TestWatchResyncServesEveryHost(t *testing.T) {
+	site, err := OpenSite(t.Context(), t.TempDir(), SiteOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { site.Close() })
+	booter, err := boot.New(boot.Config{HTTPPort: 8080})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sup := newSupervisor(site.Inv, iscsi.New(iscsi.Defaults()), booter, slog.New(slog.DiscardHandler))
+	w := fakeWatcher(make(chan store.Change))
+	ctx, cancel := context.WithCancel(t.Context())
+	apply, err := sup.watchHosts(ctx, w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sup.start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { apply(); close(done) }()
+	t.Cleanup(func() { cancel(); <-done; sup.stop() })
+
+	for i := 1; i <= 2; i++ {
+		disk := filepath.Join(t.TempDir(), "disk.img")
+		if err := os.WriteFile(disk, make([]byte, 1<<20), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		// The inventory's Runtime is not the supervisor: it is not told.
+		if _, err := site.Inv.AddHost(t.Context(), inventory.HostSpec{Name: fmt.Sprintf("pc%d", i), MACs: []string{fmt.Sprintf("52:54:00:00:02:0%d", i)},
+			Mode: storage.Raw, RawPath: disk}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, ok := sup.targetOf("pc1"); ok {
+		t.Fatal("pc1 served before any change was applied")
+	}
+	w <- store.Change{Bucket: store.BucketHosts, Resync: true, Revision: 42}
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		_, ok1 := sup.targetOf("pc1")
+		_, ok2 := sup.targetOf("pc2")
+		_, inTable := booter.Host(net.HardwareAddr{0x52, 0x54, 0, 0, 2, 2})
+		if ok1 && ok2 && inTable {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after a Resync: pc1 served %v, pc2 served %v, pc2 in the boot table %v", ok1, ok2, inTable)
+		}
+	}
 }
