@@ -74,26 +74,15 @@ if [ -n "$veth" ]; then
 	host=10.98.0.1 srv=(ip netns exec "$ns_srv") cli=(ip netns exec "$ns_cli")
 fi
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { # wait_port PORT PID
-	for _ in $(seq 100); do
-		[ -n "$("${srv[@]}" ss -Hltn "sport = :$1")" ] && return 0
-		kill -0 "$2" 2>/dev/null || { echo "bench: process $2 died" >&2; return 1; }
-		sleep 0.1
-	done
-	echo "bench: nothing listens on $host:$1" >&2
-	return 1
-}
+# shellcheck source=scripts/lib/bench.sh
+. "$repo/scripts/lib/bench.sh"
 
 git -C "$repo" worktree add --quiet --detach "$work/src-a" "$rev"
 (cd "$work/src-a" && go build -o "$work/diskless-a" ./cmd/diskless)
 (cd "$repo" && go build -o "$work/diskless-b" ./cmd/diskless)
 echo "A: $(git -C "$repo" rev-parse --short "$rev") ($rev)  B: work tree at $(git -C "$repo" rev-parse --short HEAD)$(git -C "$repo" diff --quiet HEAD || echo ' + changes')"
 
-# Written data, not holes: diskless reports holes deallocated and QEMU
-# would skip reading them (see scripts/bench-vs-tgt.sh).
-truncate -s "$size" "$work/a.img"
-head -c "$(stat -c %s "$work/a.img")" /dev/urandom >"$work/a.img"
+random_image "$work/a.img" "$size"
 cp "$work/a.img" "$work/b.img"
 sync
 
@@ -107,8 +96,8 @@ port_b=$(free_port)
 # shellcheck disable=SC2086
 "${srv[@]}" "$work/diskless-b" target --listen "$host:$port_b" --iqn "$iqn" --lun "0=$work/b.img" $b_flags >"$work/b.log" 2>&1 &
 pid_b=$!
-wait_port "$port_a" "$pid_a"
-wait_port "$port_b" "$pid_b"
+wait_port "$port_a" "$pid_a" "$ns_srv"
+wait_port "$port_b" "$pid_b" "$ns_srv"
 
 "${cli[@]}" "$compare" "iscsi://$host:$port_a/$iqn/0" "iscsi://$host:$port_b/$iqn/0" \
 	--pid-a "$pid_a" --pid-b "$pid_b" "${perf_args[@]}"

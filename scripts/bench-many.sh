@@ -27,44 +27,21 @@ done
 iqn=iqn.2026-11.org.example:many
 max=$(tr ',' '\n' <<<"$clients" | sort -n | tail -1)
 
+# shellcheck source=scripts/lib/bench.sh
+. "$repo/scripts/lib/bench.sh"
+
 work=$(mktemp -d /var/tmp/diskless-many.XXXXXX)
-tgt_pid="" diskless_pid="" ctl=""
-stop_tgt() {
-	if [ -n "$tgt_pid" ]; then
-		# tgtd ignores SIGTERM: take the target down, then the daemon.
-		tgtadm -C "$ctl" --op delete --mode system >/dev/null 2>&1
-		for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$tgt_pid" 2>/dev/null || break; sleep 0.2; done
-		kill -KILL "$tgt_pid" 2>/dev/null
-		rm -f "/var/run/tgtd/socket.$ctl" "/var/run/tgtd/socket.$ctl.lock"
-		tgt_pid=""
-	fi
-}
-stop_diskless() {
-	if [ -n "$diskless_pid" ]; then
-		kill -TERM "$diskless_pid" 2>/dev/null
-		wait "$diskless_pid" 2>/dev/null
-		diskless_pid=""
-	fi
-}
+diskless_pid=""
 cleanup() {
 	set +e
-	stop_tgt
-	stop_diskless
+	tgt_stop
+	[ -n "$diskless_pid" ] && kill -TERM "$diskless_pid" 2>/dev/null
 	pkill -f "qemu-img bench.*$work" 2>/dev/null
+	wait 2>/dev/null
 	rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { # wait_port PORT PID
-	for _ in $(seq 100); do
-		[ -n "$(ss -Hltn "sport = :$1")" ] && return 0
-		kill -0 "$2" 2>/dev/null || { echo "bench: process $2 died" >&2; return 1; }
-		sleep 0.1
-	done
-	echo "bench: nothing listens on 127.0.0.1:$1" >&2
-	return 1
-}
 cpu() { # utime+stime of a process in seconds
 	awk -v t="$(getconf CLK_TCK)" '{sub(/.*\) /, ""); print ($12 + $13) / t}' "/proc/$1/stat"
 }
@@ -75,8 +52,7 @@ if [ -z "$bin" ]; then
 	bin=$work/diskless
 fi
 
-# Written data, not holes (QEMU would skip reading holes diskless reports).
-head -c "$(numfmt --from=iec "$size")" /dev/urandom >"$work/base.img"
+random_image "$work/base.img" "$size"
 for i in $(seq 0 $((max - 1))); do
 	cp "$work/base.img" "$work/t$i.img"
 	cp "$work/base.img" "$work/d$i.img"
@@ -129,15 +105,12 @@ EOF
 
 # tgt: one target, LUNs 1..max on the t*.img files.
 tgt_port=$(free_port)
-ctl=$((1 + tgt_port % 32767))
-tgtd -f -C "$ctl" --iscsi "portal=127.0.0.1:$tgt_port" >"$work/tgtd.log" 2>&1 &
-tgt_pid=$!
-for _ in $(seq 100); do tgtadm -C "$ctl" --op show --mode target >/dev/null 2>&1 && break; sleep 0.1; done
-tgtadm -C "$ctl" --lld iscsi --op new --mode target --tid 1 -T "$iqn"
+tgt_start "$tgt_port" "$work/tgtd.log"
+tgt_adm --lld iscsi --op new --mode target --tid 1 -T "$iqn"
 for i in $(seq 0 $((max - 1))); do
-	tgtadm -C "$ctl" --lld iscsi --op new --mode logicalunit --tid 1 --lun $((i + 1)) -b "$work/t$i.img"
+	tgt_adm --lld iscsi --op new --mode logicalunit --tid 1 --lun $((i + 1)) -b "$work/t$i.img"
 done
-tgtadm -C "$ctl" --lld iscsi --op bind --mode target --tid 1 -I ALL
+tgt_adm --lld iscsi --op bind --mode target --tid 1 -I ALL
 wait_port "$tgt_port" "$tgt_pid"
 
 # diskless: one target, LUNs 0..max-1 on the d*.img files.

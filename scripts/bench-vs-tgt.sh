@@ -5,7 +5,7 @@
 # B = diskless; "B/A speed" > 1 means diskless is faster).
 #
 # Usage: scripts/bench-vs-tgt.sh [--size BYTES] [--rounds N] [--scale F]
-#   --size    image size (default 1G, any size truncate(1) takes)
+#   --size    image size (default 1G; 1G, 256M or bytes)
 #   --rounds  and --scale are passed to iscsi-perf-compare
 # Env DISKLESS_BIN: use this diskless binary instead of building ./cmd/diskless.
 # Needs root (tgtd), tgt, iperf3, qemu-utils, qemu-block-extra, python3
@@ -26,18 +26,14 @@ compare=$repo/../shared/tools/iscsi-perf-compare
 [ -x "$compare" ] || { echo "bench: $compare not found" >&2; exit 1; }
 iqn=iqn.2026-11.org.example:disk1
 
+# shellcheck source=scripts/lib/bench.sh
+. "$repo/scripts/lib/bench.sh"
+
 work=$(mktemp -d /var/tmp/diskless-bench.XXXXXX)
-tgt_pid="" diskless_pid="" iperf_pid="" ctl=""
+diskless_pid="" iperf_pid=""
 cleanup() {
 	set +e
-	if [ -n "$tgt_pid" ]; then
-		# tgtd ignores SIGTERM: take the target down, then the daemon.
-		tgtadm -C "$ctl" --lld iscsi --op delete --mode target --tid 1 --force >/dev/null 2>&1
-		tgtadm -C "$ctl" --op delete --mode system >/dev/null 2>&1
-		for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$tgt_pid" 2>/dev/null || break; sleep 0.2; done
-		kill -KILL "$tgt_pid" 2>/dev/null
-		rm -f "/var/run/tgtd/socket.$ctl" "/var/run/tgtd/socket.$ctl.lock"
-	fi
+	tgt_stop
 	[ -n "$diskless_pid" ] && kill -TERM "$diskless_pid" 2>/dev/null
 	[ -n "$iperf_pid" ] && kill -TERM "$iperf_pid" 2>/dev/null
 	wait 2>/dev/null
@@ -45,43 +41,23 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { # wait_port PORT PID: until 127.0.0.1:PORT listens, while PID lives
-	for _ in $(seq 100); do
-		# Look, don't connect: iperf3 would count a probe as its client.
-		[ -n "$(ss -Hltn "sport = :$1")" ] && return 0
-		kill -0 "$2" 2>/dev/null || { echo "bench: process $2 died" >&2; return 1; }
-		sleep 0.1
-	done
-	echo "bench: nothing listens on 127.0.0.1:$1" >&2
-	return 1
-}
-
 bin=${DISKLESS_BIN:-}
 if [ -z "$bin" ]; then
 	bin=$work/diskless
 	(cd "$repo" && go build -o "$bin" ./cmd/diskless)
 fi
 
-# Same-sized images with written data everywhere. Holes or fallocated
-# (unwritten) extents would not do: diskless reports them deallocated in
-# GET LBA STATUS (thin provisioning, LBPRZ=1) and QEMU then skips reading
-# them, which would measure nothing.
-truncate -s "$size" "$work/tgt.img"
-bytes=$(stat -c %s "$work/tgt.img")
-head -c "$bytes" /dev/urandom >"$work/tgt.img"
+# Same-sized images with written data everywhere (random_image says why).
+random_image "$work/tgt.img" "$size"
 cp "$work/tgt.img" "$work/diskless.img"
 sync
 echo "images: $(stat -c %s "$work/tgt.img") bytes each in $work"
 
 tgt_port=$(free_port)
-ctl=$((1 + tgt_port % 32767))
-tgtd -f -C "$ctl" --iscsi "portal=127.0.0.1:$tgt_port" >"$work/tgtd.log" 2>&1 &
-tgt_pid=$!
-for _ in $(seq 100); do tgtadm -C "$ctl" --op show --mode target >/dev/null 2>&1 && break; sleep 0.1; done
-tgtadm -C "$ctl" --lld iscsi --op new --mode target --tid 1 -T "$iqn"
-tgtadm -C "$ctl" --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$work/tgt.img"
-tgtadm -C "$ctl" --lld iscsi --op bind --mode target --tid 1 -I ALL
+tgt_start "$tgt_port" "$work/tgtd.log"
+tgt_adm --lld iscsi --op new --mode target --tid 1 -T "$iqn"
+tgt_adm --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$work/tgt.img"
+tgt_adm --lld iscsi --op bind --mode target --tid 1 -I ALL
 wait_port "$tgt_port" "$tgt_pid"
 
 diskless_port=$(free_port)
