@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/diskless-boot/diskless/internal/testutil/iscsiclient"
+	"github.com/diskless-boot/diskless/internal/testutil/output"
 	"github.com/diskless-boot/diskless/internal/testutil/proc"
 )
 
@@ -78,7 +79,7 @@ hosts:
 	}
 	if i, _, err := p.WaitFor(5*time.Minute, "msg=serving", "level=ERROR"); err != nil || i != 0 {
 		p.Stop()
-		return nil, nil, fmt.Errorf("diskless serve did not start: %v\n%s", err, tail(p.Output(), 3000))
+		return nil, nil, fmt.Errorf("diskless serve did not start: %v\n%s", err, output.Tail(p.Output(), 3000))
 	}
 	return p, sessions, nil
 }
@@ -117,7 +118,7 @@ func startTgt(dir, golden string, n int) (*proc.Proc, []iscsiclient.Config, func
 	}
 	fail := func(err error) (*proc.Proc, []iscsiclient.Config, func(), error) {
 		stop()
-		return nil, nil, nil, fmt.Errorf("%w\n%s", err, tail(p.Output(), 2000))
+		return nil, nil, nil, fmt.Errorf("%w\n%s", err, output.Tail(p.Output(), 2000))
 	}
 	for i := 0; ; i++ {
 		if adm("--op", "show", "--mode", "target") == nil {
@@ -144,11 +145,4 @@ func startTgt(dir, golden string, n int) (*proc.Proc, []iscsiclient.Config, func
 		return fail(err)
 	}
 	return p, sessions, stop, nil
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
 }

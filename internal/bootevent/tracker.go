@@ -310,8 +310,7 @@ func (t *Tracker) markStuck() {
 		if b.Result != Booting || now.Sub(b.Updated) < t.cfg.StuckAfter {
 			continue
 		}
-		e := Event{Time: now, Host: b.Host, Stage: StageStuck,
-			Error: fmt.Sprintf("no progress for %s after stage %s", t.cfg.StuckAfter, b.Stage)}
+		e := Event{Time: now, Host: b.Host, Stage: StageStuck, Error: stuckFailure(t.cfg.StuckAfter, b.Stage)}
 		b.Result, b.Failure, b.Updated = Stuck, e.Error, now
 		b.add(e)
 		t.stats.Failed[FailKey{b.Stage, "stuck"}]++
@@ -324,6 +323,11 @@ func (t *Tracker) markStuck() {
 	for _, e := range stuck {
 		t.logEvent(e)
 	}
+}
+
+// stuckFailure says why a boot is stuck.
+func stuckFailure(idle time.Duration, at Stage) string {
+	return fmt.Sprintf("no progress for %s after stage %s", idle, at)
 }
 
 // Save hands the changed timelines to the Recorder now.
@@ -362,27 +366,18 @@ func (t *Tracker) Forget(host string) {
 	t.mu.Unlock()
 }
 
-// LastBoot is the host's latest boot: the current one, else the newest
-// stored.
+// LastBoot is the host's latest boot: the current one, which is the
+// newest stored one until an event comes (read from the Recorder once per
+// host, so listings and scrapes do not read the store again).
 func (t *Tracker) LastBoot(host string) (Boot, bool) {
+	t.load(host)
 	t.mu.Lock()
+	defer t.mu.Unlock()
 	b := t.cur[host]
-	var c Boot
-	if b != nil {
-		c = b.clone()
-	}
-	t.mu.Unlock()
-	if b != nil {
-		return c, true
-	}
-	if t.cfg.Recorder == nil {
+	if b == nil {
 		return Boot{}, false
 	}
-	boots, err := t.cfg.Recorder.Boots(host)
-	if err != nil || len(boots) == 0 {
-		return Boot{}, false
-	}
-	return boots[0], true
+	return b.clone(), true
 }
 
 // Boots lists the host's boots, newest first: the stored ones with the
@@ -430,10 +425,10 @@ func (t *Tracker) State(host string, sessions int, loggedIn time.Time) State {
 	switch b.Result {
 	case Booting:
 		if idle := t.cfg.Now().Sub(b.Updated); idle >= t.cfg.StuckAfter {
-			// A stored boot Run has not marked (the server stopped
-			// while it went on): as stuck as one it would have.
-			return State{State: StateStuck, Stage: b.Stage, Since: b.Updated,
-				Failure: fmt.Sprintf("no progress for %s after stage %s", idle.Round(time.Second), b.Stage)}
+			// Stuck, though Run has not marked it yet (it does each
+			// SaveEvery; a stored boot of a server that stopped is
+			// marked at its next tick).
+			return State{State: StateStuck, Stage: b.Stage, Since: b.Updated, Failure: stuckFailure(idle.Round(time.Second), b.Stage)}
 		}
 		return State{State: StateBooting, Stage: b.Stage, Since: b.Started}
 	case Failed:

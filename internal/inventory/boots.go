@@ -31,11 +31,8 @@ func (inv *Inventory) SaveBoots(boots []bootevent.Boot) error {
 			if err := putJSON(tx, store.BucketBoots, bootKey(b), b); err != nil {
 				return err
 			}
-			var keys []string
-			if err := tx.ForEach(store.BucketBoots, b.Host+"/", func(k string, _ []byte) error {
-				keys = append(keys, k)
-				return nil
-			}); err != nil {
+			keys, err := bootKeys(tx, b.Host)
+			if err != nil {
 				return err
 			}
 			for len(keys) > BootsPerHost {
@@ -69,13 +66,20 @@ func (inv *Inventory) Boots(host string) ([]bootevent.Boot, error) {
 	return out, err
 }
 
-// deleteBoots removes a host's timelines (it is being removed).
-func deleteBoots(tx store.Tx, host string) error {
+// bootKeys lists the keys of a host's stored timelines, oldest first.
+func bootKeys(tx store.Tx, host string) ([]string, error) {
 	var keys []string
-	if err := tx.ForEach(store.BucketBoots, host+"/", func(k string, _ []byte) error {
+	err := tx.ForEach(store.BucketBoots, host+"/", func(k string, _ []byte) error {
 		keys = append(keys, k)
 		return nil
-	}); err != nil {
+	})
+	return keys, err
+}
+
+// deleteBoots removes a host's timelines (it is being removed).
+func deleteBoots(tx store.Tx, host string) error {
+	keys, err := bootKeys(tx, host)
+	if err != nil {
 		return err
 	}
 	for _, k := range keys {

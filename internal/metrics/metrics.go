@@ -217,13 +217,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		for i, st := range bootevent.Stages {
 			counter(bootEvents, s.Reached[i], string(st))
 		}
-		buckets := make(map[float64]uint64, len(bootevent.DurationBuckets))
-		var cum uint64
-		for i, le := range bootevent.DurationBuckets {
-			cum += s.DurationCounts[i]
-			buckets[le] = cum
-		}
-		ch <- prometheus.MustNewConstHistogram(bootDuration, s.Completed, s.DurationSum, buckets)
+		ch <- prometheus.MustNewConstHistogram(bootDuration, s.Completed, s.DurationSum,
+			cumulative(bootevent.DurationBuckets, s.DurationCounts))
 		counter(bootStreamCut, s.SubscribersCut)
 	}
 	if c.src.API != nil {
@@ -274,13 +269,8 @@ func collectCommands(ch chan<- prometheus.Metric, host string, st *iscsi.Command
 		if n == 0 {
 			continue
 		}
-		buckets := make(map[float64]uint64, len(latencyBounds))
-		var cum uint64
-		for i, le := range latencyBounds {
-			cum += l.Counts[i]
-			buckets[le] = cum
-		}
-		ch <- prometheus.MustNewConstHistogram(hostLatency, n, l.Sum.Seconds(), buckets, host, op.String())
+		ch <- prometheus.MustNewConstHistogram(hostLatency, n, l.Sum.Seconds(), cumulative(latencyBounds, l.Counts[:]),
+			host, op.String())
 	}
 	for k, n := range st.Errors {
 		if n > 0 {
@@ -292,4 +282,17 @@ func collectCommands(ch chan<- prometheus.Metric, host string, st *iscsi.Command
 			ch <- prometheus.MustNewConstMetric(hostRefused, prometheus.CounterValue, float64(n), host, iscsi.RefusedStatus(r).String())
 		}
 	}
+}
+
+// cumulative turns per-bucket counts (counts[i]: observations at most
+// bounds[i] and above the bound before) into Prometheus' cumulative
+// buckets; a count past the last bound is left to the histogram's total.
+func cumulative(bounds []float64, counts []uint64) map[float64]uint64 {
+	buckets := make(map[float64]uint64, len(bounds))
+	var cum uint64
+	for i, le := range bounds {
+		cum += counts[i]
+		buckets[le] = cum
+	}
+	return buckets
 }

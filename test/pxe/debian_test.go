@@ -13,6 +13,7 @@ import (
 
 	"github.com/diskless-boot/diskless/internal/imagebuild"
 	"github.com/diskless-boot/diskless/internal/testutil/debimage"
+	"github.com/diskless-boot/diskless/internal/testutil/output"
 	"github.com/diskless-boot/diskless/internal/testutil/qemu"
 )
 
@@ -177,7 +178,7 @@ func TestDebianEndToEnd(t *testing.T) {
 			t.Errorf("%s booted %+v, want host %s, root /dev/sda3 (no swap), target %s", name, b, name, target(name))
 		}
 		if err := v.Wait(3 * time.Minute); err != nil && strings.Contains(err.Error(), "still running") {
-			t.Fatalf("%s did not power off: %v\n%s", name, err, tail(v.Console(), 3000))
+			t.Fatalf("%s did not power off: %v\n%s", name, err, output.Tail(v.Console(), 3000))
 		}
 		return b
 	}
@@ -314,7 +315,7 @@ func waitBoot(t *testing.T, v *qemu.VM, name string, from int) (e2eBoot, int) {
 	for _, s := range []string{"iPXE initialising", "boot.ipxe", "Linux version", "iscsistart: Connection", "Welcome to", "DISKLESS-E2E-BOOT"} {
 		i, d, end, err := v.WaitForFrom(from, 8*time.Minute, s, "Kernel panic", "ALERT!", "Gave up waiting", "emergency mode")
 		if err != nil || i != 0 {
-			t.Fatalf("%s: waiting for %q: %v (matched %d)\n%s", name, s, err, i, tail(v.Console(), 4000))
+			t.Fatalf("%s: waiting for %q: %v (matched %d)\n%s", name, s, err, i, output.Tail(v.Console(), 4000))
 		}
 		stages = append(stages, fmt.Sprintf("%s %v", s, d.Round(100*time.Millisecond)))
 		from, took = end, d
@@ -334,6 +335,6 @@ func waitBoot(t *testing.T, v *qemu.VM, name string, from int) (e2eBoot, int) {
 			return b, from
 		}
 	}
-	t.Fatalf("%s: no unit line\n%s", name, tail(v.Console(), 2000))
+	t.Fatalf("%s: no unit line\n%s", name, output.Tail(v.Console(), 2000))
 	return e2eBoot{}, from
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/diskless-boot/diskless/internal/imagebuild"
 	"github.com/diskless-boot/diskless/internal/testutil/debimage"
+	"github.com/diskless-boot/diskless/internal/testutil/output"
 )
 
 // A manual try (DISKLESS_DEBIAN_TRY=1, or =uefi for OVMF; DISKLESS_DEBIAN_TRY_DISK=FILE boots
@@ -57,12 +58,5 @@ func TestDebianTry(t *testing.T) {
 		t.Logf("re-login %v after the restart: %s", took.Round(100*time.Millisecond), lineWith(srv2.Output(), `detail="login of `))
 	}
 	time.Sleep(10 * time.Second)
-	t.Logf("console after the restart:\n%s", tail(v.Console(), 1500))
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
+	t.Logf("console after the restart:\n%s", output.Tail(v.Console(), 1500))
 }
