@@ -237,7 +237,7 @@ func (e *fhEnv) run(data []byte) []string {
 	e.mu.Unlock()
 	for n := 0; len(in.b) > 0 && n < 32; n++ {
 		method := pick(in, fhMethods)
-		kind := in.u8() % 5
+		kind := in.u8() % 6
 		remote := pick(in, fhRemotes)
 		local := pick(in, fhLocals)
 		var target string
@@ -264,6 +264,11 @@ func (e *fhEnv) run(data []byte) []string {
 			target = boot.BinaryPathPrefix + pick(in, fhBinaries)
 		case 4:
 			target = "/" + in.str(48) + "?" + in.str(32)
+		case 5: // a script's failure report
+			q.Set("mac", pick(in, fhMACs))
+			q.Set("step", pick(in, []string{"sanboot", "kernel", "initrd", "boot", "sanhook", "", "format"}))
+			q.Set("errno", in.str(12))
+			target = boot.ReportPath + "?" + q.Encode()
 		}
 		// As net/http parses a request line: a target it cannot parse
 		// never reaches the handler.
