@@ -14,12 +14,15 @@
 package activation
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"strconv"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // firstFD is SD_LISTEN_FDS_START.
@@ -28,6 +31,10 @@ const firstFD = 3
 // Set is the sockets handed over to this process.
 type Set struct {
 	listeners []net.Listener // nil once taken
+	// Freebind makes the sockets Listen opens itself bindable to an
+	// address the machine does not hold yet (IP_FREEBIND): a cluster's
+	// floating address, which comes and goes with the election.
+	Freebind bool
 }
 
 // FromEnv takes the sockets the environment announces for this process:
@@ -75,8 +82,24 @@ func (s *Set) Listen(addr string) (l net.Listener, inherited bool, err error) {
 			return l, true, nil
 		}
 	}
-	l, err = net.Listen("tcp", addr)
+	lc := net.ListenConfig{}
+	if s.Freebind {
+		lc.Control = FreebindControl
+	}
+	l, err = lc.Listen(context.Background(), "tcp", addr)
 	return l, false, err
+}
+
+// FreebindControl sets IP_FREEBIND on a socket before it is bound (a
+// net.ListenConfig's Control).
+func FreebindControl(_, _ string, c syscall.RawConn) error {
+	var serr error
+	if err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_FREEBIND, 1)
+	}); err != nil {
+		return err
+	}
+	return serr
 }
 
 func sameAddr(want *net.TCPAddr, a net.Addr) bool {

@@ -24,6 +24,7 @@ import (
 	"github.com/diskless-boot/diskless/internal/api"
 	"github.com/diskless-boot/diskless/internal/boot"
 	"github.com/diskless-boot/diskless/internal/bootevent"
+	"github.com/diskless-boot/diskless/internal/cluster"
 	"github.com/diskless-boot/diskless/internal/config"
 	"github.com/diskless-boot/diskless/internal/dhcp"
 	"github.com/diskless-boot/diskless/internal/fsutil"
@@ -130,6 +131,9 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 		sockets = &activation.Set{}
 	}
 	closers = append(closers, sockets)
+	// A cluster's servers bind the floating address whether they hold it
+	// or not: the active one answers on it, the others once they take it.
+	sockets.Freebind = cfg.Cluster.Enabled()
 	listen := func(what, addr string) (net.Listener, error) {
 		l, inherited, err := sockets.Listen(addr)
 		if err != nil {
@@ -195,8 +199,18 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	icfg.TraceDir = opts.TraceDir
 	icfg.OnLogin = func(e iscsi.LoginEvent) { sup.login(e) }
 	icfg.OnLoginFailed = func(f iscsi.LoginFailure) { sup.loginFailed(f) }
+	if cfg.Cluster.Enabled() {
+		icfg.Admit = func(target, initiator string) error { return sup.admit(target, initiator) }
+	}
 	isrv := iscsi.New(icfg)
 	sup = newSupervisor(site.Inv, isrv, booter, log)
+	sup.onDemand = cfg.Cluster.Enabled()
+	var node *cluster.Node
+	if cfg.Cluster.Enabled() {
+		if node, err = newClusterNode(cfg, site, sup, log); err != nil {
+			return err
+		}
+	}
 	// Boot telemetry: every server's boot steps, one timeline per boot.
 	sup.events = bootevent.New(bootevent.Config{Recorder: site.Inv, StuckAfter: cfg.Boots.StuckAfter, Logger: log})
 
@@ -314,7 +328,11 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	}
 	var tconn net.PacketConn
 	if tsrv != nil {
-		if tconn, err = net.ListenPacket("udp4", net.JoinHostPort(serverIP.String(), "69")); err != nil {
+		lc := net.ListenConfig{}
+		if sockets.Freebind {
+			lc.Control = activation.FreebindControl
+		}
+		if tconn, err = lc.ListenPacket(ctx, "udp4", net.JoinHostPort(serverIP.String(), "69")); err != nil {
 			return fmt.Errorf("tftp: %w", err)
 		}
 		closers = append(closers, tconn)
@@ -334,6 +352,13 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 				return fmt.Errorf("dhcp: %w", err)
 			}
 			closers = append(closers, pxeconn)
+		}
+		if node != nil {
+			// One server of a cluster answers: the active one.
+			dconn = activeOnly{dconn, node}
+			if pxeconn != nil {
+				pxeconn = activeOnly{pxeconn, node}
+			}
 		}
 	}
 	// The RA answerer only saves clients time: without it (no IPv6, no
@@ -375,6 +400,12 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	go func() { sup.keepUnknown(sctx); close(unknownDone) }()
 	go func() { sup.events.Run(sctx); close(eventsDone) }()
 	defer func() { cancel(); <-unknownDone; <-eventsDone }()
+	if node != nil {
+		log.Info("cluster: member; the active server holds the floating address", "addr", cfg.Cluster.Address,
+			"member", cfg.Cluster.Name, "lease", cmp.Or(cfg.Cluster.Lease, cluster.DefaultTTL))
+		clusterDone := runCluster(sctx, node)
+		defer func() { cancel(); clusterDone() }()
+	}
 	g, gctx := errgroup.WithContext(sctx)
 	var order []shutdowner // in shutdown order
 	g.Go(func() error { return isrv.Serve(gctx, iln) })

@@ -39,6 +39,12 @@ type supervisor struct {
 
 	// dhcpOn: a DHCP server (full or proxy) sees network boots.
 	dhcpOn bool
+	// onDemand: a host's disk is opened at its first login (admit) rather
+	// than when the host is served, and every disk is closed when the
+	// server stops being the site's active server (release). Set for a
+	// server of a cluster: the other servers have every host configured
+	// too, and a disk on shared storage is locked by the one serving it.
+	onDemand bool
 
 	mu       sync.Mutex
 	hosts    map[string]*served     // by host name
@@ -151,8 +157,78 @@ func (s *supervisor) syncLocked(name string) {
 			s.log.Error("host target not updated", "host", name, "err", err)
 		}
 	}
-	if sv.lu == nil {
-		s.openDisk(name, sv, &rec)
+	if sv.lu == nil && !s.onDemand {
+		if err := s.openDisk(name, sv, &rec); err != nil {
+			s.log.Error("host disk not opened: its target has no LUN", "host", name, "err", err)
+		}
+	}
+}
+
+// admit is the iSCSI server's Admit with onDemand: the login of a host
+// whose disk is not open opens it; a disk that cannot be opened (another
+// server holds it, the storage does not answer) refuses the login with an
+// error the initiator retries.
+func (s *supervisor) admit(target, _ string) error {
+	h, ok := s.hostByTarget(target)
+	if !ok {
+		return nil // the login fails on its own
+	}
+	unlock := s.lockHost(h.Name)
+	defer unlock()
+	s.mu.Lock()
+	sv := s.hosts[h.Name]
+	var rec inventory.Host
+	if sv != nil {
+		rec = sv.rec
+	}
+	stopped := s.stopped
+	s.mu.Unlock()
+	if sv == nil || sv.lu != nil {
+		return nil
+	}
+	if stopped {
+		return errors.New("the server is stopping")
+	}
+	if err := s.openDisk(h.Name, sv, &rec); err != nil {
+		s.log.Warn("host login refused for now: its disk cannot be opened", "host", h.Name, "err", err)
+		return err
+	}
+	return nil
+}
+
+// release drops every session and closes every disk: the server stopped
+// being the site's active server (or lost its lock on a disk, for one
+// host), and another server may take the disks over.
+func (s *supervisor) release(why string, only ...string) {
+	s.mu.Lock()
+	names := only
+	if len(names) == 0 {
+		for n := range s.hosts {
+			names = append(names, n)
+		}
+	}
+	s.mu.Unlock()
+	for _, n := range names {
+		unlock := s.lockHost(n)
+		s.mu.Lock()
+		sv := s.hosts[n]
+		s.mu.Unlock()
+		if sv != nil {
+			// The LU first: a command still running then fails instead
+			// of reaching a disk that is about to close.
+			lu := sv.lu
+			if lu != nil {
+				sv.st.RemoveLU(0)
+			}
+			if dropped := s.isrv.DropSessions(sv.rec.TargetIQN, why); dropped > 0 || lu != nil {
+				s.log.Warn("host released", "host", n, "sessions", dropped, "why", why)
+			}
+			if lu != nil {
+				sv.lu = lu // closeDisk removes it and closes the disk
+				s.closeDisk(n, sv)
+			}
+		}
+		unlock()
 	}
 }
 
@@ -163,7 +239,7 @@ func (s *supervisor) target(h *inventory.Host, st *scsi.Target) *iscsi.Target {
 
 // openDisk opens the host's disk (as rec says) and makes it LUN 0 of its
 // target. The host's lock is held.
-func (s *supervisor) openDisk(name string, sv *served, rec *inventory.Host) {
+func (s *supervisor) openDisk(name string, sv *served, rec *inventory.Host) error {
 	// A failure of the disk is logged with the image it is on (a raw
 	// copy: the image it was made from; the admin's file: none).
 	image := rec.Disk.Base().String()
@@ -176,8 +252,7 @@ func (s *supervisor) openDisk(name string, sv *served, rec *inventory.Host) {
 	}
 	dev, err := s.inv.Backend().OpenDisk(name, rec.Disk, log)
 	if err != nil {
-		s.log.Error("host disk not opened: its target has no LUN", "host", name, "err", err)
-		return
+		return err
 	}
 	lu, err := scsi.NewLogicalUnit(dev, scsi.LUConfig{Serial: name})
 	if err == nil {
@@ -185,12 +260,12 @@ func (s *supervisor) openDisk(name string, sv *served, rec *inventory.Host) {
 	}
 	if err != nil {
 		s.inv.Backend().CloseDisk(name)
-		s.log.Error("host disk not served", "host", name, "err", err)
-		return
+		return fmt.Errorf("host disk not served: %w", err)
 	}
 	sv.lu = lu
 	s.log.Info("host", "host", name, "target", rec.TargetIQN, "iqn", rec.InitiatorIQN, "disk", rec.Disk.Mode,
 		"base", rec.Disk.Base().String(), "bytes", dev.Size(), "chap", rec.CHAP != nil)
+	return nil
 }
 
 // closeDisk takes LUN 0 away and closes the disk (flushing it).

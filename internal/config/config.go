@@ -102,6 +102,10 @@ type Config struct {
 	// Store says where the state store is: data_dir/state.db (bbolt) or
 	// an etcd cluster several servers share.
 	Store Store `yaml:"store"`
+	// Cluster makes this server one of several serving the site (with
+	// store.backend etcd): they elect one active server that holds the
+	// site's floating address.
+	Cluster Cluster `yaml:"cluster"`
 	// IQNBase is the prefix of generated IQNs. Default
 	// "iqn.2026-01.boot.diskless:" followed by this install's random ID
 	// (kept in the state store), so two installs never clash.
@@ -199,6 +203,31 @@ type Etcd struct {
 	// Timeout bounds each read or write of the store, retries included.
 	// Default 0: the store's own (10s); between 1s and 5m.
 	Timeout time.Duration `yaml:"timeout"`
+}
+
+// Cluster is the cluster section (docs/scale-out.md).
+type Cluster struct {
+	// Address is the site's floating address with its prefix length,
+	// e.g. "10.0.0.10/24": the address clients know (DHCP server, scripts,
+	// iSCSI portal), held on interface by the active server. Setting it
+	// turns the cluster on; it is then the server address (server_ip).
+	Address string `yaml:"address"`
+	// Name is this server's member name, unique in the site. Default the
+	// host name.
+	Name string `yaml:"name"`
+	// Lease is how long a server that stopped renewing its membership in
+	// etcd stays a member: the longest a dead server goes unnoticed.
+	// Whole seconds, 2s-60s; default 3s.
+	Lease time.Duration `yaml:"lease"`
+}
+
+// Enabled reports whether the cluster section is set.
+func (c *Cluster) Enabled() bool { return c.Address != "" }
+
+// Prefix is the floating address parsed (invalid when unset or wrong).
+func (c *Cluster) Prefix() netip.Prefix {
+	p, _ := netip.ParsePrefix(c.Address)
+	return p
 }
 
 // Boots is the boots section: the boot telemetry.

@@ -39,7 +39,28 @@ func (c *Config) ResolveNetwork(addrs InterfaceAddrs) error {
 		}
 	}
 	var own netip.Prefix
-	if c.ServerIP == "" {
+	if vip := c.Cluster.Prefix(); vip.IsValid() {
+		// A cluster: clients know the floating address, which the
+		// active server holds; the admin plane stays on the server's
+		// own address, where every server, active or not, answers.
+		if len(prefixes) == 0 {
+			return &FieldError{Where: c.src.where("interface"), Key: "interface", Reason: c.Interface + " has no IPv4 address of its own (the cluster's floating address moves between servers)"}
+		}
+		for _, p := range prefixes {
+			if p.Addr() != vip.Addr() {
+				own = p
+				break
+			}
+		}
+		if !own.IsValid() {
+			own = prefixes[0]
+		}
+		if c.API.Listen == "" {
+			c.API.Listen = net.JoinHostPort(own.Addr().String(), fmt.Sprint(DefaultHTTPPort))
+		}
+		c.ServerIP = vip.Addr().String()
+		own = vip
+	} else if c.ServerIP == "" {
 		if len(prefixes) == 0 {
 			return &FieldError{Where: c.src.where("interface"), Key: "interface", Reason: c.Interface + " has no IPv4 address; give it one or set server_ip"}
 		}

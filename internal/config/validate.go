@@ -108,6 +108,7 @@ func (v *validator) check() {
 	default:
 		v.fail("unknown_hosts.policy", "%q: want local, menu, refuse or enroll", c.UnknownHosts.Policy)
 	}
+	v.checkCluster()
 	v.checkEnroll()
 	v.checkHosts()
 }
@@ -142,6 +143,34 @@ func (v *validator) checkStore() {
 		v.fail("store.etcd.timeout", "%s: want between 1s and 5m", e.Timeout)
 	}
 }
+
+// checkCluster checks the cluster section.
+func (v *validator) checkCluster() {
+	c := &v.c.Cluster
+	if !c.Enabled() {
+		if c.Name != "" || c.Lease != 0 {
+			v.fail("cluster.address", "required when the cluster section is set: the site's floating address, e.g. 10.0.0.10/24")
+		}
+		return
+	}
+	if p, err := netip.ParsePrefix(c.Address); err != nil || !p.Addr().Is4() || p.Bits() < 8 || p.Bits() > 32 {
+		v.fail("cluster.address", "%q: want an IPv4 address with its prefix length, e.g. 10.0.0.10/24", c.Address)
+	}
+	if v.c.Store.Backend != StoreEtcd {
+		v.fail("cluster.address", "a cluster needs store.backend etcd: the servers elect the active one through etcd")
+	}
+	if v.c.ServerIP != "" && c.Prefix().IsValid() && v.c.ServerIP != c.Prefix().Addr().String() {
+		v.fail("server_ip", "%s: in a cluster the server address is the floating address %s; leave server_ip unset", v.c.ServerIP, c.Prefix().Addr())
+	}
+	if c.Name != "" && !clusterName.MatchString(c.Name) {
+		v.fail("cluster.name", "%q: want 1-63 of a-z A-Z 0-9 . _ -", c.Name)
+	}
+	if c.Lease != 0 && (c.Lease < 2*time.Second || c.Lease > time.Minute || c.Lease%time.Second != 0) {
+		v.fail("cluster.lease", "%s: want whole seconds between 2s and 60s", c.Lease)
+	}
+}
+
+var clusterName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 
 // checkEnroll checks unknown_hosts.enroll: used by policy enroll, and as
 // the defaults of `host adopt` under any policy.

@@ -317,6 +317,11 @@ func (ls *loginState) finish(req pdu.LoginRequest, reply []pdu.KV) error {
 	if ls.target != nil {
 		key.target = ls.target.Name
 	}
+	if admit := c.srv.cfg.Admit; admit != nil && !ls.discovery {
+		if err := admit(key.target, ls.initiatorName); err != nil {
+			return &loginError{status: pdu.LoginServiceUnavailable, err: err}
+		}
+	}
 	ss, status := c.srv.bindSession(c, key, ls.tsih, ls.discovery, ls.target)
 	if status != pdu.LoginSuccess {
 		return &loginError{status: status, err: errors.New("session binding refused")}

@@ -140,6 +140,13 @@ type Config struct {
 	// completes, so the application can tie the session to what it knows
 	// of the initiator (e.g. the host a boot belongs to).
 	OnLogin func(LoginEvent)
+	// Admit, when set, is asked before a normal session's login
+	// completes, once the initiator proved who it is: an error refuses the
+	// login with "service unavailable" (RFC 7143 11.13.5, status 0x0301),
+	// which initiators retry. The application opens the target's disk
+	// here when it opens disks on demand (a disk shared by several
+	// servers, locked by the one serving it).
+	Admit func(target, initiator string) error
 	// OnLoginFailed, when set, is called when a login to a normal
 	// session fails after the initiator named its target: refused CHAP,
 	// a mutual CHAP answer the initiator rejected, a protocol error, the

@@ -156,6 +156,11 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 // Prefix is the prefix of every key of the store.
 func (s *Store) Prefix() string { return s.prefix }
 
+// Client is the store's etcd client, for what else a server keeps in the
+// same etcd under the same prefix (package cluster's membership). It is
+// closed with the store.
+func (s *Store) Client() *clientv3.Client { return s.cli }
+
 // Close implements store.Store.
 func (s *Store) Close() error {
 	s.cancel()

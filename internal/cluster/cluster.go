@@ -1,0 +1,320 @@
+// Package cluster makes several diskless servers of one site one service:
+// each server is a member with an etcd lease, and the members elect, through
+// etcd, the one that is active - that holds the site's floating address
+// (the portal, script and DHCP server address every client knows) and
+// answers on it. The others stand by, with every host configured, and one
+// of them takes the address over when the active server's lease ends.
+//
+// The lease is also what the disks' fencing asks (storage's lock policy):
+// a server may break another server's lock on a host disk only once that
+// server is no longer a member, and a server that cannot prove its lease
+// is alive stops serving before etcd can expire it (self-fencing), so the
+// address, the election and the locks never disagree about who serves.
+//
+// It owns the membership records, the election and the address; what the
+// server does when it becomes active or passive is the caller's (hooks).
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+)
+
+// DefaultTTL is the members' lease: how long a dead server goes unnoticed
+// at most (its clients' stall is about this plus their reconnect).
+const DefaultTTL = 3 * time.Second
+
+// Member is what a server publishes about itself while it lives.
+type Member struct {
+	Name string `json:"name"`
+	// Address is the server's own address on the served network.
+	Address string `json:"address,omitempty"`
+	// StorageID is the server's identity in the storage cluster (its
+	// Ceph client, "client.4123"), whose locks others may break once the
+	// member is gone.
+	StorageID string    `json:"storage_id,omitempty"`
+	Since     time.Time `json:"since"`
+}
+
+// Config configures a Node.
+type Config struct {
+	// Client is the etcd client (the state store's); the Node does not
+	// close it.
+	Client *clientv3.Client
+	// Prefix starts the node's keys (the store's prefix, e.g. /diskless/).
+	Prefix string
+	// Self is published as this server's member record; Name is required
+	// and unique in the site.
+	Self Member
+	// TTL is the lease (whole seconds, at least 2 s; default DefaultTTL).
+	TTL time.Duration
+	// Address is the floating address with its prefix length, e.g.
+	// 10.0.0.10/24, put on Interface while the node is active. Zero: the
+	// node elects without an address (tests, or an address moved by other
+	// means).
+	Address   netip.Prefix
+	Interface string
+	// OnActive is called once the node is active, its address up.
+	OnActive func()
+	// OnPassive is called when the node stops being active (its lease is
+	// lost or it shuts down), after its address is gone: the caller stops
+	// serving (drops sessions, closes disks) before returning.
+	OnPassive func(why string)
+	Logger    *slog.Logger
+}
+
+// Node is one server's membership. Run it; it is safe for concurrent use.
+type Node struct {
+	cfg Config
+	log *slog.Logger
+	vip *address // nil without Address
+
+	mu     sync.Mutex
+	active bool
+	lease  clientv3.LeaseID
+}
+
+// New checks cfg and returns the node; Run starts it.
+func New(cfg Config) (*Node, error) {
+	if cfg.Client == nil || cfg.Self.Name == "" {
+		return nil, errors.New("cluster: an etcd client and a member name are required")
+	}
+	if cfg.TTL == 0 {
+		cfg.TTL = DefaultTTL
+	}
+	if cfg.TTL < 2*time.Second || cfg.TTL%time.Second != 0 {
+		return nil, fmt.Errorf("cluster: lease %v: want whole seconds, at least 2s", cfg.TTL)
+	}
+	n := &Node{cfg: cfg, log: cfg.Logger}
+	if n.log == nil {
+		n.log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Address.IsValid() {
+		a, err := newAddress(cfg.Interface, cfg.Address)
+		if err != nil {
+			return nil, err
+		}
+		n.vip = a
+	}
+	return n, nil
+}
+
+func (n *Node) memberKey(name string) string { return n.cfg.Prefix + "cluster/members/" + name }
+func (n *Node) electionPrefix() string       { return n.cfg.Prefix + "cluster/active" }
+
+// Active reports whether this node is the active server now.
+func (n *Node) Active() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.active
+}
+
+// Run keeps the node a member and in the election until ctx ends: it
+// joins with a new lease, campaigns, serves as active until the lease is
+// lost, and joins again. At the end it steps down (address removed, lease
+// revoked) so another server takes over at once.
+func (n *Node) Run(ctx context.Context) error {
+	if n.vip != nil {
+		// An address left by a process of ours that died while active:
+		// nobody elected us, it must go.
+		if removed, err := n.vip.remove(); err != nil {
+			n.log.Warn("cluster: could not remove a leftover floating address", "addr", n.cfg.Address, "err", err)
+		} else if removed {
+			n.log.Info("cluster: removed the floating address a previous run left on the interface", "addr", n.cfg.Address)
+		}
+	}
+	for ctx.Err() == nil {
+		why := n.term(ctx)
+		if ctx.Err() != nil {
+			break
+		}
+		n.log.Warn("cluster: membership lost; joining again", "why", why)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+	return nil
+}
+
+// term is one lease: join, campaign, serve; it returns why it ended.
+func (n *Node) term(ctx context.Context) string {
+	ttl := n.cfg.TTL
+	cli := n.cfg.Client
+	gctx, cancel := context.WithTimeout(ctx, ttl)
+	granted := time.Now()
+	g, err := cli.Grant(gctx, int64(ttl/time.Second))
+	cancel()
+	if err != nil {
+		return "etcd did not grant a lease: " + err.Error()
+	}
+	n.mu.Lock()
+	n.lease = g.ID
+	n.mu.Unlock()
+	self := n.cfg.Self
+	self.Since = time.Now().UTC()
+	rec, _ := json.Marshal(self)
+	pctx, cancel := context.WithTimeout(ctx, ttl)
+	_, err = cli.Put(pctx, n.memberKey(self.Name), string(rec), clientv3.WithLease(g.ID))
+	cancel()
+	if err != nil {
+		n.revoke(g.ID)
+		return "member record not written: " + err.Error()
+	}
+
+	tctx, stop := context.WithCancel(ctx)
+	defer stop()
+	lost := make(chan string, 1)
+	go func() { lost <- n.keepAlive(tctx, g.ID, granted) }()
+
+	// The session only carries the lease into the election; keepAlive
+	// decides whether the lease is still ours.
+	sess, err := concurrency.NewSession(cli, concurrency.WithLease(g.ID), concurrency.WithContext(tctx))
+	if err != nil {
+		stop()
+		n.revoke(g.ID)
+		return "election session: " + err.Error()
+	}
+	defer sess.Orphan()
+	el := concurrency.NewElection(sess, n.electionPrefix())
+	elected := make(chan error, 1)
+	go func() { elected <- el.Campaign(tctx, self.Name) }()
+
+	var why string
+	select {
+	case why = <-lost:
+	case err := <-elected:
+		if err != nil {
+			stop()
+			why = "campaign: " + err.Error()
+			if ctx.Err() == nil {
+				n.revoke(g.ID)
+			}
+			return why
+		}
+		n.becomeActive()
+		why = <-lost
+		n.becomePassive(why)
+	}
+	stop()
+	n.revoke(g.ID)
+	return why
+}
+
+// keepAlive renews the lease every TTL/3 and returns when it can no longer
+// be sure the lease lives: etcd said it is gone, or the last renewal etcd
+// answered was sent so long ago that etcd may expire it within the next
+// renewal interval. Counting from when a renewal was sent, not answered,
+// errs on the side of stepping down before etcd expires the lease.
+func (n *Node) keepAlive(ctx context.Context, id clientv3.LeaseID, granted time.Time) string {
+	ttl := n.cfg.TTL
+	every := ttl / 3
+	validUntil := granted.Add(ttl)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return "shutting down"
+		case <-t.C:
+		}
+		sent := time.Now()
+		kctx, cancel := context.WithTimeout(ctx, every)
+		r, err := n.cfg.Client.KeepAliveOnce(kctx, id)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return "shutting down"
+		case err == nil && r.TTL > 0:
+			validUntil = sent.Add(time.Duration(r.TTL) * time.Second)
+		case errors.Is(err, rpctypes.ErrLeaseNotFound) || (err == nil && r.TTL <= 0):
+			return "etcd expired the lease"
+		}
+		if time.Until(validUntil) < every {
+			return fmt.Sprintf("lease not renewed for %v (etcd: %v)", time.Since(validUntil.Add(-ttl)).Round(time.Millisecond), err)
+		}
+	}
+}
+
+func (n *Node) becomeActive() {
+	if n.vip != nil {
+		if err := n.vip.add(); err != nil {
+			n.log.Error("cluster: elected, but the floating address could not be added", "addr", n.cfg.Address, "err", err)
+		} else {
+			n.vip.announce(n.log)
+		}
+	}
+	n.mu.Lock()
+	n.active = true
+	n.mu.Unlock()
+	n.log.Info("cluster: active: this server serves the site", "member", n.cfg.Self.Name, "addr", n.cfg.Address)
+	if n.cfg.OnActive != nil {
+		n.cfg.OnActive()
+	}
+}
+
+func (n *Node) becomePassive(why string) {
+	n.mu.Lock()
+	n.active = false
+	n.mu.Unlock()
+	if n.vip != nil {
+		if _, err := n.vip.remove(); err != nil {
+			n.log.Error("cluster: the floating address could not be removed", "addr", n.cfg.Address, "err", err)
+		}
+	}
+	n.log.Warn("cluster: passive: no longer serving the site", "member", n.cfg.Self.Name, "why", why)
+	if n.cfg.OnPassive != nil {
+		n.cfg.OnPassive(why)
+	}
+}
+
+// revoke ends the lease at once (its keys go with it), so the next server
+// need not wait for it to expire. Best effort: bounded by the TTL.
+func (n *Node) revoke(id clientv3.LeaseID) {
+	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.TTL)
+	defer cancel()
+	n.cfg.Client.Revoke(ctx, id)
+}
+
+// Members lists the live members (a linearizable read).
+func (n *Node) Members(ctx context.Context) ([]Member, error) {
+	r, err := n.cfg.Client.Get(ctx, n.cfg.Prefix+"cluster/members/", clientv3.WithPrefix())
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Member, 0, len(r.Kvs))
+	for _, kv := range r.Kvs {
+		var m Member
+		if json.Unmarshal(kv.Value, &m) == nil {
+			out = append(out, m)
+		}
+	}
+	return out, nil
+}
+
+// StorageOwnerAlive answers the disks' lock policy: may a lock that
+// storage client id holds be broken? Only when no live member is that
+// client. An error (etcd unreachable) answers "alive": never break a lock
+// on a guess.
+func (n *Node) StorageOwnerAlive(ctx context.Context, id string) (alive bool, who string) {
+	ms, err := n.Members(ctx)
+	if err != nil {
+		return true, "unknown (etcd: " + err.Error() + ")"
+	}
+	for _, m := range ms {
+		if m.StorageID == id {
+			return true, m.Name
+		}
+	}
+	return false, ""
+}
