@@ -207,7 +207,15 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	sup.onDemand = cfg.Cluster.Enabled()
 	var node *cluster.Node
 	if cfg.Cluster.Enabled() {
-		if node, err = newClusterNode(cfg, site, sup, log); err != nil {
+		// Taking over: the leases the last active server gave.
+		onActive := func() {
+			if sup.dhcp != nil {
+				if err := sup.dhcp.ReloadLeases(); err != nil {
+					log.Error("cluster: the DHCP leases of the state store could not be read; answering with what this server knew", "err", err)
+				}
+			}
+		}
+		if node, err = newClusterNode(cfg, site, sup, onActive, log); err != nil {
 			return err
 		}
 	}
@@ -232,7 +240,14 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	// DHCP.
 	var dsrv *dhcp.Server
 	if cfg.DHCP.Mode != config.DHCPOff {
-		dsrv, err = dhcp.NewServer(dhcpConfig(cfg, booter, sup, enroll, log))
+		dc := dhcpConfig(cfg, booter, sup, enroll, log)
+		if node != nil {
+			// One server of a cluster answers, the active one, from the
+			// leases all share.
+			dc.Answering = node.Active
+			dc.LeaseFile, dc.LeaseStore = "", storeLeases{site.Store}
+		}
+		dsrv, err = dhcp.NewServer(dc)
 		if err != nil {
 			return err
 		}
@@ -353,13 +368,7 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 			}
 			closers = append(closers, pxeconn)
 		}
-		if node != nil {
-			// One server of a cluster answers: the active one.
-			dconn = activeOnly{dconn, node}
-			if pxeconn != nil {
-				pxeconn = activeOnly{pxeconn, node}
-			}
-		}
+
 	}
 	// The RA answerer only saves clients time: without it (no IPv6, no
 	// CAP_NET_RAW) everything still boots.

@@ -35,13 +35,20 @@ func (a *address) netlinkAddr() (netlink.Link, *netlink.Addr, error) {
 	return l, &netlink.Addr{IPNet: &net.IPNet{IP: ip, Mask: net.CIDRMask(a.prefix.Bits(), 32)}, Label: ""}, nil
 }
 
-// add puts the address on the interface (already there: fine).
-func (a *address) add() error {
+// add puts the address on the interface, or renews it, valid until
+// until: the kernel removes it by itself then (an IPv4 address lifetime,
+// as ip-address(8) valid_lft sets). So a server whose process dies - and
+// can no longer remove it - loses the address when its lease ends, not
+// later, and the clients' packets stop reaching a machine with no one
+// serving behind the address.
+func (a *address) add(until time.Time) error {
 	l, na, err := a.netlinkAddr()
 	if err != nil {
 		return err
 	}
-	if err := netlink.AddrAdd(l, na); err != nil && !errors.Is(err, unix.EEXIST) {
+	lft := int((time.Until(until) + time.Second - 1) / time.Second)
+	na.ValidLft, na.PreferedLft = max(lft, 1), max(lft, 1)
+	if err := netlink.AddrReplace(l, na); err != nil {
 		return fmt.Errorf("cluster: adding %v to %s: %w", a.prefix, a.link, err)
 	}
 	return nil

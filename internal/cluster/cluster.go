@@ -79,9 +79,10 @@ type Node struct {
 	log *slog.Logger
 	vip *address // nil without Address
 
-	mu     sync.Mutex
-	active bool
-	lease  clientv3.LeaseID
+	mu         sync.Mutex
+	active     bool
+	lease      clientv3.LeaseID
+	validUntil time.Time // the lease surely lives until then
 }
 
 // New checks cfg and returns the node; Run starts it.
@@ -220,6 +221,7 @@ func (n *Node) keepAlive(ctx context.Context, id clientv3.LeaseID, granted time.
 	ttl := n.cfg.TTL
 	every := ttl / 3
 	validUntil := granted.Add(ttl)
+	n.setValidUntil(validUntil)
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -237,6 +239,7 @@ func (n *Node) keepAlive(ctx context.Context, id clientv3.LeaseID, granted time.
 			return "shutting down"
 		case err == nil && r.TTL > 0:
 			validUntil = sent.Add(time.Duration(r.TTL) * time.Second)
+			n.setValidUntil(validUntil)
 		case errors.Is(err, rpctypes.ErrLeaseNotFound) || (err == nil && r.TTL <= 0):
 			return "etcd expired the lease"
 		}
@@ -246,9 +249,26 @@ func (n *Node) keepAlive(ctx context.Context, id clientv3.LeaseID, granted time.
 	}
 }
 
+// setValidUntil records how long the lease surely lives and, while
+// active, makes the address live exactly as long.
+func (n *Node) setValidUntil(t time.Time) {
+	n.mu.Lock()
+	n.validUntil = t
+	active := n.active
+	n.mu.Unlock()
+	if active && n.vip != nil {
+		if err := n.vip.add(t); err != nil {
+			n.log.Error("cluster: the floating address's lifetime not renewed", "addr", n.cfg.Address, "err", err)
+		}
+	}
+}
+
 func (n *Node) becomeActive() {
+	n.mu.Lock()
+	until := n.validUntil
+	n.mu.Unlock()
 	if n.vip != nil {
-		if err := n.vip.add(); err != nil {
+		if err := n.vip.add(until); err != nil {
 			n.log.Error("cluster: elected, but the floating address could not be added", "addr", n.cfg.Address, "err", err)
 		} else {
 			n.vip.announce(n.log)

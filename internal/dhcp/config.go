@@ -67,6 +67,11 @@ type Config struct {
 	// leaseWriteGap (100 ms), so a flood of requests makes at most ten
 	// writes a second; the workers never wait for the disk.
 	LeaseFile string
+	// LeaseStore, when set, keeps the leases instead of LeaseFile, with
+	// the same format and the same write rules: a store several servers
+	// share (a cluster's etcd), so a server that takes over answering
+	// knows every lease the last one gave (Server.ReloadLeases).
+	LeaseStore LeaseStore
 	// NewLeasesPerSecond bounds how many new clients - no reservation, no
 	// lease, no offer held - are offered an address per second, in bursts
 	// of up to as many (default 50: a room of machines powered on at once
@@ -88,6 +93,10 @@ type Config struct {
 	// Boot decides what a network-boot client boots (default: nothing; full
 	// mode then hands out addresses only).
 	Boot BootPolicy
+	// Answering, when set, is asked for every request received: while it
+	// says false the request is dropped unanswered (a standby server of a
+	// cluster, whose active server answers; package cluster).
+	Answering func() bool
 	// OnReply, when set, is told of every reply sent to a network-boot
 	// client, after it went out (the boot telemetry's DHCP stage). It runs
 	// on the worker: it must not block.

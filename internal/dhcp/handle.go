@@ -336,7 +336,7 @@ func (s *Server) finish(r result, rep *dhcpv4.DHCPv4, dst netip.AddrPort, ci *Cl
 
 // fileGen is gen if there is a lease file to write it to, else 0.
 func (s *Server) fileGen(gen uint64) uint64 {
-	if s.cfg.LeaseFile == "" {
+	if s.leases == nil || s.leases.store == nil {
 		return 0
 	}
 	return gen

@@ -1,9 +1,11 @@
 package dhcp
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"net/netip"
@@ -69,7 +71,7 @@ type leaseDB struct {
 
 	// Group commit: one writer at a time writes a snapshot of everything up
 	// to some gen; waiters for older gens are done by that write.
-	file    string
+	store   LeaseStore // nil: leases in memory only
 	pmu     sync.Mutex
 	pcond   *sync.Cond
 	writing bool
@@ -109,8 +111,11 @@ func newLeaseDB(cfg *Config) *leaseDB {
 		declined:    map[netip.Addr]time.Time{},
 		reservedMAC: map[hwaddr]Reservation{},
 		reservedIP:  map[netip.Addr]hwaddr{},
-		file:        cfg.LeaseFile,
+		store:       cfg.LeaseStore,
 		newClients:  admission{rate: float64(cfg.NewLeasesPerSecond), burst: float64(cfg.NewLeasesPerSecond)},
+	}
+	if db.store == nil && cfg.LeaseFile != "" {
+		db.store = leaseFileStore(cfg.LeaseFile)
 	}
 	db.pcond = sync.NewCond(&db.pmu)
 	if cfg.PoolStart.IsValid() {
@@ -505,33 +510,31 @@ const (
 // (address outside the pool, now reserved for another MAC) are dropped and
 // reported; a missing file is an empty database; a corrupt one is an error,
 // because starting empty could hand out addresses twice.
+//
+// Loaded again (ReloadLeases), it merges: of two leases of one address or
+// one client, the one that expires later stays.
 func (db *leaseDB) load(now time.Time) (dropped []string, err error) {
-	if db.file == "" {
+	if db.store == nil {
 		return nil, nil
 	}
-	f, err := os.Open(db.file)
-	if errors.Is(err, fs.ErrNotExist) {
+	data, err := db.store.LoadLeases()
+	if err != nil {
+		return nil, fmt.Errorf("dhcp: %s: %w", db.store, err)
+	}
+	if data == nil {
 		return nil, nil
 	}
-	if err != nil {
-		return nil, fmt.Errorf("dhcp: lease file: %w", err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("dhcp: lease file: %w", err)
-	}
-	if st.Size() > maxLeaseFile {
-		return nil, fmt.Errorf("dhcp: lease file %s: %d bytes is too large", db.file, st.Size())
+	if len(data) > maxLeaseFile {
+		return nil, fmt.Errorf("dhcp: %s: %d bytes is too large", db.store, len(data))
 	}
 	var lf leaseFile
-	dec := json.NewDecoder(f)
+	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&lf); err != nil {
-		return nil, fmt.Errorf("dhcp: lease file %s: %w", db.file, err)
+		return nil, fmt.Errorf("dhcp: %s: %w", db.store, err)
 	}
 	if lf.Version != leaseFileVersion {
-		return nil, fmt.Errorf("dhcp: lease file %s: version %d, want %d", db.file, lf.Version, leaseFileVersion)
+		return nil, fmt.Errorf("dhcp: %s: version %d, want %d", db.store, lf.Version, leaseFileVersion)
 	}
 	db.mu.Lock()
 	defer db.mu.Unlock()
@@ -540,7 +543,7 @@ func (db *leaseDB) load(now time.Time) (dropped []string, err error) {
 		ip, err2 := netip.ParseAddr(r.IP)
 		mac, ok := toHW(hw)
 		if err1 != nil || err2 != nil || !ok {
-			return nil, fmt.Errorf("dhcp: lease file %s: bad lease %q %q", db.file, r.MAC, r.IP)
+			return nil, fmt.Errorf("dhcp: %s: bad lease %q %q", db.store, r.MAC, r.IP)
 		}
 		if !db.validFor(ip, mac) {
 			dropped = append(dropped, fmt.Sprintf("%s %s: address no longer valid for this client", r.MAC, r.IP))
@@ -568,7 +571,7 @@ func (db *leaseDB) load(now time.Time) (dropped []string, err error) {
 	for _, d := range lf.Declined {
 		ip, err := netip.ParseAddr(d.IP)
 		if err != nil {
-			return nil, fmt.Errorf("dhcp: lease file %s: bad declined address %q", db.file, d.IP)
+			return nil, fmt.Errorf("dhcp: %s: bad declined address %q", db.store, d.IP)
 		}
 		if now.Before(d.Until) && db.cfg.Subnet.Contains(ip) {
 			db.declined[ip] = d.Until
@@ -609,7 +612,7 @@ func (db *leaseDB) encodeLocked(now time.Time) ([]byte, error) {
 // (RFC 2131 4.3.2: a server commits a binding to persistent storage before
 // it sends the DHCPACK). Concurrent callers share writes.
 func (db *leaseDB) sync(gen uint64, now func() time.Time) error {
-	if db.file == "" || gen == 0 {
+	if db.store == nil || gen == 0 {
 		return nil
 	}
 	db.pmu.Lock()
@@ -626,7 +629,7 @@ func (db *leaseDB) sync(gen uint64, now func() time.Time) error {
 		data, err := db.encodeLocked(now())
 		db.mu.Unlock()
 		if err == nil {
-			err = fsutil.WriteFileAtomic(db.file, data, 0o644)
+			err = db.store.SaveLeases(data)
 		}
 		if err == nil {
 			db.writes.Add(1)
@@ -638,7 +641,7 @@ func (db *leaseDB) sync(gen uint64, now func() time.Time) error {
 		}
 		db.pcond.Broadcast()
 		if err != nil {
-			return fmt.Errorf("dhcp: write lease file: %w", err)
+			return fmt.Errorf("dhcp: writing the leases to %s: %w", db.store, err)
 		}
 	}
 	return nil
@@ -648,4 +651,44 @@ func (db *leaseDB) currentGen() uint64 {
 	db.mu.Lock()
 	defer db.mu.Unlock()
 	return db.gen
+}
+
+// LeaseStore keeps the lease database's one record (JSON) somewhere other
+// than a file. Implementations are safe for concurrent use; String names
+// it in errors.
+type LeaseStore interface {
+	// LoadLeases returns the record, nil when there is none yet.
+	LoadLeases() ([]byte, error)
+	// SaveLeases replaces it; when it returns nil the record is durable.
+	SaveLeases([]byte) error
+	String() string
+}
+
+// leaseFileStore is Config.LeaseFile.
+type leaseFileStore string
+
+func (f leaseFileStore) String() string { return "lease file " + string(f) }
+
+func (f leaseFileStore) LoadLeases() ([]byte, error) {
+	fh, err := os.Open(string(f))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer fh.Close()
+	// One byte more than allowed tells load it is too large.
+	data, err := io.ReadAll(io.LimitReader(fh, maxLeaseFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if data == nil {
+		data = []byte{}
+	}
+	return data, nil
+}
+
+func (f leaseFileStore) SaveLeases(data []byte) error {
+	return fsutil.WriteFileAtomic(string(f), data, 0o644)
 }

@@ -85,6 +85,21 @@ func NewServer(cfg Config) (*Server, error) {
 	return s, nil
 }
 
+// ReloadLeases merges the leases of Config.LeaseStore into the server's
+// (full mode): a cluster's server that starts answering takes over the
+// leases the last one gave. Of two leases of one address or client, the
+// one that expires later stays.
+func (s *Server) ReloadLeases() error {
+	if s.leases == nil {
+		return nil
+	}
+	dropped, err := s.leases.load(s.now())
+	for _, d := range dropped {
+		s.log.Warn("dhcp: lease dropped on load", "op", "load", "err", d)
+	}
+	return err
+}
+
 // Stats returns the packet counters.
 func (s *Server) Stats() Stats {
 	st := s.stats.snapshot()
@@ -244,6 +259,10 @@ func (s *Server) serve(ctx context.Context, conn net.PacketConn, pxePort bool) e
 				return nil
 			}
 			return fmt.Errorf("dhcp: read: %w", err)
+		}
+		if s.cfg.Answering != nil && !s.cfg.Answering() {
+			free <- p // a standby server of a cluster: another one answers
+			continue
 		}
 		p.n, p.src = n, src
 		if !sorting {

@@ -32,46 +32,70 @@ func newTestNet(t *testing.T, withSite bool) *testNet {
 		bridge: "pb" + id, tap: "pt" + id, srvIf: "ps" + id, siteIf: "pd" + id,
 		serverIP: "10.77.0.1", siteIP: "10.77.0.2", subnetBits: "24",
 	}
-	nss := []string{n.vmNS, n.srvNS}
-	if withSite {
-		nss = append(nss, n.siteNS)
-	}
-	for _, ns := range nss {
-		if err := netns.IP("netns", "add", ns); err != nil {
-			t.Skipf("pxe: cannot create a network namespace: %v", err)
-		}
-		t.Cleanup(func() { netns.IP("netns", "del", ns) })
-		// No duplicate address detection: link-local addresses (the RA's
-		// source) are usable at once.
-		netns.IP("netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
-	}
+	addNS(t, n.vmNS)
 	steps := [][]string{ // ip arguments
 		{"-n", n.vmNS, "link", "set", "lo", "up"},
 		{"-n", n.vmNS, "link", "add", n.bridge, "type", "bridge", "forward_delay", "0"},
 		{"-n", n.vmNS, "tuntap", "add", "dev", n.tap, "mode", "tap"},
 		{"-n", n.vmNS, "link", "set", n.tap, "master", n.bridge, "up"},
-		{"-n", n.vmNS, "link", "add", "v" + n.srvIf, "type", "veth", "peer", "name", n.srvIf, "netns", n.srvNS},
-		{"-n", n.vmNS, "link", "set", "v" + n.srvIf, "master", n.bridge, "up"},
 		{"-n", n.vmNS, "link", "set", n.bridge, "up"},
-		{"-n", n.srvNS, "link", "set", "lo", "up"},
-		{"-n", n.srvNS, "addr", "add", n.serverIP + "/" + n.subnetBits, "dev", n.srvIf},
-		{"-n", n.srvNS, "link", "set", n.srvIf, "up"},
-	}
-	if withSite {
-		steps = append(steps,
-			[]string{"-n", n.vmNS, "link", "add", "v" + n.siteIf, "type", "veth", "peer", "name", n.siteIf, "netns", n.siteNS},
-			[]string{"-n", n.vmNS, "link", "set", "v" + n.siteIf, "master", n.bridge, "up"},
-			[]string{"-n", n.siteNS, "link", "set", "lo", "up"},
-			[]string{"-n", n.siteNS, "addr", "add", n.siteIP + "/" + n.subnetBits, "dev", n.siteIf},
-			[]string{"-n", n.siteNS, "link", "set", n.siteIf, "up"},
-		)
 	}
 	for _, s := range steps {
 		if err := netns.IP(s...); err != nil {
 			t.Fatal(err)
 		}
 	}
+	n.attach(t, n.srvNS, n.srvIf, n.serverIP)
+	if withSite {
+		n.attach(t, n.siteNS, n.siteIf, n.siteIP)
+	}
 	return n
+}
+
+// addNS creates namespace ns for the test's time.
+func addNS(t *testing.T, ns string) {
+	t.Helper()
+	if err := netns.IP("netns", "add", ns); err != nil {
+		t.Skipf("pxe: cannot create a network namespace: %v", err)
+	}
+	t.Cleanup(func() { netns.IP("netns", "del", ns) })
+	// No duplicate address detection: link-local addresses (the RA's
+	// source) are usable at once.
+	netns.IP("netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+}
+
+// attach creates namespace ns with interface ifName, address ip, on the
+// test network's bridge (a machine of the network: a server, the site's
+// DHCP server, the storage).
+func (n *testNet) attach(t *testing.T, ns, ifName, ip string) {
+	t.Helper()
+	addNS(t, ns)
+	for _, s := range [][]string{
+		{"-n", n.vmNS, "link", "add", "v" + ifName, "type", "veth", "peer", "name", ifName, "netns", ns},
+		{"-n", n.vmNS, "link", "set", "v" + ifName, "master", n.bridge, "up"},
+		{"-n", ns, "link", "set", "lo", "up"},
+		{"-n", ns, "addr", "add", ip + "/" + n.subnetBits, "dev", ifName},
+		{"-n", ns, "link", "set", ifName, "up"},
+	} {
+		if err := netns.IP(s...); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// addTap adds another QEMU tap on the bridge (a second machine running
+// at the same time as the first) and returns its name.
+func (n *testNet) addTap(t *testing.T, name string) string {
+	t.Helper()
+	for _, s := range [][]string{
+		{"-n", n.vmNS, "tuntap", "add", "dev", name, "mode", "tap"},
+		{"-n", n.vmNS, "link", "set", name, "master", n.bridge, "up"},
+	} {
+		if err := netns.IP(s...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return name
 }
 
 // startDaemon runs args in namespace ns. At cleanup it gets SIGTERM (SIGKILL

@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/diskless-boot/diskless/internal/testutil/netns"
 	"github.com/diskless-boot/diskless/internal/testutil/ports"
 	"github.com/diskless-boot/diskless/internal/testutil/proc"
 )
@@ -23,11 +25,12 @@ import (
 // Server is a running (or stopped) etcd. Its methods are not safe for
 // concurrent use.
 type Server struct {
-	// Endpoint is the client URL, http://127.0.0.1:PORT.
+	// Endpoint is the client URL, http://127.0.0.1:PORT (StartIn: http://IP:2379).
 	Endpoint string
 	tb       testing.TB
 	argv     []string
 	p        *proc.Proc
+	ns       string // network namespace it runs in ("": the test's own)
 }
 
 // Start starts etcd and waits until it answers its health check. It skips
@@ -38,16 +41,35 @@ func Start(tb testing.TB) *Server {
 	if err != nil {
 		tb.Skip("etcd not in PATH (Debian package etcd-server; scripts/ci-deps.sh installs it)")
 	}
-	client := fmt.Sprintf("http://127.0.0.1:%d", ports.FreeTCP(tb))
-	peer := fmt.Sprintf("http://127.0.0.1:%d", ports.FreeTCP(tb))
-	s := &Server{Endpoint: client, tb: tb, argv: []string{bin,
+	return start(tb, bin, "", fmt.Sprintf("127.0.0.1:%d", ports.FreeTCP(tb)), fmt.Sprintf("127.0.0.1:%d", ports.FreeTCP(tb)))
+}
+
+// StartIn starts etcd inside network namespace ns (which the test made),
+// listening on ip:2379, for servers in other namespaces of the test's
+// network to reach it there.
+func StartIn(tb testing.TB, ns, ip string) *Server {
+	tb.Helper()
+	bin, err := exec.LookPath("etcd")
+	if err != nil {
+		tb.Skip("etcd not in PATH (Debian package etcd-server; scripts/ci-deps.sh installs it)")
+	}
+	return start(tb, bin, ns, ip+":2379", ip+":2380")
+}
+
+func start(tb testing.TB, bin, ns, clientAddr, peerAddr string) *Server {
+	client, peer := "http://"+clientAddr, "http://"+peerAddr
+	argv := []string{bin}
+	if ns != "" {
+		argv = []string{"ip", "netns", "exec", ns, bin}
+	}
+	s := &Server{Endpoint: client, tb: tb, ns: ns, argv: append(argv,
 		"--name", "test",
 		"--data-dir", filepath.Join(tb.TempDir(), "data"), // etcd makes it 0700
 		"--listen-client-urls", client, "--advertise-client-urls", client,
 		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-		"--initial-cluster", "test=" + peer, "--initial-cluster-state", "new",
+		"--initial-cluster", "test="+peer, "--initial-cluster-state", "new",
 		"--logger", "zap", "--log-level", "warn",
-	}}
+	)}
 	s.Restart()
 	return s
 }
@@ -86,6 +108,16 @@ func (s *Server) waitHealthy(timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	c := &http.Client{Timeout: time.Second}
+	if s.ns != "" {
+		c.Transport = &http.Transport{DialContext: func(ctx context.Context, network, addr string) (conn net.Conn, err error) {
+			err = netns.Run(s.ns, func() error {
+				var d net.Dialer
+				conn, err = d.DialContext(ctx, network, addr)
+				return err
+			})
+			return conn, err
+		}}
+	}
 	var last string
 	for {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.Endpoint+"/health", nil)
