@@ -94,5 +94,3 @@ for side in tgt diskless; do
 			'BEGIN { printf "%-8s %6.1f us/IO round trip, initiator CPU %5.1f us/IO\n", s, t/20000*1e6, (u+k)/20000*1e6 }'
 	done
 done
-(cd "$repo" && go build -o "$work/qd1floor" ./bench/qd1floor)
-for _ in 1 2 3; do "$work/qd1floor"; done
