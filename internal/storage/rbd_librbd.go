@@ -2,6 +2,10 @@
 
 package storage
 
+// Built with -tags ceph,pacific: go-ceph picks the librbd API by tag and
+// Debian 12 has Ceph 16 (pacific); -tags ceph alone fails in go-ceph
+// ("could not determine what C.rbd_encryption_load2 refers to").
+//
 // The calls into librbd that go-ceph does not wrap: asynchronous I/O, and
 // the exclusive lock of the image handle a host disk is served through.
 //
