@@ -4,6 +4,7 @@ package storage
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/diskless-boot/diskless/internal/disk"
+	"github.com/diskless-boot/diskless/internal/scsi"
 	"github.com/diskless-boot/diskless/internal/testutil/ceph"
 )
 
@@ -381,5 +383,105 @@ func TestRBDBoundedCall(t *testing.T) {
 	}
 	if _, err := d.WriteAt(p, 0); err != nil {
 		t.Fatalf("write after the OSD returned: %v", err)
+	}
+}
+
+// The SCSI layer on an RBD host disk: capacity and thin provisioning from
+// the image, WRITE with FUA and READ, UNMAP reading zeros, SYNCHRONIZE
+// CACHE, and once another server took the disk, DATA PROTECT for writes.
+func TestRBDThroughSCSI(t *testing.T) {
+	c := ceph.Shared(t)
+	a := newRBD(t, c, "", RBDOptions{})
+	ctx := t.Context()
+	ref := VersionRef{Image: "s", Version: 1}
+	const size = 8 << 20
+	if err := a.WriteVersion(ctx, ref, size, bytes.NewReader(bytes.Repeat([]byte{0x5a}, size)), nil); err != nil {
+		t.Fatal(err)
+	}
+	st, err := a.CreateDisk(ctx, "pc", Persistent, ref, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := a.OpenDisk("pc", st, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.CloseDisk("pc")
+	lu, err := scsi.NewLogicalUnit(d, scsi.LUConfig{Serial: "rbd"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tgt := scsi.NewTarget(scsi.TargetConfig{})
+	tgt.AddLU(0, lu)
+	nexus := scsi.Nexus{InitiatorName: "iqn.test", ISID: 1, RelTargetPort: 1}
+	// exec runs a command; a read's data comes back with its result.
+	var got []byte
+	exec := func(cdb, out []byte, in int) scsi.Result {
+		cmd := scsi.Command{Nexus: nexus, CDB: cdb, DataOut: out}
+		if in > 0 {
+			cmd.DataIn = make([]byte, in)
+		}
+		r := tgt.Execute(&cmd)
+		got = cmd.DataIn[:r.N]
+		return r
+	}
+	for range 3 { // unit attentions of a new nexus
+		if r := exec(make([]byte, 6), nil, 0); r.Status == scsi.StatusGood {
+			break
+		}
+	}
+	cdb10 := func(op byte, flags byte, lba uint32, n uint16) []byte {
+		b := []byte{op, flags, 0, 0, 0, 0, 0, 0, 0, 0}
+		binary.BigEndian.PutUint32(b[2:], lba)
+		binary.BigEndian.PutUint16(b[7:], n)
+		return b
+	}
+	// READ CAPACITY(16): the image's size, LBPME set (UNMAP supported).
+	rc := make([]byte, 16)
+	rc[0], rc[1] = 0x9e, 0x10
+	binary.BigEndian.PutUint32(rc[10:], 32)
+	r := exec(rc, nil, 32)
+	if r.Status != scsi.StatusGood {
+		t.Fatalf("READ CAPACITY(16): status %#x", r.Status)
+	}
+	if last := binary.BigEndian.Uint64(got); last != size/512-1 || got[14]&0x80 == 0 {
+		t.Errorf("READ CAPACITY(16): last LBA %d (want %d), LBPME %v", last, size/512-1, got[14]&0x80 != 0)
+	}
+	data := bytes.Repeat([]byte{0xc3}, 8*512)
+	if r := exec(cdb10(0x2a, 0x08, 100, 8), data, 0); r.Status != scsi.StatusGood { // WRITE(10) FUA
+		t.Fatalf("WRITE FUA: status %#x", r.Status)
+	}
+	if r := exec(cdb10(0x28, 0, 100, 8), nil, len(data)); r.Status != scsi.StatusGood || !bytes.Equal(got, data) {
+		t.Fatalf("READ after WRITE: status %#x, data equal %v", r.Status, bytes.Equal(got, data))
+	}
+	// UNMAP 4 blocks of it: they read zeros, the rest stays.
+	param := make([]byte, 24)
+	binary.BigEndian.PutUint16(param[0:], 22)
+	binary.BigEndian.PutUint16(param[2:], 16)
+	binary.BigEndian.PutUint64(param[8:], 102)
+	binary.BigEndian.PutUint32(param[16:], 4)
+	unmap := make([]byte, 10)
+	unmap[0] = 0x42
+	binary.BigEndian.PutUint16(unmap[7:], uint16(len(param)))
+	if r := exec(unmap, param, 0); r.Status != scsi.StatusGood {
+		t.Fatalf("UNMAP: status %#x sense %x", r.Status, r.Sense)
+	}
+	want := bytes.Clone(data)
+	clear(want[2*512 : 6*512])
+	if r := exec(cdb10(0x28, 0, 100, 8), nil, len(data)); r.Status != scsi.StatusGood || !bytes.Equal(got, want) {
+		t.Fatalf("READ after UNMAP: status %#x, as expected %v", r.Status, bytes.Equal(got, want))
+	}
+	if r := exec(cdb10(0x35, 0, 0, 0), nil, 0); r.Status != scsi.StatusGood {
+		t.Fatalf("SYNCHRONIZE CACHE: status %#x", r.Status)
+	}
+	// Another server takes the disk: writes here are DATA PROTECT.
+	b := newRBD(t, c, a.opts.Namespace, RBDOptions{MayBreakLock: func(string, string) (bool, string) { return true, "test" }})
+	if _, err := b.OpenDisk("pc", st, nil); err != nil {
+		t.Fatal(err)
+	}
+	defer b.CloseDisk("pc")
+	r = exec(cdb10(0x2a, 0, 100, 8), data, 0)
+	if r.Status != scsi.StatusCheckCondition || len(r.Sense) < 3 || r.Sense[2]&0x0f != 0x07 {
+		t.Fatalf("WRITE on a fenced disk: status %#x sense %x, want DATA PROTECT", r.Status, r.Sense)
 	}
 }
