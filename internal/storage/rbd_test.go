@@ -485,3 +485,96 @@ func TestRBDThroughSCSI(t *testing.T) {
 		t.Fatalf("WRITE on a fenced disk: status %#x sense %x, want DATA PROTECT", r.Status, r.Sense)
 	}
 }
+
+// TestRBDFigures measures device-level throughput (no iSCSI): 4 KiB QD32
+// and 1 MiB QD8, random offsets, on an RBD host disk and on a raw file of
+// the same size, each for a few seconds. BENCHMARKS.md has a run. Only
+// with DISKLESS_BENCH_RBD=1.
+func TestRBDFigures(t *testing.T) {
+	if os.Getenv("DISKLESS_BENCH_RBD") != "1" {
+		t.Skip("a measurement: DISKLESS_BENCH_RBD=1")
+	}
+	c := ceph.Shared(t)
+	b := newRBD(t, c, "", RBDOptions{})
+	const size = 1 << 30
+	ref := VersionRef{Image: "bench", Version: 1}
+	if err := b.WriteVersion(t.Context(), ref, size, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	st, err := b.CreateDisk(t.Context(), "b", Persistent, ref, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rbdDev, err := b.OpenDisk("b", st, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.CloseDisk("b")
+	path := t.TempDir() + "/raw.img"
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, size); err != nil {
+		t.Fatal(err)
+	}
+	file, err := disk.OpenFile(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer file.Close()
+	// Fill both first so reads read data, not holes.
+	chunk := bytes.Repeat([]byte{0xa5}, 4<<20)
+	for _, d := range []disk.Device{rbdDev, file} {
+		for off := int64(0); off < size; off += int64(len(chunk)) {
+			if _, err := d.WriteAt(chunk, off); err != nil {
+				t.Fatal(err)
+			}
+		}
+		d.Flush()
+	}
+	run := func(d disk.Device, bs, qd int, write bool) float64 {
+		var ops atomic.Int64
+		deadline := time.Now().Add(4 * time.Second)
+		var wg sync.WaitGroup
+		for w := range qd {
+			wg.Go(func() {
+				r := rand.New(rand.NewPCG(uint64(w), 9))
+				p := make([]byte, bs)
+				for time.Now().Before(deadline) {
+					off := int64(r.IntN(size/bs)) * int64(bs)
+					var err error
+					if write {
+						_, err = d.WriteAt(p, off)
+					} else {
+						_, err = d.ReadAt(p, off)
+					}
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					ops.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		return float64(ops.Load()) / 4
+	}
+	for _, w := range []struct {
+		name      string
+		bs, qd    int
+		write     bool
+		inMiBPerS bool
+	}{
+		{"read 4 KiB QD32", 4096, 32, false, false},
+		{"write 4 KiB QD32", 4096, 32, true, false},
+		{"read 1 MiB QD8", 1 << 20, 8, false, true},
+		{"write 1 MiB QD8", 1 << 20, 8, true, true},
+	} {
+		r, f := run(rbdDev, w.bs, w.qd, w.write), run(file, w.bs, w.qd, w.write)
+		if w.inMiBPerS {
+			t.Logf("%-17s rbd %8.0f MiB/s   raw file %8.0f MiB/s", w.name, r*float64(w.bs)/(1<<20), f*float64(w.bs)/(1<<20))
+		} else {
+			t.Logf("%-17s rbd %8.0f IOPS    raw file %8.0f IOPS", w.name, r, f)
+		}
+	}
+}
