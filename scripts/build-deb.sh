@@ -2,6 +2,9 @@
 # Build diskless_<version>_amd64.deb: the static binary (CGO_ENABLED=0,
 # its version from git describe), packed with the systemd units, the
 # default configuration and the docs by scripts/mkdeb (nfpm as a library).
+# Beside it, OUTDIR/diskless-ceph: the same server with the Ceph RBD storage
+# backend (cgo, -tags ceph,pacific; needs librbd1 and librados2 at run time,
+# librbd-dev and librados-dev to build). The package ships the static one.
 #   scripts/build-deb.sh [OUTDIR]     (default: dist/)
 # Prints the path of the package.
 set -euo pipefail
@@ -33,5 +36,7 @@ mkdeb=$!
 CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go build -trimpath \
 	-ldflags "-s -w -X main.version=$describe" -o "$bin/diskless" ./cmd/diskless
 wait "$mkdeb"
+CGO_ENABLED=1 GOOS=linux GOARCH=amd64 go build -trimpath -tags ceph,pacific \
+	-ldflags "-s -w -X main.version=$describe" -o "$out/diskless-ceph" ./cmd/diskless
 "$bin/mkdeb" --repo . --binary "$bin/diskless" --version "$version" --arch amd64 \
 	--mtime "$commit_time" --out "$out"

@@ -38,6 +38,11 @@ pkgs=(
 	init-system-helpers # deb-systemd-helper in the .deb's maintainer scripts
 	prometheus      # promtool checks a real /metrics scrape (internal/app TestMetricsPromtool)
 	etcd-server     # the etcd store's tests start their own etcd on loopback (internal/testutil/etcd)
+	ceph-mon        # the RBD backend's tests start their own one-node Ceph on loopback (internal/testutil/ceph)
+	ceph-osd
+	ceph-common     # ceph, rbd, rados, ceph-authtool, monmaptool
+	librbd-dev      # the -tags ceph build (go-ceph, cgo)
+	librados-dev
 )
 
 missing=()
@@ -56,12 +61,16 @@ fi
 # systemd runs: nothing here needs it, so it is stopped and not started again.
 # etcd-server likewise brings an etcd daemon on the default ports 2379/2380;
 # the tests start their own on free ports, so it is stopped and disabled too.
-for svc in prometheus etcd; do
+# The Ceph packages enable ceph.target and their daemons' templates; nothing
+# is configured, but none should run: stopped and disabled.
+for svc in prometheus etcd ceph ceph-mon ceph-osd; do
 	pkg=$svc
 	[ "$svc" = etcd ] && pkg=etcd-server
+	[ "$svc" = ceph ] && pkg=ceph-common
 	[[ " ${missing[*]} " == *" $pkg "* ]] || continue
 	if [ -d /run/systemd/system ]; then
 		systemctl disable --now "$svc.service" >/dev/null 2>&1 || true
+		systemctl disable --now "$svc.target" >/dev/null 2>&1 || true
 	elif [ -x "/etc/init.d/$svc" ]; then
 		"/etc/init.d/$svc" stop >/dev/null 2>&1 || true
 		update-rc.d "$svc" disable >/dev/null 2>&1 || true

@@ -146,7 +146,7 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 		return l, nil
 	}
 
-	site, err := OpenSite(ctx, cfg.DataDir, SiteOptions{IQNBase: cfg.IQNBase, Logger: log, Store: cfg.Store})
+	site, err := OpenSite(ctx, cfg.DataDir, SiteOptions{IQNBase: cfg.IQNBase, Logger: log, Store: cfg.Store, Storage: cfg.Storage})
 	if err != nil {
 		return err
 	}

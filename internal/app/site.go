@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -23,8 +24,10 @@ type Site struct {
 	Dir string
 	// Store is data_dir/state.db (*store.Bolt) or, with store.backend
 	// etcd, an *etcdstore.Store other servers share (a store.Watcher).
-	Store   store.Store
-	Backend *storage.Local
+	Store store.Store
+	// Backend is the storage the config's storage section names:
+	// *storage.Local (files in Dir) or *storage.RBD (a Ceph pool).
+	Backend storage.Backend
 	Inv     *inventory.Inventory
 }
 
@@ -35,6 +38,14 @@ type SiteOptions struct {
 	// Store selects the state store (the config's store section). The
 	// zero value is bolt in the data directory.
 	Store config.Store
+	// Storage selects the storage backend (the config's storage
+	// section). The zero value is local files in the data directory.
+	Storage config.Storage
+	// MayBreakLock and OnFenced are the fencing policy of the rbd
+	// backend (storage.RBDOptions); nil: never break another server's
+	// lock, and only log a fenced disk.
+	MayBreakLock func(host, owner string) (bool, string)
+	OnFenced     func(host string, err error)
 }
 
 // Legacy files of data_dir from before the state store, migrated into it
@@ -70,13 +81,14 @@ func OpenSite(ctx context.Context, dir string, opts SiteOptions) (*Site, error) 
 		db.Close()
 		return nil, err
 	}
-	be, err := storage.NewLocal(dir, log)
+	be, err := openBackend(dir, opts, log)
 	if err != nil {
 		db.Close()
 		return nil, err
 	}
 	inv, err := inventory.New(inventory.Options{Store: db, Backend: be, IQNBase: opts.IQNBase, Logger: log})
 	if err != nil {
+		closeBackend(be)
 		db.Close()
 		return nil, err
 	}
@@ -117,8 +129,32 @@ func openStore(ctx context.Context, dir string, sc config.Store, log *slog.Logge
 	return bdb, false, nil
 }
 
-// Close releases the store (and with it the data directory's lock).
-func (s *Site) Close() error { return s.Store.Close() }
+// openBackend opens the storage backend opts.Storage names.
+func openBackend(dir string, opts SiteOptions, log *slog.Logger) (storage.Backend, error) {
+	if opts.Storage.Backend != config.StorageRBD {
+		return storage.NewLocal(dir, log)
+	}
+	r := opts.Storage.RBD
+	be, err := storage.OpenRBD(storage.RBDOptions{Pool: r.Pool, CephConf: r.CephConf, User: r.User, Keyring: r.Keyring,
+		OpTimeout: r.OpTimeout, DataDir: dir, MayBreakLock: opts.MayBreakLock, OnFenced: opts.OnFenced, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	log.Info("images and host disks in Ceph RBD", "pool", r.Pool, "client", be.ClientID())
+	return be, nil
+}
+
+// closeBackend closes a backend that holds a connection (rbd).
+func closeBackend(be storage.Backend) error {
+	if c, ok := be.(io.Closer); ok {
+		return c.Close()
+	}
+	return nil
+}
+
+// Close releases the store (and with it the data directory's lock) and
+// the storage backend's connection.
+func (s *Site) Close() error { return errors.Join(s.Store.Close(), closeBackend(s.Backend)) }
 
 // migrateInstallID carries the install ID of an older data directory into
 // a new store, so generated IQNs stay what the hosts were set up with.

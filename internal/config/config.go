@@ -41,6 +41,10 @@ const (
 	DefaultEnrollPerMin   = 10
 	DefaultStoreBackend   = StoreBolt
 	DefaultEtcdPrefix     = "/diskless/" // etcdstore.DefaultPrefix
+	DefaultStorageBackend = StorageLocal
+	DefaultCephConf       = "/etc/ceph/ceph.conf"
+	DefaultRBDUser        = "diskless"
+	DefaultRBDOpTimeout   = 30 * time.Second
 	// LeaseFileName is the default lease file, inside data_dir.
 	LeaseFileName = "dhcp-leases.json"
 )
@@ -64,6 +68,12 @@ const (
 const (
 	StoreBolt = "bolt"
 	StoreEtcd = "etcd"
+)
+
+// Storage backends (storage.backend).
+const (
+	StorageLocal = "local"
+	StorageRBD   = "rbd"
 )
 
 // Boot modes (hosts[].boot).
@@ -106,6 +116,9 @@ type Config struct {
 	// store.backend etcd): they elect one active server that holds the
 	// site's floating address.
 	Cluster Cluster `yaml:"cluster"`
+	// Storage says where image versions and host disks are: files in
+	// data_dir (local) or a Ceph RBD pool several servers share.
+	Storage Storage `yaml:"storage"`
 	// IQNBase is the prefix of generated IQNs. Default
 	// "iqn.2026-01.boot.diskless:" followed by this install's random ID
 	// (kept in the state store), so two installs never clash.
@@ -230,6 +243,34 @@ func (c *Cluster) Prefix() netip.Prefix {
 	return p
 }
 
+// Storage is the storage section.
+type Storage struct {
+	// Backend is "local" (files in data_dir) or "rbd" (a Ceph pool; needs
+	// the binary built with -tags ceph). Default "local".
+	Backend string `yaml:"backend"`
+	// RBD configures the rbd backend.
+	RBD RBD `yaml:"rbd"`
+}
+
+// RBD is the storage.rbd section.
+type RBD struct {
+	// Pool holds the images and host disks. Required with backend rbd.
+	Pool string `yaml:"pool"`
+	// CephConf is the Ceph configuration file (mon_host). Default
+	// "/etc/ceph/ceph.conf".
+	CephConf string `yaml:"ceph_conf"`
+	// User is the cephx client name without "client.". Default
+	// "diskless".
+	User string `yaml:"user"`
+	// Keyring is the file holding its key. Default "": what ceph_conf
+	// says (/etc/ceph/ceph.client.<user>.keyring).
+	Keyring string `yaml:"keyring"`
+	// OpTimeout bounds every call into the cluster (rados_osd_op_timeout,
+	// rados_mon_op_timeout, client_mount_timeout). Default 30s; between
+	// 1s and 10m.
+	OpTimeout time.Duration `yaml:"op_timeout"`
+}
+
 // Boots is the boots section: the boot telemetry.
 type Boots struct {
 	// StuckAfter marks a boot stuck when it made no progress (no DHCP,
@@ -350,12 +391,14 @@ type Host struct {
 // Default returns the configuration with every default set and no hosts.
 func Default() *Config {
 	c := &Config{
-		DHCP:         DHCP{Mode: DefaultDHCPMode, LeaseTime: DefaultLeaseTime},
-		Boots:        Boots{StuckAfter: DefaultStuckAfter},
-		TFTP:         TFTP{Root: DefaultTFTPRoot, Enabled: true},
-		ISCSI:        ISCSI{PortalGroupTag: DefaultPortalGroupTag},
-		DataDir:      DefaultDataDir,
-		Store:        Store{Backend: DefaultStoreBackend, Etcd: Etcd{Prefix: DefaultEtcdPrefix}},
+		DHCP:    DHCP{Mode: DefaultDHCPMode, LeaseTime: DefaultLeaseTime},
+		Boots:   Boots{StuckAfter: DefaultStuckAfter},
+		TFTP:    TFTP{Root: DefaultTFTPRoot, Enabled: true},
+		ISCSI:   ISCSI{PortalGroupTag: DefaultPortalGroupTag},
+		DataDir: DefaultDataDir,
+		Store:   Store{Backend: DefaultStoreBackend, Etcd: Etcd{Prefix: DefaultEtcdPrefix}},
+		Storage: Storage{Backend: DefaultStorageBackend, RBD: RBD{CephConf: DefaultCephConf, User: DefaultRBDUser,
+			OpTimeout: DefaultRBDOpTimeout}},
 		UnknownHosts: UnknownHosts{Policy: DefaultUnknownPolicy},
 	}
 	c.UnknownHosts.Enroll = Enroll{NamePattern: DefaultNamePattern, MaxHosts: DefaultMaxEnrolled, MaxPerMinute: DefaultEnrollPerMin}

@@ -132,6 +132,34 @@ func TestStoreSection(t *testing.T) {
 	}
 }
 
+func TestStorageSection(t *testing.T) {
+	c, err := Parse("x.yaml", []byte("interface: eth0\nstorage:\n  backend: rbd\n  rbd:\n    pool: diskless\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if r := c.Storage.RBD; c.Storage.Backend != StorageRBD || r.Pool != "diskless" || r.CephConf != "/etc/ceph/ceph.conf" ||
+		r.User != "diskless" || r.OpTimeout != 30*time.Second {
+		t.Errorf("storage: %+v", c.Storage)
+	}
+	for _, bad := range []string{
+		"storage:\n  backend: rbd\n",                                          // no pool
+		"storage:\n  backend: ceph\n",                                         // unknown backend
+		"storage:\n  rbd:\n    pool: p\n",                                     // pool without rbd
+		"storage:\n  backend: rbd\n  rbd:\n    pool: p\n    op_timeout: 0s\n", // no bound
+	} {
+		c, err := Parse("x.yaml", []byte("interface: eth0\n"+bad))
+		if err == nil {
+			err = c.Validate()
+		}
+		if err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+}
+
 func TestEmptyFileIsDefaults(t *testing.T) {
 	c, err := Parse("x.yaml", nil)
 	if err != nil {

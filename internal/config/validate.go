@@ -85,6 +85,7 @@ func (v *validator) check() {
 		v.fail("data_dir", "required: where generated secrets and leases are kept")
 	}
 	v.checkStore()
+	v.checkStorage()
 	if c.IQNBase != "" {
 		if why := checkIQN(c.IQNBase); why != "" {
 			v.fail("iqn_base", "%q: %s", c.IQNBase, why)
@@ -171,6 +172,35 @@ func (v *validator) checkCluster() {
 }
 
 var clusterName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+// checkStorage checks the storage section.
+func (v *validator) checkStorage() {
+	st := &v.c.Storage
+	r := &st.RBD
+	switch st.Backend {
+	case StorageLocal:
+		if r.Pool != "" {
+			v.fail("storage.rbd.pool", "set, but storage.backend is local: set storage.backend: rbd to use Ceph")
+		}
+		return
+	case StorageRBD:
+	default:
+		v.fail("storage.backend", "%q: want local or rbd", st.Backend)
+		return
+	}
+	if r.Pool == "" {
+		v.fail("storage.rbd.pool", "required with storage.backend rbd: the Ceph pool that holds images and host disks")
+	}
+	if r.CephConf == "" {
+		v.fail("storage.rbd.ceph_conf", "empty: want the Ceph configuration file, e.g. /etc/ceph/ceph.conf")
+	}
+	if r.User == "" || strings.HasPrefix(r.User, "client.") {
+		v.fail("storage.rbd.user", "%q: want the cephx user without \"client.\", e.g. diskless", r.User)
+	}
+	if r.OpTimeout < time.Second || r.OpTimeout > 10*time.Minute {
+		v.fail("storage.rbd.op_timeout", "%s: want between 1s and 10m", r.OpTimeout)
+	}
+}
 
 // checkEnroll checks unknown_hosts.enroll: used by policy enroll, and as
 // the defaults of `host adopt` under any policy.

@@ -2,7 +2,7 @@
 // units: raw image files (File), and copy-on-write overlays (Overlay) that
 // give each host a writable disk over a shared read-only base image, with
 // snapshots as read-only layers (docs/overlay-format.md). Other back ends
-// (Ceph RBD) can come behind the same interface.
+// (Ceph RBD, internal/storage/rbd) implement the same interface.
 //
 // It knows nothing of SCSI or networking: offsets and lengths are in bytes.
 // It does not decide which layers make up a host's disk: the inventory
@@ -84,3 +84,9 @@ type Failer interface {
 // flush may have lost. Reads keep working. The failing flush itself
 // returns its own error, not this one.
 var ErrDeviceFailed = errors.New("disk: device failed a flush and refuses writes")
+
+// ErrFenced is returned (wrapped) by every I/O of a device whose
+// ownership was taken away (another server broke its RBD lock and the
+// cluster blocklisted this one): it must stop serving the disk at once and
+// never retry a write, which could land over the new owner's.
+var ErrFenced = errors.New("disk: fenced: another server took over this disk")

@@ -401,14 +401,15 @@ func (r *Result) fail(err error) Result {
 // 4.7.3.7, thin provisioning), WRITE PROTECTED for a read-only device and
 // for one that failed an earlier flush (disk.ErrDeviceFailed: the medium
 // refuses writes until an operator reopens it, and the initiator must not
-// retry into it), otherwise MEDIUM ERROR with the first LBA of the
+// retry into it) and for a fenced one (disk.ErrFenced: another server owns
+// it now), otherwise MEDIUM ERROR with the first LBA of the
 // transfer. The flush that fails first is a MEDIUM ERROR, WRITE ERROR.
 func diskError(err error, lba uint64, write bool) *SenseError {
 	var e *SenseError
 	switch {
 	case errors.Is(err, disk.ErrNoSpace):
 		e = senseErr(SenseDataProtect, ascSpaceAllocFailedWP)
-	case errors.Is(err, disk.ErrReadOnly), errors.Is(err, disk.ErrDeviceFailed):
+	case errors.Is(err, disk.ErrReadOnly), errors.Is(err, disk.ErrDeviceFailed), errors.Is(err, disk.ErrFenced):
 		e = senseErr(SenseDataProtect, ascWriteProtected)
 	case write:
 		e = &SenseError{Key: SenseMediumError, Code: ascWriteError, Info: lba, InfoValid: true}

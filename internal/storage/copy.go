@@ -32,20 +32,24 @@ func copySparse(ctx context.Context, dst *os.File, size int64, src Source, progr
 	if src.Size() != size {
 		return fmt.Errorf("source holds %d bytes, want %d", src.Size(), size)
 	}
-	cs := copySource{Source: src}
-	switch s := src.(type) {
-	case extenter:
-		cs.extents = s.Extents
-	case disk.AllocationReporter:
-		cs.extents = func(fn func(off, length int64, zero bool) error) error { return mappedExtents(s, size, fn) }
-	default:
-		cs.extents = func(fn func(off, length int64, zero bool) error) error { return fn(0, size, false) }
-	}
+	cs := copySource{Source: src, extents: sourceExtents(src, size)}
 	return imagefmt.Copy(ctx, dst, cs, func(done, _ int64) {
 		if progress != nil {
 			progress(done)
 		}
 	})
+}
+
+// sourceExtents walks src's extents, telling zero ranges it knows of
+// (imagefmt's sources, a device's unmapped ranges) from data.
+func sourceExtents(src Source, size int64) func(fn func(off, length int64, zero bool) error) error {
+	switch s := src.(type) {
+	case extenter:
+		return s.Extents
+	case disk.AllocationReporter:
+		return func(fn func(off, length int64, zero bool) error) error { return mappedExtents(s, size, fn) }
+	}
+	return func(fn func(off, length int64, zero bool) error) error { return fn(0, size, false) }
 }
 
 // copySource adapts a Source to imagefmt.Source.

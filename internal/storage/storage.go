@@ -11,8 +11,9 @@
 // them before returning the new state; operations never delete what the old
 // state still names: after the caller has committed a new state it calls
 // Prune, which removes the parts no state names any more (and at start,
-// the leftovers of an interrupted operation). A Ceph RBD backend implements
-// the same interface with RBD snapshots and clones.
+// the leftovers of an interrupted operation). The Ceph RBD backend
+// (internal/storage/rbd, built with -tags ceph) implements the same
+// interface with RBD snapshots and clones.
 //
 // Local is the default backend: files under data_dir, overlays in the
 // format of docs/overlay-format.md (internal/disk).
@@ -172,6 +173,10 @@ var (
 	ErrNotOverlay     = errors.New("storage: not a copy-on-write disk")
 	ErrDiskOpen       = errors.New("storage: disk is in use")
 	ErrTooManyLayers  = errors.New("storage: too many snapshots")
+	// ErrDiskLocked: another server holds the host disk's lock (RBD
+	// exclusive lock) and the caller's policy said it is alive; the
+	// error names the owner.
+	ErrDiskLocked = errors.New("storage: disk is locked by another server")
 	// ErrTooLarge: the file system of the data directory cannot hold a
 	// file of the size asked for (EFBIG: ext4 stops at 16 TiB).
 	ErrTooLarge = errors.New("storage: larger than the data directory's file system holds in one file")

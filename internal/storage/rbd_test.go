@@ -1,0 +1,580 @@
+//go:build ceph
+
+package storage
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/diskless-boot/diskless/internal/disk"
+	"github.com/diskless-boot/diskless/internal/scsi"
+	"github.com/diskless-boot/diskless/internal/testutil/ceph"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	ceph.StopShared()
+	os.Exit(code)
+}
+
+var rbdNS atomic.Int64
+
+// newRBD opens an RBD backend on the shared cluster in a namespace of its
+// own (so tests never see each other's images); opts' pool and
+// credentials are filled in. With ns "", a new namespace is made.
+func newRBD(t *testing.T, c *ceph.Cluster, ns string, opts RBDOptions) *RBD {
+	t.Helper()
+	if ns == "" {
+		ns = fmt.Sprintf("t%d-%d", os.Getpid(), rbdNS.Add(1))
+		if _, err := c.RBD(t.Context(), "namespace", "create", c.Pool+"/"+ns); err != nil {
+			t.Fatal(err)
+		}
+	}
+	opts.Pool, opts.Namespace, opts.CephConf, opts.User, opts.Keyring = c.Pool, ns, c.Conf, c.User, c.Keyring
+	if opts.DataDir == "" {
+		opts.DataDir = t.TempDir()
+	}
+	b, err := OpenRBD(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+func TestRBDConformance(t *testing.T) {
+	c := ceph.Shared(t)
+	runBackendSuite(t, func(t *testing.T) Backend { return newRBD(t, c, "", RBDOptions{}) })
+}
+
+// rbdInfo is `rbd info` / `rbd du` of an image of b's namespace.
+func rbdCLI(t *testing.T, c *ceph.Cluster, b *RBD, args ...string) string {
+	t.Helper()
+	args = append(args, "--namespace", b.opts.Namespace, "--pool", c.Pool)
+	out, err := c.RBD(t.Context(), args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// A persistent host disk is a clone of the version's snapshot: it has the
+// version as its parent and holds only what the host wrote, never a full
+// copy; deleting the version is refused while the clone exists.
+func TestRBDDiskIsClone(t *testing.T) {
+	c := ceph.Shared(t)
+	b := newRBD(t, c, "", RBDOptions{})
+	ctx := t.Context()
+	ref := VersionRef{Image: "deb", Version: 1}
+	data := bytes.Repeat([]byte{7}, 32<<20)
+	if err := b.WriteVersion(ctx, ref, int64(len(data)), bytes.NewReader(data), nil); err != nil {
+		t.Fatal(err)
+	}
+	st, err := b.CreateDisk(ctx, "pc1", Persistent, ref, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := b.OpenDisk("pc1", st, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.WriteAt(bytes.Repeat([]byte{9}, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	d.Flush()
+	name := rbdDiskName("pc1", st.Top)
+	info := rbdCLI(t, c, b, "info", name)
+	if !strings.Contains(info, "parent: "+c.Pool+"/"+b.opts.Namespace+"/"+rbdVersionName(ref)+"@v") {
+		t.Errorf("host disk is not a clone of the version:\n%s", info)
+	}
+	du := rbdCLI(t, c, b, "du", name, "--format", "json")
+	// One 4 MiB object written, not the 32 MiB of the version.
+	if !strings.Contains(du, `"used_size":4194304`) {
+		t.Errorf("rbd du of the clone: %s, want 4 MiB used", du)
+	}
+	if u, err := b.Usage("pc1", st); err != nil || u != 4<<20 {
+		t.Errorf("usage %d %v, want 4 MiB", u, err)
+	}
+	b.CloseDisk("pc1")
+	if err := b.DeleteVersion(ref); !errors.Is(err, ErrDiskOpen) {
+		t.Errorf("delete of a version a disk clones: %v, want ErrDiskOpen", err)
+	}
+	raw, err := b.CreateDisk(ctx, "pc2", Raw, ref, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info := rbdCLI(t, c, b, "info", rbdDiskName("pc2", rbdRawID)); strings.Contains(info, "parent:") {
+		t.Errorf("raw copy still has a parent:\n%s", info)
+	}
+	if err := b.Prune("pc1", DiskState{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Prune("pc2", DiskState{}); err != nil {
+		t.Fatal(err)
+	}
+	_ = raw
+	if err := b.DeleteVersion(ref); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Random concurrent writes, reads, unmaps and write-zeroes through the
+// device match a model of the disk, and survive a reopen.
+func TestRBDDeviceModel(t *testing.T) {
+	c := ceph.Shared(t)
+	b := newRBD(t, c, "", RBDOptions{})
+	ctx := t.Context()
+	const size = 16 << 20
+	base := make([]byte, size)
+	rng := rand.New(rand.NewPCG(5, 6))
+	for i := range base {
+		base[i] = byte(rng.Uint32())
+	}
+	ref := VersionRef{Image: "m", Version: 1}
+	if err := b.WriteVersion(ctx, ref, size, bytes.NewReader(base), nil); err != nil {
+		t.Fatal(err)
+	}
+	st, err := b.CreateDisk(ctx, "m1", Persistent, ref, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := b.OpenDisk("m1", st, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	model := bytes.Clone(base)
+	// 8 workers on disjoint 2 MiB regions, so the model needs no order.
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for w := range 8 {
+		wg.Go(func() {
+			r := rand.New(rand.NewPCG(uint64(w), 1))
+			lo := int64(w) * (size / 8)
+			for range 60 {
+				n := int64(r.IntN(64)+1) * 4096
+				off := lo + int64(r.IntN(int(size/8-n)/4096))*4096
+				switch r.IntN(4) {
+				case 0, 1:
+					p := make([]byte, n)
+					for i := range p {
+						p[i] = byte(r.Uint32())
+					}
+					if _, err := d.WriteAt(p, off); err != nil {
+						errs <- err
+						return
+					}
+					copy(model[off:], p)
+				case 2:
+					if err := d.(disk.Unmapper).Unmap(off, n); err != nil {
+						errs <- err
+						return
+					}
+					clear(model[off : off+n])
+				case 3:
+					p := make([]byte, n)
+					if _, err := d.ReadAt(p, off); err != nil {
+						errs <- err
+						return
+					}
+					if !bytes.Equal(p, model[off:off+n]) {
+						errs <- fmt.Errorf("read at %d+%d differs from the model", off, n)
+						return
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	// An unmap inside one object, not 64 KiB aligned: zeros too.
+	if err := d.(disk.Unmapper).Unmap(4096, 8192); err != nil {
+		t.Fatal(err)
+	}
+	clear(model[4096 : 4096+8192])
+	if err := d.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	check := func(what string, d disk.Device) {
+		got := make([]byte, size)
+		if _, err := d.ReadAt(got, 0); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, model) {
+			t.Fatalf("%s: disk differs from the model", what)
+		}
+	}
+	check("open", d)
+	if err := b.CloseDisk("m1"); err != nil {
+		t.Fatal(err)
+	}
+	d, err = b.OpenDisk("m1", st, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("reopened", d)
+	b.CloseDisk("m1")
+}
+
+// Two servers (two rados clients) on one host disk: the second cannot
+// open it while the first holds it; allowed to break the lock, it takes
+// the disk, the first is fenced at its next write (disk.ErrFenced, and
+// OnFenced once) and never writes again.
+func TestRBDLockFencing(t *testing.T) {
+	c := ceph.Shared(t)
+	fenced := make(chan string, 4)
+	a := newRBD(t, c, "", RBDOptions{OnFenced: func(host string, err error) {
+		if !errors.Is(err, disk.ErrFenced) {
+			t.Errorf("OnFenced with %v, want ErrFenced", err)
+		}
+		fenced <- host
+	}})
+	ctx := t.Context()
+	ref := VersionRef{Image: "f", Version: 1}
+	if err := a.WriteVersion(ctx, ref, 8<<20, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	st, err := a.CreateDisk(ctx, "pc", Persistent, ref, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	da, err := a.OpenDisk("pc", st, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := da.WriteAt(bytes.Repeat([]byte{1}, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+
+	var asked []string
+	b := newRBD(t, c, a.opts.Namespace, RBDOptions{MayBreakLock: func(host, owner string) (bool, string) {
+		asked = append(asked, owner)
+		return false, "its lease is alive"
+	}})
+	t.Logf("servers' client ids: %s and %s", a.ClientID(), b.ClientID())
+	if a.ClientID() == b.ClientID() {
+		t.Fatalf("two servers with one client id %s", a.ClientID())
+	}
+	_, err = b.OpenDisk("pc", st, nil)
+	if !errors.Is(err, ErrDiskLocked) || !strings.Contains(err.Error(), a.ClientID()) {
+		t.Fatalf("open of a disk another server holds: %v, want ErrDiskLocked naming %s", err, a.ClientID())
+	}
+	if len(asked) != 1 || asked[0] != a.ClientID() {
+		t.Errorf("policy asked about %q, want [%s]", asked, a.ClientID())
+	}
+	// a still serves it.
+	if _, err := da.WriteAt(bytes.Repeat([]byte{2}, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+
+	b.opts.MayBreakLock = func(host, owner string) (bool, string) { return owner == a.ClientID(), "its lease expired" }
+	t0 := time.Now()
+	db, err := b.OpenDisk("pc", st, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("lock broken and taken in %v", time.Since(t0))
+	got := make([]byte, 4096)
+	if _, err := db.ReadAt(got, 0); err != nil || got[0] != 2 {
+		t.Fatalf("new owner reads %d %v, want the old owner's last write (2)", got[0], err)
+	}
+	if _, err := db.WriteAt(bytes.Repeat([]byte{3}, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The old owner's next write fails, fenced, and so does all it does after.
+	_, err = da.WriteAt(bytes.Repeat([]byte{4}, 4096), 0)
+	if !errors.Is(err, disk.ErrFenced) {
+		t.Fatalf("write of the fenced server: %v, want ErrFenced", err)
+	}
+	for _, err := range []error{func() error { _, err := da.ReadAt(got, 0); return err }(), da.Flush(), a.DiskError("pc", st)} {
+		if !errors.Is(err, disk.ErrFenced) {
+			t.Errorf("after fencing: %v, want ErrFenced", err)
+		}
+	}
+	select {
+	case h := <-fenced:
+		if h != "pc" {
+			t.Errorf("OnFenced(%q)", h)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("OnFenced not called")
+	}
+	select {
+	case <-fenced:
+		t.Error("OnFenced called twice")
+	case <-time.After(200 * time.Millisecond):
+	}
+	a.CloseDisk("pc")
+	if _, err := db.ReadAt(got, 0); err != nil || got[0] != 3 {
+		t.Errorf("new owner reads %d %v, want its own write (3): the fenced server wrote over it", got[0], err)
+	}
+	if err := b.CloseDisk("pc"); err != nil {
+		t.Fatal(err)
+	}
+	// Released cleanly: a third server opens it without breaking anything.
+	c3 := newRBD(t, c, a.opts.Namespace, RBDOptions{})
+	if _, err := c3.OpenDisk("pc", st, nil); err != nil {
+		t.Fatalf("open after a clean release: %v", err)
+	}
+	c3.CloseDisk("pc")
+}
+
+// With the OSD down, a read fails within op_timeout (plus a margin)
+// instead of hanging, and the disk works again when the OSD is back.
+func TestRBDBoundedCall(t *testing.T) {
+	c := ceph.Shared(t)
+	const timeout = 3 * time.Second
+	b := newRBD(t, c, "", RBDOptions{OpTimeout: timeout})
+	ctx := t.Context()
+	ref := VersionRef{Image: "o", Version: 1}
+	if err := b.WriteVersion(ctx, ref, 8<<20, bytes.NewReader(bytes.Repeat([]byte{5}, 8<<20)), nil); err != nil {
+		t.Fatal(err)
+	}
+	st, err := b.CreateDisk(ctx, "pc", Persistent, ref, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := b.OpenDisk("pc", st, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.CloseDisk("pc")
+	p := make([]byte, 4096)
+	if err := c.StopOSD(); err != nil {
+		t.Fatal(err)
+	}
+	osdUp := false
+	defer func() {
+		if !osdUp {
+			c.StartOSD()
+		}
+	}()
+	t0 := time.Now()
+	_, err = d.ReadAt(p, 1<<20)
+	took := time.Since(t0)
+	t.Logf("read with the OSD down: %v after %v", err, took)
+	if err == nil {
+		t.Fatal("read with the OSD down succeeded")
+	}
+	if took > timeout+5*time.Second {
+		t.Errorf("read took %v, want about op_timeout %v", took, timeout)
+	}
+	if err := c.StartOSD(); err != nil {
+		t.Fatal(err)
+	}
+	osdUp = true
+	if _, err := d.ReadAt(p, 1<<20); err != nil || p[0] != 5 {
+		t.Fatalf("read after the OSD returned: %d %v", p[0], err)
+	}
+	if _, err := d.WriteAt(p, 0); err != nil {
+		t.Fatalf("write after the OSD returned: %v", err)
+	}
+}
+
+// The SCSI layer on an RBD host disk: capacity and thin provisioning from
+// the image, WRITE with FUA and READ, UNMAP reading zeros, SYNCHRONIZE
+// CACHE, and once another server took the disk, DATA PROTECT for writes.
+func TestRBDThroughSCSI(t *testing.T) {
+	c := ceph.Shared(t)
+	a := newRBD(t, c, "", RBDOptions{})
+	ctx := t.Context()
+	ref := VersionRef{Image: "s", Version: 1}
+	const size = 8 << 20
+	if err := a.WriteVersion(ctx, ref, size, bytes.NewReader(bytes.Repeat([]byte{0x5a}, size)), nil); err != nil {
+		t.Fatal(err)
+	}
+	st, err := a.CreateDisk(ctx, "pc", Persistent, ref, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := a.OpenDisk("pc", st, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.CloseDisk("pc")
+	lu, err := scsi.NewLogicalUnit(d, scsi.LUConfig{Serial: "rbd"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tgt := scsi.NewTarget(scsi.TargetConfig{})
+	tgt.AddLU(0, lu)
+	nexus := scsi.Nexus{InitiatorName: "iqn.test", ISID: 1, RelTargetPort: 1}
+	// exec runs a command; a read's data comes back with its result.
+	var got []byte
+	exec := func(cdb, out []byte, in int) scsi.Result {
+		cmd := scsi.Command{Nexus: nexus, CDB: cdb, DataOut: out}
+		if in > 0 {
+			cmd.DataIn = make([]byte, in)
+		}
+		r := tgt.Execute(&cmd)
+		got = cmd.DataIn[:r.N]
+		return r
+	}
+	for range 3 { // unit attentions of a new nexus
+		if r := exec(make([]byte, 6), nil, 0); r.Status == scsi.StatusGood {
+			break
+		}
+	}
+	cdb10 := func(op byte, flags byte, lba uint32, n uint16) []byte {
+		b := []byte{op, flags, 0, 0, 0, 0, 0, 0, 0, 0}
+		binary.BigEndian.PutUint32(b[2:], lba)
+		binary.BigEndian.PutUint16(b[7:], n)
+		return b
+	}
+	// READ CAPACITY(16): the image's size, LBPME set (UNMAP supported).
+	rc := make([]byte, 16)
+	rc[0], rc[1] = 0x9e, 0x10
+	binary.BigEndian.PutUint32(rc[10:], 32)
+	r := exec(rc, nil, 32)
+	if r.Status != scsi.StatusGood {
+		t.Fatalf("READ CAPACITY(16): status %#x", r.Status)
+	}
+	if last := binary.BigEndian.Uint64(got); last != size/512-1 || got[14]&0x80 == 0 {
+		t.Errorf("READ CAPACITY(16): last LBA %d (want %d), LBPME %v", last, size/512-1, got[14]&0x80 != 0)
+	}
+	data := bytes.Repeat([]byte{0xc3}, 8*512)
+	if r := exec(cdb10(0x2a, 0x08, 100, 8), data, 0); r.Status != scsi.StatusGood { // WRITE(10) FUA
+		t.Fatalf("WRITE FUA: status %#x", r.Status)
+	}
+	if r := exec(cdb10(0x28, 0, 100, 8), nil, len(data)); r.Status != scsi.StatusGood || !bytes.Equal(got, data) {
+		t.Fatalf("READ after WRITE: status %#x, data equal %v", r.Status, bytes.Equal(got, data))
+	}
+	// UNMAP 4 blocks of it: they read zeros, the rest stays.
+	param := make([]byte, 24)
+	binary.BigEndian.PutUint16(param[0:], 22)
+	binary.BigEndian.PutUint16(param[2:], 16)
+	binary.BigEndian.PutUint64(param[8:], 102)
+	binary.BigEndian.PutUint32(param[16:], 4)
+	unmap := make([]byte, 10)
+	unmap[0] = 0x42
+	binary.BigEndian.PutUint16(unmap[7:], uint16(len(param)))
+	if r := exec(unmap, param, 0); r.Status != scsi.StatusGood {
+		t.Fatalf("UNMAP: status %#x sense %x", r.Status, r.Sense)
+	}
+	want := bytes.Clone(data)
+	clear(want[2*512 : 6*512])
+	if r := exec(cdb10(0x28, 0, 100, 8), nil, len(data)); r.Status != scsi.StatusGood || !bytes.Equal(got, want) {
+		t.Fatalf("READ after UNMAP: status %#x, as expected %v", r.Status, bytes.Equal(got, want))
+	}
+	if r := exec(cdb10(0x35, 0, 0, 0), nil, 0); r.Status != scsi.StatusGood {
+		t.Fatalf("SYNCHRONIZE CACHE: status %#x", r.Status)
+	}
+	// Another server takes the disk: writes here are DATA PROTECT.
+	b := newRBD(t, c, a.opts.Namespace, RBDOptions{MayBreakLock: func(string, string) (bool, string) { return true, "test" }})
+	if _, err := b.OpenDisk("pc", st, nil); err != nil {
+		t.Fatal(err)
+	}
+	defer b.CloseDisk("pc")
+	r = exec(cdb10(0x2a, 0, 100, 8), data, 0)
+	if r.Status != scsi.StatusCheckCondition || len(r.Sense) < 3 || r.Sense[2]&0x0f != 0x07 {
+		t.Fatalf("WRITE on a fenced disk: status %#x sense %x, want DATA PROTECT", r.Status, r.Sense)
+	}
+}
+
+// TestRBDFigures measures device-level throughput (no iSCSI): 4 KiB QD32
+// and 1 MiB QD8, random offsets, on an RBD host disk and on a raw file of
+// the same size, each for a few seconds. BENCHMARKS.md has a run. Only
+// with DISKLESS_BENCH_RBD=1.
+func TestRBDFigures(t *testing.T) {
+	if os.Getenv("DISKLESS_BENCH_RBD") != "1" {
+		t.Skip("a measurement: DISKLESS_BENCH_RBD=1")
+	}
+	c := ceph.Shared(t)
+	b := newRBD(t, c, "", RBDOptions{})
+	const size = 1 << 30
+	ref := VersionRef{Image: "bench", Version: 1}
+	if err := b.WriteVersion(t.Context(), ref, size, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	st, err := b.CreateDisk(t.Context(), "b", Persistent, ref, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rbdDev, err := b.OpenDisk("b", st, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.CloseDisk("b")
+	path := t.TempDir() + "/raw.img"
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, size); err != nil {
+		t.Fatal(err)
+	}
+	file, err := disk.OpenFile(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer file.Close()
+	// Fill both first so reads read data, not holes.
+	chunk := bytes.Repeat([]byte{0xa5}, 4<<20)
+	for _, d := range []disk.Device{rbdDev, file} {
+		for off := int64(0); off < size; off += int64(len(chunk)) {
+			if _, err := d.WriteAt(chunk, off); err != nil {
+				t.Fatal(err)
+			}
+		}
+		d.Flush()
+	}
+	run := func(d disk.Device, bs, qd int, write bool) float64 {
+		var ops atomic.Int64
+		deadline := time.Now().Add(4 * time.Second)
+		var wg sync.WaitGroup
+		for w := range qd {
+			wg.Go(func() {
+				r := rand.New(rand.NewPCG(uint64(w), 9))
+				p := make([]byte, bs)
+				for time.Now().Before(deadline) {
+					off := int64(r.IntN(size/bs)) * int64(bs)
+					var err error
+					if write {
+						_, err = d.WriteAt(p, off)
+					} else {
+						_, err = d.ReadAt(p, off)
+					}
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					ops.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		return float64(ops.Load()) / 4
+	}
+	for _, w := range []struct {
+		name      string
+		bs, qd    int
+		write     bool
+		inMiBPerS bool
+	}{
+		{"read 4 KiB QD32", 4096, 32, false, false},
+		{"write 4 KiB QD32", 4096, 32, true, false},
+		{"read 1 MiB QD8", 1 << 20, 8, false, true},
+		{"write 1 MiB QD8", 1 << 20, 8, true, true},
+	} {
+		r, f := run(rbdDev, w.bs, w.qd, w.write), run(file, w.bs, w.qd, w.write)
+		if w.inMiBPerS {
+			t.Logf("%-17s rbd %8.0f MiB/s   raw file %8.0f MiB/s", w.name, r*float64(w.bs)/(1<<20), f*float64(w.bs)/(1<<20))
+		} else {
+			t.Logf("%-17s rbd %8.0f IOPS    raw file %8.0f IOPS", w.name, r, f)
+		}
+	}
+}
