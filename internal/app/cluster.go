@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"time"
 
 	"github.com/diskless-boot/diskless/internal/cluster"
 	"github.com/diskless-boot/diskless/internal/config"
@@ -36,7 +37,7 @@ func newClusterNode(cfg *config.Config, site *Site, sup *supervisor, onActive fu
 	if ownAddr, _, err := net.SplitHostPort(cfg.API.Listen); err == nil {
 		self.Address = ownAddr
 	}
-	if id, ok := any(site.Backend).(interface{ ClientID() string }); ok {
+	if id, ok := site.Backend.(interface{ ClientID() string }); ok {
 		self.StorageID = id.ClientID()
 	}
 	return cluster.New(cluster.Config{
@@ -79,4 +80,43 @@ func (s storeLeases) LoadLeases() (data []byte, err error) {
 
 func (s storeLeases) SaveLeases(data []byte) error {
 	return s.st.Update(func(tx store.Tx) error { return tx.Put(store.BucketMeta, metaDHCPLeases, data) })
+}
+
+// fencing is the policy of disks on shared storage (storage.RBDOptions):
+// whose lock on a host's disk may be broken, and what a server does when
+// another one broke its own. It reads node and sup through pointers: the
+// site (and with it the backend) is opened before they exist.
+type fencing struct {
+	node **cluster.Node
+	sup  **supervisor
+	log  *slog.Logger
+}
+
+// mayBreakLock breaks a lock only when its owner is no live member of the
+// cluster: a server whose lease ended has stopped serving (it fences
+// itself before etcd can expire the lease) or is dead. Without a cluster
+// nothing here can tell a dead owner from a live one: never (librbd
+// breaks the lock of an owner whose watch expired, ~30 s after its death).
+func (f fencing) mayBreakLock(host, owner string) (bool, string) {
+	node := *f.node
+	if node == nil {
+		return false, "no cluster section: the owner's liveness is unknown"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if alive, who := node.StorageOwnerAlive(ctx, owner); alive {
+		return false, "held by the live server " + who
+	}
+	return true, "no live server of the cluster holds it"
+}
+
+// onFenced drops the host's sessions and closes its disk: another server
+// broke the disk's lock (this one was taken for dead) and serves it now.
+func (f fencing) onFenced(host string, err error) {
+	sup := *f.sup
+	if sup == nil {
+		return
+	}
+	f.log.Error("host disk fenced: another server took its lock; dropping its sessions", "host", host, "err", err)
+	sup.release("its disk's lock was taken by another server", host)
 }

@@ -146,7 +146,15 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 		return l, nil
 	}
 
-	site, err := OpenSite(ctx, cfg.DataDir, SiteOptions{IQNBase: cfg.IQNBase, Logger: log, Store: cfg.Store, Storage: cfg.Storage})
+	// The supervisor and the cluster membership come after the site; the
+	// disks' fencing asks them (cluster.go).
+	var (
+		sup  *supervisor
+		node *cluster.Node
+	)
+	fence := fencing{node: &node, sup: &sup, log: log}
+	site, err := OpenSite(ctx, cfg.DataDir, SiteOptions{IQNBase: cfg.IQNBase, Logger: log, Store: cfg.Store, Storage: cfg.Storage,
+		MayBreakLock: fence.mayBreakLock, OnFenced: fence.onFenced})
 	if err != nil {
 		return err
 	}
@@ -190,7 +198,6 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 		return err
 	}
 
-	var sup *supervisor
 	// The target's defaults bound every client (connections per source
 	// and in total, login, discovery and Data-Out time, memory per host).
 	icfg := iscsi.Defaults()
@@ -205,7 +212,6 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	isrv := iscsi.New(icfg)
 	sup = newSupervisor(site.Inv, isrv, booter, log)
 	sup.onDemand = cfg.Cluster.Enabled()
-	var node *cluster.Node
 	if cfg.Cluster.Enabled() {
 		// Taking over: the leases the last active server gave.
 		onActive := func() {

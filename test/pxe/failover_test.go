@@ -46,16 +46,20 @@ type clusterSite struct {
 
 // newClusterSite builds the network (servers A and B, storage), starts
 // etcd on it and writes both servers' configuration: DHCP full on the
-// floating address, the state in etcd, a cluster lease of 3 s. storage
-// is the storage section both use ("" for the default).
-func newClusterSite(t *testing.T, storageYAML string) *clusterSite {
+// floating address, the state in etcd, a cluster lease of 3 s. storage,
+// when not nil, starts what the storage section both use needs in the
+// storage namespace and returns that section (nil: the default).
+func newClusterSite(t *testing.T, storage func(c *clusterSite) string) *clusterSite {
 	t.Helper()
 	n := newTestNet(t, false)
 	c := &clusterSite{t: t, n: n, dir: tempDir(t), bNS: "dlpxe-b-" + n.id, bIf: "pb2" + n.id[:min(len(n.id), 8)],
-		storNS: "dlpxe-c-" + n.id, storageYAML: storageYAML}
+		storNS: "dlpxe-c-" + n.id}
 	n.attach(t, c.bNS, c.bIf, failoverServerB)
 	n.attach(t, c.storNS, "pc"+n.id, failoverStorage)
 	e := etcd.StartIn(t, c.storNS, failoverStorage)
+	if storage != nil {
+		c.storageYAML = storage(c)
+	}
 	c.dataA, c.dataB = filepath.Join(c.dir, "a"), filepath.Join(c.dir, "b")
 	conf := func(name, iface, data string) string {
 		f := filepath.Join(c.dir, name+".yaml")
@@ -64,7 +68,7 @@ data_dir: %s
 dhcp: {mode: full, range: %s}
 store: {backend: etcd, etcd: {endpoints: [%q]}}
 cluster: {address: %s/24, name: %s, lease: 3s}
-%s`, iface, data, poolRange, e.Endpoint, failoverVIP, name, storageYAML)
+%s`, iface, data, poolRange, e.Endpoint, failoverVIP, name, c.storageYAML)
 		if err := os.WriteFile(f, []byte(y), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -136,7 +140,7 @@ func (c *clusterSite) vmArgs(mac, tap, action string) []string {
 func TestFailover(t *testing.T) {
 	need(t, []string{"ip", "qemu-system-x86_64", "etcd"}, map[string]string{ipxeROM: "ipxe-qemu"})
 	im := debimage.Get(t, e2eRecipe)
-	c := newClusterSite(t, "")
+	c := newClusterSite(t, nil)
 	c.storageName = "raw files"
 	c.startA(true)
 	c.startB(false)

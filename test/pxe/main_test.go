@@ -14,6 +14,9 @@ import (
 var (
 	disklessBin   string // built ./cmd/diskless, "" when the build failed
 	disklessBuild error  // why disklessBin is ""
+	// buildTags are the tags the test binary was built with that the
+	// diskless binary needs too (ceph: failover_rbd_test.go).
+	buildTags []string
 )
 
 func TestMain(m *testing.M) {
@@ -36,7 +39,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	disklessBin, disklessBuild = build.Diskless(root, dir, false)
+	disklessBin, disklessBuild = build.Diskless(root, dir, false, buildTags...)
 	return m.Run()
 }
 

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 )
 
 // RepoRoot walks up from the working directory (the package directory under
@@ -30,13 +31,17 @@ func RepoRoot() (string, error) {
 }
 
 // Diskless builds ./cmd/diskless of the module at root into dir, with the
-// race detector when race is set, and returns the binary's path. The error
+// race detector when race is set and with the build tags (e.g. ceph,pacific
+// for the RBD backend), and returns the binary's path. The error
 // carries go build's output.
-func Diskless(root, dir string, race bool) (string, error) {
+func Diskless(root, dir string, race bool, tags ...string) (string, error) {
 	bin := filepath.Join(dir, "diskless")
 	args := []string{"build", "-o", bin}
 	if race {
 		args = append(args, "-race")
+	}
+	if len(tags) > 0 {
+		args = append(args, "-tags", strings.Join(tags, ","))
 	}
 	cmd := exec.Command("go", append(args, "./cmd/diskless")...)
 	cmd.Dir = root

@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -44,6 +45,7 @@ type Cluster struct {
 	User, Keyring string
 
 	dir     string
+	prefix  []string // runs every command in a network namespace ("ip netns exec NS")
 	mon     *proc.Proc
 	osdArgv []string
 	mu      sync.Mutex
@@ -89,7 +91,7 @@ func Shared(tb testing.TB) *Cluster {
 			shared.err = err
 			return
 		}
-		shared.c, shared.err = start(tb, dir)
+		shared.c, shared.err = start(tb, dir, "", "127.0.0.1")
 		if shared.err != nil {
 			shared.c = nil
 			os.RemoveAll(dir)
@@ -114,7 +116,7 @@ func StopShared() {
 func Start(tb testing.TB) *Cluster {
 	tb.Helper()
 	skipUnlessInstalled(tb)
-	c, err := start(tb, tb.TempDir())
+	c, err := start(tb, tb.TempDir(), "", "127.0.0.1")
 	if err != nil {
 		tb.Fatalf("ceph: %v", err)
 	}
@@ -122,12 +124,30 @@ func Start(tb testing.TB) *Cluster {
 	return c
 }
 
-func start(tb testing.TB, dir string) (_ *Cluster, err error) {
+// StartIn starts a cluster of the test's own inside network namespace ns
+// (which the test made), its monitor and OSD on address ip there, for
+// servers in other namespaces of the test's network to reach. Conf and
+// Keyring are files any namespace can read.
+func StartIn(tb testing.TB, ns, ip string) *Cluster {
+	tb.Helper()
+	skipUnlessInstalled(tb)
+	c, err := start(tb, tb.TempDir(), ns, ip)
+	if err != nil {
+		tb.Fatalf("ceph: %v", err)
+	}
+	tb.Cleanup(c.stop)
+	return c
+}
+
+func start(tb testing.TB, dir, ns, ip string) (_ *Cluster, err error) {
 	t0 := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), StartTimeout)
 	defer cancel()
 	c := &Cluster{Conf: filepath.Join(dir, "ceph.conf"), Pool: "rbd", User: "diskless",
 		Keyring: filepath.Join(dir, "client.diskless.keyring"), dir: dir}
+	if ns != "" {
+		c.prefix = []string{"ip", "netns", "exec", ns}
+	}
 	defer func() {
 		if err != nil {
 			err = fmt.Errorf("%w%s", err, c.logTail())
@@ -135,13 +155,13 @@ func start(tb testing.TB, dir string) (_ *Cluster, err error) {
 		}
 	}()
 	fsid := uuid()
-	mon := fmt.Sprintf("v2:127.0.0.1:%d", ports.FreeTCP(tb))
+	mon := fmt.Sprintf("v2:%s:%d", ip, ports.FreeTCP(tb))
 	for _, d := range []string{"mon", "osd", "run", "log"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
 			return nil, err
 		}
 	}
-	conf := strings.NewReplacer("FSID", fsid, "MON", mon, "DIR", dir).Replace(confTemplate)
+	conf := strings.NewReplacer("FSID", fsid, "MON", mon, "DIR", dir, "PUBLIC", ip).Replace(confTemplate)
 	if err := os.WriteFile(c.Conf, []byte(conf), 0o600); err != nil {
 		return nil, err
 	}
@@ -153,7 +173,7 @@ func start(tb testing.TB, dir string) (_ *Cluster, err error) {
 		{"ceph-mon", "-c", c.Conf, "--mkfs", "-i", "a", "--monmap", filepath.Join(dir, "monmap"), "--keyring", kr},
 	}
 	for _, s := range steps {
-		if _, err := run(ctx, nil, s...); err != nil {
+		if _, err := c.run(ctx, nil, s...); err != nil {
 			return nil, err
 		}
 	}
@@ -166,18 +186,18 @@ func start(tb testing.TB, dir string) (_ *Cluster, err error) {
 	// The OSD: registered with a key of its own, BlueStore made on a
 	// sparse file (bluestore_block_create), then started.
 	osdUUID := uuid()
-	key, err := run(ctx, nil, "ceph-authtool", "--gen-print-key")
+	key, err := c.run(ctx, nil, "ceph-authtool", "--gen-print-key")
 	if err != nil {
 		return nil, err
 	}
 	key = strings.TrimSpace(key)
 	secret, _ := json.Marshal(map[string]string{"cephx_secret": key})
-	id, err := run(ctx, secret, "ceph", "-c", c.Conf, "--connect-timeout", "10", "osd", "new", osdUUID, "-i", "-")
+	id, err := c.run(ctx, secret, "ceph", "-c", c.Conf, "--connect-timeout", "10", "osd", "new", osdUUID, "-i", "-")
 	if err != nil {
 		return nil, err
 	}
 	id = strings.TrimSpace(id)
-	if _, err := run(ctx, nil, "ceph-osd", "-c", c.Conf, "-i", id, "--mkfs", "--osd-uuid", osdUUID, "--key", key); err != nil {
+	if _, err := c.run(ctx, nil, "ceph-osd", "-c", c.Conf, "-i", id, "--mkfs", "--osd-uuid", osdUUID, "--key", key); err != nil {
 		return nil, err
 	}
 	if err := os.WriteFile(filepath.Join(dir, "osd", "keyring"), fmt.Appendf(nil, "[osd.%s]\n\tkey = %s\n", id, key), 0o600); err != nil {
@@ -207,7 +227,7 @@ func start(tb testing.TB, dir string) (_ *Cluster, err error) {
 // daemon starts a Ceph daemon in the foreground, killed if the test
 // process dies.
 func (c *Cluster) daemon(argv ...string) (*proc.Proc, error) {
-	argv = append([]string{argv[0], "-c", c.Conf, "-f"}, argv[1:]...)
+	argv = append(append(slices.Clone(c.prefix), argv[0], "-c", c.Conf, "-f"), argv[1:]...)
 	return proc.Start(nil, proc.Config{Grace: 10 * time.Second, MaxOutput: 64 << 10,
 		SysProcAttr: &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}}, argv...)
 }
@@ -259,7 +279,7 @@ func (c *Cluster) StartOSD() error {
 	// Its placement groups active again: an object read answers (ENOENT)
 	// instead of waiting. (ceph pg stat would need a manager.)
 	for {
-		_, err := run(ctx, nil, "rados", "-c", c.Conf, "--rados-osd-op-timeout", "2", "-p", c.Pool, "stat", "diskless-probe")
+		_, err := c.run(ctx, nil, "rados", "-c", c.Conf, "--rados-osd-op-timeout", "2", "-p", c.Pool, "stat", "diskless-probe")
 		if err != nil && strings.Contains(err.Error(), "No such file") {
 			return nil
 		}
@@ -273,12 +293,12 @@ func (c *Cluster) StartOSD() error {
 
 // Ceph runs the ceph CLI as client.admin.
 func (c *Cluster) Ceph(ctx context.Context, args ...string) (string, error) {
-	return run(ctx, nil, append([]string{"ceph", "-c", c.Conf, "--connect-timeout", "10"}, args...)...)
+	return c.run(ctx, nil, append([]string{"ceph", "-c", c.Conf, "--connect-timeout", "10"}, args...)...)
 }
 
 // RBD runs the rbd CLI as client.admin.
 func (c *Cluster) RBD(ctx context.Context, args ...string) (string, error) {
-	return run(ctx, nil, append([]string{"rbd", "-c", c.Conf}, args...)...)
+	return c.run(ctx, nil, append([]string{"rbd", "-c", c.Conf}, args...)...)
 }
 
 func (c *Cluster) stop() {
@@ -305,9 +325,10 @@ func (c *Cluster) logTail() string {
 	return b.String()
 }
 
-// run runs a command with stdin (bounded by ctx, and 30 s at most) and
-// returns its standard output.
-func run(ctx context.Context, stdin []byte, argv ...string) (string, error) {
+// run runs a command with stdin (bounded by ctx, and 30 s at most), in
+// the cluster's namespace, and returns its standard output.
+func (c *Cluster) run(ctx context.Context, stdin []byte, argv ...string) (string, error) {
+	argv = append(slices.Clone(c.prefix), argv...)
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
@@ -336,7 +357,7 @@ func uuid() string {
 const confTemplate = `[global]
 fsid = FSID
 mon_host = MON
-public_addr = 127.0.0.1
+public_addr = PUBLIC
 ms_bind_msgr1 = false
 auth_cluster_required = cephx
 auth_service_required = cephx
