@@ -52,6 +52,8 @@ type RBD struct {
 	mu       sync.Mutex
 	versions map[VersionRef]*rbdShared
 	open     map[string]*rbdOpen // nil value: being opened
+
+	usage rbdUsage
 }
 
 type rbdShared struct {
@@ -843,6 +845,7 @@ func (b *RBD) hostImages(host string) (map[string]string, error) {
 // removed, and the RBD snapshots of the others that no snapshot of st
 // names.
 func (b *RBD) Prune(host string, st DiskState) error {
+	b.usage.forget(host)
 	if st.Mode == "" && b.opened(host) != nil {
 		return fmt.Errorf("%w: %s", ErrDiskOpen, host)
 	}
@@ -1014,8 +1017,16 @@ func (b *RBD) Check(host string, st DiskState) (CheckReport, error) {
 }
 
 // Usage implements Backend: what the host's images hold themselves, not
-// their parent version (rbd du: whole objects, from the object map).
+// their parent version (rbd du: whole objects, from the object map). It
+// opens every image of the host and walks its object map, so it answers
+// from a cache (rbd_usage.go): a listing of many hosts, or one while the
+// cluster is degraded, must not wait for the cluster.
 func (b *RBD) Usage(host string, st DiskState) (int64, error) {
+	return b.usage.get(host, st, b.measureUsage)
+}
+
+// measureUsage is Usage measured now.
+func (b *RBD) measureUsage(host string, st DiskState) (int64, error) {
 	if st.Mode == Raw && !st.Owned {
 		var s syscall.Stat_t
 		if err := syscall.Stat(st.RawPath, &s); err != nil {
