@@ -60,7 +60,7 @@ func TestFailoverRBD(t *testing.T) {
 	}
 }
 
-var cephClient = regexp.MustCompile(`images and host disks in Ceph RBD .*client=(\S+)`)
+var cephClient = regexp.MustCompile(`images and host disks in Ceph RBD.*client=(\S+)`)
 
 // clientOf is the Ceph client address a server logged at its start.
 func clientOf(log string) string {
