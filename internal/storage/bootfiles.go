@@ -60,6 +60,11 @@ func (l *Local) writeBootFile(ctx context.Context, ref VersionRef, name, src str
 	}
 	defer in.Close()
 	final := l.bootPath(ref, name)
+	// The version's directory exists when the version is a file here;
+	// the RBD backend keeps only boot files in it.
+	if err := os.MkdirAll(filepath.Dir(final), 0o700); err != nil {
+		return fmt.Errorf("storage: %w", err)
+	}
 	tmp := filepath.Join(filepath.Dir(final), "."+filepath.Base(final)+".partial")
 	out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
