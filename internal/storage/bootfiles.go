@@ -60,8 +60,8 @@ func (l *Local) writeBootFile(ctx context.Context, ref VersionRef, name, src str
 	}
 	defer in.Close()
 	final := l.bootPath(ref, name)
-	// The image's directory exists when the version file is local; the
-	// rbd backend keeps only boot files here.
+	// The version's directory exists when the version is a file here;
+	// the RBD backend keeps only boot files in it.
 	if err := os.MkdirAll(filepath.Dir(final), 0o700); err != nil {
 		return fmt.Errorf("storage: %w", err)
 	}

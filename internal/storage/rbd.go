@@ -36,8 +36,9 @@ import (
 //
 // Names split without ambiguity at the last dot: versions are numbers and
 // layer ids never hold a dot. A host disk being served holds its image's
-// exclusive lock (fencing, OpenDisk). The versions' boot files stay local
-// to each server, under RBDOptions.DataDir.
+// exclusive lock (fencing, OpenDisk). The versions' boot files are RADOS
+// objects diskless.b.<image>.<N>.<name>[.<piece>], with a copy under
+// RBDOptions.DataDir on each server that serves them (rbd_bootfiles.go).
 //
 // It is safe for concurrent use.
 type RBD struct {
@@ -45,7 +46,8 @@ type RBD struct {
 	ioctx *rados.IOContext
 	opts  RBDOptions
 	log   *slog.Logger
-	files *Local // boot files only
+	files *Local // local copies of boot files only
+	boot  rbdBootFiles
 	// clientID is the rados client's address (ClientID).
 	clientID string
 
@@ -152,7 +154,8 @@ func OpenRBD(opts RBDOptions) (*RBD, error) {
 		return fail(fmt.Errorf("client address: %w", err))
 	}
 	b := &RBD{clientID: rbdClientAddr(addrs), conn: conn, ioctx: ioctx, opts: opts, log: opts.Logger, files: files,
-		versions: map[VersionRef]*rbdShared{}, open: map[string]*rbdOpen{}}
+		versions: map[VersionRef]*rbdShared{}, open: map[string]*rbdOpen{},
+		boot: rbdBootFiles{pieceSize: rbdBootPieceSize, checked: map[bootKey]string{}}}
 	return b, nil
 }
 
@@ -459,17 +462,7 @@ func (b *RBD) DeleteVersion(ref VersionRef) error {
 			return err
 		}
 	}
-	return b.files.DeleteVersion(ref) // the boot files
-}
-
-// WriteBootFiles implements Backend: boot files are local to the server.
-func (b *RBD) WriteBootFiles(ctx context.Context, ref VersionRef, files BootFiles) error {
-	return b.files.WriteBootFiles(ctx, ref, files)
-}
-
-// OpenBootFile implements Backend.
-func (b *RBD) OpenBootFile(ref VersionRef, name string) (*os.File, error) {
-	return b.files.OpenBootFile(ref, name)
+	return b.deleteBootFiles(ref)
 }
 
 // CreateDisk implements Backend: an overlay disk is a clone of the

@@ -25,8 +25,8 @@ type RBDOptions struct {
 	// client_mount_timeout, which make librados fail a call with
 	// ETIMEDOUT instead of waiting for a full or degraded cluster.
 	OpTimeout time.Duration
-	// DataDir keeps what stays local to each server: the versions' boot
-	// files (kernel, initrd).
+	// DataDir keeps each server's copies of the versions' boot files
+	// (kernel, initrd), fetched from the pool when first served.
 	DataDir string
 	// MayBreakLock is asked when another client holds the exclusive lock
 	// of host's disk that OpenDisk needs: owner is its lock-owner
