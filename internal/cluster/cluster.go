@@ -197,11 +197,10 @@ func (n *Node) term(ctx context.Context) string {
 	case err := <-elected:
 		if err != nil {
 			stop()
-			why = "campaign: " + err.Error()
-			if ctx.Err() == nil {
-				n.revoke(g.ID)
-			}
-			return why
+			// Also at shutdown: the member leaves at once, not when its
+			// lease runs out.
+			n.revoke(g.ID)
+			return "campaign: " + err.Error()
 		}
 		n.becomeActive()
 		why = <-lost
