@@ -24,4 +24,4 @@ export DISKLESS_FAILOVER=${1:-20}
 tags=()
 case "${2:-}" in *RBD*) tags=(-tags ceph,pacific) ;; esac
 go test "${tags[@]}" ./test/pxe -run "${2:-^TestFailover\$}" -count=1 -v -timeout 2h |
-	grep -E '^(=== RUN|--- |PASS|FAIL|ok )|failover_test.go|debimage.go'
+	grep -E '^(=== RUN|--- |PASS|FAIL|ok )|failover(_rbd)?_test.go|debimage.go'

@@ -1,17 +1,20 @@
 package app
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
+	"sync/atomic"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/diskless-boot/diskless/internal/cluster"
 	"github.com/diskless-boot/diskless/internal/config"
+	"github.com/diskless-boot/diskless/internal/dhcp"
 	"github.com/diskless-boot/diskless/internal/store"
 	"github.com/diskless-boot/diskless/internal/store/etcdstore"
 )
@@ -20,7 +23,7 @@ import (
 // (cluster section): the active member holds the floating address and
 // answers DHCP; a member that stops being active drops every session and
 // closes every disk, so the one taking over can lock them.
-func newClusterNode(cfg *config.Config, site *Site, sup *supervisor, onActive func(), log *slog.Logger) (*cluster.Node, error) {
+func newClusterNode(cfg *config.Config, site *Site, sup *supervisor, cdhcp *clusterDHCP, log *slog.Logger) (*cluster.Node, error) {
 	es, ok := site.Store.(*etcdstore.Store)
 	if !ok {
 		return nil, fmt.Errorf("cluster: needs store.backend etcd")
@@ -39,12 +42,18 @@ func newClusterNode(cfg *config.Config, site *Site, sup *supervisor, onActive fu
 	}
 	if id, ok := site.Backend.(interface{ ClientID() string }); ok {
 		self.StorageID = id.ClientID()
+	} else {
+		log.Warn("cluster with storage.backend local: each server serves the disks in its own data_dir, " +
+			"so a host's disk moves with no failover unless it is a raw file on storage every server mounts; use storage.backend rbd")
 	}
 	return cluster.New(cluster.Config{
 		Client: es.Client(), Prefix: es.Prefix(), Self: self, TTL: cfg.Cluster.Lease,
 		Address: cfg.Cluster.Prefix(), Interface: cfg.Interface, Logger: log,
-		OnActive:  onActive,
-		OnPassive: func(why string) { sup.release("this server is no longer the site's active server: " + why) },
+		OnActive: cdhcp.takeOver,
+		OnPassive: func(why string) {
+			cdhcp.stepDown()
+			sup.release("this server is no longer the site's active server: " + why)
+		},
 	})
 }
 
@@ -56,30 +65,82 @@ func runCluster(ctx context.Context, node *cluster.Node) (wait func()) {
 	return func() { <-done }
 }
 
+// clusterDHCP makes the active server answer DHCP from the leases its
+// predecessor gave: a server that takes over answers only once it has
+// replaced its table with the store's (a standby's table is as old as the
+// process), and retries until it could.
+type clusterDHCP struct {
+	node  *cluster.Node
+	srv   *dhcp.Server // nil: DHCP off
+	ready atomic.Bool  // the table is the store's since this term began
+	log   *slog.Logger
+}
+
+func (c *clusterDHCP) answering() bool { return c.ready.Load() && c.node.Active() }
+
+// takeOver is the node's OnActive.
+func (c *clusterDHCP) takeOver() {
+	if c.srv == nil {
+		return
+	}
+	go func() {
+		for c.node.Active() {
+			err := c.srv.ReloadLeases()
+			if err == nil {
+				c.ready.Store(true)
+				return
+			}
+			c.log.Error("cluster: the DHCP leases of the state store could not be read; not answering DHCP until they are", "err", err)
+			time.Sleep(time.Second)
+		}
+	}()
+}
+
+// stepDown is the node's OnPassive.
+func (c *clusterDHCP) stepDown() { c.ready.Store(false) }
+
 // storeLeases keeps the DHCP leases of a cluster in the shared state
-// store (meta/dhcp-leases), so the server that takes over answering knows
-// every lease the last one gave. etcd bounds one value to its request
-// size (1.5 MiB by default): about 10000 leases.
-type storeLeases struct{ st store.Store }
+// store (meta/dhcp-leases). Only the active server writes, and only while
+// it is: each write is an etcd transaction conditioned on its election key
+// (guard), so a server deposed meanwhile cannot overwrite its heir's
+// table. etcd bounds one value to its request size (1.5 MiB by default):
+// about 10000 leases (config checks the pool).
+type storeLeases struct {
+	store *etcdstore.Store
+	guard func() (clientv3.Cmp, bool)
+}
 
 const metaDHCPLeases = "dhcp-leases"
 
 func (s storeLeases) String() string { return "the state store's DHCP leases" }
 
-func (s storeLeases) LoadLeases() (data []byte, err error) {
-	err = s.st.View(func(tx store.Tx) error {
-		v, err := tx.Get(store.BucketMeta, metaDHCPLeases)
-		if errors.Is(err, store.ErrNotFound) {
-			return nil
-		}
-		data = bytes.Clone(v)
-		return err
-	})
-	return data, err
+func (s storeLeases) key() string { return s.store.Prefix() + store.BucketMeta + "/" + metaDHCPLeases }
+
+func (s storeLeases) LoadLeases() ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r, err := s.store.Client().Get(ctx, s.key())
+	if err != nil || len(r.Kvs) == 0 {
+		return nil, err
+	}
+	return r.Kvs[0].Value, nil
 }
 
 func (s storeLeases) SaveLeases(data []byte) error {
-	return s.st.Update(func(tx store.Tx) error { return tx.Put(store.BucketMeta, metaDHCPLeases, data) })
+	cmp, ok := s.guard()
+	if !ok {
+		return errors.New("this server is no longer the cluster's active server")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r, err := s.store.Client().Txn(ctx).If(cmp).Then(clientv3.OpPut(s.key(), string(data))).Commit()
+	if err != nil {
+		return err
+	}
+	if !r.Succeeded {
+		return errors.New("this server lost the cluster's election: its leases are not the site's any more")
+	}
+	return nil
 }
 
 // fencing is the policy of disks on shared storage (storage.RBDOptions):
@@ -90,6 +151,9 @@ type fencing struct {
 	node **cluster.Node
 	sup  **supervisor
 	log  *slog.Logger
+	// fatal ends the server: a fenced server's storage client is
+	// blocklisted for every disk, and only a new process gets a new one.
+	fatal chan error
 }
 
 // mayBreakLock breaks a lock only when its owner is no live member of the
@@ -112,11 +176,33 @@ func (f fencing) mayBreakLock(host, owner string) (bool, string) {
 
 // onFenced drops the host's sessions and closes its disk: another server
 // broke the disk's lock (this one was taken for dead) and serves it now.
+// Breaking the lock blocklisted this server's storage client, for every
+// disk, version and boot file: nothing it serves from the cluster works
+// any more, and a standby with that client would be elected to serve
+// nothing. So the server ends (a service manager starts it again, with a
+// new client, as a standby).
 func (f fencing) onFenced(host string, err error) {
-	sup := *f.sup
-	if sup == nil {
-		return
-	}
 	f.log.Error("host disk fenced: another server took its lock; dropping its sessions", "host", host, "err", err)
-	sup.release("its disk's lock was taken by another server", host)
+	if sup := *f.sup; sup != nil {
+		sup.release("its disk's lock was taken by another server", host)
+	}
+	select {
+	case f.fatal <- fmt.Errorf("fenced: another server broke this server's lock on %s's disk, and the storage cluster refuses this server's client: restart to serve again (%w)", host, err):
+	default:
+	}
+}
+
+// leaderName names the active server and its address, for a standby's
+// refusals ("" when unknown).
+func leaderName(ctx context.Context, node *cluster.Node) string {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	m, ok, err := node.Leader(ctx)
+	if err != nil || !ok {
+		return ""
+	}
+	if m.Address != "" {
+		return m.Name + " at " + m.Address
+	}
+	return m.Name
 }

@@ -33,6 +33,7 @@ import (
 	"github.com/diskless-boot/diskless/internal/metrics"
 	"github.com/diskless-boot/diskless/internal/ra"
 	"github.com/diskless-boot/diskless/internal/store"
+	"github.com/diskless-boot/diskless/internal/store/etcdstore"
 	"github.com/diskless-boot/diskless/internal/tftp"
 	"github.com/diskless-boot/diskless/internal/ui"
 	"github.com/diskless-boot/diskless/internal/web"
@@ -152,7 +153,7 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 		sup  *supervisor
 		node *cluster.Node
 	)
-	fence := fencing{node: &node, sup: &sup, log: log}
+	fence := fencing{node: &node, sup: &sup, log: log, fatal: make(chan error, 1)}
 	site, err := OpenSite(ctx, cfg.DataDir, SiteOptions{IQNBase: cfg.IQNBase, Logger: log, Store: cfg.Store, Storage: cfg.Storage,
 		MayBreakLock: fence.mayBreakLock, OnFenced: fence.onFenced})
 	if err != nil {
@@ -212,18 +213,14 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	isrv := iscsi.New(icfg)
 	sup = newSupervisor(site.Inv, isrv, booter, log)
 	sup.onDemand = cfg.Cluster.Enabled()
+	var cdhcp *clusterDHCP // the active server's DHCP
 	if cfg.Cluster.Enabled() {
-		// Taking over: the leases the last active server gave.
-		onActive := func() {
-			if sup.dhcp != nil {
-				if err := sup.dhcp.ReloadLeases(); err != nil {
-					log.Error("cluster: the DHCP leases of the state store could not be read; answering with what this server knew", "err", err)
-				}
-			}
-		}
-		if node, err = newClusterNode(cfg, site, sup, onActive, log); err != nil {
+		cdhcp = &clusterDHCP{log: log}
+		if node, err = newClusterNode(cfg, site, sup, cdhcp, log); err != nil {
 			return err
 		}
+		cdhcp.node = node
+		sup.active, sup.leader = node.Active, func() string { return leaderName(ctx, node) }
 	}
 	// Boot telemetry: every server's boot steps, one timeline per boot.
 	sup.events = bootevent.New(bootevent.Config{Recorder: site.Inv, StuckAfter: cfg.Boots.StuckAfter, Logger: log})
@@ -247,15 +244,18 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	var dsrv *dhcp.Server
 	if cfg.DHCP.Mode != config.DHCPOff {
 		dc := dhcpConfig(cfg, booter, sup, enroll, log)
-		if node != nil {
+		if cdhcp != nil {
 			// One server of a cluster answers, the active one, from the
 			// leases all share.
-			dc.Answering = node.Active
-			dc.LeaseFile, dc.LeaseStore = "", storeLeases{site.Store}
+			dc.Answering = cdhcp.answering
+			dc.LeaseFile, dc.LeaseStore = "", storeLeases{store: site.Store.(*etcdstore.Store), guard: node.LeaderGuard}
 		}
 		dsrv, err = dhcp.NewServer(dc)
 		if err != nil {
 			return err
+		}
+		if cdhcp != nil {
+			cdhcp.srv = dsrv
 		}
 		if cfg.DHCP.Mode == config.DHCPFull {
 			sup.dhcp = dsrv
@@ -424,6 +424,14 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	g, gctx := errgroup.WithContext(sctx)
 	var order []shutdowner // in shutdown order
 	g.Go(func() error { return isrv.Serve(gctx, iln) })
+	g.Go(func() error {
+		select {
+		case err := <-fence.fatal:
+			return err
+		case <-gctx.Done():
+			return nil
+		}
+	})
 	g.Go(func() error { return wsrv.Serve(gctx, hln) })
 	if asrv != nil {
 		g.Go(func() error { return asrv.Serve(gctx, apiLn) })

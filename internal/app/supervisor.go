@@ -45,6 +45,13 @@ type supervisor struct {
 	// server of a cluster: the other servers have every host configured
 	// too, and a disk on shared storage is locked by the one serving it.
 	onDemand bool
+	// active says whether this server is the cluster's active one (nil:
+	// no cluster, always). A standby admits no login and makes no change
+	// that needs a host's disk closed: only the active server knows
+	// whether the host runs.
+	active func() bool
+	// leader names the active server, for a standby's refusals.
+	leader func() string
 
 	mu       sync.Mutex
 	hosts    map[string]*served     // by host name
@@ -167,7 +174,9 @@ func (s *supervisor) syncLocked(name string) {
 // admit is the iSCSI server's Admit with onDemand: the login of a host
 // whose disk is not open opens it; a disk that cannot be opened (another
 // server holds it, the storage does not answer) refuses the login with an
-// error the initiator retries.
+// error the initiator retries. A standby admits nobody: checked under the
+// host's lock, so a login racing the step-down either comes before
+// release (which then closes what it opened) or is refused.
 func (s *supervisor) admit(target, _ string) error {
 	h, ok := s.hostByTarget(target)
 	if !ok {
@@ -175,6 +184,9 @@ func (s *supervisor) admit(target, _ string) error {
 	}
 	unlock := s.lockHost(h.Name)
 	defer unlock()
+	if s.active != nil && !s.active() {
+		return errors.New("this server is a standby of the cluster")
+	}
 	s.mu.Lock()
 	sv := s.hosts[h.Name]
 	var rec inventory.Host
@@ -198,7 +210,11 @@ func (s *supervisor) admit(target, _ string) error {
 
 // release drops every session and closes every disk: the server stopped
 // being the site's active server (or lost its lock on a disk, for one
-// host), and another server may take the disks over.
+// host), and another server may take the disks over. Every LU goes
+// first, so no command reaches a disk from then on; then the hosts'
+// sessions are dropped and their disks closed (flushed, unlocked), a few
+// hosts at a time: a slow session's close must not hold the others' disks
+// past the heir's takeover.
 func (s *supervisor) release(why string, only ...string) {
 	s.mu.Lock()
 	names := only
@@ -208,28 +224,45 @@ func (s *supervisor) release(why string, only ...string) {
 		}
 	}
 	s.mu.Unlock()
+	luOf := map[string]*scsi.LogicalUnit{}
 	for _, n := range names {
 		unlock := s.lockHost(n)
 		s.mu.Lock()
 		sv := s.hosts[n]
 		s.mu.Unlock()
-		if sv != nil {
-			// The LU first: a command still running then fails instead
-			// of reaching a disk that is about to close.
-			lu := sv.lu
-			if lu != nil {
-				sv.st.RemoveLU(0)
-			}
-			if dropped := s.isrv.DropSessions(sv.rec.TargetIQN, why); dropped > 0 || lu != nil {
-				s.log.Warn("host released", "host", n, "sessions", dropped, "why", why)
-			}
-			if lu != nil {
-				sv.lu = lu // closeDisk removes it and closes the disk
-				s.closeDisk(n, sv)
-			}
+		if sv != nil && sv.lu != nil {
+			luOf[n] = sv.lu
+			sv.st.RemoveLU(0)
+			sv.lu = nil
 		}
 		unlock()
 	}
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, 16)
+	for _, n := range names {
+		wg.Add(1)
+		slots <- struct{}{}
+		go func() {
+			defer func() { <-slots; wg.Done() }()
+			unlock := s.lockHost(n)
+			defer unlock()
+			s.mu.Lock()
+			sv := s.hosts[n]
+			s.mu.Unlock()
+			if sv == nil {
+				return
+			}
+			lu := luOf[n]
+			if dropped := s.isrv.DropSessions(sv.rec.TargetIQN, why); dropped > 0 || lu != nil {
+				s.log.Warn("host released", "host", n, "sessions", dropped, "why", why)
+			}
+			if lu != nil && sv.lu == nil {
+				sv.lu = lu // closeDisk closes the disk the LU was on
+				s.closeDisk(n, sv)
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 func (s *supervisor) target(h *inventory.Host, st *scsi.Target) *iscsi.Target {
@@ -318,17 +351,30 @@ func (s *supervisor) CheckHost(h *inventory.Host) error {
 // the sessions are counted: a login racing the check then finds no LUN
 // instead of writing into a disk about to be copied or changed.
 func (s *supervisor) WithDiskClosed(name string, fn func() error) error {
+	if err := s.standbyRefuses(); err != nil {
+		return err
+	}
 	unlock := s.lockHost(name)
 	defer unlock()
 	s.mu.Lock()
 	sv := s.hosts[name]
 	s.mu.Unlock()
+	var lu *scsi.LogicalUnit
 	if sv != nil && sv.lu != nil {
+		lu = sv.lu
 		sv.st.RemoveLU(0)
 		sv.lu = nil
 	}
 	if s.Online(name) {
-		s.syncLocked(name) // serve the disk again as it was
+		// Serve the disk again as it was: the same LU on the same open
+		// disk (opening it again would find it open).
+		if lu != nil {
+			if err := sv.st.AddLU(0, lu); err != nil {
+				s.log.Error("host disk not served again after a refused change", "host", name, "err", err)
+			} else {
+				sv.lu = lu
+			}
+		}
 		return &inventory.Error{Kind: inventory.Conflict, Msg: fmt.Sprintf("host %q is online; shut it down first", name)}
 	}
 	if sv != nil {
@@ -695,4 +741,20 @@ func (s *supervisor) SubscribeEvents() (<-chan bootevent.Event, func(), error) {
 		return nil, nil, errors.New("boot events are not followed")
 	}
 	return s.events.Subscribe()
+}
+
+// standbyRefuses is the error of a change a standby cannot make: whether
+// the host runs is known to the active server only (its sessions).
+func (s *supervisor) standbyRefuses() error {
+	if s.active == nil || s.active() {
+		return nil
+	}
+	where := "the active server"
+	if s.leader != nil {
+		if l := s.leader(); l != "" {
+			where += " (" + l + ")"
+		}
+	}
+	return &inventory.Error{Kind: inventory.Conflict,
+		Msg: "this server is a standby of the cluster: make changes to a host's disk through " + where}
 }

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -46,8 +47,13 @@ func (a *address) add(until time.Time) error {
 	if err != nil {
 		return err
 	}
-	lft := int((time.Until(until) + time.Second - 1) / time.Second)
-	na.ValidLft, na.PreferedLft = max(lft, 1), max(lft, 1)
+	// Rounded down: the kernel checks lifetimes on a timer rounded up
+	// to the next second, so the address goes within the lease.
+	lft := int(time.Until(until) / time.Second)
+	if lft < 1 {
+		return fmt.Errorf("cluster: %v: the lease runs out within a second", a.prefix)
+	}
+	na.ValidLft, na.PreferedLft = lft, lft
 	if err := netlink.AddrReplace(l, na); err != nil {
 		return fmt.Errorf("cluster: adding %v to %s: %w", a.prefix, a.link, err)
 	}
@@ -69,11 +75,15 @@ func (a *address) remove() (removed bool, err error) {
 	return true, nil
 }
 
-// announce sends gratuitous ARPs (a request and a reply, three times over
-// two seconds, as VRRP routers do), so the clients and switches that knew
-// the address at the old server's MAC move to ours at once instead of
-// when their ARP entries age out.
-func (a *address) announce(log *slog.Logger) {
+// announce sends gratuitous ARPs (a request and a reply, once a second,
+// as VRRP routers do at a takeover) for as long as span, so the clients
+// and switches that knew the address at the old server's MAC move to ours
+// at once instead of when their ARP entries age out - and keep doing so
+// while the old server's kernel may still answer for the address. It
+// stops early when ctx ends or still() says the node is no longer active:
+// an announcement after stepping down would pull the clients away from
+// the heir.
+func (a *address) announce(ctx context.Context, span time.Duration, still func() bool, log *slog.Logger) {
 	ifi, err := net.InterfaceByName(a.link)
 	if err == nil && len(ifi.HardwareAddr) != 6 {
 		err = fmt.Errorf("%s has no Ethernet address", a.link)
@@ -83,11 +93,19 @@ func (a *address) announce(log *slog.Logger) {
 		return
 	}
 	go func() {
-		for i := range 3 {
-			if i > 0 {
-				time.Sleep(time.Second)
+		end := time.Now().Add(span)
+		for first := true; time.Now().Before(end); first = false {
+			if !first {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(time.Second):
+				}
 			}
 			for _, op := range []uint16{1, 2} {
+				if !still() {
+					return
+				}
 				if err := sendGratuitousARP(ifi, a.prefix.Addr(), op); err != nil {
 					log.Warn("cluster: gratuitous ARP not sent", "err", err)
 					return

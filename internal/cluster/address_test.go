@@ -37,13 +37,13 @@ func TestAddressExpires(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	run(func() error { return a.add(time.Now().Add(2 * time.Second)) })
+	run(func() error { return a.add(time.Now().Add(2500 * time.Millisecond)) })
 	if out := addrs(); !strings.Contains(out, "10.99.0.50/24") || !strings.Contains(out, "valid_lft 2sec") {
 		t.Fatalf("after add:\n%s", out)
 	}
 	// Renewed: it lives on past the first lifetime.
 	time.Sleep(1500 * time.Millisecond)
-	run(func() error { return a.add(time.Now().Add(2 * time.Second)) })
+	run(func() error { return a.add(time.Now().Add(2500 * time.Millisecond)) })
 	time.Sleep(1500 * time.Millisecond)
 	if out := addrs(); !strings.Contains(out, "10.99.0.50") {
 		t.Fatalf("renewed address gone:\n%s", out)

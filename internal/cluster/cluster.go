@@ -40,7 +40,8 @@ type Member struct {
 	// Address is the server's own address on the served network.
 	Address string `json:"address,omitempty"`
 	// StorageID is the server's identity in the storage cluster (its
-	// Ceph client, "client.4123"), whose locks others may break once the
+	// Ceph client's address, "10.0.0.2:0/1858542865", which names the
+	// owner of its RBD locks), whose locks others may break once the
 	// member is gone.
 	StorageID string    `json:"storage_id,omitempty"`
 	Since     time.Time `json:"since"`
@@ -81,8 +82,10 @@ type Node struct {
 
 	mu         sync.Mutex
 	active     bool
-	lease      clientv3.LeaseID
 	validUntil time.Time // the lease surely lives until then
+	// leaderKey and leaderRev name this node's election key while active.
+	leaderKey string
+	leaderRev int64
 }
 
 // New checks cfg and returns the node; Run starts it.
@@ -159,18 +162,23 @@ func (n *Node) term(ctx context.Context) string {
 	if err != nil {
 		return "etcd did not grant a lease: " + err.Error()
 	}
-	n.mu.Lock()
-	n.lease = g.ID
-	n.mu.Unlock()
 	self := n.cfg.Self
 	self.Since = time.Now().UTC()
 	rec, _ := json.Marshal(self)
+	// Create, never overwrite: two servers under one name (a cloned
+	// machine, the default host name) would each see the other's storage
+	// client vanish from the members and take its locks for dead ones.
+	key := n.memberKey(self.Name)
 	pctx, cancel := context.WithTimeout(ctx, ttl)
-	_, err = cli.Put(pctx, n.memberKey(self.Name), string(rec), clientv3.WithLease(g.ID))
+	r, err := cli.Txn(pctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, string(rec), clientv3.WithLease(g.ID))).Commit()
 	cancel()
-	if err != nil {
+	if err != nil || !r.Succeeded {
 		n.revoke(g.ID)
-		return "member record not written: " + err.Error()
+		if err != nil {
+			return "member record not written: " + err.Error()
+		}
+		return fmt.Sprintf("another server is a member under the name %q: give each server its own cluster.name", self.Name)
 	}
 
 	tctx, stop := context.WithCancel(ctx)
@@ -202,7 +210,13 @@ func (n *Node) term(ctx context.Context) string {
 			n.revoke(g.ID)
 			return "campaign: " + err.Error()
 		}
-		n.becomeActive()
+		if err := n.becomeActive(tctx, el.Key(), el.Rev()); err != nil {
+			// Elected but unable to serve: leave the leadership to
+			// another server rather than hold it without the address.
+			why = err.Error()
+			n.becomePassive(why)
+			break
+		}
 		why = <-lost
 		n.becomePassive(why)
 	}
@@ -212,79 +226,100 @@ func (n *Node) term(ctx context.Context) string {
 }
 
 // keepAlive renews the lease every TTL/3 and returns when it can no longer
-// be sure the lease lives: etcd said it is gone, or the last renewal etcd
-// answered was sent so long ago that etcd may expire it within the next
-// renewal interval. Counting from when a renewal was sent, not answered,
-// errs on the side of stepping down before etcd expires the lease.
+// be sure the lease lives: etcd said it is gone, or a renewal interval
+// before the last answered renewal (counted from when it was sent) runs
+// out - whatever the renewals in flight are doing, so a server cut from
+// etcd steps down before etcd can expire its lease and elect another. It
+// also returns when the floating address's lifetime cannot be renewed.
 func (n *Node) keepAlive(ctx context.Context, id clientv3.LeaseID, granted time.Time) string {
 	ttl := n.cfg.TTL
 	every := ttl / 3
 	validUntil := granted.Add(ttl)
-	n.setValidUntil(validUntil)
-	t := time.NewTicker(every)
-	defer t.Stop()
+	if err := n.setValidUntil(validUntil); err != nil {
+		return err.Error()
+	}
+	var lastErr error
 	for {
+		stepDown := validUntil.Add(-every)
+		wait := min(every, time.Until(stepDown))
 		select {
 		case <-ctx.Done():
 			return "shutting down"
-		case <-t.C:
+		case <-time.After(wait):
+		}
+		if !time.Now().Before(stepDown) {
+			return fmt.Sprintf("lease not renewed for %v (etcd: %v)", time.Since(validUntil.Add(-ttl)).Round(time.Millisecond), lastErr)
 		}
 		sent := time.Now()
-		kctx, cancel := context.WithTimeout(ctx, every)
+		// The renewal may not run past the point where the server must
+		// step down.
+		kctx, cancel := context.WithDeadline(ctx, stepDown)
 		r, err := n.cfg.Client.KeepAliveOnce(kctx, id)
 		cancel()
+		lastErr = err
 		switch {
 		case ctx.Err() != nil:
 			return "shutting down"
 		case err == nil && r.TTL > 0:
 			validUntil = sent.Add(time.Duration(r.TTL) * time.Second)
-			n.setValidUntil(validUntil)
+			if err := n.setValidUntil(validUntil); err != nil {
+				return err.Error()
+			}
 		case errors.Is(err, rpctypes.ErrLeaseNotFound) || (err == nil && r.TTL <= 0):
 			return "etcd expired the lease"
-		}
-		if time.Until(validUntil) < every {
-			return fmt.Sprintf("lease not renewed for %v (etcd: %v)", time.Since(validUntil.Add(-ttl)).Round(time.Millisecond), err)
 		}
 	}
 }
 
 // setValidUntil records how long the lease surely lives and, while
-// active, makes the address live exactly as long.
-func (n *Node) setValidUntil(t time.Time) {
+// active, makes the address live as long.
+func (n *Node) setValidUntil(t time.Time) error {
 	n.mu.Lock()
 	n.validUntil = t
 	active := n.active
 	n.mu.Unlock()
 	if active && n.vip != nil {
 		if err := n.vip.add(t); err != nil {
-			n.log.Error("cluster: the floating address's lifetime not renewed", "addr", n.cfg.Address, "err", err)
+			return fmt.Errorf("the floating address's lifetime not renewed: %w", err)
 		}
 	}
+	return nil
 }
 
-func (n *Node) becomeActive() {
+// becomeActive takes the address and serves, unless the lease is about
+// to run out (the campaign took that long) or the address cannot be
+// added: then it returns why, and the caller steps down.
+func (n *Node) becomeActive(ctx context.Context, key string, rev int64) error {
 	n.mu.Lock()
 	until := n.validUntil
 	n.mu.Unlock()
+	if time.Until(until) < n.cfg.TTL/3 {
+		return errors.New("elected with a lease about to run out")
+	}
 	if n.vip != nil {
 		if err := n.vip.add(until); err != nil {
-			n.log.Error("cluster: elected, but the floating address could not be added", "addr", n.cfg.Address, "err", err)
-		} else {
-			n.vip.announce(n.log)
+			return fmt.Errorf("elected, but the floating address could not be added: %w", err)
 		}
 	}
 	n.mu.Lock()
-	n.active = true
+	n.active, n.leaderKey, n.leaderRev = true, key, rev
 	n.mu.Unlock()
+	if n.vip != nil {
+		// Until the old server's address has surely expired (its lease,
+		// and the kernel's second), clients that ask ARP may still get
+		// its answer: keep announcing ours that long.
+		n.vip.announce(ctx, n.cfg.TTL+2*time.Second, n.Active, n.log)
+	}
 	n.log.Info("cluster: active: this server serves the site", "member", n.cfg.Self.Name, "addr", n.cfg.Address)
 	if n.cfg.OnActive != nil {
 		n.cfg.OnActive()
 	}
+	return nil
 }
 
 func (n *Node) becomePassive(why string) {
 	n.mu.Lock()
-	n.active = false
+	n.active, n.leaderKey, n.leaderRev = false, "", 0
 	n.mu.Unlock()
 	if n.vip != nil {
 		if _, err := n.vip.remove(); err != nil {
@@ -295,6 +330,20 @@ func (n *Node) becomePassive(why string) {
 	if n.cfg.OnPassive != nil {
 		n.cfg.OnPassive(why)
 	}
+}
+
+// LeaderGuard is an etcd comparison that holds while this node is the
+// elected active server of its current term: writes only the active
+// server may make (the shared DHCP leases) are committed under it, so a
+// server that lost the election meanwhile cannot overwrite its heir's.
+// ok is false while the node is not active.
+func (n *Node) LeaderGuard() (cmp clientv3.Cmp, ok bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.active {
+		return clientv3.Cmp{}, false
+	}
+	return clientv3.Compare(clientv3.CreateRevision(n.leaderKey), "=", n.leaderRev), true
 }
 
 // revoke ends the lease at once (its keys go with it), so the next server
@@ -319,6 +368,26 @@ func (n *Node) Members(ctx context.Context) ([]Member, error) {
 		}
 	}
 	return out, nil
+}
+
+// Leader is the member now elected active (a linearizable read); ok is
+// false when none is.
+func (n *Node) Leader(ctx context.Context) (m Member, ok bool, err error) {
+	r, err := n.cfg.Client.Get(ctx, n.electionPrefix()+"/", clientv3.WithFirstCreate()...)
+	if err != nil || len(r.Kvs) == 0 {
+		return Member{}, false, err
+	}
+	name := string(r.Kvs[0].Value)
+	ms, err := n.Members(ctx)
+	if err != nil {
+		return Member{Name: name}, true, err
+	}
+	for _, m := range ms {
+		if m.Name == name {
+			return m, true, nil
+		}
+	}
+	return Member{Name: name}, true, nil
 }
 
 // StorageOwnerAlive answers the disks' lock policy: may a lock that

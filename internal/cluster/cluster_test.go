@@ -81,6 +81,21 @@ func TestElectionAndTakeover(t *testing.T) {
 		t.Errorf("client.9 (no member) alive")
 	}
 
+	if m, ok, err := b.Leader(ctx); err != nil || !ok || m.Name != "a" || m.StorageID != "client.1" {
+		t.Errorf("leader %+v %v %v, want a", m, ok, err)
+	}
+	// A second server under b's name does not replace b's record: b's
+	// storage client stays alive, the newcomer's is nobody's.
+	_, _, stopDup := startNode(t, client(t, e.Endpoint), "b", "client.9")
+	time.Sleep(500 * time.Millisecond)
+	if alive, _ := a.StorageOwnerAlive(ctx, "client.2"); !alive {
+		t.Errorf("b's storage client taken for dead after a second server named b started")
+	}
+	if alive, _ := a.StorageOwnerAlive(ctx, "client.9"); alive {
+		t.Errorf("the second server named b became a member")
+	}
+	stopDup()
+
 	// Clean shutdown: the lease is revoked, b takes over at once.
 	stopped := time.Now()
 	stopA()

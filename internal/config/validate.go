@@ -169,6 +169,21 @@ func (v *validator) checkCluster() {
 	if c.Lease != 0 && (c.Lease < 2*time.Second || c.Lease > time.Minute || c.Lease%time.Second != 0) {
 		v.fail("cluster.lease", "%s: want whole seconds between 2s and 60s", c.Lease)
 	}
+	// The cluster's DHCP leases are one etcd value, which etcd bounds
+	// (--max-request-bytes, 1.5 MiB by default): ~150 bytes a lease.
+	if first, last := v.c.DHCP.Pool(); v.c.DHCP.Mode == DHCPFull && first.IsValid() && last.IsValid() {
+		if n := int64(u32(last)) - int64(u32(first)) + 1; n > MaxClusterPool {
+			v.fail("dhcp.range", "%d addresses: a cluster keeps its DHCP leases in one etcd value, which holds at most %d; use a smaller range, or dhcp mode proxy beside the site's DHCP server", n, MaxClusterPool)
+		}
+	}
+}
+
+// MaxClusterPool bounds dhcp.range in a cluster (see checkCluster).
+const MaxClusterPool = 8192
+
+func u32(a netip.Addr) uint32 {
+	b := a.As4()
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
 }
 
 var clusterName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)

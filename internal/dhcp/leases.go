@@ -511,9 +511,10 @@ const (
 // reported; a missing file is an empty database; a corrupt one is an error,
 // because starting empty could hand out addresses twice.
 //
-// Loaded again (ReloadLeases), it merges: of two leases of one address or
-// one client, the one that expires later stays.
-func (db *leaseDB) load(now time.Time) (dropped []string, err error) {
+// With replace (ReloadLeases) the record replaces every lease, offer and
+// declined address the server had: the record is the truth of a cluster,
+// written by the active server alone, and what a standby had is older.
+func (db *leaseDB) load(now time.Time, replace bool) (dropped []string, err error) {
 	if db.store == nil {
 		return nil, nil
 	}
@@ -536,8 +537,30 @@ func (db *leaseDB) load(now time.Time) (dropped []string, err error) {
 	if lf.Version != leaseFileVersion {
 		return nil, fmt.Errorf("dhcp: %s: version %d, want %d", db.store, lf.Version, leaseFileVersion)
 	}
+	// Every record checked before any is taken: a bad one must not leave
+	// a table half replaced.
+	for _, r := range lf.Leases {
+		hw, err1 := net.ParseMAC(r.MAC)
+		_, err2 := netip.ParseAddr(r.IP)
+		if _, ok := toHW(hw); err1 != nil || err2 != nil || !ok {
+			return nil, fmt.Errorf("dhcp: %s: bad lease %q %q", db.store, r.MAC, r.IP)
+		}
+	}
+	for _, d := range lf.Declined {
+		if _, err := netip.ParseAddr(d.IP); err != nil {
+			return nil, fmt.Errorf("dhcp: %s: bad declined address %q", db.store, d.IP)
+		}
+	}
 	db.mu.Lock()
 	defer db.mu.Unlock()
+	if replace {
+		clear(db.byMAC)
+		clear(db.byIP)
+		clear(db.offers)
+		clear(db.offered)
+		clear(db.declined)
+		db.freed++
+	}
 	for _, r := range lf.Leases {
 		hw, err1 := net.ParseMAC(r.MAC)
 		ip, err2 := netip.ParseAddr(r.IP)

@@ -1,7 +1,9 @@
 package dhcp
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"net"
 	"net/netip"
 	"os"
@@ -373,5 +375,76 @@ func TestHostnamesOfKnownMachines(t *testing.T) {
 	}
 	if got := s.hostname(hwaddr(macN(1))); got != "pc1" {
 		t.Errorf("a refused table replaced the good one: %q", got)
+	}
+}
+
+// memLeases is a LeaseStore in memory, shared by the servers of a test
+// like a cluster's etcd; failing makes its writes fail.
+type memLeases struct {
+	mu      sync.Mutex
+	data    []byte
+	failing bool
+}
+
+func (m *memLeases) String() string { return "test lease store" }
+
+func (m *memLeases) LoadLeases() ([]byte, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return bytes.Clone(m.data), nil
+}
+
+func (m *memLeases) SaveLeases(b []byte) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.failing {
+		return errors.New("not the active server")
+	}
+	m.data = bytes.Clone(b)
+	return nil
+}
+
+// TestLeaseStoreTakeover: two servers on one LeaseStore, as a cluster's
+// active and standby. The standby, started before the leases were given,
+// knows them after ReloadLeases - and only them: a lease of its own from
+// before is replaced, so an address the store gives another client is not
+// handed out twice. A write the store refuses (a deposed server) withholds
+// the ACK.
+func TestLeaseStoreTakeover(t *testing.T) {
+	st := &memLeases{}
+	cfg := smallPool(3)
+	cfg.LeaseStore = st
+	standby, _ := newTestServer(t, cfg)
+	// Leases the standby alone remembers (from before the site's history
+	// it will take over): the whole pool.
+	var stale []netip.Addr
+	for i := 7; i <= 9; i++ {
+		stale = append(stale, leaseFor(t, standby, macN(i)))
+	}
+	st.mu.Lock()
+	st.data = nil // the store never saw it (another site's history)
+	st.mu.Unlock()
+
+	active, _ := newTestServer(t, cfg)
+	a, b := macN(1), macN(2)
+	ipA, ipB := leaseFor(t, active, a), leaseFor(t, active, b)
+	if !ipA.IsValid() || !ipB.IsValid() {
+		t.Fatalf("leases %v %v", ipA, ipB)
+	}
+	if err := standby.ReloadLeases(); err != nil {
+		t.Fatal(err)
+	}
+	if got := leaseFor(t, standby, b); got != ipB {
+		t.Errorf("after the takeover B got %v, want its lease %v", got, ipB)
+	}
+	c := leaseFor(t, standby, macN(3))
+	if !c.IsValid() || c == ipA || c == ipB {
+		t.Errorf("after the takeover a new client got %v (A %v, B %v; the standby's old lease was %v)", c, ipA, ipB, stale)
+	}
+	st.mu.Lock()
+	st.failing = true
+	st.mu.Unlock()
+	if got := leaseFor(t, active, macN(4)); got.IsValid() {
+		t.Errorf("a deposed server ACKed %v although the store refused its write", got)
 	}
 }

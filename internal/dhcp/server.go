@@ -74,7 +74,7 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	if c.Mode == ModeFull {
 		s.leases = newLeaseDB(&s.cfg)
-		dropped, err := s.leases.load(s.now())
+		dropped, err := s.leases.load(s.now(), false)
 		if err != nil {
 			return nil, err
 		}
@@ -85,15 +85,16 @@ func NewServer(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// ReloadLeases merges the leases of Config.LeaseStore into the server's
-// (full mode): a cluster's server that starts answering takes over the
-// leases the last one gave. Of two leases of one address or client, the
-// one that expires later stays.
+// ReloadLeases replaces the server's leases with those of
+// Config.LeaseStore (full mode): a cluster's server that starts answering
+// takes over the leases the last one gave, which are newer than anything
+// it knew as a standby. An unreadable record leaves the server's leases as
+// they were and returns the error.
 func (s *Server) ReloadLeases() error {
 	if s.leases == nil {
 		return nil
 	}
-	dropped, err := s.leases.load(s.now())
+	dropped, err := s.leases.load(s.now(), true)
 	for _, d := range dropped {
 		s.log.Warn("dhcp: lease dropped on load", "op", "load", "err", d)
 	}

@@ -51,8 +51,13 @@ type RBD struct {
 	// clientID is the rados client's address (ClientID).
 	clientID string
 
-	mu       sync.Mutex
+	// vmu guards versions, apart from mu: opening a version waits for
+	// the cluster (up to op_timeout when it is degraded), and the open
+	// disks' bookkeeping - a step-down closing every disk - must not
+	// wait behind it.
+	vmu      sync.Mutex
 	versions map[VersionRef]*rbdShared
+	mu       sync.Mutex
 	open     map[string]*rbdOpen // nil value: being opened
 
 	usage rbdUsage
@@ -387,8 +392,8 @@ func (b *RBD) removeImage(name string) error {
 // OpenVersion implements Backend: all users share one read-only handle
 // on the version's snapshot.
 func (b *RBD) OpenVersion(ref VersionRef) (disk.Device, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	b.vmu.Lock()
+	defer b.vmu.Unlock()
 	sv := b.versions[ref]
 	if sv == nil {
 		name := rbdVersionName(ref)
@@ -417,8 +422,8 @@ type rbdVersionHandle struct {
 }
 
 func (h *rbdVersionHandle) Close() error {
-	h.b.mu.Lock()
-	defer h.b.mu.Unlock()
+	h.b.vmu.Lock()
+	defer h.b.vmu.Unlock()
 	if h.closed {
 		return nil
 	}
@@ -437,12 +442,12 @@ func (h *rbdVersionHandle) Close() error {
 // DeleteVersion implements Backend: refused while the version is open or
 // a host disk is a clone of it.
 func (b *RBD) DeleteVersion(ref VersionRef) error {
-	b.mu.Lock()
+	b.vmu.Lock()
 	if sv := b.versions[ref]; sv != nil && sv.refs > 0 {
-		b.mu.Unlock()
+		b.vmu.Unlock()
 		return fmt.Errorf("%w: version %s is open", ErrDiskOpen, ref)
 	}
-	b.mu.Unlock()
+	b.vmu.Unlock()
 	name := rbdVersionName(ref)
 	img, err := rbd.OpenImageReadOnly(b.ioctx, name, rbdVersionSnap)
 	switch {

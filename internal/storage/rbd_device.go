@@ -219,10 +219,13 @@ func (d *rbdDevice) Close() error {
 	d.closed = true
 	var err error
 	if d.locked && d.fenced.Load() == nil {
-		if ferr := d.result("flush", d.img.flush()); ferr != nil {
-			err = ferr
-		} else if lerr := d.img.lockRelease(); lerr != nil {
-			err = fmt.Errorf("rbd %s: release lock: %w", d.name, lerr)
+		err = d.result("flush", d.img.flush())
+		// Released even after a failed flush: the writes it could not
+		// make durable were never acknowledged as durable, and a lock
+		// kept by this live server could be broken by nobody - its
+		// host could log in nowhere until a restart.
+		if lerr := d.img.lockRelease(); lerr != nil {
+			err = errors.Join(err, fmt.Errorf("rbd %s: release lock: %w", d.name, lerr))
 		}
 	}
 	return errors.Join(err, d.img.close())

@@ -174,7 +174,7 @@ func failover(t *testing.T, c *clusterSite) {
 	b, at := waitBoot(t, v, "pc1", 0)
 	t.Logf("pc1 booted through A in %v", b.took.Round(100*time.Millisecond))
 	w := startLoop(t, v, at, 10)
-	if strings.Contains(c.b.Output(), "host=pc1") {
+	if strings.Contains(c.b.Output(), "msg=host host=pc1") {
 		t.Errorf("the standby server B opened pc1's disk")
 	}
 
