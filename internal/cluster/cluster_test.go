@@ -2,6 +2,9 @@ package cluster
 
 import (
 	"context"
+	"net"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -125,5 +128,96 @@ func TestElectionAndTakeover(t *testing.T) {
 	}
 	if at.Sub(cut) < fenced {
 		t.Errorf("c active (%v) before b stopped serving (%v)", at.Sub(cut), fenced)
+	}
+}
+
+// freezer relays TCP to target until frozen; then it keeps every
+// connection open and passes nothing, as a network partition does: calls
+// hang instead of failing.
+type freezer struct {
+	l      net.Listener
+	frozen atomic.Bool
+}
+
+func newFreezer(t *testing.T, target string) *freezer {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &freezer{l: l}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			t.Cleanup(func() { c.Close(); u.Close() })
+			go f.pipe(c, u)
+			go f.pipe(u, c)
+		}
+	}()
+	return f
+}
+
+func (f *freezer) pipe(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if err != nil {
+			return
+		}
+		if f.frozen.Load() {
+			continue // lost in the partition
+		}
+		if _, err := dst.Write(buf[:n]); err != nil {
+			return
+		}
+	}
+}
+
+// TestStepDownBeforeExpiry: an active member cut from etcd by a partition
+// (its renewals hang, they do not fail) steps down while etcd still holds
+// its lease - a renewal interval before it could expire and elect
+// another - so two members are never active at once.
+func TestStepDownBeforeExpiry(t *testing.T) {
+	e := etcd.Start(t)
+	f := newFreezer(t, strings.TrimPrefix(e.Endpoint, "http://"))
+	cut := client(t, "http://"+f.l.Addr().String())
+	direct := client(t, e.Endpoint)
+	ev := newEvents()
+	n, err := New(Config{Client: cut, Prefix: "/t/", Self: Member{Name: "a"}, TTL: 6 * time.Second,
+		OnActive:  func() { ev.active <- time.Now() },
+		OnPassive: func(why string) { ev.passive <- why }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { n.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	wait(t, ev.active, "a active", 10*time.Second)
+	r, err := direct.Get(context.Background(), "/t/cluster/members/a")
+	if err != nil || len(r.Kvs) != 1 {
+		t.Fatalf("member record: %v %v", r, err)
+	}
+	lease := clientv3.LeaseID(r.Kvs[0].Lease)
+
+	f.frozen.Store(true)
+	cutAt := time.Now()
+	why := wait(t, ev.passive, "a passive", 10*time.Second)
+	ttl, err := direct.TimeToLive(context.Background(), lease)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("stepped down %v after the partition (%s); etcd's lease had %d s left", time.Since(cutAt).Round(time.Millisecond), why, ttl.TTL)
+	if ttl.TTL < 1 {
+		t.Errorf("stepped down with %d s left on the lease: not before etcd could expire it", ttl.TTL)
 	}
 }
