@@ -291,6 +291,21 @@ func (c *Cluster) StartOSD() error {
 	}
 }
 
+// OSDPid is the running OSD's process id (0 when it is stopped), for
+// benchmarks that count its CPU time.
+func (c *Cluster) OSDPid() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.osd == nil {
+		return 0
+	}
+	return c.osd.Pid()
+}
+
+// Dir is the cluster's directory: ceph.conf, the daemons' data, their
+// admin sockets under run/ and logs under log/.
+func (c *Cluster) Dir() string { return c.dir }
+
 // Ceph runs the ceph CLI as client.admin.
 func (c *Cluster) Ceph(ctx context.Context, args ...string) (string, error) {
 	return c.run(ctx, nil, append([]string{"ceph", "-c", c.Conf, "--connect-timeout", "10"}, args...)...)
