@@ -44,9 +44,16 @@ var _ interface {
 	disk.Device
 	disk.Unmapper
 	disk.Failer
+	disk.Remote
 } = (*rbdDevice)(nil)
 
 func (d *rbdDevice) Size() int64 { return d.size }
+
+// Remote implements disk.Remote: every READ and WRITE is a round trip to
+// an OSD. Run inline on the iSCSI reader (as page-cache hits are), each
+// would wait for the one before it and a queue of 32 would reach the
+// cluster one at a time.
+func (d *rbdDevice) Remote() bool { return true }
 
 // begin starts an I/O: it fails when the device is closed or fenced, and
 // otherwise holds the device open until end.
