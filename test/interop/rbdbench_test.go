@@ -54,7 +54,9 @@ func init() { buildTags = []string{"ceph", "pacific"} }
 //
 // Env: DISKLESS_BENCH_RBD_SIZE (image bytes, default 1G),
 // DISKLESS_BENCH_RBD_ROUNDS (3), DISKLESS_BENCH_RBD_SCALE (0.3: the
-// fraction of the tool's I/O counts), DISKLESS_BENCH_RBD_CLONES (100).
+// fraction of the tool's I/O counts), DISKLESS_BENCH_RBD_CLONES (100),
+// DISKLESS_BENCH_RBD_HOLD (a duration: wait that long after the fill,
+// printing the URLs and pids, to profile by hand).
 func TestRBDBench(t *testing.T) {
 	if os.Getenv("DISKLESS_BENCH_RBD") != "1" {
 		t.Skip("manual benchmark: DISKLESS_BENCH_RBD=1 (scripts/bench-rbd.sh)")
@@ -144,6 +146,17 @@ func TestRBDBench(t *testing.T) {
 		if used := rbdUsed(t, cl, img); used < int64(size) {
 			t.Fatalf("%s holds %d bytes of its own after the fill, want %d: reads would go to the parent", img, used, size)
 		}
+	}
+
+	if d := os.Getenv("DISKLESS_BENCH_RBD_HOLD"); d != "" {
+		// For profiling by hand (perf record -p PID, qemu-img bench URL).
+		hold, err := time.ParseDuration(d)
+		if err != nil {
+			t.Fatalf("DISKLESS_BENCH_RBD_HOLD=%q: %v", d, err)
+		}
+		fmt.Printf("# holding for %v: tgt-rbd pid %d %s\n#   diskless-rbd pid %d '%s'\n#   diskless-raw pid %d %s\n#   ceph-osd pid %d\n",
+			hold, tgt.Pid, tgtURL, srv.Pid(), rbdURL, raw.Pid, rawURL, cl.OSDPid())
+		time.Sleep(hold)
 	}
 
 	runs := []struct {
