@@ -10,7 +10,7 @@
 # server CPU per GiB and per 1000 I/Os) and the time and cluster space of
 # 100 persistent hosts (RBD clones) added through the API.
 #
-# Usage: scripts/bench-rbd.sh [--size 1G] [--rounds 3] [--scale 0.3] [--clones 100]
+# Usage: scripts/bench-rbd.sh [--size 1G] [--rounds 3] [--scale 0.5] [--clones 100]
 #   --size    image size (1G, 512M or bytes)
 #   --rounds  and --scale are passed to iscsi-perf-compare (--scale: the
 #             fraction of its I/O counts; RBD on one loopback OSD is slow)
@@ -21,14 +21,14 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-size=1G rounds=3 scale=0.3 clones=100
+size=1G rounds=3 scale=0.5 clones=100
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--size) size=$2; shift 2 ;;
 	--rounds) rounds=$2; shift 2 ;;
 	--scale) scale=$2; shift 2 ;;
 	--clones) clones=$2; shift 2 ;;
-	*) echo "usage: $0 [--size 1G] [--rounds 3] [--scale 0.3] [--clones 100]" >&2; exit 2 ;;
+	*) echo "usage: $0 [--size 1G] [--rounds 3] [--scale 0.5] [--clones 100]" >&2; exit 2 ;;
 	esac
 done
 [ "$(id -u)" = 0 ] || { echo "bench: needs root (tgtd's control socket)" >&2; exit 1; }

@@ -53,7 +53,7 @@ func init() { buildTags = []string{"ceph", "pacific"} }
 //     the pool's space before and after (rbd du, objects, BlueStore).
 //
 // Env: DISKLESS_BENCH_RBD_SIZE (image bytes, default 1G),
-// DISKLESS_BENCH_RBD_ROUNDS (3), DISKLESS_BENCH_RBD_SCALE (0.3: the
+// DISKLESS_BENCH_RBD_ROUNDS (3), DISKLESS_BENCH_RBD_SCALE (0.5: the
 // fraction of the tool's I/O counts), DISKLESS_BENCH_RBD_CLONES (100),
 // DISKLESS_BENCH_RBD_HOLD (a duration: wait that long after the fill,
 // printing the URLs and pids, to profile by hand).
@@ -71,7 +71,7 @@ func TestRBDBench(t *testing.T) {
 	rounds := envInt(t, "DISKLESS_BENCH_RBD_ROUNDS", 3)
 	scale := os.Getenv("DISKLESS_BENCH_RBD_SCALE")
 	if scale == "" {
-		scale = "0.3"
+		scale = "0.5"
 	}
 	nclones := envInt(t, "DISKLESS_BENCH_RBD_CLONES", 100)
 	ctx := context.Background()
@@ -79,7 +79,9 @@ func TestRBDBench(t *testing.T) {
 	fmt.Printf("# RBD bench %s, %d cores, load average %s, image %d MiB, %d rounds, scale %s\n",
 		began.UTC().Format(time.RFC3339), runtime.NumCPU(), loadavg(), size>>20, rounds, scale)
 
-	cl := ceph.Start(t)
+	// The version and two filled clones are three times the image; the
+	// default 4 GiB OSD is full at 3 GiB of data and its RocksDB.
+	cl := ceph.StartSize(t, max(16<<30, 8*int64(size)))
 	golden := filepath.Join(t.TempDir(), "golden.raw")
 	writeRandom(t, golden, size)
 
