@@ -53,6 +53,15 @@ type Prefetcher interface {
 	Prefetch(off, length int64) error
 }
 
+// Remote is a Device whose reads and writes each wait for another machine
+// (Ceph RBD: a round trip to an OSD, a few hundred µs and more) when Remote
+// returns true: none is ever served from a local page cache in
+// microseconds, so a transport must not run them inline on a connection's
+// reader, where each would hold up the commands queued behind it.
+type Remote interface {
+	Remote() bool
+}
+
 // ErrReadOnly is returned by writes to a device opened read-only.
 var ErrReadOnly = errors.New("disk: device is read-only")
 

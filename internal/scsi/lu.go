@@ -85,6 +85,9 @@ type LogicalUnit struct {
 	alloc      disk.AllocationReporter
 	prefetcher disk.Prefetcher
 	extenter   disk.FileExtenter
+	// remote: every I/O of dev waits for the network (disk.Remote), so
+	// none is quick.
+	remote bool
 
 	cfg     LUConfig
 	bs      uint64
@@ -135,7 +138,8 @@ type LogicalUnit struct {
 // interfaces of dev it finds: disk.Unmapper enables thin provisioning
 // (UNMAP, WRITE SAME with UNMAP, LBPME), disk.AllocationReporter GET LBA
 // STATUS, disk.Prefetcher PRE-FETCH, disk.Zeroer fast zero writes,
-// disk.FileExtenter READ data sent straight from the file.
+// disk.FileExtenter READ data sent straight from the file, disk.Remote
+// keeps READ and WRITE off the transport's reader (Target.Quick).
 func NewLogicalUnit(dev disk.Device, cfg LUConfig) (*LogicalUnit, error) {
 	if dev == nil {
 		return nil, errors.New("scsi: nil device")
@@ -187,6 +191,9 @@ func NewLogicalUnit(dev disk.Device, cfg LUConfig) (*LogicalUnit, error) {
 	lu.alloc, _ = dev.(disk.AllocationReporter)
 	lu.prefetcher, _ = dev.(disk.Prefetcher)
 	lu.extenter, _ = dev.(disk.FileExtenter)
+	if r, ok := dev.(disk.Remote); ok {
+		lu.remote = r.Remote()
+	}
 	blocks := uint64(dev.Size()) >> lu.shift
 	if blocks == 0 {
 		return nil, fmt.Errorf("scsi: device of %d bytes holds no %d-byte block", dev.Size(), lu.bs)

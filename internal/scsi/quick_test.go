@@ -30,4 +30,15 @@ func TestQuick(t *testing.T) {
 	if wt.tgt.Quick(0, cases[2].cdb) {
 		t.Error("WRITE with the write cache off (write-through, flush per write) is quick")
 	}
+	remote := newTestLU(t, remoteDevice{newMemDevice(1 << 20)}, LUConfig{})
+	for _, c := range cases[:3] {
+		if remote.tgt.Quick(0, c.cdb) {
+			t.Errorf("%s on a remote device (every I/O a network round trip) is quick", c.name)
+		}
+	}
 }
+
+// remoteDevice is a memDevice that says its I/O goes over the network.
+type remoteDevice struct{ *memDevice }
+
+func (remoteDevice) Remote() bool { return true }

@@ -69,10 +69,11 @@ func (t *Target) abortTasksFunc() func(lun uint64, victims []Nexus) {
 // cache is on, without FUA: such a command completes from the host's page
 // cache, so a transport may run it without handing it to another
 // goroutine. Anything that may wait for the medium (FUA, write-through,
-// SYNCHRONIZE CACHE, UNMAP, ...) is not quick.
+// SYNCHRONIZE CACHE, UNMAP, ...) is not quick, and nothing is on a device
+// whose I/O goes over the network (disk.Remote).
 func (t *Target) Quick(lun uint64, cdb []byte) bool {
 	lu := t.LU(lun)
-	if lu == nil || len(cdb) == 0 {
+	if lu == nil || len(cdb) == 0 || lu.remote {
 		return false
 	}
 	e := opIndex[cdb[0]]

@@ -44,9 +44,33 @@ var _ interface {
 	disk.Device
 	disk.Unmapper
 	disk.Failer
+	disk.Remote
+	disk.AllocationReporter
 } = (*rbdDevice)(nil)
 
 func (d *rbdDevice) Size() int64 { return d.size }
+
+// Remote implements disk.Remote: every READ and WRITE is a round trip to
+// an OSD. Run inline on the iSCSI reader (as page-cache hits are), each
+// would wait for the one before it and a queue of 32 would reach the
+// cluster one at a time.
+func (d *rbdDevice) Remote() bool { return true }
+
+// Mapped implements disk.AllocationReporter by reporting every block
+// mapped: GET LBA STATUS provisioning status 0h, "mapped or of unknown
+// state" (SBC-4 5.8). The LU claims thin provisioning (LBPME, LBPRZ)
+// because the device unmaps; without an answer here GET LBA STATUS was
+// refused, and QEMU's iSCSI driver, which asks it before every read of
+// 32 KiB or more on such an LU, logged an error and paid a wasted round
+// trip on each (1 MiB QD8 reads 0.89x tgt-rbd's, which claims no thin
+// provisioning). Holes are not reported: that would take the object map
+// (rbd_diff_iterate2), left for when an initiator gains from skipping them.
+func (d *rbdDevice) Mapped(off int64) (bool, int64, error) {
+	if off < 0 || off >= d.size {
+		return false, 0, fmt.Errorf("rbd %s: offset %d outside the disk (%d bytes)", d.name, off, d.size)
+	}
+	return true, d.size - off, nil
+}
 
 // begin starts an I/O: it fails when the device is closed or fenced, and
 // otherwise holds the device open until end.

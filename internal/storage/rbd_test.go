@@ -447,6 +447,21 @@ func TestRBDThroughSCSI(t *testing.T) {
 	if last := binary.BigEndian.Uint64(got); last != size/512-1 || got[14]&0x80 == 0 {
 		t.Errorf("READ CAPACITY(16): last LBA %d (want %d), LBPME %v", last, size/512-1, got[14]&0x80 != 0)
 	}
+	// GET LBA STATUS answers (QEMU asks it before each large read of a
+	// thin LU): everything mapped, in one descriptor.
+	gls := make([]byte, 16)
+	gls[0], gls[1] = 0x9e, 0x12
+	binary.BigEndian.PutUint32(gls[10:], 24)
+	if r := exec(gls, nil, 24); r.Status != scsi.StatusGood || len(got) != 24 {
+		t.Errorf("GET LBA STATUS: status %#x sense %x, %d bytes", r.Status, r.Sense, len(got))
+	} else if n, status := binary.BigEndian.Uint32(got[16:]), got[20]&0x0f; n != size/512 || status != 0 {
+		t.Errorf("GET LBA STATUS: %d blocks of status %d, want %d mapped", n, status, size/512)
+	}
+	// Every READ and WRITE waits for an OSD: none runs inline on the
+	// iSCSI reader.
+	if tgt.Quick(0, cdb10(0x28, 0, 0, 8)) || tgt.Quick(0, cdb10(0x2a, 0, 0, 8)) {
+		t.Error("a READ or WRITE of an RBD disk is quick (run inline on the connection's reader)")
+	}
 	data := bytes.Repeat([]byte{0xc3}, 8*512)
 	if r := exec(cdb10(0x2a, 0x08, 100, 8), data, 0); r.Status != scsi.StatusGood { // WRITE(10) FUA
 		t.Fatalf("WRITE FUA: status %#x", r.Status)

@@ -20,6 +20,9 @@ var (
 	disklessBin   string // built ./cmd/diskless, "" when the build failed
 	disklessBuild error  // why disklessBin is "", reported by every test that needs it
 	raceEnabled   bool   // set in race_test.go under -race
+	// buildTags are the tags diskless is built with: ceph,pacific when
+	// the tests are (rbdbench_test.go), for the RBD backend.
+	buildTags []string
 )
 
 func TestMain(m *testing.M) {
@@ -42,7 +45,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	disklessBin, disklessBuild = build.Diskless(repoRoot, dir, raceEnabled)
+	disklessBin, disklessBuild = build.Diskless(repoRoot, dir, raceEnabled, buildTags...)
 	return m.Run()
 }
 

@@ -36,15 +36,19 @@ type targetConfig struct {
 }
 
 type lunConfig struct {
-	Path      string // image file
+	Path      string // image file (tgt with BSType: what its backing store opens)
 	ReadOnly  bool
 	Removable bool
+	// BSType and BSOpts are tgt's --bstype and --bsopts (e.g. "rbd" and
+	// "conf=FILE;id=USER", Debian's tgt-rbd); diskless ignores them.
+	BSType, BSOpts string
 }
 
 // target is a running iSCSI target on 127.0.0.1.
 type target struct {
 	Port int
 	IQN  string
+	Pid  int // the server process (its CPU time, for benchmarks)
 	// lunBase is added to a configured LUN number to get the LUN initiators
 	// see: tgt reserves LUN 0 for its controller device, so it serves LUN i
 	// as LUN i+1.
@@ -168,7 +172,7 @@ func startDiskless(t *testing.T, cfg targetConfig) *target {
 		}
 		return lines
 	}
-	return &target{Port: port, IQN: targetIQN, logins: logins}
+	return &target{Port: port, IQN: targetIQN, Pid: d.Pid(), logins: logins}
 }
 
 // startTgt runs a private tgtd (own control port, portal on 127.0.0.1 only)
@@ -187,6 +191,9 @@ func startTgt(t *testing.T, cfg targetConfig) *target {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
+		// SIGKILL after taking the system down (tgtd ignores SIGTERM), so
+		// backing stores close first (tgt-rbd's librbd releases its lock).
+		exec.Command("tgtadm", "-C", ctl, "--op", "delete", "--mode", "system").Run()
 		d.Stop()
 		os.Remove("/var/run/tgtd/socket." + ctl)
 		os.Remove("/var/run/tgtd/socket." + ctl + ".lock")
@@ -213,7 +220,14 @@ func startTgt(t *testing.T, cfg targetConfig) *target {
 	add("--op", "new", "--mode", "target", "--tid", "1", "-T", targetIQN)
 	for i, l := range cfg.LUNs {
 		lun := strconv.Itoa(i + 1)
-		add("--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", lun, "-b", l.Path)
+		lu := []string{"--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", lun, "-b", l.Path}
+		if l.BSType != "" {
+			lu = append(lu, "--bstype", l.BSType)
+		}
+		if l.BSOpts != "" {
+			lu = append(lu, "--bsopts", l.BSOpts)
+		}
+		add(lu...)
 		if l.ReadOnly {
 			add("--op", "update", "--mode", "logicalunit", "--tid", "1", "--lun", lun, "--params", "readonly=1")
 		}
@@ -243,5 +257,5 @@ func startTgt(t *testing.T, cfg targetConfig) *target {
 	if err := waitTCP(fmt.Sprintf("127.0.0.1:%d", port), d.Exited(), 10*time.Second); err != nil {
 		t.Fatalf("tgtd: %v\n%s", err, d.Output())
 	}
-	return &target{Port: port, IQN: targetIQN, lunBase: 1}
+	return &target{Port: port, IQN: targetIQN, Pid: d.Pid(), lunBase: 1}
 }

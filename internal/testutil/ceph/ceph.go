@@ -22,6 +22,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -91,7 +92,7 @@ func Shared(tb testing.TB) *Cluster {
 			shared.err = err
 			return
 		}
-		shared.c, shared.err = start(tb, dir, "", "127.0.0.1")
+		shared.c, shared.err = start(tb, dir, "", "127.0.0.1", defaultOSDSize)
 		if shared.err != nil {
 			shared.c = nil
 			os.RemoveAll(dir)
@@ -115,8 +116,20 @@ func StopShared() {
 // Start starts a cluster of the test's own, stopped at its cleanup.
 func Start(tb testing.TB) *Cluster {
 	tb.Helper()
+	return StartSize(tb, defaultOSDSize)
+}
+
+// defaultOSDSize is the OSD's BlueStore device (a sparse file): RocksDB
+// takes about half a GiB of it, the full ratio (95 %) the last 200 MiB.
+const defaultOSDSize = 4 << 30
+
+// StartSize is Start with an OSD device of osdBytes, for benchmarks that
+// store more than the default 4 GiB holds (the file is sparse: only what
+// is written takes disk space).
+func StartSize(tb testing.TB, osdBytes int64) *Cluster {
+	tb.Helper()
 	skipUnlessInstalled(tb)
-	c, err := start(tb, tb.TempDir(), "", "127.0.0.1")
+	c, err := start(tb, tb.TempDir(), "", "127.0.0.1", osdBytes)
 	if err != nil {
 		tb.Fatalf("ceph: %v", err)
 	}
@@ -131,7 +144,7 @@ func Start(tb testing.TB) *Cluster {
 func StartIn(tb testing.TB, ns, ip string) *Cluster {
 	tb.Helper()
 	skipUnlessInstalled(tb)
-	c, err := start(tb, tb.TempDir(), ns, ip)
+	c, err := start(tb, tb.TempDir(), ns, ip, defaultOSDSize)
 	if err != nil {
 		tb.Fatalf("ceph: %v", err)
 	}
@@ -139,7 +152,7 @@ func StartIn(tb testing.TB, ns, ip string) *Cluster {
 	return c
 }
 
-func start(tb testing.TB, dir, ns, ip string) (_ *Cluster, err error) {
+func start(tb testing.TB, dir, ns, ip string, osdBytes int64) (_ *Cluster, err error) {
 	t0 := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), StartTimeout)
 	defer cancel()
@@ -161,7 +174,8 @@ func start(tb testing.TB, dir, ns, ip string) (_ *Cluster, err error) {
 			return nil, err
 		}
 	}
-	conf := strings.NewReplacer("FSID", fsid, "MON", mon, "DIR", dir, "PUBLIC", ip).Replace(confTemplate)
+	conf := strings.NewReplacer("FSID", fsid, "MON", mon, "DIR", dir, "PUBLIC", ip,
+		"OSDBYTES", strconv.FormatInt(osdBytes, 10)).Replace(confTemplate)
 	if err := os.WriteFile(c.Conf, []byte(conf), 0o600); err != nil {
 		return nil, err
 	}
@@ -291,6 +305,21 @@ func (c *Cluster) StartOSD() error {
 	}
 }
 
+// OSDPid is the running OSD's process id (0 when it is stopped), for
+// benchmarks that count its CPU time.
+func (c *Cluster) OSDPid() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.osd == nil {
+		return 0
+	}
+	return c.osd.Pid()
+}
+
+// Dir is the cluster's directory: ceph.conf, the daemons' data, their
+// admin sockets under run/ and logs under log/.
+func (c *Cluster) Dir() string { return c.dir }
+
 // Ceph runs the ceph CLI as client.admin.
 func (c *Cluster) Ceph(ctx context.Context, args ...string) (string, error) {
 	return c.run(ctx, nil, append([]string{"ceph", "-c", c.Conf, "--connect-timeout", "10"}, args...)...)
@@ -385,7 +414,7 @@ admin_socket = DIR/run/$name.asok
 keyring = DIR/osd/keyring
 osd_objectstore = bluestore
 bluestore_block_create = true
-bluestore_block_size = 4294967296
+bluestore_block_size = OSDBYTES
 bluestore_block_db_create = false
 bluestore_block_wal_create = false
 bluestore_cache_autotune = false
