@@ -17,6 +17,7 @@ pkgs=(
 	dmsetup         # device-mapper error/flakey devices that start failing (internal/testutil/faildev)
 	cpio            # packs the guest initramfs
 	tgt             # reference target (DISKLESS_INTEROP_TARGET=tgt, benchmark)
+	tgt-rbd         # tgt's Ceph RBD backing store: the reference in scripts/bench-rbd.sh
 	iperf3          # loopback ceiling in the benchmark
 	time            # /usr/bin/time: the initiator's CPU per I/O in the benchmark
 	python3         # ../shared/tools scripts
