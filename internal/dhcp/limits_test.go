@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -335,6 +336,7 @@ func TestFloodReservedAndKnownServed(t *testing.T) {
 	// The probes: DORA of both hosts, queued behind the flood.
 	type probe struct{ offer, ack time.Duration }
 	var probes [2][]probe
+	var rounds atomic.Int32 // probe rounds done (both hosts)
 	stop := make(chan struct{})
 	probed := make(chan struct{})
 	go func() {
@@ -374,6 +376,7 @@ func TestFloodReservedAndKnownServed(t *testing.T) {
 				pr.ack = at.Sub(t0)
 				probes[h] = append(probes[h], pr)
 			}
+			rounds.Add(1)
 		}
 	}()
 
@@ -418,7 +421,11 @@ func TestFloodReservedAndKnownServed(t *testing.T) {
 		packetOf(kindLinux.build(macN(0), dhcpv4.MessageTypeDiscover, 0)),
 		packetOf(kindLinux.selecting(macN(0), 0, testServerIP.AsSlice(), net.IPv4(10, 77, 0, 150))),
 	}
-	for i := range flood {
+	// At least flood packets, and on until the probes made their three
+	// rounds: a fast machine must not end the flood before they could.
+	sent := 0
+	for ; sent < flood || (rounds.Load() < 3 && time.Since(start) < 30*time.Second); sent++ {
+		i := sent
 		p := new(packet)
 		*p = *templates[i%2]
 		binary.BigEndian.PutUint32(p.buf[4:], uint32(i))       // xid
@@ -436,8 +443,8 @@ func TestFloodReservedAndKnownServed(t *testing.T) {
 
 	st := s.Stats()
 	writes := st.LeaseWrites - writesBefore
-	t.Logf("%d packets in %v: %.0f packets/s; %d lease file writes", flood, took.Round(time.Millisecond),
-		float64(flood)/took.Seconds(), writes)
+	t.Logf("%d packets in %v: %.0f packets/s; %d lease file writes", sent, took.Round(time.Millisecond),
+		float64(sent)/took.Seconds(), writes)
 	t.Logf("flood outcomes: %v", st.ByType)
 	for h, name := range []string{"reserved", "known"} {
 		ps := probes[h]
