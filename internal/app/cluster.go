@@ -114,7 +114,7 @@ const metaDHCPLeases = "dhcp-leases"
 
 func (s storeLeases) String() string { return "the state store's DHCP leases" }
 
-func (s storeLeases) key() string { return s.store.Prefix() + store.BucketMeta + "/" + metaDHCPLeases }
+func (s storeLeases) key() string { return s.store.Key(store.BucketMeta, metaDHCPLeases) }
 
 func (s storeLeases) LoadLeases() ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -36,8 +36,14 @@ func client(t *testing.T, endpoint string) *clientv3.Client {
 
 func startNode(t *testing.T, c *clientv3.Client, name, storageID string) (*Node, *events, context.CancelFunc) {
 	t.Helper()
+	return startNodeTTL(t, c, name, storageID, 2*time.Second)
+}
+
+// startNodeTTL is startNode with a lease of ttl.
+func startNodeTTL(t *testing.T, c *clientv3.Client, name, storageID string, ttl time.Duration) (*Node, *events, context.CancelFunc) {
+	t.Helper()
 	ev := newEvents()
-	n, err := New(Config{Client: c, Prefix: "/t/", Self: Member{Name: name, StorageID: storageID}, TTL: 2 * time.Second,
+	n, err := New(Config{Client: c, Prefix: "/t/", Self: Member{Name: name, StorageID: storageID}, TTL: ttl,
 		OnActive:  func() { ev.active <- time.Now() },
 		OnPassive: func(why string) { ev.passive <- why }})
 	if err != nil {
@@ -191,17 +197,7 @@ func TestStepDownBeforeExpiry(t *testing.T) {
 	f := newFreezer(t, strings.TrimPrefix(e.Endpoint, "http://"))
 	cut := client(t, "http://"+f.l.Addr().String())
 	direct := client(t, e.Endpoint)
-	ev := newEvents()
-	n, err := New(Config{Client: cut, Prefix: "/t/", Self: Member{Name: "a"}, TTL: 6 * time.Second,
-		OnActive:  func() { ev.active <- time.Now() },
-		OnPassive: func(why string) { ev.passive <- why }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { n.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	_, ev, _ := startNodeTTL(t, cut, "a", "", 6*time.Second)
 	wait(t, ev.active, "a active", 10*time.Second)
 	r, err := direct.Get(context.Background(), "/t/cluster/members/a")
 	if err != nil || len(r.Kvs) != 1 {

@@ -75,16 +75,7 @@ cluster: {address: %s/24, name: %s, lease: 3s}
 		return f
 	}
 	c.cfgA, c.cfgB = conf("a", n.srvIf, c.dataA), conf("b", c.bIf, c.dataB)
-	c.cliA = nsCLI(t, n, c.dataA)
-	c.cliB = func(args ...string) string {
-		t.Helper()
-		argv := append([]string{"netns", "exec", c.bNS, disklessBin}, append(args, "--data-dir", c.dataB)...)
-		out, err := exec.Command("ip", argv...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("diskless %v (B): %v\n%s", args, err, out)
-		}
-		return string(out)
-	}
+	c.cliA, c.cliB = cliIn(t, n.srvNS, c.dataA), cliIn(t, c.bNS, c.dataB)
 	return c
 }
 

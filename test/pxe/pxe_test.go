@@ -428,9 +428,15 @@ func markerSite(t *testing.T) (n *testNet, data, marker string, cli func(args ..
 // nsCLI returns a runner of diskless commands on data in the server's
 // namespace: with the server running, the CLI talks to its API there.
 func nsCLI(t *testing.T, n *testNet, data string) func(args ...string) string {
+	return cliIn(t, n.srvNS, data)
+}
+
+// cliIn runs the diskless CLI in namespace ns on data_dir data (a
+// running server's API, when its server file is there).
+func cliIn(t *testing.T, ns, data string) func(args ...string) string {
 	return func(args ...string) string {
 		t.Helper()
-		argv := append([]string{"netns", "exec", n.srvNS, disklessBin}, append(args, "--data-dir", data)...)
+		argv := append([]string{"netns", "exec", ns, disklessBin}, append(args, "--data-dir", data)...)
 		out, err := exec.Command("ip", argv...).CombinedOutput()
 		if err != nil {
 			t.Fatalf("diskless %v: %v\n%s", args, err, out)

@@ -242,6 +242,11 @@ func (s *Store) wrap(ctx context.Context, op string, err error) error {
 
 func (s *Store) key(bucket, key string) string { return s.prefix + bucket + "/" + key }
 
+// Key is the etcd key of key in bucket, for a server's own transactions
+// on a record of the store (the cluster's DHCP leases, written only under
+// the leader's guard).
+func (s *Store) Key(bucket, key string) string { return s.key(bucket, key) }
+
 func (s *Store) deleteMarker(bucket string) string { return s.prefix + ".deleted/" + bucket }
 
 func checkBucket(bucket string) error {
