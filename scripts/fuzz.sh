@@ -31,7 +31,24 @@ want=${1:-.}
 for pkg in $(git grep -l '^func Fuzz' -- '*_test.go' | xargs -n1 dirname | sort -u | sed 's|^|./|'); do
 	for target in $(go test -list '^Fuzz' "$pkg" | grep '^Fuzz' | grep -E "$want" || true); do
 		echo "== $pkg $target ($fuzztime)"
+		corpus=$pkg/testdata/fuzz/$target
+		before=$(ls "$corpus" 2>/dev/null | wc -l)
+		out=$(mktemp)
+		rc=0
 		go test -run '^$' -fuzz "^${target}\$" -fuzztime "$fuzztime" -fuzzminimizetime 20x \
-			${par:+-parallel "$par"} "$pkg"
+			${par:+-parallel "$par"} "$pkg" 2>&1 | tee "$out" || rc=$?
+		after=$(ls "$corpus" 2>/dev/null | wc -l)
+		# Go 1.26's fuzz coordinator can report its own -fuzztime deadline as
+		# a failure (go.dev/issue/75804, fixed in 1.27): "context deadline
+		# exceeded" with no input written. A real failure always writes its
+		# input to testdata/fuzz/<Target>/, so only that fails the run.
+		if [ "$rc" != 0 ] && [ "$after" = "$before" ] &&
+			grep -qx '    context deadline exceeded' "$out" &&
+			[ "$(grep -c '^    ' "$out")" = 1 ]; then
+			echo "== $target: the coordinator's deadline race (go.dev/issue/75804), no failing input: not a failure"
+			rc=0
+		fi
+		rm -f "$out"
+		[ "$rc" = 0 ] || exit "$rc"
 	done
 done
