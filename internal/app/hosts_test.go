@@ -469,3 +469,41 @@ func TestCorruptStoreRefused(t *testing.T) {
 		}
 	}
 }
+
+// A host whose disk could not be opened when the server started (here its
+// image's version file moved away; on RBD, a lock its own crashed
+// predecessor still holds) is not left with a target without its LUN
+// until its record next changes: each login tries to open the disk again,
+// and is refused with a status the initiator retries until that works.
+func TestDiskOpenedAtLogin(t *testing.T) {
+	dir, data := t.TempDir(), t.TempDir()
+	img := filepath.Join(dir, "golden.img")
+	if err := os.WriteFile(img, make([]byte, 4<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	conf := "images:\n  - {name: golden, import: " + img + "}\n"
+	s := startSite(t, data, conf)
+	var ch api.HostChange
+	s.call("POST", "/hosts", api.AddHostRequest{Name: "pc1", Image: "golden", DiskMode: "persistent"}, &ch, 201)
+	h, secret := ch.Host, ch.Host.CHAP.Secret
+	sess := s.login(h, secret)
+	writeAt(t, sess, 100, pattern("kept", 8*block))
+	sess.Close()
+	s.stop()
+
+	version, away := filepath.Join(data, "images", "golden", "v1.img"), filepath.Join(dir, "v1.img")
+	if err := os.Rename(version, away); err != nil {
+		t.Fatal(err)
+	}
+	s = startSite(t, data, conf)
+	if _, err := s.dial(h, h.InitiatorIQN, secret); !isLoginStatus(err, pdu.LoginServiceUnavailable) {
+		t.Fatalf("login while the disk cannot be opened: %v, want service unavailable (retried)", err)
+	}
+	if err := os.Rename(away, version); err != nil {
+		t.Fatal(err)
+	}
+	sess = s.login(h, secret)
+	if got := readAt(t, sess, 100, 8*block); !bytes.Equal(got, pattern("kept", 8*block)) {
+		t.Fatal("the disk opened at login does not hold the host's writes")
+	}
+}

@@ -207,9 +207,7 @@ func RunServe(ctx context.Context, opts ServeOptions) (err error) {
 	icfg.TraceDir = opts.TraceDir
 	icfg.OnLogin = func(e iscsi.LoginEvent) { sup.login(e) }
 	icfg.OnLoginFailed = func(f iscsi.LoginFailure) { sup.loginFailed(f) }
-	if cfg.Cluster.Enabled() {
-		icfg.Admit = func(target, initiator string) error { return sup.admit(target, initiator) }
-	}
+	icfg.Admit = func(target, initiator string) error { return sup.admit(target, initiator) }
 	isrv := iscsi.New(icfg)
 	sup = newSupervisor(site.Inv, isrv, booter, log)
 	sup.onDemand = cfg.Cluster.Enabled()

@@ -166,17 +166,22 @@ func (s *supervisor) syncLocked(name string) {
 	}
 	if sv.lu == nil && !s.onDemand {
 		if err := s.openDisk(name, sv, &rec); err != nil {
-			s.log.Error("host disk not opened: its target has no LUN", "host", name, "err", err)
+			s.log.Error("host disk not opened; the host's logins try again", "host", name, "err", err)
 		}
 	}
 }
 
-// admit is the iSCSI server's Admit with onDemand: the login of a host
-// whose disk is not open opens it; a disk that cannot be opened (another
-// server holds it, the storage does not answer) refuses the login with an
-// error the initiator retries. A standby admits nobody: checked under the
-// host's lock, so a login racing the step-down either comes before
-// release (which then closes what it opened) or is refused.
+// admit is the iSCSI server's Admit: the login of a host whose disk is
+// not open opens it; a disk that cannot be opened (another server holds
+// it, the storage does not answer) refuses the login with an error the
+// initiator retries. With onDemand that is how every disk opens; without,
+// it opens a disk that failed to open when the host was served - an RBD
+// disk still locked by this server's own previous, crashed process (its
+// lock goes when Ceph sees that client's watch expire, ~30 s), a disk
+// file that was missing - instead of serving the host a target without
+// its LUN until the next change of its record. A standby admits nobody:
+// checked under the host's lock, so a login racing the step-down either
+// comes before release (which then closes what it opened) or is refused.
 func (s *supervisor) admit(target, _ string) error {
 	h, ok := s.hostByTarget(target)
 	if !ok {

@@ -637,12 +637,27 @@ func (b *RBD) lock(host, name string, img *rbdImage, log *slog.Logger) error {
 		if b.opts.MayBreakLock != nil {
 			ok, why = b.opts.MayBreakLock(host, owner)
 		}
-		if !ok {
-			return fmt.Errorf("%w: %s's disk %s is held by %s (%s)", ErrDiskLocked, host, name, owner, why)
-		}
-		log.Warn("breaking the disk lock of a dead server; Ceph blocklists it", "host", host, "owner", owner, "why", why)
-		if err := img.lockBreak(owner); err != nil && !errors.Is(err, syscall.ENOENT) {
-			return fmt.Errorf("storage: disk of %s: break lock of %s: %w", host, owner, err)
+		if ok {
+			log.Warn("breaking the disk lock of a dead server; Ceph blocklists it", "host", host, "owner", owner, "why", why)
+			if err := img.lockBreak(owner); err != nil && !errors.Is(err, syscall.ENOENT) {
+				return fmt.Errorf("storage: disk of %s: break lock of %s: %w", host, owner, err)
+			}
+		} else {
+			// The policy cannot tell the owner dead (no cluster, or a
+			// member it takes for alive); Ceph still can: a client
+			// whose watch expired stopped answering the cluster, and
+			// librbd's acquisition below breaks its lock. This is how
+			// a single server takes its disks back after its own
+			// crash, ~30 s after it, as QEMU does with its images.
+			watched, err := img.watchedBy(owner)
+			if err != nil {
+				return fmt.Errorf("storage: disk of %s: watchers of %s: %w", host, name, err)
+			}
+			if watched {
+				return fmt.Errorf("%w: %s's disk %s is held by %s (%s; it is alive for Ceph: it watches the image)", ErrDiskLocked, host, name, owner, why)
+			}
+			log.Warn("the disk's lock is held by a client whose watch Ceph dropped (a dead server); librbd breaks it and Ceph blocklists that client",
+				"host", host, "owner", owner, "why", why)
 		}
 	}
 	if err := img.lockAcquire(); err != nil {

@@ -11,10 +11,13 @@ package storage
 //
 // Completions: librbd calls dlAioDone (rbd_callback.go) on its own
 // completion thread, which hands the result to the waiting goroutine on a
-// channel. Chosen over rbd_set_image_notification + eventfd + one poller
-// goroutine because it needs no poller, no extra descriptor per image and
-// no batching logic, and one callback into Go per I/O (a few µs) is small
-// against a round trip to an OSD (100 µs and more).
+// channel. rbd_set_image_notification + an eventfd in Go's netpoller + one
+// poller goroutine per image collecting completions in batches
+// (rbd_poll_io_events) was built and measured against this (2026-12-05,
+// 4 KiB QD32 reads, interleaved with tgt-rbd): 1.15-1.2x tgt-rbd's CPU per
+// I/O against 0.93-0.97x here. The callback runs the hand-over on a thread
+// that is awake anyway; the eventfd needs a Go thread woken from epoll,
+// then a cgo call, for the same completion.
 //
 // Buffers: the Go buffer of an I/O is pinned (runtime.Pinner) from the
 // submission until the completion ran, so librbd may fill or read it after
@@ -25,6 +28,7 @@ package storage
 #cgo LDFLAGS: -lrbd -lrados
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <stdint.h>
 #include <errno.h>
 #include <rbd/librbd.h>
@@ -69,6 +73,21 @@ static int dl_aio_flush(rbd_image_t img, uintptr_t h) {
 	r = rbd_aio_flush(img, c);
 	if (r < 0) rbd_aio_release(c);
 	return r;
+}
+
+// dl_watched says whether the client at addr watches the image: 1 if
+// it does, 0 if not, or a negative errno.
+static int dl_watched(rbd_image_t img, const char *addr) {
+	rbd_image_watcher_t w[64];
+	size_t n = 64;
+	int r = rbd_watchers_list(img, w, &n);
+	if (r < 0) return r;
+	int found = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(w[i].addr, addr) == 0) found = 1;
+	}
+	rbd_watchers_list_cleanup(w, n);
+	return found;
 }
 
 static int dl_snap_create(rbd_image_t img, const char *name) { return rbd_snap_create(img, name); }
@@ -230,6 +249,21 @@ func (img *rbdImage) lockBreak(owner string) error {
 		return errno(r)
 	}
 	return nil
+}
+
+// watchedBy says whether owner (a lock owner's address) watches the
+// image. Ceph drops the watch of a client that stopped answering (after
+// osd_client_watch_timeout, 30 s by default): an owner without one is
+// dead as far as the cluster can tell, and librbd's lock acquisition
+// breaks its lock itself (blocklisting it first).
+func (img *rbdImage) watchedBy(owner string) (bool, error) {
+	c := C.CString(owner)
+	defer C.free(unsafe.Pointer(c))
+	r := C.dl_watched(img.h, c)
+	if r < 0 {
+		return false, errno(r)
+	}
+	return r == 1, nil
 }
 
 func (img *rbdImage) isLockOwner() (bool, error) {

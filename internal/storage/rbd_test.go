@@ -5,6 +5,7 @@ package storage
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -332,6 +333,91 @@ func TestRBDLockFencing(t *testing.T) {
 		t.Fatalf("open after a clean release: %v", err)
 	}
 	c3.CloseDisk("pc")
+}
+
+// A client that died holding a disk's lock (a crashed server; here a
+// SIGKILLed `rbd bench`) keeps the lock but loses its watch once Ceph
+// stops hearing from it (osd_client_watch_timeout, 5 s in the test
+// cluster). With no policy that may break it, OpenDisk refuses at once
+// while the owner still watches the image - no wait on a dead peer - and
+// takes the disk over when it does not: librbd breaks the lock and Ceph
+// blocklists the dead client. This is how a single server (no cluster)
+// gets its disks back after its own crash.
+func TestRBDLockOfDeadClient(t *testing.T) {
+	c := ceph.Shared(t)
+	b := newRBD(t, c, "", RBDOptions{})
+	ctx := t.Context()
+	ref := VersionRef{Image: "d", Version: 1}
+	if err := b.WriteVersion(ctx, ref, 8<<20, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	st, err := b.CreateDisk(ctx, "pc", Persistent, ref, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := c.Pool + "/" + b.opts.Namespace + "/" + b.diskName("pc", st)
+	bench, err := c.StartRBD(t, "bench", "--io-type", "write", "--io-size", "4096", "--io-threads", "1",
+		"--io-total", "100G", "--io-pattern", "rand", spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var owner string
+	for deadline := time.Now().Add(30 * time.Second); owner == ""; time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("rbd bench took no lock on %s: %s", spec, bench.Output())
+		}
+		out, err := c.RBD(ctx, "lock", "ls", "--format", "json", spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var locks []struct{ Address string }
+		if err := json.Unmarshal([]byte(out), &locks); err != nil {
+			t.Fatalf("rbd lock ls: %v: %s", err, out)
+		}
+		if len(locks) == 1 {
+			owner = locks[0].Address
+		}
+	}
+	bench.Kill()
+	killed := time.Now()
+
+	_, err = b.OpenDisk("pc", st, nil)
+	if since := time.Since(killed); since < 4*time.Second {
+		if !errors.Is(err, ErrDiskLocked) || !strings.Contains(err.Error(), "watches the image") {
+			t.Fatalf("open %v after the owner died, its watch still alive: %v, want ErrDiskLocked (it watches the image)", since, err)
+		}
+		t.Logf("refused %v after the owner's death, in the watch's lifetime: %v", since.Round(time.Millisecond), err)
+	} else if err == nil {
+		b.CloseDisk("pc")
+		t.Logf("the first open came %v after the death (a slow machine): the refusal was not checked", since)
+	}
+	var dev disk.Device
+	for dev == nil {
+		if time.Since(killed) > time.Minute {
+			t.Fatalf("disk of a dead owner not taken over a minute after its death: %v", err)
+		}
+		time.Sleep(500 * time.Millisecond)
+		if dev, err = b.OpenDisk("pc", st, nil); err != nil && !errors.Is(err, ErrDiskLocked) {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("taken over %v after the owner's death", time.Since(killed).Round(100*time.Millisecond))
+	if _, err := dev.WriteAt(bytes.Repeat([]byte{7}, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := dev.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	out, err := c.Ceph(ctx, "osd", "blocklist", "ls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, owner) {
+		t.Errorf("the dead owner %s is not blocklisted:\n%s", owner, out)
+	}
+	if err := b.CloseDisk("pc"); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // With the OSD down, a read fails within op_timeout (plus a margin)

@@ -330,6 +330,13 @@ func (c *Cluster) RBD(ctx context.Context, args ...string) (string, error) {
 	return c.run(ctx, nil, append([]string{"rbd", "-c", c.Conf}, args...)...)
 }
 
+// StartRBD runs a long-lived rbd CLI command (rbd bench, as a client
+// that holds an image's lock) as client.admin; tb's cleanup stops it.
+func (c *Cluster) StartRBD(tb testing.TB, args ...string) (*proc.Proc, error) {
+	argv := append(append(slices.Clone(c.prefix), "rbd", "-c", c.Conf), args...)
+	return proc.Start(tb, proc.Config{Name: "rbd " + args[0]}, argv...)
+}
+
 func (c *Cluster) stop() {
 	c.StopOSD()
 	if c.mon != nil {
@@ -405,6 +412,9 @@ mon_warn_on_pool_no_redundancy = false
 mon_data_avail_warn = 1
 auth_allow_insecure_global_id_reclaim = false
 osd_crush_chooseleaf_type = 0
+# A killed client's watch goes after 5 s, not 30: tests of a dead lock
+# owner wait for it.
+osd_client_watch_timeout = 5
 
 [mon]
 admin_socket = DIR/run/$name.asok
