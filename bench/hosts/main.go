@@ -61,7 +61,8 @@ func run(ctx context.Context, addr, apiURL, token, prefix string, n, mib, reqKiB
 	rss0, _ := harness.StatusKiB(pid, "VmRSS")
 	sessions := make([]*iscsiclient.Session, n)
 	for i, h := range hosts {
-		s, err := iscsiclient.Dial(ctx, iscsiclient.Config{Addr: addr, Initiator: h.InitiatorIQN, Target: h.TargetIQN, Timeout: time.Minute})
+		s, err := iscsiclient.Dial(ctx, iscsiclient.Config{Addr: addr, Initiator: h.InitiatorIQN, Target: h.TargetIQN, Timeout: time.Minute,
+			LocalAddr: iscsiclient.LoopbackHost(i)})
 		if err != nil {
 			return fmt.Errorf("login %s: %w", h.Name, err)
 		}

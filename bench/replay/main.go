@@ -28,7 +28,6 @@ import (
 	"flag"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -306,9 +305,7 @@ func runOnce(o options, server, golden string, n int, p *plan) (row, error) {
 	defer stop()
 	for i := range sessions {
 		sessions[i].Timeout = 60 * time.Second
-		// Each host from its own address, as machines are: the target
-		// bounds connections per source address (32).
-		sessions[i].LocalAddr = &net.TCPAddr{IP: net.IPv4(127, 0, byte(1+i/250), byte(1+i%250))}
+		sessions[i].LocalAddr = iscsiclient.LoopbackHost(i)
 	}
 	cpu0, self0 := harness.CPUSeconds(srv.Pid()), harness.CPUSeconds(os.Getpid())
 	res, last := replay(ctx, p, sessions, o.gaps)

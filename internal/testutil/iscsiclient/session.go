@@ -71,6 +71,14 @@ type Config struct {
 	ReportUnitAttention bool
 }
 
+// LoopbackHost is the i-th of distinct loopback addresses (127.0.1.1,
+// 127.0.1.2, ...) for Config.LocalAddr: a benchmark playing many machines
+// connects each from its own address, as machines do - the target bounds
+// connections per source address (32).
+func LoopbackHost(i int) *net.TCPAddr {
+	return &net.TCPAddr{IP: net.IPv4(127, 0, byte(1+i/250), byte(1+i%250))}
+}
+
 func (c Config) withDefaults() Config {
 	if c.Timeout <= 0 {
 		c.Timeout = 10 * time.Second
