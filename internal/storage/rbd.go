@@ -616,7 +616,15 @@ func (b *RBD) openDisk(host string, st DiskState, log *slog.Logger) (*rbdOpen, e
 		img.close()
 		return nil, fmt.Errorf("storage: disk of %s: %w", host, err)
 	}
-	dev := &rbdDevice{img: img, name: name, size: size, locked: true}
+	dev := &rbdDevice{img: img, name: name, size: size, locked: true, log: log}
+	if err := dev.loadFailure(); err != nil {
+		img.lockRelease()
+		img.close()
+		return nil, fmt.Errorf("storage: disk of %s: %w", host, err)
+	}
+	if f := dev.failed.Load(); f != nil {
+		log.Warn("host disk opened failed: a flush of it failed and nobody cleared the error since", "host", host, "err", *f)
+	}
 	dev.onFenced = func(err error) {
 		log.Error("host disk fenced: another server broke its lock; it refuses all I/O", "host", host, "err", err)
 		if b.opts.OnFenced != nil {
@@ -691,8 +699,12 @@ func (b *RBD) opened(host string) *rbdOpen {
 }
 
 // DiskError implements Backend: the open disk's failure (a failed flush,
-// or fenced). A failure is not kept across reopens: a new open takes the
-// lock anew and starts healthy.
+// or fenced). A failed flush is kept in the image's metadata until
+// cleared (rbdFailedKey), so the disk opens failed again on any server;
+// a closed disk reports it when it opens (nil until then: asking the
+// cluster here would put a round trip, or a sick cluster's timeout, in
+// every host listing). Fencing is this server's own: a new open takes the
+// lock anew.
 func (b *RBD) DiskError(host string, st DiskState) error {
 	if od := b.opened(host); od != nil {
 		if f, ok := od.dev.(disk.Failer); ok {

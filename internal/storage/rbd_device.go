@@ -3,15 +3,37 @@
 package storage
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/diskless-boot/diskless/internal/disk"
 )
+
+// rbdFailedKey is the image metadata that keeps a failed flush of a host
+// disk until the operator clears it, so a reopen - by the restarted
+// server, or by another server of the cluster after a failover - opens
+// the disk failed again, as Backend.DiskError promises. It is on the image
+// the disk writes to: a reset, a rollback or another version (a new
+// image) starts healthy, like the local backend's record of a layer.
+const rbdFailedKey = "diskless.flush_failed"
+
+// rbdKeepRetry is how often a failure that the cluster did not take (a
+// failed flush usually means a sick cluster) is offered to it again.
+const rbdKeepRetry = 2 * time.Second
+
+// rbdFailure is the value of rbdFailedKey.
+type rbdFailure struct {
+	Error string    `json:"error"`
+	Time  time.Time `json:"time"`
+}
 
 // rbdDevice is a disk.Device on an open RBD image: a host disk (writable,
 // holding the image's exclusive lock) or a version (read-only, at its
@@ -19,9 +41,10 @@ import (
 // concurrent commands reach the cluster as a queue, not one by one.
 //
 // It fails for good in two ways: a failed flush fails later writes and
-// flushes (disk.Failer, like the file devices), and a lost lock fences
-// it: every later I/O returns disk.ErrFenced, without calling librbd. It
-// is safe for concurrent use.
+// flushes (disk.Failer, like the file devices; kept in the image's
+// metadata until cleared, see rbdFailedKey), and a lost lock fences it:
+// every later I/O returns disk.ErrFenced, without calling librbd. It is
+// safe for concurrent use.
 type rbdDevice struct {
 	img  *rbdImage
 	name string // the RBD image, for errors
@@ -31,6 +54,7 @@ type rbdDevice struct {
 	// ESHUTDOWN (EBLOCKLISTED) mean it lost it.
 	locked   bool
 	onFenced func(error) // called once, nil for none
+	log      *slog.Logger
 
 	mu     sync.RWMutex // held shared by every I/O, exclusive by Close
 	closed bool
@@ -38,6 +62,11 @@ type rbdDevice struct {
 	fenced atomic.Pointer[error]
 	failed atomic.Pointer[error]
 	fence  sync.Once
+	// recorded is the failure written to rbdFailedKey; recMu orders
+	// writing and removing it, so a clear is never undone by a write
+	// that checked the failure just before.
+	recorded atomic.Pointer[error]
+	recMu    sync.Mutex
 }
 
 var _ interface {
@@ -197,10 +226,87 @@ func (d *rbdDevice) Flush() error {
 	defer d.mu.RUnlock()
 	err := d.result("flush", d.img.flush())
 	if err != nil && !errors.Is(err, disk.ErrFenced) {
-		ferr := fmt.Errorf("%w: %w", disk.ErrDeviceFailed, err)
-		d.failed.CompareAndSwap(nil, &ferr)
+		d.flushFailed(err)
 	}
 	return err
+}
+
+// flushFailed puts the device in the failed state for err, a flush's
+// failure; a host disk's is kept for its next open.
+func (d *rbdDevice) flushFailed(err error) {
+	ferr := fmt.Errorf("%w: %w", disk.ErrDeviceFailed, err)
+	if d.failed.CompareAndSwap(nil, &ferr) && d.locked {
+		go d.keepFailure(&ferr)
+	}
+}
+
+// loadFailure starts the device failed when its image keeps a failed
+// flush (rbdFailedKey). A record that cannot be parsed still fails it.
+func (d *rbdDevice) loadFailure() error {
+	val, ok, err := d.img.metadataGet(rbdFailedKey)
+	if err != nil {
+		return fmt.Errorf("rbd %s: read its failure record: %w", d.name, err)
+	}
+	if !ok {
+		return nil
+	}
+	var f rbdFailure
+	if jerr := json.Unmarshal([]byte(val), &f); jerr != nil {
+		f.Error = "failure record unreadable: " + val
+	}
+	ferr := fmt.Errorf("%w: a flush of rbd %s failed at %s and nobody cleared the error since: %s",
+		disk.ErrDeviceFailed, d.name, f.Time.Format(time.RFC3339), f.Error)
+	d.failed.Store(&ferr)
+	d.recorded.Store(&ferr)
+	return nil
+}
+
+// keepFailure writes failure p to the image's metadata, again every
+// rbdKeepRetry while the cluster does not take it, until it is written,
+// cleared, or the device closed (Close tries once more).
+func (d *rbdDevice) keepFailure(p *error) {
+	for warned := false; ; time.Sleep(rbdKeepRetry) {
+		d.mu.RLock()
+		if d.closed {
+			d.mu.RUnlock()
+			return
+		}
+		err, done := d.recordFailure(p)
+		d.mu.RUnlock()
+		if done {
+			return
+		}
+		if !warned {
+			d.logger().Error("host disk: failed flush not yet recorded in the cluster; retrying (a restart meanwhile would forget it)",
+				"disk", d.name, "err", err)
+			warned = true
+		}
+	}
+}
+
+// recordFailure writes p to rbdFailedKey unless that is done or moot (p
+// cleared or replaced, the device fenced); done is false when the cluster
+// refused it. d.mu is held, in either mode, and the device is open.
+func (d *rbdDevice) recordFailure(p *error) (err error, done bool) {
+	d.recMu.Lock()
+	defer d.recMu.Unlock()
+	if d.failed.Load() != p || d.recorded.Load() == p || d.fenced.Load() != nil {
+		return nil, true
+	}
+	cause := strings.TrimPrefix((*p).Error(), disk.ErrDeviceFailed.Error()+": ")
+	val, _ := json.Marshal(rbdFailure{Error: cause, Time: time.Now().UTC()})
+	if err := d.img.metadataSet(rbdFailedKey, string(val)); err != nil {
+		return err, false
+	}
+	d.recorded.Store(p)
+	return nil, true
+}
+
+func (d *rbdDevice) logger() *slog.Logger {
+	if d.log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return d.log
 }
 
 // Err implements disk.Failer.
@@ -228,7 +334,13 @@ func (d *rbdDevice) ClearError() error {
 	if err := d.result("flush", d.img.flush()); err != nil {
 		return err
 	}
+	d.recMu.Lock()
+	defer d.recMu.Unlock()
+	if err := d.img.metadataRemove(rbdFailedKey); err != nil {
+		return fmt.Errorf("rbd %s: forget the failed flush: %w", d.name, err)
+	}
 	d.failed.Store(nil)
+	d.recorded.Store(nil)
 	return nil
 }
 
@@ -240,10 +352,18 @@ func (d *rbdDevice) Close() error {
 	if d.closed {
 		return nil
 	}
-	d.closed = true
 	var err error
 	if d.locked && d.fenced.Load() == nil {
 		err = d.result("flush", d.img.flush())
+		if err != nil && !errors.Is(err, disk.ErrFenced) {
+			ferr := fmt.Errorf("%w: %w", disk.ErrDeviceFailed, err)
+			d.failed.CompareAndSwap(nil, &ferr)
+		}
+		if p := d.failed.Load(); p != nil {
+			if rerr, _ := d.recordFailure(p); rerr != nil {
+				d.logger().Error("host disk: failed flush not recorded in the cluster: its next open will not know it", "disk", d.name, "err", rerr)
+			}
+		}
 		// Released even after a failed flush: the writes it could not
 		// make durable were never acknowledged as durable, and a lock
 		// kept by this live server could be broken by nobody - its
@@ -252,5 +372,6 @@ func (d *rbdDevice) Close() error {
 			err = errors.Join(err, fmt.Errorf("rbd %s: release lock: %w", d.name, lerr))
 		}
 	}
+	d.closed = true
 	return errors.Join(err, d.img.close())
 }

@@ -266,6 +266,43 @@ func (img *rbdImage) watchedBy(owner string) (bool, error) {
 	return r == 1, nil
 }
 
+// metadataGet returns the image's metadata value of key; ok is false
+// when the image has none.
+func (img *rbdImage) metadataGet(key string) (val string, ok bool, err error) {
+	c := C.CString(key)
+	defer C.free(unsafe.Pointer(c))
+	var buf [4096]C.char
+	n := C.size_t(len(buf))
+	r := C.rbd_metadata_get(img.h, c, &buf[0], &n)
+	if r == -C.ENOENT {
+		return "", false, nil
+	}
+	if r < 0 {
+		return "", false, errno(r)
+	}
+	return C.GoString(&buf[0]), true, nil
+}
+
+func (img *rbdImage) metadataSet(key, val string) error {
+	ck, cv := C.CString(key), C.CString(val)
+	defer C.free(unsafe.Pointer(ck))
+	defer C.free(unsafe.Pointer(cv))
+	if r := C.rbd_metadata_set(img.h, ck, cv); r < 0 {
+		return errno(r)
+	}
+	return nil
+}
+
+// metadataRemove removes key; an image without it is not an error.
+func (img *rbdImage) metadataRemove(key string) error {
+	c := C.CString(key)
+	defer C.free(unsafe.Pointer(c))
+	if r := C.rbd_metadata_remove(img.h, c); r < 0 && r != -C.ENOENT {
+		return errno(r)
+	}
+	return nil
+}
+
 func (img *rbdImage) isLockOwner() (bool, error) {
 	var owner C.int
 	if r := C.rbd_is_exclusive_lock_owner(img.h, &owner); r < 0 {

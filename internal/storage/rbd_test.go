@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -416,6 +417,107 @@ func TestRBDLockOfDeadClient(t *testing.T) {
 		t.Errorf("the dead owner %s is not blocklisted:\n%s", owner, out)
 	}
 	if err := b.CloseDisk("pc"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A failed flush of an RBD host disk is kept in the image's metadata: the
+// record reaches the cluster once it is back (the cluster is down here
+// when the flush fails, as it usually is), a reopen (a restarted server,
+// another server after a failover) opens the disk failed, and only
+// ClearDiskError - after one more flush that works - returns it to
+// service, for this open and the next. A flush with nothing to write does
+// not fail on this cluster even with its OSD down (librbd completes it
+// at once), so the failure is the device's own path, flushFailed, with
+// the OSD stopped; TestDegradedCluster (internal/app) sees a real
+// SYNCHRONIZE CACHE fail.
+func TestRBDFailedFlushKept(t *testing.T) {
+	c := ceph.Shared(t)
+	b := newRBD(t, c, "", RBDOptions{OpTimeout: 3 * time.Second})
+	ctx := t.Context()
+	ref := VersionRef{Image: "k", Version: 1}
+	if err := b.WriteVersion(ctx, ref, 8<<20, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	st, err := b.CreateDisk(ctx, "pc", Persistent, ref, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := b.OpenDisk("pc", st, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block := bytes.Repeat([]byte{9}, 4096)
+	if _, err := d.WriteAt(block, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.StopOSD(); err != nil {
+		t.Fatal(err)
+	}
+	osdUp := false
+	defer func() {
+		if !osdUp {
+			c.StartOSD()
+		}
+	}()
+	d.(*rbdDevice).flushFailed(fmt.Errorf("rbd test: flush: %w", syscall.ETIMEDOUT))
+	if !errors.Is(b.DiskError("pc", st), disk.ErrDeviceFailed) {
+		t.Fatalf("after a failed flush: %v, want ErrDeviceFailed", b.DiskError("pc", st))
+	}
+	if _, err := d.WriteAt(block, 0); !errors.Is(err, disk.ErrDeviceFailed) {
+		t.Fatalf("write after a failed flush: %v, want ErrDeviceFailed", err)
+	}
+	time.Sleep(2 * rbdKeepRetry) // the record cannot reach the cluster yet
+	if err := c.StartOSD(); err != nil {
+		t.Fatal(err)
+	}
+	osdUp = true
+	spec := c.Pool + "/" + b.opts.Namespace + "/" + b.diskName("pc", st)
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
+		out, _ := c.RBD(ctx, "image-meta", "list", spec)
+		if strings.Contains(out, rbdFailedKey) {
+			t.Logf("recorded in the image once the OSD was back:\n%s", out)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the failed flush is not in %s's metadata a minute after the OSD returned: %q", spec, out)
+		}
+	}
+	if err := b.CloseDisk("pc"); err != nil && !errors.Is(err, disk.ErrDeviceFailed) {
+		t.Logf("close: %v", err)
+	}
+
+	d, err = b.OpenDisk("pc", st, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.WriteAt(block, 0); !errors.Is(err, disk.ErrDeviceFailed) {
+		t.Fatalf("write after reopening a disk whose flush failed: %v, want ErrDeviceFailed", err)
+	}
+	if err := b.DiskError("pc", st); !errors.Is(err, disk.ErrDeviceFailed) || !strings.Contains(err.Error(), "nobody cleared") {
+		t.Fatalf("DiskError after the reopen: %v", err)
+	}
+	if err := b.ClearDiskError("pc"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.WriteAt(block, 0); err != nil {
+		t.Fatalf("write after the error was cleared: %v", err)
+	}
+	if out, _ := c.RBD(ctx, "image-meta", "list", spec); strings.Contains(out, rbdFailedKey) {
+		t.Fatalf("the record stayed after the clear: %s", out)
+	}
+	if err := b.CloseDisk("pc"); err != nil {
+		t.Fatal(err)
+	}
+	d, err = b.OpenDisk("pc", st, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.CloseDisk("pc")
+	if err := b.DiskError("pc", st); err != nil {
+		t.Fatalf("a cleared disk opens failed: %v", err)
+	}
+	if _, err := d.WriteAt(block, 0); err != nil {
 		t.Fatal(err)
 	}
 }
