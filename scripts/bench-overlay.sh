@@ -18,6 +18,7 @@
 # Env DISKLESS_BIN: use this binary instead of building ./cmd/diskless.
 # Needs qemu-utils, qemu-block-extra, python3 (scripts/ci-deps.sh installs them).
 set -euo pipefail
+shopt -s inherit_errexit # a failed step inside $(...) stops the script too
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 size=1G rounds=3 nhosts=50 mib=64
@@ -116,7 +117,7 @@ import re, sys
 out = sys.stdin.read()
 secs = float(re.search(r"Run completed in ([0-9.]+) seconds", out).group(1))
 count, size = int(sys.argv[1]), int(sys.argv[2])
-print(f"{count * size / secs / 2**20:.0f}")' "$2" "$(numfmt --from=iec "$6")"
+print(f"{count * size / secs / 2**20:.1f}")' "$2" "$(numfmt --from=iec "$6")"
 }
 new_clusters() { # new_clusters cached|evicted|punched
 	local r w a b name
@@ -126,9 +127,11 @@ new_clusters() { # new_clusters cached|evicted|punched
 			name=$1
 			shift
 			if [ $((r % 2)) = 1 ]; then
-				a=$(write_alone "$raw_prep" "$raw" "$@") b=$(write_alone cow "$cow" "$@")
+				a=$(write_alone "$raw_prep" "$raw" "$@")
+				b=$(write_alone cow "$cow" "$@")
 			else
-				b=$(write_alone cow "$cow" "$@") a=$(write_alone "$raw_prep" "$raw" "$@")
+				b=$(write_alone cow "$cow" "$@")
+				a=$(write_alone "$raw_prep" "$raw" "$@")
 			fi
 			echo "write-$name round $r: raw $a MiB/s, overlay $b MiB/s, B/A speed $(python3 -c "print(f'{$b/$a:.2f}')")"
 		done

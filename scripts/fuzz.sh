@@ -32,12 +32,12 @@ for pkg in $(git grep -l '^func Fuzz' -- '*_test.go' | xargs -n1 dirname | sort 
 	for target in $(go test -list '^Fuzz' "$pkg" | grep '^Fuzz' | grep -E "$want" || true); do
 		echo "== $pkg $target ($fuzztime)"
 		corpus=$pkg/testdata/fuzz/$target
-		before=$(ls "$corpus" 2>/dev/null | wc -l)
+		before=$( (ls -A "$corpus" 2>/dev/null || true) | wc -l)
 		out=$(mktemp)
 		rc=0
 		go test -run '^$' -fuzz "^${target}\$" -fuzztime "$fuzztime" -fuzzminimizetime 20x \
 			${par:+-parallel "$par"} "$pkg" 2>&1 | tee "$out" || rc=$?
-		after=$(ls "$corpus" 2>/dev/null | wc -l)
+		after=$( (ls -A "$corpus" 2>/dev/null || true) | wc -l)
 		# Go 1.26's fuzz coordinator can report its own -fuzztime deadline as
 		# a failure (go.dev/issue/75804, fixed in 1.27): "context deadline
 		# exceeded" with no input written. A real failure always writes its

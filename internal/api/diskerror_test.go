@@ -26,9 +26,12 @@ func (b *sickBackend) DiskError(host string, _ storage.DiskState) error {
 	return b.failed[host]
 }
 
-func (b *sickBackend) ClearDiskError(host string) error {
+func (b *sickBackend) ClearDiskError(host string, _ storage.DiskState) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.failed[host] == nil {
+		return nil
+	}
 	if !b.fixed {
 		return errors.New("storage: disk of " + host + ": still fails: fdatasync: input/output error")
 	}

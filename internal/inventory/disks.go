@@ -573,11 +573,14 @@ func (inv *Inventory) ClearDiskError(host string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	if inv.be.DiskError(host, h.Disk) == nil {
-		return []string{"the disk has no error to clear"}, nil
-	}
-	if err := inv.be.ClearDiskError(host); err != nil {
+	// Asked even when no error shows: a closed disk on RBD keeps its
+	// failure in the cluster, where DiskError does not look.
+	had := inv.be.DiskError(host, h.Disk) != nil
+	if err := inv.be.ClearDiskError(host, h.Disk); err != nil {
 		return nil, conflict("the disk still fails; fix its storage first: %v", err)
+	}
+	if !had {
+		return []string{"the disk has no error to clear"}, nil
 	}
 	inv.log.Info("host disk error cleared", "host", host)
 	return []string{"the disk accepts writes again; writes the host made before the failed flush may be lost: check its file system"}, nil

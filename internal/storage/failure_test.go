@@ -54,7 +54,7 @@ func TestDiskFailureRemembered(t *testing.T) {
 			if err := l.DiskError(host, st); !errors.Is(err, disk.ErrDeviceFailed) {
 				t.Fatalf("DiskError of the open failed disk = %v", err)
 			}
-			if err := l.ClearDiskError(host); err != nil {
+			if err := l.ClearDiskError(host, st); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := d.WriteAt([]byte{1}, 0); err != nil {

@@ -431,7 +431,7 @@ func (l *Local) DiskError(host string, st DiskState) error {
 }
 
 // ClearDiskError implements Backend. The caller holds the host's lock.
-func (l *Local) ClearDiskError(host string) error {
+func (l *Local) ClearDiskError(host string, _ DiskState) error {
 	gen := l.failureGen(host)
 	l.mu.Lock()
 	od, open := l.open[host]

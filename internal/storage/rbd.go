@@ -134,6 +134,11 @@ func OpenRBD(opts RBDOptions) (*RBD, error) {
 			return fail(err)
 		}
 	}
+	// Breaking a lock blocklists its owner before the new owner writes:
+	// the fencing every takeover here relies on, whatever ceph.conf says.
+	if err := conn.SetConfigOption("rbd_blocklist_on_break_lock", "true"); err != nil {
+		return fail(err)
+	}
 	// A discard that does not cover whole objects zeroes what it covers
 	// (librbd skips it by default), so an unmapped range reads zeros.
 	if err := conn.SetConfigOption("rbd_skip_partial_discard", "false"); err != nil {
@@ -714,14 +719,34 @@ func (b *RBD) DiskError(host string, st DiskState) error {
 	return nil
 }
 
-// ClearDiskError implements Backend.
-func (b *RBD) ClearDiskError(host string) error {
+// ClearDiskError implements Backend: an open disk must complete one more
+// flush; a closed one loses its failure record (rbdFailedKey), as a
+// closed local disk does, so its next open starts healthy.
+func (b *RBD) ClearDiskError(host string, st DiskState) error {
 	if od := b.opened(host); od != nil {
 		if f, ok := od.dev.(disk.Failer); ok {
 			if err := f.ClearError(); err != nil {
 				return fmt.Errorf("storage: disk of %s: %w", host, err)
 			}
 		}
+		return nil
+	}
+	if st.Mode == Raw && !st.Owned {
+		return nil // a file outside the cluster: nothing recorded
+	}
+	img, err := openRBDImage(b.ioctx, b.diskName(host, st), "", false)
+	if errors.Is(err, syscall.ENOENT) {
+		return nil // never made: nothing recorded
+	}
+	if err != nil {
+		return fmt.Errorf("storage: disk of %s: %w", host, err)
+	}
+	err = img.metadataRemove(rbdFailedKey)
+	if cerr := img.close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("storage: disk of %s: forget its failed flush: %w", host, err)
 	}
 	return nil
 }
@@ -821,7 +846,16 @@ func (b *RBD) Rollback(host string, st DiskState, name string) (DiskState, error
 	}
 	img, err := rbd.OpenImage(b.ioctx, rbdDiskName(host, sn.Layer), rbd.NoSnapshot)
 	if err == nil {
-		err = errors.Join(img.GetSnapshot(name).Rollback(), img.Close())
+		err = img.GetSnapshot(name).Rollback()
+		if err == nil {
+			// The image holds the snapshot's bytes again, not the ones a
+			// failed flush may have lost: it starts healthy, as a
+			// rollback of a local disk does.
+			if rerr := img.RemoveMetadata(rbdFailedKey); rerr != nil && !errors.Is(rerr, rbd.ErrNotFound) {
+				err = fmt.Errorf("forget its failed flush: %w", rerr)
+			}
+		}
+		err = errors.Join(err, img.Close())
 	}
 	if err != nil {
 		return st, fmt.Errorf("storage: rollback %s to %s: %w", host, name, err)

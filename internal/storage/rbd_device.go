@@ -296,6 +296,14 @@ func (d *rbdDevice) recordFailure(p *error) (err error, done bool) {
 	cause := strings.TrimPrefix((*p).Error(), disk.ErrDeviceFailed.Error()+": ")
 	val, _ := json.Marshal(rbdFailure{Error: cause, Time: time.Now().UTC()})
 	if err := d.img.metadataSet(rbdFailedKey, string(val)); err != nil {
+		// A client that lost the lock is fenced here as for any I/O
+		// (and nothing is left to record).
+		var e syscall.Errno
+		if errors.As(err, &e) {
+			if rerr := d.result("record the failed flush", -int64(e)); errors.Is(rerr, disk.ErrFenced) {
+				return rerr, true
+			}
+		}
 		return err, false
 	}
 	d.recorded.Store(p)

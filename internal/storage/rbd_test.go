@@ -497,7 +497,7 @@ func TestRBDFailedFlushKept(t *testing.T) {
 	if err := b.DiskError("pc", st); !errors.Is(err, disk.ErrDeviceFailed) || !strings.Contains(err.Error(), "nobody cleared") {
 		t.Fatalf("DiskError after the reopen: %v", err)
 	}
-	if err := b.ClearDiskError("pc"); err != nil {
+	if err := b.ClearDiskError("pc", st); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := d.WriteAt(block, 0); err != nil {
@@ -508,6 +508,14 @@ func TestRBDFailedFlushKept(t *testing.T) {
 	}
 	if err := b.CloseDisk("pc"); err != nil {
 		t.Fatal(err)
+	}
+	// A closed disk's record (another server's, say) is cleared without
+	// opening the disk.
+	if _, err := c.RBD(ctx, "image-meta", "set", spec, rbdFailedKey, `{"error":"another server's flush: EIO"}`); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.ClearDiskError("pc", st); err != nil {
+		t.Fatalf("clear of a closed disk: %v", err)
 	}
 	d, err = b.OpenDisk("pc", st, nil)
 	if err != nil {

@@ -232,10 +232,12 @@ type Backend interface {
 	// after CloseDisk and OpenDisk, a restart included, as long as the
 	// disk still holds the part that failed.
 	DiskError(host string, st DiskState) error
-	// ClearDiskError returns a failed disk to service once its storage
-	// is fixed: an open disk must complete one more flush (else it stays
-	// failed and the error is returned; see disk.Failer).
-	ClearDiskError(host string) error
+	// ClearDiskError returns a failed disk (made of st) to service once
+	// its storage is fixed: an open disk must complete one more flush
+	// (else it stays failed and the error is returned; see disk.Failer);
+	// a closed one loses the record of its failure. A disk without one is
+	// not an error.
+	ClearDiskError(host string, st DiskState) error
 	// Snapshot freezes the current chain as snapshot name and continues on
 	// a new empty layer. On an open disk the switch happens in Sync, once
 	// the caller has committed the new state (crash-consistent snapshot).
