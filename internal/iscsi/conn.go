@@ -257,11 +257,33 @@ func (c *conn) teardown() {
 	}
 	if !c.sess.discovery {
 		c.srv.endTrace(c.sess) // before unbinding: SessionCount 0 means every trace is closed
-		c.srv.unbindSession(c.sess)
+		// Before unbinding: a login that no longer finds this session
+		// (bindSession) must not find its nexus' state either.
 		c.sess.target.SCSI.NexusLost(c.sess.nexus)
+		c.srv.unbindSession(c.sess)
 		c.info("iscsi session ended", "tsih", c.sess.tsih)
 	}
 	c.sess = nil
+}
+
+// peerClosed reports whether the connection is over: the initiator closed
+// it and nothing is left to read (a peek returns 0 bytes), or this side
+// closed the socket already (its teardown is under way). It never waits,
+// and does not take the reader's place (the socket is peeked beside it).
+// A connection that cannot be peeked (not TCP) reports false.
+func (c *conn) peerClosed() bool {
+	if c.rawConn == nil {
+		return false
+	}
+	closed := false
+	if err := c.rawConn.Control(func(fd uintptr) {
+		var b [1]byte
+		n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		closed = n == 0 && err == nil
+	}); err != nil {
+		return true // the socket is closed
+	}
+	return closed
 }
 
 var errLogout = errors.New("logged out")
@@ -502,6 +524,13 @@ func (c *conn) handleLogout(m pdu.LogoutRequest, h *pdu.BHS) bool {
 	if resp.Response != pdu.LogoutSuccess {
 		c.send(item)
 		return false
+	}
+	if !c.sess.discovery {
+		// The nexus is gone before the initiator hears so: it may log
+		// in again and send a command at once, which must not find the
+		// old session's PREVENT or RESERVE (libiscsi's
+		// PreventAllow.Logout failed on that race). teardown repeats it.
+		c.sess.target.SCSI.NexusLost(c.sess.nexus)
 	}
 	flushed := make(chan struct{})
 	item.release = func() { close(flushed) }

@@ -66,7 +66,24 @@ func (s *Server) bindSession(c *conn, key sessionKey, tsih uint16, discovery boo
 		return nil, pdu.LoginSessionDoesNotExist
 	}
 	old := s.sessions[key]
+	var gone []*session
+	if !discovery {
+		for k, ss := range s.sessions {
+			if ss != old && k.initiator == key.initiator && k.target == key.target && ss.conn.peerClosed() {
+				gone = append(gone, ss)
+			}
+		}
+	}
 	s.mu.Unlock()
+	// An initiator that dropped a session's connection and logs in again
+	// at once (a new ISID) must not find that session's PREVENT or
+	// RESERVE still holding: its connection's reader may not have run
+	// since the FIN came, on a busy server. The loss of that nexus is
+	// handled before the new session starts (libiscsi's
+	// PreventAllow.ITNexusLoss failed on that race under load).
+	for _, ss := range gone {
+		ss.close(errors.New("the initiator closed the connection"))
+	}
 	if old != nil && !discovery {
 		s.info.Log(s.log, slog.LevelInfo, "iscsi session reinstatement", "iqn", key.initiator, "isid", isidString(key.isid), "tsih", old.tsih)
 		old.close(errors.New("session reinstated"))
