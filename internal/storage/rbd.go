@@ -560,11 +560,14 @@ func (b *RBD) ensureLayer(host string, st DiskState, id string) error {
 }
 
 // diskName is the image of the disk st (its top, or its raw copy).
-func (b *RBD) diskName(host string, st DiskState) string {
+func (b *RBD) diskName(host string, st DiskState) string { return rbdDiskName(host, diskID(st)) }
+
+// diskID names the image of the disk st among the host's.
+func diskID(st DiskState) string {
 	if st.Mode == Raw {
-		return rbdDiskName(host, rbdRawID)
+		return rbdRawID
 	}
-	return rbdDiskName(host, st.Top)
+	return st.Top
 }
 
 // OpenDisk implements Backend: the image is opened and its exclusive
@@ -734,16 +737,9 @@ func (b *RBD) ClearDiskError(host string, st DiskState) error {
 	if st.Mode == Raw && !st.Owned {
 		return nil // a file outside the cluster: nothing recorded
 	}
-	img, err := openRBDImage(b.ioctx, b.diskName(host, st), "", false)
+	err := b.withImage(host, diskID(st), func(img *rbdImage) error { return img.metadataRemove(rbdFailedKey) })
 	if errors.Is(err, syscall.ENOENT) {
 		return nil // never made: nothing recorded
-	}
-	if err != nil {
-		return fmt.Errorf("storage: disk of %s: %w", host, err)
-	}
-	err = img.metadataRemove(rbdFailedKey)
-	if cerr := img.close(); err == nil {
-		err = cerr
 	}
 	if err != nil {
 		return fmt.Errorf("storage: disk of %s: forget its failed flush: %w", host, err)

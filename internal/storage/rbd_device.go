@@ -53,8 +53,8 @@ type rbdDevice struct {
 	// locked: the device holds the exclusive lock, so EROFS and
 	// ESHUTDOWN (EBLOCKLISTED) mean it lost it.
 	locked   bool
-	onFenced func(error) // called once, nil for none
-	log      *slog.Logger
+	onFenced func(error)  // called once, nil for none
+	log      *slog.Logger // set for a host disk (locked)
 
 	mu     sync.RWMutex // held shared by every I/O, exclusive by Close
 	closed bool
@@ -234,10 +234,19 @@ func (d *rbdDevice) Flush() error {
 // flushFailed puts the device in the failed state for err, a flush's
 // failure; a host disk's is kept for its next open.
 func (d *rbdDevice) flushFailed(err error) {
-	ferr := fmt.Errorf("%w: %w", disk.ErrDeviceFailed, err)
-	if d.failed.CompareAndSwap(nil, &ferr) && d.locked {
-		go d.keepFailure(&ferr)
+	if p := d.fail(err); p != nil && d.locked {
+		go d.keepFailure(p)
 	}
+}
+
+// fail makes err, a flush's failure, the device's unless it failed
+// before; it returns the new failure, nil if there was one already.
+func (d *rbdDevice) fail(err error) *error {
+	ferr := fmt.Errorf("%w: %w", disk.ErrDeviceFailed, err)
+	if d.failed.CompareAndSwap(nil, &ferr) {
+		return &ferr
+	}
+	return nil
 }
 
 // loadFailure starts the device failed when its image keeps a failed
@@ -277,7 +286,7 @@ func (d *rbdDevice) keepFailure(p *error) {
 			return
 		}
 		if !warned {
-			d.logger().Error("host disk: failed flush not yet recorded in the cluster; retrying (a restart meanwhile would forget it)",
+			d.log.Error("host disk: failed flush not yet recorded in the cluster; retrying (a restart meanwhile would forget it)",
 				"disk", d.name, "err", err)
 			warned = true
 		}
@@ -308,13 +317,6 @@ func (d *rbdDevice) recordFailure(p *error) (err error, done bool) {
 	}
 	d.recorded.Store(p)
 	return nil, true
-}
-
-func (d *rbdDevice) logger() *slog.Logger {
-	if d.log == nil {
-		return slog.New(slog.DiscardHandler)
-	}
-	return d.log
 }
 
 // Err implements disk.Failer.
@@ -364,12 +366,11 @@ func (d *rbdDevice) Close() error {
 	if d.locked && d.fenced.Load() == nil {
 		err = d.result("flush", d.img.flush())
 		if err != nil && !errors.Is(err, disk.ErrFenced) {
-			ferr := fmt.Errorf("%w: %w", disk.ErrDeviceFailed, err)
-			d.failed.CompareAndSwap(nil, &ferr)
+			d.fail(err)
 		}
 		if p := d.failed.Load(); p != nil {
 			if rerr, _ := d.recordFailure(p); rerr != nil {
-				d.logger().Error("host disk: failed flush not recorded in the cluster: its next open will not know it", "disk", d.name, "err", rerr)
+				d.log.Error("host disk: failed flush not recorded in the cluster: its next open will not know it", "disk", d.name, "err", rerr)
 			}
 		}
 		// Released even after a failed flush: the writes it could not

@@ -53,6 +53,61 @@ func newRBD(t *testing.T, c *ceph.Cluster, ns string, opts RBDOptions) *RBD {
 	return b
 }
 
+// pcSize is the size of the disks newPC makes.
+const pcSize = 8 << 20
+
+// newPC makes version image/1 of pcSize bytes, every byte fill, in b and
+// the persistent host disk "pc" on it.
+func newPC(t *testing.T, b *RBD, image string, fill byte) DiskState {
+	t.Helper()
+	const size = pcSize
+	ref := VersionRef{Image: image, Version: 1}
+	var src Source
+	if fill != 0 {
+		src = bytes.NewReader(bytes.Repeat([]byte{fill}, size))
+	}
+	if err := b.WriteVersion(t.Context(), ref, size, src, nil); err != nil {
+		t.Fatal(err)
+	}
+	st, err := b.CreateDisk(t.Context(), "pc", Persistent, ref, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// openPC opens b's disk "pc"; the caller closes it.
+func openPC(t *testing.T, b *RBD, st DiskState) disk.Device {
+	t.Helper()
+	d, err := b.OpenDisk("pc", st, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// stopOSD stops c's OSD until the returned function starts it again; a
+// test that ends before that leaves it started.
+func stopOSD(t *testing.T, c *ceph.Cluster) (start func()) {
+	t.Helper()
+	if err := c.StopOSD(); err != nil {
+		t.Fatal(err)
+	}
+	up := false
+	t.Cleanup(func() {
+		if !up {
+			c.StartOSD()
+		}
+	})
+	return func() {
+		t.Helper()
+		if err := c.StartOSD(); err != nil {
+			t.Fatal(err)
+		}
+		up = true
+	}
+}
+
 func TestRBDConformance(t *testing.T) {
 	c := ceph.Shared(t)
 	runBackendSuite(t, func(t *testing.T) Backend { return newRBD(t, c, "", RBDOptions{}) })
@@ -242,19 +297,8 @@ func TestRBDLockFencing(t *testing.T) {
 		}
 		fenced <- host
 	}})
-	ctx := t.Context()
-	ref := VersionRef{Image: "f", Version: 1}
-	if err := a.WriteVersion(ctx, ref, 8<<20, nil, nil); err != nil {
-		t.Fatal(err)
-	}
-	st, err := a.CreateDisk(ctx, "pc", Persistent, ref, "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	da, err := a.OpenDisk("pc", st, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := newPC(t, a, "f", 0)
+	da := openPC(t, a, st)
 	if _, err := da.WriteAt(bytes.Repeat([]byte{1}, 4096), 0); err != nil {
 		t.Fatal(err)
 	}
@@ -268,7 +312,7 @@ func TestRBDLockFencing(t *testing.T) {
 	if a.ClientID() == b.ClientID() {
 		t.Fatalf("two servers with one client id %s", a.ClientID())
 	}
-	_, err = b.OpenDisk("pc", st, nil)
+	_, err := b.OpenDisk("pc", st, nil)
 	if !errors.Is(err, ErrDiskLocked) || !strings.Contains(err.Error(), a.ClientID()) {
 		t.Fatalf("open of a disk another server holds: %v, want ErrDiskLocked naming %s", err, a.ClientID())
 	}
@@ -348,14 +392,7 @@ func TestRBDLockOfDeadClient(t *testing.T) {
 	c := ceph.Shared(t)
 	b := newRBD(t, c, "", RBDOptions{})
 	ctx := t.Context()
-	ref := VersionRef{Image: "d", Version: 1}
-	if err := b.WriteVersion(ctx, ref, 8<<20, nil, nil); err != nil {
-		t.Fatal(err)
-	}
-	st, err := b.CreateDisk(ctx, "pc", Persistent, ref, "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := newPC(t, b, "d", 0)
 	spec := c.Pool + "/" + b.opts.Namespace + "/" + b.diskName("pc", st)
 	bench, err := c.StartRBD(t, "bench", "--io-type", "write", "--io-size", "4096", "--io-threads", "1",
 		"--io-total", "100G", "--io-pattern", "rand", spec)
@@ -435,31 +472,13 @@ func TestRBDFailedFlushKept(t *testing.T) {
 	c := ceph.Shared(t)
 	b := newRBD(t, c, "", RBDOptions{OpTimeout: 3 * time.Second})
 	ctx := t.Context()
-	ref := VersionRef{Image: "k", Version: 1}
-	if err := b.WriteVersion(ctx, ref, 8<<20, nil, nil); err != nil {
-		t.Fatal(err)
-	}
-	st, err := b.CreateDisk(ctx, "pc", Persistent, ref, "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := b.OpenDisk("pc", st, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := newPC(t, b, "k", 0)
+	d := openPC(t, b, st)
 	block := bytes.Repeat([]byte{9}, 4096)
 	if _, err := d.WriteAt(block, 0); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.StopOSD(); err != nil {
-		t.Fatal(err)
-	}
-	osdUp := false
-	defer func() {
-		if !osdUp {
-			c.StartOSD()
-		}
-	}()
+	startOSD := stopOSD(t, c)
 	d.(*rbdDevice).flushFailed(fmt.Errorf("rbd test: flush: %w", syscall.ETIMEDOUT))
 	if !errors.Is(b.DiskError("pc", st), disk.ErrDeviceFailed) {
 		t.Fatalf("after a failed flush: %v, want ErrDeviceFailed", b.DiskError("pc", st))
@@ -468,10 +487,7 @@ func TestRBDFailedFlushKept(t *testing.T) {
 		t.Fatalf("write after a failed flush: %v, want ErrDeviceFailed", err)
 	}
 	time.Sleep(2 * rbdKeepRetry) // the record cannot reach the cluster yet
-	if err := c.StartOSD(); err != nil {
-		t.Fatal(err)
-	}
-	osdUp = true
+	startOSD()
 	spec := c.Pool + "/" + b.opts.Namespace + "/" + b.diskName("pc", st)
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
 		out, _ := c.RBD(ctx, "image-meta", "list", spec)
@@ -487,10 +503,7 @@ func TestRBDFailedFlushKept(t *testing.T) {
 		t.Logf("close: %v", err)
 	}
 
-	d, err = b.OpenDisk("pc", st, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d = openPC(t, b, st)
 	if _, err := d.WriteAt(block, 0); !errors.Is(err, disk.ErrDeviceFailed) {
 		t.Fatalf("write after reopening a disk whose flush failed: %v, want ErrDeviceFailed", err)
 	}
@@ -517,10 +530,7 @@ func TestRBDFailedFlushKept(t *testing.T) {
 	if err := b.ClearDiskError("pc", st); err != nil {
 		t.Fatalf("clear of a closed disk: %v", err)
 	}
-	d, err = b.OpenDisk("pc", st, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d = openPC(t, b, st)
 	defer b.CloseDisk("pc")
 	if err := b.DiskError("pc", st); err != nil {
 		t.Fatalf("a cleared disk opens failed: %v", err)
@@ -536,32 +546,12 @@ func TestRBDBoundedCall(t *testing.T) {
 	c := ceph.Shared(t)
 	const timeout = 3 * time.Second
 	b := newRBD(t, c, "", RBDOptions{OpTimeout: timeout})
-	ctx := t.Context()
-	ref := VersionRef{Image: "o", Version: 1}
-	if err := b.WriteVersion(ctx, ref, 8<<20, bytes.NewReader(bytes.Repeat([]byte{5}, 8<<20)), nil); err != nil {
-		t.Fatal(err)
-	}
-	st, err := b.CreateDisk(ctx, "pc", Persistent, ref, "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := b.OpenDisk("pc", st, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := openPC(t, b, newPC(t, b, "o", 5))
 	defer b.CloseDisk("pc")
 	p := make([]byte, 4096)
-	if err := c.StopOSD(); err != nil {
-		t.Fatal(err)
-	}
-	osdUp := false
-	defer func() {
-		if !osdUp {
-			c.StartOSD()
-		}
-	}()
+	startOSD := stopOSD(t, c)
 	t0 := time.Now()
-	_, err = d.ReadAt(p, 1<<20)
+	_, err := d.ReadAt(p, 1<<20)
 	took := time.Since(t0)
 	t.Logf("read with the OSD down: %v after %v", err, took)
 	if err == nil {
@@ -570,10 +560,7 @@ func TestRBDBoundedCall(t *testing.T) {
 	if took > timeout+5*time.Second {
 		t.Errorf("read took %v, want about op_timeout %v", took, timeout)
 	}
-	if err := c.StartOSD(); err != nil {
-		t.Fatal(err)
-	}
-	osdUp = true
+	startOSD()
 	if _, err := d.ReadAt(p, 1<<20); err != nil || p[0] != 5 {
 		t.Fatalf("read after the OSD returned: %d %v", p[0], err)
 	}
@@ -588,20 +575,9 @@ func TestRBDBoundedCall(t *testing.T) {
 func TestRBDThroughSCSI(t *testing.T) {
 	c := ceph.Shared(t)
 	a := newRBD(t, c, "", RBDOptions{})
-	ctx := t.Context()
-	ref := VersionRef{Image: "s", Version: 1}
-	const size = 8 << 20
-	if err := a.WriteVersion(ctx, ref, size, bytes.NewReader(bytes.Repeat([]byte{0x5a}, size)), nil); err != nil {
-		t.Fatal(err)
-	}
-	st, err := a.CreateDisk(ctx, "pc", Persistent, ref, "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := a.OpenDisk("pc", st, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	const size = pcSize
+	st := newPC(t, a, "s", 0x5a)
+	d := openPC(t, a, st)
 	defer a.CloseDisk("pc")
 	lu, err := scsi.NewLogicalUnit(d, scsi.LUConfig{Serial: "rbd"})
 	if err != nil {

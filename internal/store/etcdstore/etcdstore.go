@@ -240,12 +240,10 @@ func (s *Store) wrap(ctx context.Context, op string, err error) error {
 	return fmt.Errorf("store: etcd %s: %s: %w", s.endpoints, op, err)
 }
 
-func (s *Store) key(bucket, key string) string { return s.prefix + bucket + "/" + key }
-
-// Key is the etcd key of key in bucket, for a server's own transactions
-// on a record of the store (the cluster's DHCP leases, written only under
-// the leader's guard).
-func (s *Store) Key(bucket, key string) string { return s.key(bucket, key) }
+// Key is the etcd key of key in bucket: the store's own layout, and for
+// a server's own transactions on a record of the store (the cluster's
+// DHCP leases, written only under the leader's guard).
+func (s *Store) Key(bucket, key string) string { return s.prefix + bucket + "/" + key }
 
 func (s *Store) deleteMarker(bucket string) string { return s.prefix + ".deleted/" + bucket }
 
@@ -325,7 +323,7 @@ func (t *txn) Get(bucket, key string) ([]byte, error) {
 	if err := checkBucket(bucket); err != nil {
 		return nil, err
 	}
-	full := t.s.key(bucket, key)
+	full := t.s.Key(bucket, key)
 	if w, ok := t.writes[full]; ok {
 		if w.del {
 			return nil, store.ErrNotFound
@@ -360,7 +358,7 @@ func (t *txn) Put(bucket, key string, value []byte) error {
 	if t.writes == nil {
 		t.writes = map[string]etcdWrite{}
 	}
-	t.writes[t.s.key(bucket, key)] = etcdWrite{value: bytes.Clone(value)}
+	t.writes[t.s.Key(bucket, key)] = etcdWrite{value: bytes.Clone(value)}
 	return nil
 }
 
@@ -374,7 +372,7 @@ func (t *txn) Delete(bucket, key string) error {
 	if t.dels == nil {
 		t.dels = map[string]bool{}
 	}
-	t.writes[t.s.key(bucket, key)] = etcdWrite{del: true}
+	t.writes[t.s.Key(bucket, key)] = etcdWrite{del: true}
 	t.dels[bucket] = true
 	return nil
 }
@@ -396,7 +394,7 @@ func (t *txn) ForEach(bucket, prefix string, fn func(key string, value []byte) e
 	if err := checkBucket(bucket); err != nil {
 		return err
 	}
-	base := t.s.key(bucket, "")
+	base := t.s.Key(bucket, "")
 	r := keyRange{start: base + prefix, end: clientv3.GetPrefixRangeEnd(base + prefix)}
 	resp, err := t.get(r.start, clientv3.WithRange(r.end), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
 	if err != nil {
@@ -480,7 +478,7 @@ func (s *Store) Watch(ctx context.Context, bucket string) (<-chan store.Change, 
 	if err := checkBucket(bucket); err != nil {
 		return nil, err
 	}
-	base := s.key(bucket, "")
+	base := s.Key(bucket, "")
 	gctx, cancel := context.WithTimeout(ctx, s.timeout)
 	resp, err := s.cli.Get(gctx, base, clientv3.WithPrefix(), clientv3.WithCountOnly())
 	cancel()
