@@ -522,6 +522,17 @@ func TestRBDFailedFlushKept(t *testing.T) {
 	if err := b.CloseDisk("pc"); err != nil {
 		t.Fatal(err)
 	}
+	// A record nobody can parse still fails the disk, saying so.
+	if _, err := c.RBD(ctx, "image-meta", "set", spec, rbdFailedKey, "garbage"); err != nil {
+		t.Fatal(err)
+	}
+	d = openPC(t, b, st)
+	if err := b.DiskError("pc", st); !errors.Is(err, disk.ErrDeviceFailed) || !strings.Contains(err.Error(), "failure record unreadable: garbage") {
+		t.Fatalf("DiskError with an unreadable record: %v", err)
+	}
+	if err := b.CloseDisk("pc"); err != nil && !errors.Is(err, disk.ErrDeviceFailed) {
+		t.Fatal(err)
+	}
 	// A closed disk's record (another server's, say) is cleared without
 	// opening the disk.
 	if _, err := c.RBD(ctx, "image-meta", "set", spec, rbdFailedKey, `{"error":"another server's flush: EIO"}`); err != nil {
