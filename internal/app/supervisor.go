@@ -356,7 +356,7 @@ func (s *supervisor) CheckHost(h *inventory.Host) error {
 // the sessions are counted: a login racing the check then finds no LUN
 // instead of writing into a disk about to be copied or changed.
 func (s *supervisor) WithDiskClosed(name string, fn func() error) error {
-	if err := s.standbyRefuses(); err != nil {
+	if err := s.MayChangeDisks(); err != nil {
 		return err
 	}
 	unlock := s.lockHost(name)
@@ -748,9 +748,10 @@ func (s *supervisor) SubscribeEvents() (<-chan bootevent.Event, func(), error) {
 	return s.events.Subscribe()
 }
 
-// standbyRefuses is the error of a change a standby cannot make: whether
-// the host runs is known to the active server only (its sessions).
-func (s *supervisor) standbyRefuses() error {
+// MayChangeDisks implements inventory.Runtime: a standby makes no change
+// to a disk - whether the host runs is known to the active server only
+// (its sessions), and the active server holds the disks open.
+func (s *supervisor) MayChangeDisks() error {
 	if s.active == nil || s.active() {
 		return nil
 	}

@@ -567,6 +567,11 @@ func (inv *Inventory) DiskError(h *Host) error { return inv.be.DiskError(h.Name,
 // operator fixed its storage. Nothing is cleared while the storage still
 // fails a flush (Conflict).
 func (inv *Inventory) ClearDiskError(host string) ([]string, error) {
+	// A standby must not: on RBD it would remove the failure record of a
+	// disk the active server holds failed.
+	if err := inv.rt.MayChangeDisks(); err != nil {
+		return nil, err
+	}
 	unlock := inv.lock(host)
 	defer unlock()
 	h, err := inv.HostWithSecrets(host)

@@ -51,6 +51,10 @@ type Runtime interface {
 	// CheckHost refuses what the running servers cannot serve (a DHCP
 	// reservation outside the served subnet) before it is saved.
 	CheckHost(h *Host) error
+	// MayChangeDisks refuses every change to a host's disk, open or
+	// closed, on a server that must not make one (a standby of a cluster:
+	// the active server has the disks open).
+	MayChangeDisks() error
 }
 
 // NoRuntime is the Runtime of a data directory no server runs on: nothing
@@ -61,6 +65,7 @@ func (NoRuntime) Online(string) bool                             { return false 
 func (NoRuntime) WithDiskClosed(_ string, fn func() error) error { return fn() }
 func (NoRuntime) Changed(string)                                 {}
 func (NoRuntime) CheckHost(*Host) error                          { return nil }
+func (NoRuntime) MayChangeDisks() error                          { return nil }
 
 // StartingUp is the Runtime while a server starts, before it serves: disks
 // are closed, but a host may well be running (it lost its sessions with

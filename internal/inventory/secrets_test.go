@@ -20,6 +20,7 @@ type fakeRuntime struct {
 	mu      sync.Mutex
 	online  map[string]bool
 	changed []string
+	refuse  error // what MayChangeDisks says (a standby's refusal)
 }
 
 func newFakeRuntime() *fakeRuntime { return &fakeRuntime{online: map[string]bool{}} }
@@ -41,6 +42,12 @@ func (r *fakeRuntime) WithDiskClosed(host string, fn func() error) error {
 		return conflict("host %q is online", host)
 	}
 	return fn()
+}
+
+func (r *fakeRuntime) MayChangeDisks() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.refuse
 }
 
 func (r *fakeRuntime) Changed(host string) {
