@@ -2,12 +2,13 @@
 # The boot storm that is real (issue 11, item 5): the I/O trace of one real
 # Debian boot (bench/replay/testdata) replayed by N hosts at once, each its
 # own iSCSI session (CHAP both ways) on its own volatile overlay of one
-# golden image, against `diskless serve`, and against tgt serving the same
-# file as N LUNs - one boot alone first (its read time), then each N, in a
-# network namespace with loopback only, built and removed by bench/replay.
+# golden image, against `diskless serve`, against tgt serving the same
+# file as N LUNs, and against a null responder (the machine's floor) - one
+# boot alone first (its read time), then each N, in a network namespace
+# with loopback only, built and removed by bench/replay.
 # Prints a table (Markdown).
 #
-# Usage: scripts/bench-replay.sh [-n 10,50,100] [-alone 3] [-gaps] [-tgt=false] [-trace FILE]
+# Usage: scripts/bench-replay.sh [-n 10,50,100] [-alone 3] [-gaps] [-tgt=false] [-floor=false] [-trace FILE]
 # Env DISKLESS_BIN: use this diskless binary instead of building ./cmd/diskless.
 # Needs root and ip; tgt (tgtd, tgtadm) for the comparison (scripts/ci-deps.sh).
 set -euo pipefail

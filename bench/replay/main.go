@@ -49,6 +49,7 @@ type options struct {
 	alone   int
 	bin     string
 	tgt     bool
+	floor   bool
 	gaps    bool
 	size    int64
 	timeout time.Duration
@@ -56,24 +57,33 @@ type options struct {
 }
 
 func main() {
-	role := flag.String("role", "bench", "bench (make the namespace) or run (internal: inside it)")
+	role := flag.String("role", "bench", "bench (make the namespace), run (internal: inside it) or null (internal: the floor's responder)")
 	trace := flag.String("trace", "bench/replay/testdata/debian-boot.trace", "the boot's I/O trace (.gz: gzipped)")
 	ns := flag.String("n", "10,50,100", "numbers of hosts booting at once, comma-separated")
 	alone := flag.Int("alone", 3, "runs of one boot alone per server (their median is one boot's read time)")
 	bin := flag.String("diskless", "", "diskless binary (required)")
 	tgt := flag.Bool("tgt", true, "compare with tgt (tgtd, tgtadm) when installed")
+	floor := flag.Bool("floor", true, "also run the machine's floor: the same plan against a null responder with a minimal client (floor.go)")
+	listen := flag.String("listen", "", "the null responder's address (internal: -role null)")
+	maxBytes := flag.Int("max-bytes", 0, "the null responder's largest command (internal: -role null)")
 	gaps := flag.Bool("gaps", false, "keep the recorded time between commands (each command not before its recorded time)")
 	size := flag.String("size", "2G", "golden image size (at least what the trace touches)")
 	timeout := flag.Duration("timeout", 10*time.Minute, "bound on each run")
 	summary := flag.Bool("summary", false, "print the trace's totals per session and its gaps over 1 s, and exit")
 	flag.Parse()
+	if *role == "null" {
+		if err := runNull(*listen, *maxBytes); err != nil {
+			fatalf("%v", err)
+		}
+		return
+	}
 	if *summary {
 		if err := printSummary(*trace); err != nil {
 			fatalf("%v", err)
 		}
 		return
 	}
-	o := options{trace: *trace, alone: *alone, bin: *bin, tgt: *tgt, gaps: *gaps, timeout: *timeout}
+	o := options{trace: *trace, alone: *alone, bin: *bin, tgt: *tgt, floor: *floor, gaps: *gaps, timeout: *timeout}
 	for _, s := range strings.Split(*ns, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || n < 1 || n > 1000 {
@@ -198,6 +208,9 @@ func run(o options) ([]row, error) {
 	if haveTgt {
 		servers = append(servers, "tgt")
 	}
+	if o.floor {
+		servers = append(servers, "floor")
+	}
 	load, _ := os.ReadFile("/proc/loadavg")
 	fmt.Printf("load average before: %s", load)
 
@@ -279,7 +292,8 @@ const (
 )
 
 // runOnce starts a fresh server for n hosts, replays the plan on all of
-// them at once and stops the server.
+// them at once and stops the server. Server "floor" is the null responder
+// and client of floor.go.
 func runOnce(o options, server, golden string, n int, p *plan) (row, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
 	defer cancel()
@@ -289,26 +303,40 @@ func runOnce(o options, server, golden string, n int, p *plan) (row, error) {
 	}
 	defer os.RemoveAll(dir)
 	var (
-		srv      *proc.Proc
-		stop     func()
-		sessions []iscsiclient.Config
+		srv  *proc.Proc
+		stop func()
+		boot func(i int, start time.Time) error
 	)
-	if server == "diskless" {
-		srv, sessions, err = startDiskless(o.bin, dir, golden, n)
+	switch server {
+	case "diskless", "tgt":
+		var sessions []iscsiclient.Config
+		if server == "diskless" {
+			srv, sessions, err = startDiskless(o.bin, dir, golden, n)
+			stop = func() { srv.Stop() }
+		} else {
+			srv, sessions, stop, err = startTgt(dir, golden, n)
+		}
+		for i := range sessions {
+			sessions[i].Timeout = 60 * time.Second
+			sessions[i].LocalAddr = iscsiclient.LoopbackHost(i)
+		}
+		boot = func(i int, start time.Time) error { return replayOne(ctx, p, sessions[i], o.gaps, start) }
+	case "floor":
+		var addr string
+		srv, addr, err = startNull(p.maxBytes)
 		stop = func() { srv.Stop() }
-	} else {
-		srv, sessions, stop, err = startTgt(dir, golden, n)
+		boot = func(i int, start time.Time) error {
+			return replayNullOne(ctx, p, addr, iscsiclient.LoopbackHost(i), o.gaps, start)
+		}
+	default:
+		err = fmt.Errorf("no server %q", server)
 	}
 	if err != nil {
 		return row{}, err
 	}
 	defer stop()
-	for i := range sessions {
-		sessions[i].Timeout = 60 * time.Second
-		sessions[i].LocalAddr = iscsiclient.LoopbackHost(i)
-	}
 	cpu0, self0 := harness.CPUSeconds(srv.Pid()), harness.CPUSeconds(os.Getpid())
-	res, last := replay(ctx, p, sessions, o.gaps)
+	res, last := replay(n, boot)
 	r := row{server: server, n: n, last: last, cpu: harness.CPUSeconds(srv.Pid()) - cpu0, clientCPU: harness.CPUSeconds(os.Getpid()) - self0}
 	r.hwmKiB, _ = harness.StatusKiB(srv.Pid(), "VmHWM")
 	var took []time.Duration

@@ -94,23 +94,21 @@ type hostResult struct {
 	err  error
 }
 
-// replay logs every session in and runs the plan on each at once: each
-// session sends its commands one at a time in the plan's order (queue
-// depth 1, as iPXE and - by the trace's order - the boot as a whole); with
-// gaps it also waits until each command's recorded time (from its release)
-// before sending it. It returns each session's result and the time from
-// the release to the last finish.
-func replay(ctx context.Context, p *plan, sessions []iscsiclient.Config, gaps bool) ([]hostResult, time.Duration) {
-	res := make([]hostResult, len(sessions))
+// replay runs one boot per host at once: boot(i, start) is host i's
+// whole replay (login to logout), start the moment all were released. It
+// returns each host's result and the time from the release to the last
+// finish.
+func replay(n int, boot func(i int, start time.Time) error) ([]hostResult, time.Duration) {
+	res := make([]hostResult, n)
 	var wg sync.WaitGroup
 	release := make(chan struct{})
 	var start time.Time
-	for i, cfg := range sessions {
+	for i := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			<-release
-			res[i].err = replayOne(ctx, p, cfg, gaps, start)
+			res[i].err = boot(i, start)
 			res[i].took = time.Since(start)
 		}()
 	}
@@ -124,6 +122,10 @@ func replay(ctx context.Context, p *plan, sessions []iscsiclient.Config, gaps bo
 	return res, last
 }
 
+// replayOne is one host's boot over iSCSI: it logs in and sends the plan's
+// commands one at a time in order (queue depth 1, as iPXE and - by the
+// trace's order - the boot as a whole); with gaps each command also waits
+// for its recorded time (from start).
 func replayOne(ctx context.Context, p *plan, cfg iscsiclient.Config, gaps bool, start time.Time) error {
 	s, err := iscsiclient.Dial(ctx, cfg)
 	if err != nil {
@@ -132,14 +134,8 @@ func replayOne(ctx context.Context, p *plan, cfg iscsiclient.Config, gaps bool, 
 	defer s.Close()
 	buf := make([]byte, p.maxBytes)
 	for i, st := range p.steps {
-		if gaps {
-			if d := time.Until(start.Add(st.at)); d > 0 {
-				select {
-				case <-time.After(d):
-				case <-ctx.Done():
-					return ctx.Err()
-				}
-			}
+		if err := waitStep(ctx, st, gaps, start); err != nil {
+			return err
 		}
 		b := buf[:int(st.blocks)*p.blockSize]
 		if st.write {
@@ -150,12 +146,23 @@ func replayOne(ctx context.Context, p *plan, cfg iscsiclient.Config, gaps bool, 
 		if err != nil {
 			return fmt.Errorf("command %d of %d: %w", i+1, len(p.steps), err)
 		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
 	}
 	if err := s.Logout(); err != nil {
 		return fmt.Errorf("logout: %w", err)
 	}
 	return nil
+}
+
+// waitStep returns when st may be sent: at once without gaps, else at its
+// recorded time from start; or with ctx's error once it is done.
+func waitStep(ctx context.Context, st step, gaps bool, start time.Time) error {
+	if gaps {
+		if d := time.Until(start.Add(st.at)); d > 0 {
+			select {
+			case <-time.After(d):
+			case <-ctx.Done():
+			}
+		}
+	}
+	return ctx.Err()
 }

@@ -3,6 +3,9 @@
 package main
 
 import (
+	"context"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -108,5 +111,49 @@ E,8000,1
 		if r.errors != 0 || r.last <= 0 {
 			t.Errorf("%s N=%d: %d errors (%v), last %v", r.server, r.n, r.errors, r.firstErr, r.last)
 		}
+	}
+}
+
+// The floor's null responder and client run a plan of READs and WRITEs,
+// and the responder drops a request longer than its largest command.
+func TestNullFloor(t *testing.T) {
+	p, err := newPlan(mustTrace(t, head+`L,0,0,23d000000001,1,ipxe
+R,100,0,0,0,1
+W,200,0,0,4096,8
+R,300,0,0,2048,128
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- serveNull(l, p.maxBytes) }()
+	ctx := context.Background()
+	for range 3 {
+		if err := replayNullOne(ctx, p, l.Addr().String(), nil, false, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	req := make([]byte, nullHeader)
+	nullRequest(req, false, p.maxBytes+1)
+	if _, err := c.Write(req); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := c.Read(req); err != io.EOF {
+		t.Errorf("a request over the largest command: read %d bytes, %v; want the connection closed", n, err)
+	}
+	l.Close()
+	if err := <-done; err != nil {
+		t.Errorf("serveNull: %v", err)
 	}
 }

@@ -65,6 +65,31 @@ func report(rows []row, servers []string, counts []int) {
 		}
 		fmt.Printf("| %d | %s | %s | %s | %.2f s | %s |\n", n, cell(d), cell(t), ratio, goal.Seconds(), met)
 	}
+	if !slices.Contains(servers, "floor") {
+		return
+	}
+	// The floor: could any server meet diskless' goal on this machine,
+	// with the initiators sharing its cores?
+	fmt.Println()
+	fmt.Println("| N | floor: last done | responder CPU | client CPU | diskless: server + initiators' CPU | goal: N x diskless' one boot / 10 | floor within the goal |")
+	fmt.Println("|---|---|---|---|---|---|---|")
+	for _, n := range counts {
+		f, d := find("floor", n), find("diskless", n)
+		if f == nil {
+			continue
+		}
+		both := "-"
+		if d != nil {
+			both = fmt.Sprintf("%.1f s + %.1f s", d.cpu, d.clientCPU)
+		}
+		goal := time.Duration(n) * alone["diskless"] / 10
+		e := ""
+		if f.errors > 0 {
+			e = fmt.Sprintf(" (%d failed)", f.errors)
+		}
+		fmt.Printf("| %d | %.2f s%s | %.1f s | %.1f s | %s | %.2f s | %s |\n", n, f.last.Seconds(), e, f.cpu, f.clientCPU, both, goal.Seconds(),
+			map[bool]string{true: "yes", false: "no"}[f.errors == 0 && f.last < goal])
+	}
 }
 
 // printSummary prints what a trace holds (-summary): the totals of
