@@ -28,6 +28,7 @@ const maxChain = 200
 //	images/<image>/.v<N>.img.partial a version being written
 //	images/<image>/v<N>.kernel       its boot files (kernel, initrd), if any
 //	hosts/<host>/layers/<id>/        an overlay layer (data, meta)
+//	hosts/<host>/disk-id, made       the overlay disk's directory identity and made layers (localdir.go)
 //	hosts/<host>/disk.img            a raw disk diskless made
 //
 // It is safe for concurrent use.
@@ -221,9 +222,9 @@ func (l *Local) CreateDisk(ctx context.Context, host string, mode DiskMode, base
 		if _, err := os.Stat(l.versionPath(base)); err != nil {
 			return DiskState{}, fmt.Errorf("storage: version %s: %w", base, err)
 		}
-		st := DiskState{Mode: mode, Layers: map[string]Layer{}}
+		st := DiskState{Mode: mode, Layers: map[string]Layer{}, DirID: newDirID()}
 		st.Top = st.newLayer("", base)
-		return st, nil
+		return st, l.freshDiskDir(host, st)
 	case Raw:
 		if rawPath != "" {
 			if err := l.foreign(rawPath); err != nil {
@@ -285,6 +286,9 @@ func (l *Local) ensureLayer(host string, st DiskState, id string, size int64) er
 	if _, err := os.Stat(filepath.Join(dir, "meta")); err == nil {
 		return nil
 	}
+	if err := l.layerLost(host, st, id); err != nil {
+		return err
+	}
 	os.RemoveAll(dir) // a half-made layer from an interrupted CreateLayer
 	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
 		return fmt.Errorf("storage: %w", err)
@@ -293,7 +297,19 @@ func (l *Local) ensureLayer(host string, st DiskState, id string, size int64) er
 	if err := disk.CreateLayer(dir, disk.LayerConfig{Size: size, ID: id, Parent: ly.Parent, BaseID: baseID(ly.Base)}); err != nil {
 		return fmt.Errorf("storage: layer %s of %s: %w", id, host, err)
 	}
-	return syncDir(filepath.Dir(dir))
+	if err := syncDir(filepath.Dir(dir)); err != nil {
+		return err
+	}
+	return l.recordMadeOf(host, st, id)
+}
+
+// recordMadeOf records layer id as made when st's directory keeps the
+// record (a disk with a DirID).
+func (l *Local) recordMadeOf(host string, st DiskState, id string) error {
+	if st.DirID == "" {
+		return nil
+	}
+	return l.recordMade(host, id)
 }
 
 // OpenDisk implements Backend.
@@ -362,6 +378,9 @@ func (l *Local) openChain(host string, st DiskState, top string, ro bool, log *s
 	chain := st.chainOf(top)
 	if len(chain) > maxChain {
 		return nil, fmt.Errorf("%w: %s has %d layers", ErrTooManyLayers, host, len(chain))
+	}
+	if err := l.checkDiskDir(host, st); err != nil {
+		return nil, err
 	}
 	ref := st.Layers[top].Base
 	base, err := l.openVersionLocked(ref)
@@ -505,6 +524,9 @@ func (l *Local) Sync(host string, st DiskState) error {
 		if err := syncDir(filepath.Dir(l.layerDir(host, st.Top))); err != nil {
 			return err
 		}
+		if err := l.recordMadeOf(host, st, st.Top); err != nil {
+			return err
+		}
 	}
 	l.mu.Lock()
 	od.st = st
@@ -526,7 +548,37 @@ func (l *Local) Rebase(host string, st DiskState, base VersionRef) (DiskState, e
 	n := st.clone()
 	n.Top = n.newLayer("", base)
 	n.gc()
-	return n, nil
+	return n, l.renewDiskDir(host, &n)
+}
+
+// renewDiskDir, at a reset, gives a disk made before DirID existed its
+// directory identity, and starts a disk whose directory was lost on a new
+// one: its snapshots were in the lost directory, so they go too.
+func (l *Local) renewDiskDir(host string, n *DiskState) error {
+	if n.DirID != "" {
+		err := l.checkDiskDir(host, *n)
+		if err == nil || !errors.Is(err, ErrDiskLost) {
+			return err
+		}
+		l.log.Warn("host disk reset on a new directory: its old one was lost, with its snapshots", "host", host, "err", err)
+		n.Snapshots = nil
+		n.gc()
+		n.DirID = newDirID()
+		return l.freshDiskDir(host, *n)
+	}
+	n.DirID = newDirID()
+	if err := l.makeDiskDir(host, *n); err != nil {
+		return err
+	}
+	// The layers made so far are the ones that are there.
+	for id := range n.Layers {
+		if _, err := os.Stat(filepath.Join(l.layerDir(host, id), "meta")); err == nil {
+			if err := l.recordMade(host, id); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // Rollback implements Backend.
@@ -753,9 +805,17 @@ func (l *Local) Check(host string, st DiskState) (CheckReport, error) {
 			live[filepath.Clean(in.Dir)] = in
 		}
 	}
+	if err := l.checkDiskDir(host, st); err != nil {
+		add(CheckedPart{Name: "directory " + l.hostDir(host), Detail: err.Error()})
+		return rep, nil
+	}
 	for _, id := range slices.Sorted(maps.Keys(st.Layers)) {
 		dir := l.layerDir(host, id)
 		if _, err := os.Stat(filepath.Join(dir, "meta")); errors.Is(err, os.ErrNotExist) {
+			if err := l.layerLost(host, st, id); err != nil {
+				add(CheckedPart{Name: "layer " + id, Detail: err.Error()})
+				continue
+			}
 			if id == st.Top || !st.written(id) {
 				add(CheckedPart{Name: "layer " + id, OK: true, Detail: "not written yet"})
 				continue

@@ -81,6 +81,9 @@ type DiskState struct {
 	// it with the host), false for a file the admin named.
 	RawPath string `json:"raw_path,omitempty"`
 	Owned   bool   `json:"owned,omitempty"`
+	// DirID (Local backend, overlay modes) names the disk's directory: a
+	// directory without it was lost and the disk is refused (localdir.go).
+	DirID string `json:"dir_id,omitempty"`
 }
 
 // Layer is one copy-on-write layer of a host disk.
