@@ -4,7 +4,8 @@
 # default configuration and the docs by scripts/mkdeb (nfpm as a library).
 # Beside it, OUTDIR/diskless-ceph: the same server with the Ceph RBD storage
 # backend (cgo, -tags ceph,pacific; needs librbd1 and librados2 at run time,
-# librbd-dev and librados-dev to build). The package ships the static one.
+# librbd-dev, librados-dev, libradospp-dev and g++ to build). The package
+# ships the static one.
 #   scripts/build-deb.sh [OUTDIR]     (default: dist/)
 # Prints the path of the package.
 set -euo pipefail

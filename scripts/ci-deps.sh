@@ -44,6 +44,8 @@ pkgs=(
 	ceph-common     # ceph, rbd, rados, ceph-authtool, monmaptool
 	librbd-dev      # the -tags ceph build (go-ceph, cgo)
 	librados-dev
+	libradospp-dev  # librados.hpp for librbd's C++ API (internal/storage/rbd_image.cc)
+	g++             # compiles that file (cgo)
 )
 
 missing=()

@@ -27,3 +27,15 @@ func (f *File) FileExtent(off, n int64) (FileRange, error) {
 	}
 	return FileRange{FD: f.fd, Off: off, Len: n}, nil
 }
+
+// Lender is a Device that can lend the bytes of a read instead of copying
+// them into the caller's buffer: a remote disk whose client library
+// received them into buffers of its own (librbd), which a transport sends
+// as they are. ReadLent reads len(p) bytes at off (all of them, or an
+// error). When it has them in one buffer of its own it returns that and a
+// release the caller calls once it is done with them (they stay valid
+// until then, whatever happens to the device); otherwise it copies them
+// into p and returns p and a nil release.
+type Lender interface {
+	ReadLent(p []byte, off int64) (data []byte, release func(), err error)
+}

@@ -34,6 +34,12 @@ func startTarget(t *testing.T, mutate func(*Target)) (*Server, string) {
 // newTestSCSITarget is a SCSI target named name with an 8 MiB file as LU 0.
 func newTestSCSITarget(t *testing.T, name, serial string) *scsi.Target {
 	t.Helper()
+	return scsiTargetOf(t, name, serial, newTestDisk(t))
+}
+
+// newTestDisk is an 8 MiB file device, closed at the test's end.
+func newTestDisk(t *testing.T) *disk.File {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "disk.img")
 	if err := os.WriteFile(path, nil, 0o600); err != nil {
 		t.Fatal(err)
@@ -46,6 +52,12 @@ func newTestSCSITarget(t *testing.T, name, serial string) *scsi.Target {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dev.Close() })
+	return dev
+}
+
+// scsiTargetOf is a SCSI target named name with dev as LU 0.
+func scsiTargetOf(t *testing.T, name, serial string, dev disk.Device) *scsi.Target {
+	t.Helper()
 	st := scsi.NewTarget(scsi.TargetConfig{Name: name, RelTargetPort: 1, TargetPortGroup: 1})
 	lu, err := scsi.NewLogicalUnit(dev, scsi.LUConfig{Serial: serial})
 	if err != nil {

@@ -392,6 +392,7 @@ func (c *conn) execute(t *task, onReader bool) {
 		// copying into the one writev is cheaper than that.
 		least := c.srv.cfg.SendfileMin
 		sc.FileDataIn = c.rawConn != nil && !c.params.DataDigest && least >= 0 && t.edtl >= uint32(least)
+		sc.LentDataIn = true
 	}
 	res := c.sess.target.SCSI.Execute(&sc)
 	if tr := c.sess.trace; tr != nil && t.op != OpOther && res.Status == scsi.StatusGood {
@@ -438,7 +439,7 @@ func (c *conn) execute(t *task, onReader bool) {
 	buf, releaseFile := t.buf, res.Release
 	item.release = func() {
 		if releaseFile != nil {
-			releaseFile() // the file data is on the wire (or never will be)
+			releaseFile() // the file or lent data is on the wire (or never will be)
 		}
 		putBuf(buf)
 		c.mu.Lock()
@@ -474,6 +475,9 @@ func (c *conn) responseItem(t *task, res *scsi.Result) *outItem {
 	fromFile := res.File.Len > 0
 	if t.cmd.Read && !t.write && res.N > 0 {
 		data = t.buf[:min(res.N, len(t.buf))]
+		if res.Lent != nil {
+			data = res.Lent[:min(res.N, len(res.Lent))]
+		}
 	}
 	good := res.Status == scsi.StatusGood || res.Status == scsi.StatusConditionMet
 	seg := int(c.sendSeg.Load())

@@ -85,6 +85,7 @@ type LogicalUnit struct {
 	alloc      disk.AllocationReporter
 	prefetcher disk.Prefetcher
 	extenter   disk.FileExtenter
+	lender     disk.Lender
 	// remote: every I/O of dev waits for the network (disk.Remote), so
 	// none is quick.
 	remote bool
@@ -138,8 +139,9 @@ type LogicalUnit struct {
 // interfaces of dev it finds: disk.Unmapper enables thin provisioning
 // (UNMAP, WRITE SAME with UNMAP, LBPME), disk.AllocationReporter GET LBA
 // STATUS, disk.Prefetcher PRE-FETCH, disk.Zeroer fast zero writes,
-// disk.FileExtenter READ data sent straight from the file, disk.Remote
-// keeps READ and WRITE off the transport's reader (Target.Quick).
+// disk.FileExtenter READ data sent straight from the file, disk.Lender
+// READ data sent from the device's own buffers, disk.Remote keeps READ and
+// WRITE off the transport's reader (Target.Quick).
 func NewLogicalUnit(dev disk.Device, cfg LUConfig) (*LogicalUnit, error) {
 	if dev == nil {
 		return nil, errors.New("scsi: nil device")
@@ -191,6 +193,7 @@ func NewLogicalUnit(dev disk.Device, cfg LUConfig) (*LogicalUnit, error) {
 	lu.alloc, _ = dev.(disk.AllocationReporter)
 	lu.prefetcher, _ = dev.(disk.Prefetcher)
 	lu.extenter, _ = dev.(disk.FileExtenter)
+	lu.lender, _ = dev.(disk.Lender)
 	if r, ok := dev.(disk.Remote); ok {
 		lu.remote = r.Remote()
 	}

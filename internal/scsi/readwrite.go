@@ -73,6 +73,21 @@ func (lu *LogicalUnit) read(c *Command, r *Result) error {
 		}
 		lu.files.leave()
 	}
+	if lu.lender != nil && c.LentDataIn && len(dst) > 0 {
+		// Held shared for the read only: the lent bytes are a copy the
+		// device made, which no later write changes.
+		lu.ioMu.RLock()
+		data, release, err := lu.lender.ReadLent(dst, int64(lba<<lu.shift))
+		lu.ioMu.RUnlock()
+		if err != nil {
+			return diskError(err, lba, false)
+		}
+		if release != nil {
+			r.Lent, r.Release = data, release
+		}
+		r.N = len(dst)
+		return nil
+	}
 	if len(dst) > 0 {
 		if err := lu.readBlocks(dst, lba); err != nil {
 			return err

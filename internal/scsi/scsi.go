@@ -54,6 +54,10 @@ type Command struct {
 	// file (sendfile); READ then answers with Result.File instead of
 	// copying into DataIn when the device allows it.
 	FileDataIn bool
+	// LentDataIn says the transport can send Data-In from a buffer of the
+	// device's own; READ then answers with Result.Lent when the device
+	// lends it (disk.Lender).
+	LentDataIn bool
 }
 
 // Result is the outcome of a Command.
@@ -67,8 +71,12 @@ type Result struct {
 	// File, when Len > 0, holds the Data-In instead of DataIn: N bytes
 	// to send from this file range (see Command.FileDataIn).
 	File disk.FileRange
-	// Release, when set, must be called once File has been sent or will
-	// not be: until then commands that must look indivisible wait.
+	// Lent, when not nil, holds the Data-In instead of DataIn: N bytes
+	// the device lent (see Command.LentDataIn), valid until Release.
+	Lent []byte
+	// Release, when set, must be called once File or Lent has been sent
+	// or will not be: for File, commands that must look indivisible wait
+	// until then; Lent goes back to the device.
 	Release func()
 	// Wanted is the number of bytes the command would have transferred
 	// (Data-In or Data-Out) had the buffers been big enough; the transport

@@ -71,6 +71,7 @@ type rbdDevice struct {
 
 var _ interface {
 	disk.Device
+	disk.Lender
 	disk.Unmapper
 	disk.Failer
 	disk.Remote
@@ -174,14 +175,66 @@ func (d *rbdDevice) ReadAt(p []byte, off int64) (int, error) {
 	if want == 0 {
 		return 0, io.EOF
 	}
-	r := d.img.readAt(p[:want], off)
-	if err := d.result("read", r); err != nil {
+	_, _, r, err := d.read(p[:want], off, false)
+	if err != nil {
 		return 0, err
 	}
 	if r < int64(len(p)) {
 		return int(r), io.EOF
 	}
 	return int(r), nil
+}
+
+// ReadLent implements disk.Lender: the bytes stay in the buffers librbd
+// received them in, which the target sends from, when one holds them
+// all (a read within one object, as most are).
+func (d *rbdDevice) ReadLent(p []byte, off int64) ([]byte, func(), error) {
+	if err := d.check(p, off); err != nil {
+		return nil, nil, err
+	}
+	if off+int64(len(p)) > d.size {
+		return nil, nil, fmt.Errorf("rbd %s: read of %d bytes at %d past the end (%d bytes)", d.name, len(p), off, d.size)
+	}
+	if err := d.begin(false); err != nil {
+		return nil, nil, err
+	}
+	defer d.mu.RUnlock()
+	data, release, r, err := d.read(p, off, true)
+	if err == nil && r != int64(len(p)) {
+		if release != nil {
+			release()
+		}
+		return nil, nil, fmt.Errorf("rbd %s: read of %d bytes at %d returned %d", d.name, len(p), off, r)
+	}
+	return data, release, err
+}
+
+// rbdLendMin is the smallest read lent rather than copied: below it the
+// copy costs less than handing librbd's buffers over and freeing them
+// from another thread (2026-12-05, against tgt-rbd: 4 KiB QD32 reads all
+// lent took about 12 % more server CPU than copied).
+const rbdLendMin = 64 << 10
+
+// read reads len(p) bytes at off, librbd's result r. With lend, when the
+// read is large and one of librbd's buffers holds it all, data is that
+// buffer, valid until release (the buffer is librbd's, not the image's:
+// closing the device does not end it); otherwise the bytes are copied
+// into p, data is p and release nil.
+func (d *rbdDevice) read(p []byte, off int64, lend bool) (data []byte, release func(), r int64, err error) {
+	if !lend || len(p) < rbdLendMin {
+		r = d.img.readAt(p, off)
+		return p, nil, r, d.result("read", r)
+	}
+	rd, r := d.img.readLent(off, len(p))
+	if err := d.result("read", r); err != nil {
+		return nil, nil, r, err
+	}
+	if b, ok := rd.contiguous(len(p)); ok {
+		return b, rd.free, r, nil
+	}
+	rd.copyTo(p)
+	rd.free()
+	return p, nil, r, nil
 }
 
 func (d *rbdDevice) WriteAt(p []byte, off int64) (int, error) {

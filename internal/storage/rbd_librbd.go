@@ -8,6 +8,9 @@ package storage
 //
 // The calls into librbd that go-ceph does not wrap: asynchronous I/O, and
 // the exclusive lock of the image handle a host disk is served through.
+// They go through librbd's C++ API (rbd_image.cc, behind the C interface of
+// rbd_image.h) for its reads into librbd's own buffers, which the target
+// sends without copying them (readLent).
 //
 // Completions: librbd calls dlAioDone (rbd_callback.go) on its own
 // completion thread, which hands the result to the waiting goroutine on a
@@ -19,92 +22,19 @@ package storage
 // that is awake anyway; the eventfd needs a Go thread woken from epoll,
 // then a cgo call, for the same completion.
 //
-// Buffers: the Go buffer of an I/O is pinned (runtime.Pinner) from the
-// submission until the completion ran, so librbd may fill or read it after
-// the call returned; every submitted I/O is waited for, never abandoned -
-// the bound on how long it takes is Ceph's own (rados_osd_op_timeout).
+// Buffers: a read lands in librbd's buffers; a large one is lent from
+// there (rbdRead), a small one copied into its Go buffer on librbd's
+// thread at completion, which stays pinned (runtime.Pinner) until then. A
+// write's Go buffer is copied before the call returns (rbd_image.cc).
+// Every submitted I/O is waited for, never abandoned - the bound on how
+// long it takes is Ceph's own (rados_osd_op_timeout).
 
 /*
-#cgo LDFLAGS: -lrbd -lrados
-#include <stdio.h>
+#cgo CXXFLAGS: -std=c++17 -O2
+#cgo LDFLAGS: -lrbd -lrados -lstdc++
 #include <stdlib.h>
-#include <string.h>
-#include <stdint.h>
 #include <errno.h>
-#include <rbd/librbd.h>
-
-extern void dlAioDone(rbd_completion_t c, void *arg);
-
-static int dl_completion(uintptr_t h, rbd_completion_t *c) {
-	return rbd_aio_create_completion((void *)h, (rbd_callback_t)dlAioDone, c);
-}
-
-static int dl_aio_read(rbd_image_t img, uint64_t off, size_t len, char *buf, uintptr_t h) {
-	rbd_completion_t c;
-	int r = dl_completion(h, &c);
-	if (r < 0) return r;
-	r = rbd_aio_read2(img, off, len, buf, c, 0);
-	if (r < 0) rbd_aio_release(c);
-	return r;
-}
-
-static int dl_aio_write(rbd_image_t img, uint64_t off, size_t len, const char *buf, uintptr_t h) {
-	rbd_completion_t c;
-	int r = dl_completion(h, &c);
-	if (r < 0) return r;
-	r = rbd_aio_write2(img, off, len, buf, c, 0);
-	if (r < 0) rbd_aio_release(c);
-	return r;
-}
-
-static int dl_aio_discard(rbd_image_t img, uint64_t off, uint64_t len, uintptr_t h) {
-	rbd_completion_t c;
-	int r = dl_completion(h, &c);
-	if (r < 0) return r;
-	r = rbd_aio_discard(img, off, len, c);
-	if (r < 0) rbd_aio_release(c);
-	return r;
-}
-
-static int dl_aio_flush(rbd_image_t img, uintptr_t h) {
-	rbd_completion_t c;
-	int r = dl_completion(h, &c);
-	if (r < 0) return r;
-	r = rbd_aio_flush(img, c);
-	if (r < 0) rbd_aio_release(c);
-	return r;
-}
-
-// dl_watched says whether the client at addr watches the image: 1 if
-// it does, 0 if not, or a negative errno.
-static int dl_watched(rbd_image_t img, const char *addr) {
-	rbd_image_watcher_t w[64];
-	size_t n = 64;
-	int r = rbd_watchers_list(img, w, &n);
-	if (r < 0) return r;
-	int found = 0;
-	for (size_t i = 0; i < n; i++) {
-		if (strcmp(w[i].addr, addr) == 0) found = 1;
-	}
-	rbd_watchers_list_cleanup(w, n);
-	return found;
-}
-
-static int dl_snap_create(rbd_image_t img, const char *name) { return rbd_snap_create(img, name); }
-static int dl_snap_remove(rbd_image_t img, const char *name) { return rbd_snap_remove(img, name); }
-
-// dl_lock_owner copies the first exclusive lock owner into buf.
-static int dl_lock_owner(rbd_image_t img, char *buf, size_t len) {
-	rbd_lock_mode_t mode;
-	char *owners[4];
-	size_t n = 4;
-	int r = rbd_lock_get_owners(img, &mode, owners, &n);
-	if (r < 0) return r;
-	if (n == 0) { buf[0] = 0; return 0; }
-	snprintf(buf, len, "%s", owners[0]);
-	rbd_lock_get_owners_cleanup(owners, n);
-	return 1;
-}
+#include "rbd_image.h"
 */
 import "C"
 
@@ -121,7 +51,7 @@ import (
 // rbdImage is an open librbd image handle. Its I/O methods are safe for
 // concurrent use; close must not race with them (the device orders that).
 type rbdImage struct {
-	h C.rbd_image_t
+	h *C.dl_image
 }
 
 // openRBDImage opens name in ioctx, read-only when ro (at snapshot snap
@@ -135,21 +65,18 @@ func openRBDImage(ioctx *rados.IOContext, name, snap string, ro bool) (*rbdImage
 		defer C.free(unsafe.Pointer(csnap))
 	}
 	var img rbdImage
-	io := C.rados_ioctx_t(ioctx.Pointer())
-	var r C.int
+	cro := C.int(0)
 	if ro {
-		r = C.rbd_open_read_only(io, cname, &img.h, csnap)
-	} else {
-		r = C.rbd_open(io, cname, &img.h, csnap)
+		cro = 1
 	}
-	if r < 0 {
+	if r := C.dl_image_open(C.rados_ioctx_t(ioctx.Pointer()), cname, csnap, cro, &img.h); r < 0 {
 		return nil, fmt.Errorf("open %s: %w", name, errno(r))
 	}
 	return &img, nil
 }
 
 func (img *rbdImage) close() error {
-	if r := C.rbd_close(img.h); r < 0 {
+	if r := C.dl_image_close(img.h); r < 0 {
 		return errno(r)
 	}
 	return nil
@@ -157,7 +84,7 @@ func (img *rbdImage) close() error {
 
 func (img *rbdImage) size() (int64, error) {
 	var sz C.uint64_t
-	if r := C.rbd_get_size(img.h, &sz); r < 0 {
+	if r := C.dl_image_size(img.h, &sz); r < 0 {
 		return 0, errno(r)
 	}
 	return int64(sz), nil
@@ -186,40 +113,88 @@ func aio(buf []byte, submit func(h C.uintptr_t, p *C.char) C.int) int64 {
 	return <-done
 }
 
+// readAt reads len(p) bytes at off into p (librbd copies them on its
+// completion thread); r is as aio's.
 func (img *rbdImage) readAt(p []byte, off int64) int64 {
 	return aio(p, func(h C.uintptr_t, b *C.char) C.int {
-		return C.dl_aio_read(img.h, C.uint64_t(off), C.size_t(len(p)), b, h)
+		return C.dl_image_aio_read(img.h, C.uint64_t(off), C.size_t(len(p)), b, h, nil)
 	})
+}
+
+// readLent reads n bytes at off into buffers of librbd's (see rbdRead);
+// r is as aio's, and rd is nil unless r >= 0.
+func (img *rbdImage) readLent(off int64, n int) (rd *rbdRead, r int64) {
+	var h *C.dl_read
+	r = aio(nil, func(done C.uintptr_t, _ *C.char) C.int {
+		return C.dl_image_aio_read(img.h, C.uint64_t(off), C.size_t(n), nil, done, &h)
+	})
+	if h == nil {
+		return nil, r
+	}
+	rd = &rbdRead{h: h}
+	if r < 0 {
+		rd.free()
+		return nil, r
+	}
+	return rd, r
+}
+
+// rbdRead is a completed read's bytes in librbd's buffers, until free.
+type rbdRead struct {
+	h *C.dl_read
+}
+
+// contiguous returns the bytes when one buffer holds all n of them.
+func (rd *rbdRead) contiguous(n int) ([]byte, bool) {
+	var iov C.struct_iovec
+	if C.dl_read_segments(rd.h, &iov, 1) != 1 || int(iov.iov_len) != n {
+		return nil, false
+	}
+	return unsafe.Slice((*byte)(iov.iov_base), n), true
+}
+
+// copyTo copies the first len(p) bytes into p.
+func (rd *rbdRead) copyTo(p []byte) {
+	if len(p) > 0 {
+		C.dl_read_copy(rd.h, (*C.char)(unsafe.Pointer(&p[0])), C.size_t(len(p)))
+	}
+}
+
+func (rd *rbdRead) free() {
+	if rd.h != nil {
+		C.dl_read_free(rd.h)
+		rd.h = nil
+	}
 }
 
 func (img *rbdImage) writeAt(p []byte, off int64) int64 {
 	return aio(p, func(h C.uintptr_t, b *C.char) C.int {
-		return C.dl_aio_write(img.h, C.uint64_t(off), C.size_t(len(p)), b, h)
+		return C.dl_image_aio_write(img.h, C.uint64_t(off), C.size_t(len(p)), b, h)
 	})
 }
 
 func (img *rbdImage) discard(off, n int64) int64 {
 	return aio(nil, func(h C.uintptr_t, _ *C.char) C.int {
-		return C.dl_aio_discard(img.h, C.uint64_t(off), C.uint64_t(n), h)
+		return C.dl_image_aio_discard(img.h, C.uint64_t(off), C.uint64_t(n), h)
 	})
 }
 
 func (img *rbdImage) flush() int64 {
-	return aio(nil, func(h C.uintptr_t, _ *C.char) C.int { return C.dl_aio_flush(img.h, h) })
+	return aio(nil, func(h C.uintptr_t, _ *C.char) C.int { return C.dl_image_aio_flush(img.h, h) })
 }
 
 // lockAcquire takes the image's exclusive lock for this client and keeps
 // it: librbd then refuses to hand it over to another client that asks
 // (the cooperative transfer of exclusive-lock is off).
 func (img *rbdImage) lockAcquire() error {
-	if r := C.rbd_lock_acquire(img.h, C.RBD_LOCK_MODE_EXCLUSIVE); r < 0 {
+	if r := C.dl_image_lock_acquire(img.h); r < 0 {
 		return errno(r)
 	}
 	return nil
 }
 
 func (img *rbdImage) lockRelease() error {
-	if r := C.rbd_lock_release(img.h); r < 0 {
+	if r := C.dl_image_lock_release(img.h); r < 0 {
 		return errno(r)
 	}
 	return nil
@@ -229,7 +204,7 @@ func (img *rbdImage) lockRelease() error {
 // "" when nobody holds it.
 func (img *rbdImage) lockOwner() (string, error) {
 	var buf [128]C.char
-	r := C.dl_lock_owner(img.h, &buf[0], C.size_t(len(buf)))
+	r := C.dl_image_lock_owner(img.h, &buf[0], C.size_t(len(buf)))
 	if r == -C.ENOENT {
 		return "", nil // nobody holds it
 	}
@@ -245,7 +220,7 @@ func (img *rbdImage) lockOwner() (string, error) {
 func (img *rbdImage) lockBreak(owner string) error {
 	c := C.CString(owner)
 	defer C.free(unsafe.Pointer(c))
-	if r := C.rbd_lock_break(img.h, C.RBD_LOCK_MODE_EXCLUSIVE, c); r < 0 {
+	if r := C.dl_image_lock_break(img.h, c); r < 0 {
 		return errno(r)
 	}
 	return nil
@@ -259,7 +234,7 @@ func (img *rbdImage) lockBreak(owner string) error {
 func (img *rbdImage) watchedBy(owner string) (bool, error) {
 	c := C.CString(owner)
 	defer C.free(unsafe.Pointer(c))
-	r := C.dl_watched(img.h, c)
+	r := C.dl_image_watched(img.h, c)
 	if r < 0 {
 		return false, errno(r)
 	}
@@ -273,7 +248,7 @@ func (img *rbdImage) metadataGet(key string) (val string, ok bool, err error) {
 	defer C.free(unsafe.Pointer(c))
 	var buf [4096]C.char
 	n := C.size_t(len(buf))
-	r := C.rbd_metadata_get(img.h, c, &buf[0], &n)
+	r := C.dl_image_metadata_get(img.h, c, &buf[0], &n)
 	if r == -C.ENOENT {
 		return "", false, nil
 	}
@@ -287,7 +262,7 @@ func (img *rbdImage) metadataSet(key, val string) error {
 	ck, cv := C.CString(key), C.CString(val)
 	defer C.free(unsafe.Pointer(ck))
 	defer C.free(unsafe.Pointer(cv))
-	if r := C.rbd_metadata_set(img.h, ck, cv); r < 0 {
+	if r := C.dl_image_metadata_set(img.h, ck, cv); r < 0 {
 		return errno(r)
 	}
 	return nil
@@ -297,7 +272,7 @@ func (img *rbdImage) metadataSet(key, val string) error {
 func (img *rbdImage) metadataRemove(key string) error {
 	c := C.CString(key)
 	defer C.free(unsafe.Pointer(c))
-	if r := C.rbd_metadata_remove(img.h, c); r < 0 && r != -C.ENOENT {
+	if r := C.dl_image_metadata_remove(img.h, c); r < 0 && r != -C.ENOENT {
 		return errno(r)
 	}
 	return nil
@@ -305,7 +280,7 @@ func (img *rbdImage) metadataRemove(key string) error {
 
 func (img *rbdImage) isLockOwner() (bool, error) {
 	var owner C.int
-	if r := C.rbd_is_exclusive_lock_owner(img.h, &owner); r < 0 {
+	if r := C.dl_image_is_lock_owner(img.h, &owner); r < 0 {
 		return false, errno(r)
 	}
 	return owner != 0, nil
@@ -314,7 +289,7 @@ func (img *rbdImage) isLockOwner() (bool, error) {
 func (img *rbdImage) snapCreate(name string) error {
 	c := C.CString(name)
 	defer C.free(unsafe.Pointer(c))
-	if r := C.dl_snap_create(img.h, c); r < 0 {
+	if r := C.dl_image_snap_create(img.h, c); r < 0 {
 		return errno(r)
 	}
 	return nil
@@ -323,7 +298,7 @@ func (img *rbdImage) snapCreate(name string) error {
 func (img *rbdImage) snapRemove(name string) error {
 	c := C.CString(name)
 	defer C.free(unsafe.Pointer(c))
-	if r := C.dl_snap_remove(img.h, c); r < 0 {
+	if r := C.dl_image_snap_remove(img.h, c); r < 0 {
 		return errno(r)
 	}
 	return nil
