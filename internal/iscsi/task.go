@@ -436,10 +436,10 @@ func (c *conn) execute(t *task, onReader bool) {
 	item := c.responseItem(t, &res)
 	// Copies, not res itself: a closure over res would move the whole
 	// Result to the heap for every command.
-	buf, releaseFile := t.buf, res.Release
+	buf, releaseData := t.buf, res.Release
 	item.release = func() {
-		if releaseFile != nil {
-			releaseFile() // the file or lent data is on the wire (or never will be)
+		if releaseData != nil {
+			releaseData() // the file or lent data is on the wire (or never will be)
 		}
 		putBuf(buf)
 		c.mu.Lock()

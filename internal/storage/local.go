@@ -280,18 +280,27 @@ func (s *DiskState) newLayer(parent string, base VersionRef) string {
 func baseID(ref VersionRef) string { return ref.String() }
 
 // ensureLayer makes layer id of st on disk if it does not exist yet: a
-// layer the state names but that was never made is empty.
-func (l *Local) ensureLayer(host string, st DiskState, id string, size int64) error {
+// layer the state names but that was never made is empty. made is the
+// layers recorded as made in the disk's directory (madeLayers); one that is
+// there but not recorded (a crash between making and recording) is
+// recorded now.
+func (l *Local) ensureLayer(host string, st DiskState, id string, size int64, made map[string]bool) error {
 	dir := l.layerDir(host, id)
 	if _, err := os.Stat(filepath.Join(dir, "meta")); err == nil {
+		if st.DirID != "" && !made[id] {
+			return l.recordMade(host, id)
+		}
 		return nil
 	}
-	if err := l.layerLost(host, st, id); err != nil {
-		return err
+	if st.DirID != "" && made[id] {
+		return lostLayer(host, id, dir)
 	}
 	os.RemoveAll(dir) // a half-made layer from an interrupted CreateLayer
 	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
 		return fmt.Errorf("storage: %w", err)
+	}
+	if err := syncDir(l.hostDir(host)); err != nil { // layers/ may be new
+		return err
 	}
 	ly := st.Layers[id]
 	if err := disk.CreateLayer(dir, disk.LayerConfig{Size: size, ID: id, Parent: ly.Parent, BaseID: baseID(ly.Base)}); err != nil {
@@ -300,12 +309,6 @@ func (l *Local) ensureLayer(host string, st DiskState, id string, size int64) er
 	if err := syncDir(filepath.Dir(dir)); err != nil {
 		return err
 	}
-	return l.recordMadeOf(host, st, id)
-}
-
-// recordMadeOf records layer id as made when st's directory keeps the
-// record (a disk with a DirID).
-func (l *Local) recordMadeOf(host string, st DiskState, id string) error {
 	if st.DirID == "" {
 		return nil
 	}
@@ -387,8 +390,15 @@ func (l *Local) openChain(host string, st DiskState, top string, ro bool, log *s
 	if err != nil {
 		return nil, err
 	}
+	made := map[string]bool{}
+	if st.DirID != "" {
+		if made, err = l.madeLayers(host); err != nil {
+			base.closeLocked()
+			return nil, err
+		}
+	}
 	for _, id := range chain {
-		if err := l.ensureLayer(host, st, id, base.Size()); err != nil {
+		if err := l.ensureLayer(host, st, id, base.Size(), made); err != nil {
 			base.closeLocked()
 			return nil, err
 		}
@@ -524,8 +534,13 @@ func (l *Local) Sync(host string, st DiskState) error {
 		if err := syncDir(filepath.Dir(l.layerDir(host, st.Top))); err != nil {
 			return err
 		}
-		if err := l.recordMadeOf(host, st, st.Top); err != nil {
-			return err
+		if st.DirID != "" {
+			// Not an error of Sync: the disk already writes to the new
+			// top, and the caller would take the state naming it back.
+			// The next open records it (ensureLayer).
+			if err := l.recordMade(host, st.Top); err != nil {
+				l.log.Warn("host disk: new layer not recorded as made yet", "host", host, "layer", st.Top, "err", err)
+			}
 		}
 	}
 	l.mu.Lock()
@@ -548,7 +563,12 @@ func (l *Local) Rebase(host string, st DiskState, base VersionRef) (DiskState, e
 	n := st.clone()
 	n.Top = n.newLayer("", base)
 	n.gc()
-	return n, l.renewDiskDir(host, &n)
+	if err := l.renewDiskDir(host, &n); err != nil {
+		return st, err
+	}
+	// A volatile disk is rebased at every boot: its record of made
+	// layers keeps only the ones still named, so it does not grow.
+	return n, l.compactMade(host, n)
 }
 
 // renewDiskDir, at a reset, gives a disk made before DirID existed its
@@ -657,6 +677,9 @@ func (l *Local) merge(host string, st DiskState, x, child string) error {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "meta")); errors.Is(err, os.ErrNotExist) {
 		l.mu.Unlock()
+		if err := l.layerLost(host, st, x); err != nil {
+			return err // merged as empty, its loss would go unseen
+		}
 		return nil // x was never written: nothing to merge
 	}
 	od, err := l.openChain(host, st, child, false, l.log, nil, nil)

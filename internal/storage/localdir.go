@@ -46,29 +46,16 @@ func (l *Local) makeDiskDir(host string, st DiskState) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("storage: %w", err)
 	}
+	if err := syncDir(filepath.Dir(dir)); err != nil { // hosts/<host> may be new
+		return err
+	}
 	if err := os.Remove(l.madePath(host)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("storage: %w", err)
 	}
-	tmp := l.dirIDPath(host) + ".partial"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("storage: %w", err)
-	}
-	_, err = f.WriteString(st.DirID + "\n")
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, l.dirIDPath(host))
-	}
-	if err != nil {
-		os.Remove(tmp)
+	if err := writeDurably(l.dirIDPath(host), st.DirID+"\n"); err != nil {
 		return fmt.Errorf("storage: disk directory of %s: %w", host, err)
 	}
-	return syncDir(dir)
+	return nil
 }
 
 // freshDiskDir makes host's directory st's, without the layers another
@@ -126,6 +113,7 @@ func (l *Local) madeLayers(host string) (map[string]bool, error) {
 
 // recordMade adds layer id to the layers made in host's directory, durably.
 func (l *Local) recordMade(host, id string) error {
+	_, statErr := os.Stat(l.madePath(host))
 	f, err := os.OpenFile(l.madePath(host), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return fmt.Errorf("storage: %w", err)
@@ -136,6 +124,9 @@ func (l *Local) recordMade(host, id string) error {
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
+	}
+	if err == nil && errors.Is(statErr, os.ErrNotExist) {
+		err = syncDir(l.hostDir(host)) // the file is new
 	}
 	if err != nil {
 		return fmt.Errorf("storage: record of %s's layer %s: %w", host, id, err)
@@ -154,8 +145,62 @@ func (l *Local) layerLost(host string, st DiskState, id string) error {
 		return err
 	}
 	if made[id] {
-		return fmt.Errorf("%w: layer %s of %s (%s) was made and is gone; reset the host to start it again from its image",
-			ErrDiskLost, id, host, l.layerDir(host, id))
+		return lostLayer(host, id, l.layerDir(host, id))
 	}
 	return nil
+}
+
+func lostLayer(host, id, dir string) error {
+	return fmt.Errorf("%w: layer %s of %s (%s) was made and is gone; reset the host to start it again from its image",
+		ErrDiskLost, id, host, dir)
+}
+
+// compactMade rewrites the record of made layers without the ones st no
+// longer names (their directories go with the next Prune).
+func (l *Local) compactMade(host string, st DiskState) error {
+	if st.DirID == "" {
+		return nil
+	}
+	made, err := l.madeLayers(host)
+	if err != nil {
+		return err
+	}
+	var keep strings.Builder
+	stale := false
+	for id := range made {
+		if _, ok := st.Layers[id]; ok {
+			keep.WriteString(id + "\n")
+		} else {
+			stale = true
+		}
+	}
+	if !stale {
+		return nil
+	}
+	return writeDurably(l.madePath(host), keep.String())
+}
+
+// writeDurably replaces path with data: written to a partial file, fsync'd,
+// renamed into place, its directory fsync'd.
+func writeDurably(path, data string) error {
+	tmp := path + ".partial"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("storage: %w", err)
+	}
+	_, err = f.WriteString(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("storage: %w", err)
+	}
+	return syncDir(filepath.Dir(path))
 }

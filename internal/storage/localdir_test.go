@@ -128,3 +128,51 @@ func TestDiskWithoutDirID(t *testing.T) {
 		t.Fatalf("rollback onto a lost snapshot layer opened: %v, want ErrDiskLost", err)
 	}
 }
+
+// A layer made but not recorded (a crash between the two) is recorded at
+// the next open, so its later loss is caught; deleting a snapshot whose
+// lost layer would be merged away as empty is refused; a volatile disk's
+// record keeps only the layers its state names, however many boots.
+func TestMadeRecordKeptRight(t *testing.T) {
+	l, ref, _ := fixture(t)
+	st, err := l.CreateDisk(context.Background(), "pc", Persistent, ref, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withDisk(t, l, "pc", st, func(d disk.Device) { d.WriteAt(fill(3), 0) })
+	os.Remove(l.madePath("pc")) // made, never recorded
+	withDisk(t, l, "pc", st, func(disk.Device) {})
+	if made, err := l.madeLayers("pc"); err != nil || !made[st.Top] {
+		t.Fatalf("made after reopening: %v, %v; want %s recorded", made, err, st.Top)
+	}
+
+	if st, err = l.Snapshot("pc", st, "s1", time.Now(), false); err != nil {
+		t.Fatal(err)
+	}
+	withDisk(t, l, "pc", st, func(disk.Device) {})
+	lost := st.Snapshots[0].Layer
+	if err := os.RemoveAll(l.layerDir("pc", lost)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.DeleteSnapshot("pc", st, "s1"); !errors.Is(err, ErrDiskLost) {
+		t.Fatalf("deleting a snapshot whose layer was lost: %v, want ErrDiskLost", err)
+	}
+
+	v, err := l.CreateDisk(context.Background(), "vol", Volatile, ref, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 5 { // five boots
+		withDisk(t, l, "vol", v, func(disk.Device) {})
+		if v, err = l.Rebase("vol", v, ref); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Prune("vol", v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	made, err := l.madeLayers("vol")
+	if err != nil || len(made) > 1 {
+		t.Fatalf("a volatile disk's made layers after 5 boots: %v, %v; want at most its top", made, err)
+	}
+}

@@ -45,6 +45,20 @@ static void read_done(librbd::completion_t c, void *arg) {
 	dlAioDone(c, reinterpret_cast<void *>(h));
 }
 
+// guarded runs the body of a C entry point: no C++ exception may cross
+// into Go (it would end the process). librbd's calls do not throw;
+// allocations may.
+template <typename F>
+static int guarded(F body) {
+	try {
+		return body();
+	} catch (const std::bad_alloc &) {
+		return -ENOMEM;
+	} catch (...) {
+		return -EIO;
+	}
+}
+
 // completion is an AioCompletion that calls dlAioDone(itself, h) - the
 // C API's rbd_completion_t is the same object, so dlAioDone releases it
 // with rbd_aio_release.
@@ -53,17 +67,19 @@ static librbd::RBD::AioCompletion *completion(uintptr_t h) {
 }
 
 extern "C" int dl_image_open(rados_ioctx_t io, const char *name, const char *snap, int ro, dl_image **img) {
-	dl_image *d = new (std::nothrow) dl_image;
-	if (d == nullptr) return -ENOMEM;
-	librados::IoCtx::from_rados_ioctx_t(io, d->io);
-	librbd::RBD rbd;
-	int r = ro ? rbd.open_read_only(d->io, d->img, name, snap) : rbd.open(d->io, d->img, name, snap);
-	if (r < 0) {
-		delete d;
-		return r;
-	}
-	*img = d;
-	return 0;
+	return guarded([&]() -> int {
+		dl_image *d = new (std::nothrow) dl_image;
+		if (d == nullptr) return -ENOMEM;
+		librados::IoCtx::from_rados_ioctx_t(io, d->io);
+		librbd::RBD rbd;
+		int r = ro ? rbd.open_read_only(d->io, d->img, name, snap) : rbd.open(d->io, d->img, name, snap);
+		if (r < 0) {
+			delete d;
+			return r;
+		}
+		*img = d;
+		return 0;
+	});
 }
 
 extern "C" int dl_image_close(dl_image *d) {
@@ -75,37 +91,42 @@ extern "C" int dl_image_close(dl_image *d) {
 extern "C" int dl_image_size(dl_image *d, uint64_t *size) { return d->img.size(size); }
 
 extern "C" int dl_image_aio_read(dl_image *d, uint64_t off, size_t len, char *dst, uintptr_t h, dl_read **rd) {
-	dl_read *out = new (std::nothrow) dl_read;
-	if (out == nullptr) return -ENOMEM;
-	out->dst = dst;
-	out->len = len;
-	out->h = h;
-	librbd::RBD::AioCompletion *c = new (std::nothrow) librbd::RBD::AioCompletion(out, read_done);
-	if (c == nullptr) {
-		delete out;
-		return -ENOMEM;
-	}
-	int r = d->img.aio_read2(off, len, out->bl, c, 0);
-	if (r < 0) {
-		c->release();
-		delete out;
-		return r;
-	}
-	// A read into dst may be complete, and out freed, by now.
-	if (rd != nullptr) *rd = dst == nullptr ? out : nullptr;
-	return 0;
+	return guarded([&]() -> int {
+		dl_read *out = new (std::nothrow) dl_read;
+		if (out == nullptr) return -ENOMEM;
+		out->dst = dst;
+		out->len = len;
+		out->h = h;
+		librbd::RBD::AioCompletion *c = new (std::nothrow) librbd::RBD::AioCompletion(out, read_done);
+		if (c == nullptr) {
+			delete out;
+			return -ENOMEM;
+		}
+		int r = d->img.aio_read2(off, len, out->bl, c, 0);
+		if (r < 0) {
+			c->release();
+			delete out;
+			return r;
+		}
+		// A read into dst may be complete, and out freed, by now.
+		if (rd != nullptr) *rd = dst == nullptr ? out : nullptr;
+		return 0;
+	});
 }
 
 extern "C" int dl_image_aio_write(dl_image *d, uint64_t off, size_t len, const char *buf, uintptr_t h) {
-	librbd::RBD::AioCompletion *c = completion(h);
-	if (c == nullptr) return -ENOMEM;
-	// A copy, as the C API makes by default (rbd_disable_zero_copy_writes):
-	// librbd may hold the data after the write completed.
-	ceph::bufferlist bl;
-	bl.append(buf, len);
-	int r = d->img.aio_write2(off, len, bl, c, 0);
-	if (r < 0) c->release();
-	return r;
+	return guarded([&]() -> int {
+		// A copy, as the C API makes by default (rbd_disable_zero_copy_writes):
+		// librbd may hold the data after the write completed. Made before
+		// the completion, so a failed allocation leaves nothing behind.
+		ceph::bufferlist bl;
+		bl.append(buf, len);
+		librbd::RBD::AioCompletion *c = completion(h);
+		if (c == nullptr) return -ENOMEM;
+		int r = d->img.aio_write2(off, len, bl, c, 0);
+		if (r < 0) c->release();
+		return r;
+	});
 }
 
 extern "C" int dl_image_aio_discard(dl_image *d, uint64_t off, uint64_t len, uintptr_t h) {
@@ -157,20 +178,24 @@ extern "C" int dl_image_lock_acquire(dl_image *d) { return d->img.lock_acquire(R
 extern "C" int dl_image_lock_release(dl_image *d) { return d->img.lock_release(); }
 
 extern "C" int dl_image_lock_owner(dl_image *d, char *buf, size_t len) {
-	rbd_lock_mode_t mode;
-	std::list<std::string> owners;
-	int r = d->img.lock_get_owners(&mode, &owners);
-	if (r < 0) return r;
-	if (owners.empty()) {
-		buf[0] = 0;
-		return 0;
-	}
-	snprintf(buf, len, "%s", owners.front().c_str());
-	return 1;
+	return guarded([&]() -> int {
+		rbd_lock_mode_t mode;
+		std::list<std::string> owners;
+		int r = d->img.lock_get_owners(&mode, &owners);
+		if (r < 0) return r;
+		if (owners.empty()) {
+			buf[0] = 0;
+			return 0;
+		}
+		snprintf(buf, len, "%s", owners.front().c_str());
+		return 1;
+	});
 }
 
 extern "C" int dl_image_lock_break(dl_image *d, const char *owner) {
-	return d->img.lock_break(RBD_LOCK_MODE_EXCLUSIVE, owner);
+	return guarded([&]() -> int {
+		return d->img.lock_break(RBD_LOCK_MODE_EXCLUSIVE, owner);
+	});
 }
 
 extern "C" int dl_image_is_lock_owner(dl_image *d, int *owner) {
@@ -181,34 +206,46 @@ extern "C" int dl_image_is_lock_owner(dl_image *d, int *owner) {
 }
 
 extern "C" int dl_image_watched(dl_image *d, const char *addr) {
-	std::list<librbd::image_watcher_t> watchers;
-	int r = d->img.list_watchers(watchers);
-	if (r < 0) return r;
-	for (const auto &w : watchers) {
-		if (w.addr == addr) return 1;
-	}
-	return 0;
+	return guarded([&]() -> int {
+		std::list<librbd::image_watcher_t> watchers;
+		int r = d->img.list_watchers(watchers);
+		if (r < 0) return r;
+		for (const auto &w : watchers) {
+			if (w.addr == addr) return 1;
+		}
+		return 0;
+	});
 }
 
 extern "C" int dl_image_metadata_get(dl_image *d, const char *key, char *buf, size_t *len) {
-	std::string v;
-	int r = d->img.metadata_get(key, &v);
-	if (r < 0) return r;
-	if (v.size() + 1 > *len) {
+	return guarded([&]() -> int {
+		std::string v;
+		int r = d->img.metadata_get(key, &v);
+		if (r < 0) return r;
+		if (v.size() + 1 > *len) {
+			*len = v.size() + 1;
+			return -ERANGE;
+		}
+		memcpy(buf, v.c_str(), v.size() + 1);
 		*len = v.size() + 1;
-		return -ERANGE;
-	}
-	memcpy(buf, v.c_str(), v.size() + 1);
-	*len = v.size() + 1;
-	return 0;
+		return 0;
+	});
 }
 
 extern "C" int dl_image_metadata_set(dl_image *d, const char *key, const char *val) {
-	return d->img.metadata_set(key, val);
+	return guarded([&]() -> int {
+		return d->img.metadata_set(key, val);
+	});
 }
 
-extern "C" int dl_image_metadata_remove(dl_image *d, const char *key) { return d->img.metadata_remove(key); }
+extern "C" int dl_image_metadata_remove(dl_image *d, const char *key) {
+	return guarded([&]() -> int { return d->img.metadata_remove(key); });
+}
 
-extern "C" int dl_image_snap_create(dl_image *d, const char *name) { return d->img.snap_create(name); }
+extern "C" int dl_image_snap_create(dl_image *d, const char *name) {
+	return guarded([&]() -> int { return d->img.snap_create(name); });
+}
 
-extern "C" int dl_image_snap_remove(dl_image *d, const char *name) { return d->img.snap_remove(name); }
+extern "C" int dl_image_snap_remove(dl_image *d, const char *name) {
+	return guarded([&]() -> int { return d->img.snap_remove(name); });
+}
