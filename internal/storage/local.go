@@ -292,8 +292,8 @@ func (l *Local) ensureLayer(host string, st DiskState, id string, size int64, ma
 		}
 		return nil
 	}
-	if st.DirID != "" && made[id] {
-		return lostLayer(host, id, dir)
+	if err := l.lostIfMade(host, st, id, made); err != nil {
+		return err
 	}
 	os.RemoveAll(dir) // a half-made layer from an interrupted CreateLayer
 	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
@@ -591,14 +591,13 @@ func (l *Local) renewDiskDir(host string, n *DiskState) error {
 		return err
 	}
 	// The layers made so far are the ones that are there.
+	var made []string
 	for id := range n.Layers {
 		if _, err := os.Stat(filepath.Join(l.layerDir(host, id), "meta")); err == nil {
-			if err := l.recordMade(host, id); err != nil {
-				return err
-			}
+			made = append(made, id)
 		}
 	}
-	return nil
+	return l.writeMade(host, made)
 }
 
 // Rollback implements Backend.
@@ -832,10 +831,15 @@ func (l *Local) Check(host string, st DiskState) (CheckReport, error) {
 		add(CheckedPart{Name: "directory " + l.hostDir(host), Detail: err.Error()})
 		return rep, nil
 	}
+	made, err := l.madeLayers(host)
+	if err != nil {
+		add(CheckedPart{Name: "directory " + l.hostDir(host), Detail: err.Error()})
+		return rep, nil
+	}
 	for _, id := range slices.Sorted(maps.Keys(st.Layers)) {
 		dir := l.layerDir(host, id)
 		if _, err := os.Stat(filepath.Join(dir, "meta")); errors.Is(err, os.ErrNotExist) {
-			if err := l.layerLost(host, st, id); err != nil {
+			if err := l.lostIfMade(host, st, id, made); err != nil {
 				add(CheckedPart{Name: "layer " + id, Detail: err.Error()})
 				continue
 			}

@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/diskless-boot/diskless/internal/fsutil"
 )
 
 // A Local overlay disk's layers are made lazily, when the disk first opens
@@ -52,7 +54,7 @@ func (l *Local) makeDiskDir(host string, st DiskState) error {
 	if err := os.Remove(l.madePath(host)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("storage: %w", err)
 	}
-	if err := writeDurably(l.dirIDPath(host), st.DirID+"\n"); err != nil {
+	if err := fsutil.WriteFileAtomic(l.dirIDPath(host), []byte(st.DirID+"\n"), 0o600); err != nil {
 		return fmt.Errorf("storage: disk directory of %s: %w", host, err)
 	}
 	return nil
@@ -144,15 +146,16 @@ func (l *Local) layerLost(host string, st DiskState, id string) error {
 	if err != nil {
 		return err
 	}
-	if made[id] {
-		return lostLayer(host, id, l.layerDir(host, id))
-	}
-	return nil
+	return l.lostIfMade(host, st, id, made)
 }
 
-func lostLayer(host, id, dir string) error {
+// lostIfMade is layerLost with the made layers already read.
+func (l *Local) lostIfMade(host string, st DiskState, id string, made map[string]bool) error {
+	if st.DirID == "" || !made[id] {
+		return nil
+	}
 	return fmt.Errorf("%w: layer %s of %s (%s) was made and is gone; reset the host to start it again from its image",
-		ErrDiskLost, id, host, dir)
+		ErrDiskLost, id, host, l.layerDir(host, id))
 }
 
 // compactMade rewrites the record of made layers without the ones st no
@@ -165,42 +168,26 @@ func (l *Local) compactMade(host string, st DiskState) error {
 	if err != nil {
 		return err
 	}
-	var keep strings.Builder
-	stale := false
+	var keep []string
 	for id := range made {
 		if _, ok := st.Layers[id]; ok {
-			keep.WriteString(id + "\n")
-		} else {
-			stale = true
+			keep = append(keep, id)
 		}
 	}
-	if !stale {
+	if len(keep) == len(made) {
 		return nil
 	}
-	return writeDurably(l.madePath(host), keep.String())
+	return l.writeMade(host, keep)
 }
 
-// writeDurably replaces path with data: written to a partial file, fsync'd,
-// renamed into place, its directory fsync'd.
-func writeDurably(path, data string) error {
-	tmp := path + ".partial"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("storage: %w", err)
+// writeMade replaces host's record of made layers with ids.
+func (l *Local) writeMade(host string, ids []string) error {
+	var b strings.Builder
+	for _, id := range ids {
+		b.WriteString(id + "\n")
 	}
-	_, err = f.WriteString(data)
-	if err == nil {
-		err = f.Sync()
+	if err := fsutil.WriteFileAtomic(l.madePath(host), []byte(b.String()), 0o600); err != nil {
+		return fmt.Errorf("storage: record of %s's made layers: %w", host, err)
 	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("storage: %w", err)
-	}
-	return syncDir(filepath.Dir(path))
+	return nil
 }
