@@ -144,6 +144,15 @@ func OpenRBD(opts RBDOptions) (*RBD, error) {
 	if err := conn.SetConfigOption("rbd_skip_partial_discard", "false"); err != nil {
 		return fail(err)
 	}
+	// librbd's default hands every I/O to its own work queue thread, so
+	// that the caller never blocks (on a throttle, say). Here the
+	// caller may wait - a goroutine per command, or a connection's reader,
+	// which then stops reading as any full queue would - and the extra
+	// thread hop cost ~10 % of the server's CPU on 4 KiB reads
+	// (2026-12-05, six order-balanced pairs against tgt-rbd).
+	if err := conn.SetConfigOption("rbd_non_blocking_aio", "false"); err != nil {
+		return fail(err)
+	}
 	secs := strconv.Itoa(int(math.Ceil(opts.OpTimeout.Seconds())))
 	for _, k := range []string{"rados_osd_op_timeout", "rados_mon_op_timeout", "client_mount_timeout"} {
 		if err := conn.SetConfigOption(k, secs); err != nil {
