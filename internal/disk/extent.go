@@ -39,3 +39,19 @@ func (f *File) FileExtent(off, n int64) (FileRange, error) {
 type Lender interface {
 	ReadLent(p []byte, off int64) (data []byte, release func(), err error)
 }
+
+// AsyncReader is a Device that can start a read and return at once,
+// reporting its end through a callback: a remote disk whose client library
+// completes I/O on threads of its own (librbd). A transport that reads
+// this way needs no goroutine parked per outstanding read, and no wake-up
+// of one at each completion.
+//
+// ReadAsync reads len(p) bytes at off (all of them, or an error). done is
+// called exactly once - possibly before ReadAsync returns, usually later
+// on a thread of the device's - with the bytes as ReadLent gives them
+// (lend false: always copied into p, release nil) or the error. done runs
+// on that thread, so it must not block: whatever can wait (a socket
+// write) is handed on.
+type AsyncReader interface {
+	ReadAsync(p []byte, off int64, lend bool, done func(data []byte, release func(), err error))
+}

@@ -648,6 +648,24 @@ func (c *conn) sendBatch(items []*outItem) {
 	}
 }
 
+// enqueue hands item to the writer goroutine and never waits: it runs in
+// a device's completion, on a thread that completes other disks' I/O
+// too. When the queue is full (a slow initiator) a goroutine of its own
+// waits to add it, counted in running so the queue is not closed under
+// it.
+func (c *conn) enqueue(item *outItem) {
+	c.queuedItems.Add(1)
+	select {
+	case c.out <- item:
+	default:
+		c.running.Add(1)
+		go func() {
+			defer c.running.Done()
+			c.out <- item
+		}()
+	}
+}
+
 // writeLoop writes what send queued: it takes everything waiting and
 // writes it as one batch. After a write error it keeps draining
 // (releasing buffers) until the queue is closed.

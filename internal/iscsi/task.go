@@ -218,10 +218,15 @@ func (c *conn) progress(t *task) {
 	t.executing = true
 	c.running.Add(1)
 	c.mu.Unlock()
-	if c.quick(t) {
-		c.execute(t, true)
-	} else {
-		go c.execute(t, false)
+	switch {
+	case c.quick(t):
+		c.execute(t, true, false)
+	case c.sess.target.SCSI.Async(t.lun, t.cmd.CDB[:]):
+		// Handed to the device here; the response goes out from the
+		// device's completion (finish).
+		c.execute(t, false, true)
+	default:
+		go c.execute(t, false, false)
 	}
 }
 
@@ -368,8 +373,11 @@ func (c *conn) dropTaskLocked(t *task) {
 // quick reports a small command the SCSI layer serves from the page
 // cache (a READ, or a WRITE with the write cache on, without FUA): it takes
 // microseconds, so the reader runs it itself rather than paying for a
-// goroutine and a cross-thread hand-off. Anything that may wait for the
-// disk runs in a goroutine of its own so the connection keeps reading.
+// goroutine and a cross-thread hand-off. A READ the device completes on
+// its own thread (scsi.Target.Async) is handed to it by the reader too,
+// and answered from the completion (finish). Anything else that may wait
+// for the disk runs in a goroutine of its own so the connection keeps
+// reading.
 func (c *conn) quick(t *task) bool {
 	return t.edtl <= 64<<10 && c.sess.target.SCSI.Quick(t.lun, t.cmd.CDB[:])
 }
@@ -377,8 +385,7 @@ func (c *conn) quick(t *task) bool {
 // execute runs a task in the SCSI layer and queues its response; onReader
 // when it runs on the reader goroutine, which then holds the response back
 // while more commands are already buffered (hold).
-func (c *conn) execute(t *task, onReader bool) {
-	defer c.running.Done()
+func (c *conn) execute(t *task, onReader, async bool) {
 	sc := scsi.Command{
 		Nexus: c.sess.nexus,
 		LUN:   t.lun,
@@ -393,10 +400,25 @@ func (c *conn) execute(t *task, onReader bool) {
 		least := c.srv.cfg.SendfileMin
 		sc.FileDataIn = c.rawConn != nil && !c.params.DataDigest && least >= 0 && t.edtl >= uint32(least)
 		sc.LentDataIn = true
+		if async {
+			cdb := sc.CDB
+			sc.Done = func(res scsi.Result) { c.finish(t, cdb, res, false, true) }
+		}
 	}
 	res := c.sess.target.SCSI.Execute(&sc)
+	if res.Pending {
+		return
+	}
+	c.finish(t, sc.CDB, res, onReader, false)
+}
+
+// finish counts a task's result, queues its response and ends it: onReader
+// as execute's; fromDevice when it runs in a device's completion
+// (scsi.Command.Done), which must not wait for the socket.
+func (c *conn) finish(t *task, cdb []byte, res scsi.Result, onReader, fromDevice bool) {
+	defer c.running.Done()
 	if tr := c.sess.trace; tr != nil && t.op != OpOther && res.Status == scsi.StatusGood {
-		tr.record(t, sc.CDB)
+		tr.record(t, cdb)
 	}
 	if res.Status == scsi.StatusGood {
 		// The target's counters take the disk's blocks only, not
@@ -447,11 +469,14 @@ func (c *conn) execute(t *task, onReader bool) {
 		c.mu.Unlock()
 		close(t.done)
 	}
-	if onReader {
+	switch {
+	case onReader:
 		c.hold(item)
-		return
+	case fromDevice:
+		c.enqueue(item)
+	default:
+		c.send(item)
 	}
-	c.send(item)
 }
 
 // responseItem builds the Data-In PDUs and the status of a finished task:

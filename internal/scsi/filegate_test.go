@@ -32,6 +32,19 @@ func TestFileRangeHoldsBackExclusiveWriters(t *testing.T) {
 	if r.Status != StatusGood || r.File.Len != 64<<10 || r.Release == nil {
 		t.Fatalf("READ with FileDataIn: status %#x file %+v release %v", r.Status, r.File, r.Release != nil)
 	}
+	wait := heldCompareAndWrite(t, tl, "READ data was still to be sent from the file")
+	if r2 := read(); r2.Status != StatusGood || r2.File.Len != 0 || r2.Release != nil {
+		t.Fatalf("READ while a writer waits handed out a file range: %+v", r2.File)
+	}
+	r.Release()
+	wait()
+}
+
+// heldCompareAndWrite starts a COMPARE AND WRITE of LBA 0 from nexus B
+// and checks it is still waiting 100 ms later (held back by what); wait
+// then checks it ends GOOD once released.
+func heldCompareAndWrite(t *testing.T, tl *testLU, what string) (wait func()) {
+	t.Helper()
 	caw := make(chan Result, 1)
 	go func() {
 		cdb := []byte{opCompareAndWrite, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0}
@@ -39,19 +52,18 @@ func TestFileRangeHoldsBackExclusiveWriters(t *testing.T) {
 	}()
 	select {
 	case <-caw:
-		t.Fatal("COMPARE AND WRITE ran while READ data was still to be sent from the file")
+		t.Fatalf("COMPARE AND WRITE ran while %s", what)
 	case <-time.After(100 * time.Millisecond):
 	}
-	if r2 := read(); r2.Status != StatusGood || r2.File.Len != 0 || r2.Release != nil {
-		t.Fatalf("READ while a writer waits handed out a file range: %+v", r2.File)
-	}
-	r.Release()
-	select {
-	case res := <-caw:
-		if res.Status != StatusGood {
-			t.Fatalf("COMPARE AND WRITE: status %#x sense %x", res.Status, res.Sense)
+	return func() {
+		t.Helper()
+		select {
+		case res := <-caw:
+			if res.Status != StatusGood {
+				t.Fatalf("COMPARE AND WRITE: status %#x sense %x", res.Status, res.Sense)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("COMPARE AND WRITE still waiting after %s ended", what)
 		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("COMPARE AND WRITE still waiting after the release")
 	}
 }

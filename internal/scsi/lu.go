@@ -86,6 +86,7 @@ type LogicalUnit struct {
 	prefetcher disk.Prefetcher
 	extenter   disk.FileExtenter
 	lender     disk.Lender
+	async      disk.AsyncReader
 	// remote: every I/O of dev waits for the network (disk.Remote), so
 	// none is quick.
 	remote bool
@@ -140,8 +141,9 @@ type LogicalUnit struct {
 // (UNMAP, WRITE SAME with UNMAP, LBPME), disk.AllocationReporter GET LBA
 // STATUS, disk.Prefetcher PRE-FETCH, disk.Zeroer fast zero writes,
 // disk.FileExtenter READ data sent straight from the file, disk.Lender
-// READ data sent from the device's own buffers, disk.Remote keeps READ and
-// WRITE off the transport's reader (Target.Quick).
+// READ data sent from the device's own buffers, disk.AsyncReader READs
+// that end in the device's completion (Target.Async), disk.Remote keeps
+// READ and WRITE off the transport's reader (Target.Quick).
 func NewLogicalUnit(dev disk.Device, cfg LUConfig) (*LogicalUnit, error) {
 	if dev == nil {
 		return nil, errors.New("scsi: nil device")
@@ -194,6 +196,7 @@ func NewLogicalUnit(dev disk.Device, cfg LUConfig) (*LogicalUnit, error) {
 	lu.prefetcher, _ = dev.(disk.Prefetcher)
 	lu.extenter, _ = dev.(disk.FileExtenter)
 	lu.lender, _ = dev.(disk.Lender)
+	lu.async, _ = dev.(disk.AsyncReader)
 	if r, ok := dev.(disk.Remote); ok {
 		lu.remote = r.Remote()
 	}
@@ -295,6 +298,9 @@ func (lu *LogicalUnit) execute(c *Command) Result {
 		}
 	}
 	if err := lu.dispatch(e, c, &res); err != nil {
+		if err == errPending {
+			return Result{Pending: true}
+		}
 		return res.fail(err)
 	}
 	return res
@@ -380,6 +386,10 @@ func (lu *LogicalUnit) dispatch(e *opcode, c *Command, r *Result) error {
 	}
 	return fmt.Errorf("scsi: no handler for %#02x", e.op)
 }
+
+// errPending says the handler handed the command to the device, which
+// ends it through Command.Done (a READ on a disk.AsyncReader).
+var errPending = errors.New("scsi: command pending")
 
 // errConflict makes a handler's command end in RESERVATION CONFLICT.
 var errConflict = errors.New("scsi: reservation conflict")

@@ -73,6 +73,10 @@ func (lu *LogicalUnit) read(c *Command, r *Result) error {
 		}
 		lu.files.leave()
 	}
+	if lu.async != nil && c.Done != nil && len(dst) > 0 {
+		lu.readAsync(c.Done, c.LentDataIn, dst, lba, r.Wanted)
+		return errPending
+	}
 	if lu.lender != nil && c.LentDataIn && len(dst) > 0 {
 		// Held shared for the read only: the lent bytes are a copy the
 		// device made, which no later write changes.
@@ -95,6 +99,28 @@ func (lu *LogicalUnit) read(c *Command, r *Result) error {
 	}
 	r.N = len(dst)
 	return nil
+}
+
+// readAsync starts reading dst at lba on the device and ends the command
+// through done (Command.Done) when the device completes it; lend as
+// Command.LentDataIn. ioMu is held shared until then, as readBlocks holds
+// it. (Not the Command itself: captured here it would escape to the heap
+// on every caller's path, the page-cache reads included.)
+func (lu *LogicalUnit) readAsync(done func(Result), lend bool, dst []byte, lba uint64, wanted int) {
+	lu.ioMu.RLock()
+	lu.async.ReadAsync(dst, int64(lba<<lu.shift), lend, func(data []byte, release func(), err error) {
+		lu.ioMu.RUnlock()
+		r := Result{Wanted: wanted}
+		if err != nil {
+			done(r.fail(diskError(err, lba, false)))
+			return
+		}
+		r.N = len(dst)
+		if release != nil {
+			r.Lent, r.Release = data, release
+		}
+		done(r)
+	})
 }
 
 // readBlocks reads len(p) bytes at lba with ioMu held shared, so a read

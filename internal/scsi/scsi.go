@@ -58,6 +58,12 @@ type Command struct {
 	// device's own; READ then answers with Result.Lent when the device
 	// lends it (disk.Lender).
 	LentDataIn bool
+	// Done, when set, lets a command end later: Execute may then return
+	// a Result with Pending set and call Done with the real one, exactly
+	// once, from a thread of the device's (a READ on a disk.AsyncReader,
+	// see Target.Async). Done must not block. When Execute returns a
+	// Result that is not Pending, Done is never called.
+	Done func(Result)
 }
 
 // Result is the outcome of a Command.
@@ -85,4 +91,7 @@ type Result struct {
 	// truncation there is not an overflow (SPC-4 4.2.5.6). It is set on
 	// CHECK CONDITION too.
 	Wanted int
+	// Pending: the command goes on, and Command.Done receives its Result;
+	// nothing else here is set.
+	Pending bool
 }

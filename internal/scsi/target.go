@@ -89,6 +89,19 @@ func (t *Target) Quick(lun uint64, cdb []byte) bool {
 	return false
 }
 
+// Async reports whether cdb is a READ that Execute hands to the device
+// when the command has a Done callback: a plain READ (no FUA, which may
+// flush first) on a device that reads asynchronously (disk.AsyncReader).
+// A transport may run such a command on its reader, which goes on at once.
+func (t *Target) Async(lun uint64, cdb []byte) bool {
+	lu := t.LU(lun)
+	if lu == nil || len(cdb) == 0 || lu.async == nil {
+		return false
+	}
+	e := opIndex[cdb[0]]
+	return e != nil && e.h == hRead && !fua(cdb)
+}
+
 // NewTarget makes an empty target.
 func NewTarget(cfg TargetConfig) *Target {
 	if cfg.RelTargetPort == 0 {

@@ -72,6 +72,7 @@ type rbdDevice struct {
 var _ interface {
 	disk.Device
 	disk.Lender
+	disk.AsyncReader
 	disk.Unmapper
 	disk.Failer
 	disk.Remote
@@ -167,46 +168,37 @@ func (d *rbdDevice) ReadAt(p []byte, off int64) (int, error) {
 	if err := d.check(p, off); err != nil {
 		return 0, err
 	}
-	if err := d.begin(false); err != nil {
-		return 0, err
-	}
-	defer d.mu.RUnlock()
 	want := min(int64(len(p)), d.size-off)
 	if want == 0 {
 		return 0, io.EOF
 	}
-	_, _, r, err := d.read(p[:want], off, false)
-	if err != nil {
+	if _, _, err := d.readWait(p[:want], off, false); err != nil {
 		return 0, err
 	}
-	if r < int64(len(p)) {
-		return int(r), io.EOF
+	if want < int64(len(p)) {
+		return int(want), io.EOF
 	}
-	return int(r), nil
+	return len(p), nil
 }
 
 // ReadLent implements disk.Lender: the bytes stay in the buffers librbd
 // received them in, which the target sends from, when one holds them
 // all (a read within one object, as most are).
 func (d *rbdDevice) ReadLent(p []byte, off int64) ([]byte, func(), error) {
-	if err := d.check(p, off); err != nil {
-		return nil, nil, err
+	return d.readWait(p, off, true)
+}
+
+// readWait is ReadAsync waited for.
+func (d *rbdDevice) readWait(p []byte, off int64, lend bool) ([]byte, func(), error) {
+	type read struct {
+		data    []byte
+		release func()
+		err     error
 	}
-	if off+int64(len(p)) > d.size {
-		return nil, nil, fmt.Errorf("rbd %s: read of %d bytes at %d past the end (%d bytes)", d.name, len(p), off, d.size)
-	}
-	if err := d.begin(false); err != nil {
-		return nil, nil, err
-	}
-	defer d.mu.RUnlock()
-	data, release, r, err := d.read(p, off, true)
-	if err == nil && r != int64(len(p)) {
-		if release != nil {
-			release()
-		}
-		return nil, nil, fmt.Errorf("rbd %s: read of %d bytes at %d returned %d", d.name, len(p), off, r)
-	}
-	return data, release, err
+	done := make(chan read, 1)
+	d.ReadAsync(p, off, lend, func(data []byte, release func(), err error) { done <- read{data, release, err} })
+	r := <-done
+	return r.data, r.release, r.err
 }
 
 // rbdLendMin is the smallest read lent rather than copied: below it the
@@ -215,26 +207,51 @@ func (d *rbdDevice) ReadLent(p []byte, off int64) ([]byte, func(), error) {
 // lent took about 12 % more server CPU than copied).
 const rbdLendMin = 64 << 10
 
-// read reads len(p) bytes at off, librbd's result r. With lend, when the
-// read is large and one of librbd's buffers holds it all, data is that
-// buffer, valid until release (the buffer is librbd's, not the image's:
-// closing the device does not end it); otherwise the bytes are copied
-// into p, data is p and release nil.
-func (d *rbdDevice) read(p []byte, off int64, lend bool) (data []byte, release func(), r int64, err error) {
-	if !lend || len(p) < rbdLendMin {
-		r = d.img.readAt(p, off)
-		return p, nil, r, d.result("read", r)
+// ReadAsync implements disk.AsyncReader: done runs on librbd's completion
+// thread. A read of rbdLendMin or more with lend, when one of librbd's
+// buffers holds it all, is that buffer, valid until release (it is
+// librbd's, not the image's: closing the device does not end it);
+// otherwise the bytes are copied into p.
+func (d *rbdDevice) ReadAsync(p []byte, off int64, lend bool, done func(data []byte, release func(), err error)) {
+	if err := d.check(p, off); err != nil {
+		done(nil, nil, err)
+		return
 	}
-	rd, r := d.img.readLent(off, len(p))
-	if err := d.result("read", r); err != nil {
-		return nil, nil, r, err
+	if off+int64(len(p)) > d.size {
+		done(nil, nil, fmt.Errorf("rbd %s: read of %d bytes at %d past the end (%d bytes)", d.name, len(p), off, d.size))
+		return
 	}
-	if b, ok := rd.contiguous(len(p)); ok {
-		return b, rd.free, r, nil
+	if err := d.begin(false); err != nil {
+		done(nil, nil, err)
+		return
 	}
-	rd.copyTo(p)
-	rd.free()
-	return p, nil, r, nil
+	dst := p
+	if lend && len(p) >= rbdLendMin {
+		dst = nil // into librbd's buffers
+	}
+	d.img.readAsync(dst, off, len(p), func(rd *rbdRead, r int64) {
+		d.mu.RUnlock()
+		if err := d.result("read", r); err != nil {
+			done(nil, nil, err)
+			return
+		}
+		if r != int64(len(p)) {
+			if rd != nil {
+				rd.free()
+			}
+			done(nil, nil, fmt.Errorf("rbd %s: read of %d bytes at %d returned %d", d.name, len(p), off, r))
+			return
+		}
+		if rd != nil {
+			if b, ok := rd.contiguous(len(p)); ok {
+				done(b, rd.free, nil)
+				return
+			}
+			rd.copyTo(p)
+			rd.free()
+		}
+		done(p, nil, nil)
+	})
 }
 
 func (d *rbdDevice) WriteAt(p []byte, off int64) (int, error) {

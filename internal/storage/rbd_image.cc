@@ -18,7 +18,8 @@
 #include <new>
 #include <string>
 
-extern "C" void dlAioDone(void *completion, void *h); // rbd_callback.go
+extern "C" void dlAioDone(void *completion, void *h);		 // rbd_callback.go
+extern "C" void dlReadDone(void *completion, void *h, dl_read *rd); // rbd_callback.go
 
 struct dl_image {
 	librados::IoCtx io;
@@ -33,7 +34,8 @@ struct dl_read {
 };
 
 // read_done completes a read: one into dst is copied and its buffers
-// freed on librbd's thread, as the C API does, then Go is told.
+// freed on librbd's thread, as the C API does; a lent one hands its
+// buffers to Go with the result.
 static void read_done(librbd::completion_t c, void *arg) {
 	dl_read *rd = static_cast<dl_read *>(arg);
 	uintptr_t h = rd->h;
@@ -41,8 +43,9 @@ static void read_done(librbd::completion_t c, void *arg) {
 		size_t n = rd->len < rd->bl.length() ? rd->len : rd->bl.length();
 		rd->bl.begin().copy(n, rd->dst);
 		delete rd;
+		rd = nullptr;
 	}
-	dlAioDone(c, reinterpret_cast<void *>(h));
+	dlReadDone(c, reinterpret_cast<void *>(h), rd);
 }
 
 // guarded runs the body of a C entry point: no C++ exception may cross
@@ -90,7 +93,7 @@ extern "C" int dl_image_close(dl_image *d) {
 
 extern "C" int dl_image_size(dl_image *d, uint64_t *size) { return d->img.size(size); }
 
-extern "C" int dl_image_aio_read(dl_image *d, uint64_t off, size_t len, char *dst, uintptr_t h, dl_read **rd) {
+extern "C" int dl_image_aio_read(dl_image *d, uint64_t off, size_t len, char *dst, uintptr_t h) {
 	return guarded([&]() -> int {
 		dl_read *out = new (std::nothrow) dl_read;
 		if (out == nullptr) return -ENOMEM;
@@ -108,8 +111,7 @@ extern "C" int dl_image_aio_read(dl_image *d, uint64_t off, size_t len, char *ds
 			delete out;
 			return r;
 		}
-		// A read into dst may be complete, and out freed, by now.
-		if (rd != nullptr) *rd = dst == nullptr ? out : nullptr;
+		// The read may be complete, and out handed on, by now.
 		return 0;
 	});
 }

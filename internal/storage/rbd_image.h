@@ -24,14 +24,15 @@ int dl_image_open(rados_ioctx_t io, const char *name, const char *snap, int ro, 
 int dl_image_close(dl_image *img);
 int dl_image_size(dl_image *img, uint64_t *size);
 
-// The asynchronous calls complete by calling dlAioDone(completion, h)
-// (rbd_callback.go) on a librbd thread; when they return an error nothing
-// was submitted and nothing will be called.
+// The asynchronous calls complete by calling dlAioDone(completion, h) -
+// a read dlReadDone(completion, h, rd) - (rbd_callback.go) on a librbd
+// thread; when they return an error nothing was submitted and nothing will
+// be called.
 //
 // dl_image_aio_read reads len bytes at off: into dst, copied on librbd's
-// thread before it completes, or - dst NULL - into buffers librbd lends
-// (*rd, valid once the read completed, until dl_read_free).
-int dl_image_aio_read(dl_image *img, uint64_t off, size_t len, char *dst, uintptr_t h, dl_read **rd);
+// thread before it completes (rd NULL), or - dst NULL - into buffers
+// librbd lends (rd, until dl_read_free).
+int dl_image_aio_read(dl_image *img, uint64_t off, size_t len, char *dst, uintptr_t h);
 // dl_image_aio_write copies buf before it returns.
 int dl_image_aio_write(dl_image *img, uint64_t off, size_t len, const char *buf, uintptr_t h);
 int dl_image_aio_discard(dl_image *img, uint64_t off, uint64_t len, uintptr_t h);

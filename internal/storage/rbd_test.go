@@ -219,7 +219,7 @@ func TestRBDDeviceModel(t *testing.T) {
 			for range 60 {
 				n := int64(r.IntN(64)+1) * 4096
 				off := lo + int64(r.IntN(int(size/8-n)/4096))*4096
-				switch r.IntN(5) {
+				switch r.IntN(6) {
 				case 0, 1:
 					p := make([]byte, n)
 					for i := range p {
@@ -258,6 +258,34 @@ func TestRBDDeviceModel(t *testing.T) {
 					}
 					if !same {
 						errs <- fmt.Errorf("lent read at %d+%d differs from the model", off, n)
+						return
+					}
+				case 5:
+					// Four reads at once, each ended by one call of its
+					// done, on librbd's thread (disk.AsyncReader).
+					ends := make(chan error, 8)
+					q := n / 4
+					for i := range int64(4) {
+						p := make([]byte, q)
+						at := off + i*q
+						d.(disk.AsyncReader).ReadAsync(p, at, i%2 == 1, func(data []byte, release func(), err error) {
+							if err == nil && !bytes.Equal(data, model[at:at+q]) {
+								err = fmt.Errorf("async read at %d+%d differs from the model", at, q)
+							}
+							if release != nil {
+								release()
+							}
+							ends <- err
+						})
+					}
+					for range 4 {
+						if err := <-ends; err != nil {
+							errs <- err
+							return
+						}
+					}
+					if len(ends) != 0 {
+						errs <- errors.New("an async read's done was called twice")
 						return
 					}
 				}
@@ -325,6 +353,17 @@ func TestRBDDeviceModel(t *testing.T) {
 	release()
 	if _, _, err := d.(disk.Lender).ReadLent(p, 0); err == nil {
 		t.Fatal("lent read of a closed disk worked")
+	}
+	// Refused before it reaches librbd: done is called at once.
+	called := 0
+	d.(disk.AsyncReader).ReadAsync(p, 0, false, func(_ []byte, _ func(), err error) {
+		called++
+		if err == nil {
+			t.Error("async read of a closed disk worked")
+		}
+	})
+	if called != 1 {
+		t.Fatalf("async read of a closed disk: done called %d times before it returned", called)
 	}
 }
 

@@ -1,0 +1,158 @@
+package iscsi
+
+import (
+	"bytes"
+	"crypto/rand"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/diskless-boot/diskless/internal/disk"
+	"github.com/diskless-boot/diskless/internal/iscsi/pdu"
+)
+
+// asyncFile completes every read on a goroutine of its own
+// (disk.AsyncReader), as librbd completes reads on its threads; while held
+// it keeps them waiting.
+type asyncFile struct {
+	*disk.File
+	mu        sync.Mutex
+	held      bool
+	waiting   []func()
+	started   atomic.Int32
+	completed atomic.Int32
+}
+
+// Remote: its reads are not page-cache hits to run inline (disk.Remote).
+func (d *asyncFile) Remote() bool { return true }
+
+func (d *asyncFile) ReadAsync(p []byte, off int64, lend bool, done func([]byte, func(), error)) {
+	d.started.Add(1)
+	run := func() {
+		go func() {
+			_, err := d.File.ReadAt(p, off)
+			d.completed.Add(1)
+			if err != nil {
+				done(nil, nil, err)
+				return
+			}
+			done(p, nil, nil)
+		}()
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.held {
+		d.waiting = append(d.waiting, run)
+		return
+	}
+	run()
+}
+
+func (d *asyncFile) hold() {
+	d.mu.Lock()
+	d.held = true
+	d.mu.Unlock()
+}
+
+func (d *asyncFile) release() {
+	d.mu.Lock()
+	d.held = false
+	w := d.waiting
+	d.waiting = nil
+	d.mu.Unlock()
+	for _, run := range w {
+		run()
+	}
+}
+
+// sendRead sends a READ(10) of blocks at lba without waiting for it.
+func (in *testInitiator) sendRead(lba uint32, blocks uint16) uint32 {
+	in.t.Helper()
+	in.itt++
+	m := pdu.SCSICommand{Final: true, Read: true, Attr: pdu.AttrSimple, LUN: encodeLUN(0), ITT: in.itt,
+		CmdSN: in.cmdSN, ExpStatSN: in.expStatSN, ExpectedDataTransferLength: uint32(blocks) * 512}
+	in.cmdSN++
+	copy(m.CDB[:], rw10(0x28, lba, blocks))
+	var p pdu.PDU
+	m.Marshal(&p)
+	in.sendPDU(&p)
+	return in.itt
+}
+
+// READs of a device that reads asynchronously are handed to it from the
+// connection's reader and answered from its completions: many at once
+// each get their own data (digests on), and a connection that ends while
+// reads are still with the device waits for them without harm - the
+// target then serves the next login.
+func TestAsyncRead(t *testing.T) {
+	dev := &asyncFile{File: newTestDisk(t)}
+	_, addr := startTarget(t, func(tg *Target) { tg.SCSI = scsiTargetOf(t, testIQN, "async0", dev) })
+	login := func() *testInitiator {
+		in := dialInitiator(t, addr)
+		ops := []pdu.KV{{Key: "HeaderDigest", Value: "CRC32C"}, {Key: "DataDigest", Value: "CRC32C"}}
+		if st := in.login(loginOpts{initiator: testInitiator1, target: testIQN, ops: ops}); st != 0 {
+			t.Fatalf("login 0x%04x", st)
+		}
+		in.clearUnitAttention()
+		return in
+	}
+	in := login()
+	data := make([]byte, 1<<20)
+	rand.Read(data)
+	if st, sense, _ := in.command(0, rw10(0x2a, 0, 2048), data, 0); st != 0 {
+		t.Fatalf("WRITE: %#x %x", st, sense)
+	}
+
+	// 32 READs of 16 KiB at once; the responses come in any order.
+	const n, blocks = 32, 32
+	want := map[uint32][]byte{}
+	for i := range n {
+		lba := uint32(i * 61 % (2048 - blocks))
+		want[in.sendRead(lba, blocks)] = data[lba*512 : (lba+blocks)*512]
+	}
+	got := map[uint32][]byte{}
+	for len(want) > 0 {
+		r := in.readPDU()
+		if r.BHS.Opcode() != pdu.OpDataIn {
+			t.Fatalf("unexpected %s", r.BHS.Opcode())
+		}
+		d, _ := pdu.ParseDataIn(&r.BHS)
+		got[d.ITT] = append(got[d.ITT], r.Data...)
+		if !d.HasStatus {
+			continue
+		}
+		in.expStatSN = d.StatSN + 1
+		if d.Status != 0 || !bytes.Equal(got[d.ITT], want[d.ITT]) {
+			t.Fatalf("READ ITT %d: status %#x, %d bytes, equal %v", d.ITT, d.Status, len(got[d.ITT]), bytes.Equal(got[d.ITT], want[d.ITT]))
+		}
+		delete(want, d.ITT)
+	}
+	if s := dev.started.Load(); s != n {
+		t.Fatalf("%d READs went to the device asynchronously, want %d", s, n)
+	}
+
+	// The initiator goes while 8 READs are with the device.
+	dev.hold()
+	for i := range 8 {
+		in.sendRead(uint32(i*blocks), blocks)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for dev.started.Load() != n+8 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if s := dev.started.Load(); s != n+8 {
+		t.Fatalf("%d of 8 held READs reached the device", s-n)
+	}
+	in.nc.Close()
+	time.Sleep(50 * time.Millisecond)
+	dev.release()
+	for dev.completed.Load() != n+8 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+
+	in = login()
+	if st, sense, got := in.command(0, rw10(0x28, 100, 8), nil, 4096); st != 0 || !bytes.Equal(got, data[100*512:108*512]) {
+		t.Fatalf("READ after the reconnect: status %#x sense %x", st, sense)
+	}
+}
