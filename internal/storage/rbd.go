@@ -153,6 +153,18 @@ func OpenRBD(opts RBDOptions) (*RBD, error) {
 	if err := conn.SetConfigOption("rbd_non_blocking_aio", "false"); err != nil {
 		return fail(err)
 	}
+	// The Objecter's in-flight throttle (by default 1024 operations,
+	// 100 MiB) then waits on the submitting thread - for a READ, the
+	// connection's reader, which would stop answering NOP-Outs and task
+	// management for as long as a degraded cluster holds the operations
+	// ahead of it (up to OpTimeout). The iSCSI target bounds what is in
+	// flight itself (a CmdSN window per session, its buffer memory), so
+	// this throttle is set out of its way.
+	for k, v := range map[string]string{"objecter_inflight_ops": "1048576", "objecter_inflight_op_bytes": "1099511627776"} {
+		if err := conn.SetConfigOption(k, v); err != nil {
+			return fail(fmt.Errorf("%s: %w", k, err))
+		}
+	}
 	secs := strconv.Itoa(int(math.Ceil(opts.OpTimeout.Seconds())))
 	for _, k := range []string{"rados_osd_op_timeout", "rados_mon_op_timeout", "client_mount_timeout"} {
 		if err := conn.SetConfigOption(k, secs); err != nil {
