@@ -261,14 +261,13 @@ func TestRBDDeviceModel(t *testing.T) {
 						return
 					}
 				case 5:
-					// Four reads at once, each ended by one call of its
-					// done, on librbd's thread (disk.AsyncReader).
-					ends := make(chan error, 8)
-					q := n / 4
-					for i := range int64(4) {
-						p := make([]byte, q)
-						at := off + i*q
-						d.(disk.AsyncReader).ReadAsync(p, at, i%2 == 1, func(data []byte, release func(), err error) {
+					// Five reads at once - four pieces of the range, and
+					// 128 KiB at the region's start, large enough to be
+					// lent - each ended by one call of its done, on
+					// librbd's thread (disk.AsyncReader).
+					ends := make(chan error, 10)
+					read := func(at, q int64, lend bool) {
+						d.(disk.AsyncReader).ReadAsync(make([]byte, q), at, lend, func(data []byte, release func(), err error) {
 							if err == nil && !bytes.Equal(data, model[at:at+q]) {
 								err = fmt.Errorf("async read at %d+%d differs from the model", at, q)
 							}
@@ -278,7 +277,12 @@ func TestRBDDeviceModel(t *testing.T) {
 							ends <- err
 						})
 					}
-					for range 4 {
+					q := n / 4
+					for i := range int64(4) {
+						read(off+i*q, q, i%2 == 1)
+					}
+					read(lo, 128<<10, true)
+					for range 5 {
 						if err := <-ends; err != nil {
 							errs <- err
 							return
