@@ -24,9 +24,12 @@ go vet -tags ceph,pacific ./...
 # serve against a degraded cluster, and the failover of two servers under a
 # QEMU Debian guest (issue 14's proof). One run, not two: the tagged build
 # holds all of the default build's code but the "built without Ceph" stub,
-# tested right after.
+# tested right after. The bound is per package and only catches a hang:
+# test/pxe (QEMU Debian guests in software emulation) took 26 min on a
+# machine whose context switches are dear (2026-12-05, the whole suite 42
+# min there; 21 min on the machine of the day before).
 export DISKLESS_REQUIRE_CEPH=1
-go test -race -count=1 -timeout 28m -tags ceph,pacific ./...
+go test -race -count=1 -timeout 45m -tags ceph,pacific ./...
 go test -race -count=1 ./internal/storage/
 if [ "${FUZZTIME:-10s}" != 0 ]; then
 	./scripts/fuzz.sh -t "${FUZZTIME:-10s}" '^(FuzzSession|FuzzTransfers|FuzzHandler|FuzzAPI)$'
