@@ -84,7 +84,7 @@ func (d *rbdDevice) Size() int64 { return d.size }
 // Remote implements disk.Remote: every READ and WRITE is a round trip to
 // an OSD. Run inline on the iSCSI reader (as page-cache hits are), each
 // would wait for the one before it and a queue of 32 would reach the
-// cluster one at a time.
+// cluster one at a time. (READs are only submitted there: ReadAsync.)
 func (d *rbdDevice) Remote() bool { return true }
 
 // Mapped implements disk.AllocationReporter by reporting every block
