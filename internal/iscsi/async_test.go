@@ -156,3 +156,47 @@ func TestAsyncRead(t *testing.T) {
 		t.Fatalf("READ after the reconnect: status %#x sense %x", st, sense)
 	}
 }
+
+// A completion's response never waits for a full writer queue: a
+// goroutine of its own, counted in running, adds it once there is room.
+func TestEnqueueNeverWaits(t *testing.T) {
+	c := &conn{out: make(chan *outItem, 1)}
+	c.running.Add(1) // the count finish holds while it enqueues
+	first, second := &outItem{}, &outItem{}
+	c.enqueue(first)
+	returned := make(chan struct{})
+	go func() {
+		c.enqueue(second)
+		close(returned)
+	}()
+	select {
+	case <-returned:
+	case <-time.After(5 * time.Second):
+		t.Fatal("enqueue waited for room in the queue")
+	}
+	c.running.Done()
+	waited := make(chan struct{})
+	go func() {
+		c.running.Wait()
+		close(waited)
+	}()
+	select {
+	case <-waited:
+		t.Fatal("running reached zero with a response still to be queued")
+	case <-time.After(50 * time.Millisecond):
+	}
+	for _, want := range []*outItem{first, second} {
+		select {
+		case got := <-c.out:
+			if got != want {
+				t.Fatal("responses queued out of order")
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("a response never reached the queue")
+		}
+	}
+	<-waited
+	if n := c.queuedItems.Load(); n != 2 {
+		t.Fatalf("queuedItems %d, want 2", n)
+	}
+}
