@@ -14,27 +14,24 @@ import (
 	"unsafe"
 )
 
-// dlAioDone is librbd's completion callback of a write, discard or flush
-// (rbd_librbd.go's aio): it runs on a librbd thread, so it only passes the
-// result on, never blocks (the channel has room for it).
+// dlAioDone is librbd's completion callback of a write, discard or flush,
+// dlReadDone that of a read (rd holds a lent read's buffers, nil for one
+// copied into its Go buffer). Both run on a librbd thread and end the I/O
+// that submitIO (rbd_librbd.go) started.
 //
 //export dlAioDone
-func dlAioDone(c C.rbd_completion_t, arg unsafe.Pointer) {
-	r := int64(C.rbd_aio_get_return_value(c))
-	C.rbd_aio_release(c)
-	cgo.Handle(uintptr(arg)).Value().(chan int64) <- r
-}
+func dlAioDone(c C.rbd_completion_t, arg unsafe.Pointer) { complete(c, arg, nil) }
 
-// dlReadDone is the completion callback of a read (rbd_librbd.go's
-// readAsync), on a librbd thread: rd holds a lent read's buffers, nil for
-// a read copied into its Go buffer.
-//
 //export dlReadDone
-func dlReadDone(c C.rbd_completion_t, arg unsafe.Pointer, rd *C.dl_read) {
+func dlReadDone(c C.rbd_completion_t, arg unsafe.Pointer, rd *C.dl_read) { complete(c, arg, rd) }
+
+// complete releases the completion and the I/O's pin, then runs its done
+// function with the result.
+func complete(c C.rbd_completion_t, arg unsafe.Pointer, rd *C.dl_read) {
 	r := int64(C.rbd_aio_get_return_value(c))
 	C.rbd_aio_release(c)
 	h := cgo.Handle(uintptr(arg))
-	a := h.Value().(*asyncRead)
+	a := h.Value().(*asyncIO)
 	h.Delete()
 	a.pin.Unpin()
 	var read *rbdRead

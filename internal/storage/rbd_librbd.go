@@ -98,52 +98,50 @@ func (img *rbdImage) size() (int64, error) {
 // errno turns a negative librbd return into a syscall.Errno.
 func errno[T ~int | ~int32 | ~int64](r T) error { return syscall.Errno(-r) }
 
-// aio submits one asynchronous operation and waits for its completion,
-// keeping buf (if any) pinned meanwhile. It returns librbd's result: the
-// bytes transferred, or a negative errno.
-func aio(buf []byte, submit func(h C.uintptr_t, p *C.char) C.int) int64 {
-	done := make(chan int64, 1)
-	h := cgo.NewHandle(done)
-	defer h.Delete()
-	var pin runtime.Pinner
-	defer pin.Unpin()
-	var p *C.char
-	if len(buf) > 0 {
-		pin.Pin(&buf[0])
-		p = (*C.char)(unsafe.Pointer(&buf[0]))
-	}
-	if r := submit(C.uintptr_t(h), p); r < 0 {
-		return int64(r)
-	}
-	return <-done
-}
-
-// asyncRead is a read under way: its Go buffer pinned until librbd's
-// thread completes it (dlReadDone, rbd_callback.go).
-type asyncRead struct {
+// asyncIO is an I/O under way: its Go buffer pinned until librbd's thread
+// completes it (rbd_callback.go).
+type asyncIO struct {
 	pin  runtime.Pinner
 	done func(rd *rbdRead, r int64)
 }
 
-// readAsync reads n bytes at off and returns at once. done is called once
-// with librbd's result r (the bytes read, or a negative errno) on a librbd
-// thread - or before readAsync returns when nothing could be submitted -
-// and must not block. With p (len(p) == n) the bytes are copied into p on
-// librbd's thread and rd is nil; with p nil they stay in librbd's buffers,
-// rd (nil unless r >= 0), which done owns.
-func (img *rbdImage) readAsync(p []byte, off int64, n int, done func(rd *rbdRead, r int64)) {
-	a := &asyncRead{done: done}
-	var dst *C.char
-	if len(p) > 0 {
-		a.pin.Pin(&p[0])
-		dst = (*C.char)(unsafe.Pointer(&p[0]))
+// submitIO submits one asynchronous operation, keeping buf (if any)
+// pinned until it completes, and returns at once. done is called once
+// with librbd's result r (the bytes transferred, or a negative errno) and,
+// for a read into librbd's buffers, those (rd, nil unless r >= 0, owned by
+// done); it runs on a librbd thread - or before submitIO returns when
+// nothing could be submitted - and must not block.
+func submitIO(buf []byte, submit func(h C.uintptr_t, p *C.char) C.int, done func(rd *rbdRead, r int64)) {
+	a := &asyncIO{done: done}
+	var p *C.char
+	if len(buf) > 0 {
+		a.pin.Pin(&buf[0])
+		p = (*C.char)(unsafe.Pointer(&buf[0]))
 	}
 	h := cgo.NewHandle(a)
-	if r := C.dl_image_aio_read(img.h, C.uint64_t(off), C.size_t(n), dst, C.uintptr_t(h)); r < 0 {
+	if r := submit(C.uintptr_t(h), p); r < 0 {
 		h.Delete()
 		a.pin.Unpin()
 		done(nil, int64(r))
 	}
+}
+
+// aio submits one asynchronous operation and waits for its result (as
+// submitIO's r).
+func aio(buf []byte, submit func(h C.uintptr_t, p *C.char) C.int) int64 {
+	done := make(chan int64, 1)
+	submitIO(buf, submit, func(_ *rbdRead, r int64) { done <- r })
+	return <-done
+}
+
+// readAsync reads n bytes at off and returns at once; done is as
+// submitIO's. With p (len(p) == n) the bytes are copied into p on
+// librbd's thread and rd is nil; with p nil they stay in librbd's
+// buffers, rd.
+func (img *rbdImage) readAsync(p []byte, off int64, n int, done func(rd *rbdRead, r int64)) {
+	submitIO(p, func(h C.uintptr_t, dst *C.char) C.int {
+		return C.dl_image_aio_read(img.h, C.uint64_t(off), C.size_t(n), dst, h)
+	}, done)
 }
 
 // rbdRead is a completed read's bytes in librbd's buffers, until free.
