@@ -1,8 +1,10 @@
 package iscsi
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/rand"
+	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -198,5 +200,108 @@ func TestEnqueueNeverWaits(t *testing.T) {
 	<-waited
 	if n := c.queuedItems.Load(); n != 2 {
 		t.Fatalf("queuedItems %d, want 2", n)
+	}
+}
+
+// A completion writes its response itself when nothing else is queued,
+// and never waits for the socket: what a full socket does not take is
+// sent by the writer before anything queued after it. Responses reach the
+// initiator whole, in order, with StatSN in that order, and every item is
+// released once.
+func TestEnqueueWritesWithoutWaiting(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	server.(*net.TCPConn).SetWriteBuffer(16 << 10)
+	client.(*net.TCPConn).SetReadBuffer(16 << 10)
+	rc, err := server.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &conn{srv: &Server{cfg: Config{WriteTimeout: 30 * time.Second}}, nc: server, rawConn: rc,
+		closed: make(chan struct{}), out: make(chan *outItem, 64), writerDone: make(chan struct{})}
+	go c.writeLoop()
+
+	// Item i is one Data-In with status whose data is i repeated; item 1
+	// is far larger than the socket's buffers.
+	const items = 24
+	var released [items]atomic.Int32
+	item := func(i int) *outItem {
+		size := 4096
+		if i == 1 {
+			size = 4 << 20
+		}
+		op := outPDU{data: bytes.Repeat([]byte{byte(i)}, size), sn: snAdvance}
+		m := pdu.DataIn{Final: true, HasStatus: true, ITT: uint32(i), TTT: pdu.ReservedTag}
+		m.Marshal(&op.bhs)
+		return &outItem{pdus: []outPDU{op}, release: func() { released[i].Add(1) }}
+	}
+	complete := func(i int) { // as a device completion does (finish)
+		c.running.Add(1)
+		defer c.running.Done()
+		returned := make(chan struct{})
+		go func() {
+			c.enqueue(item(i))
+			close(returned)
+		}()
+		select {
+		case <-returned:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("enqueue of response %d waited for the socket", i)
+		}
+	}
+	complete(0)
+	if released[0].Load() != 1 {
+		t.Fatal("the first response, with nothing queued, was not written by its completion")
+	}
+	complete(1) // the socket takes part of it: the writer has the rest
+	if released[1].Load() != 0 {
+		t.Fatal("a response was released before all of it was written")
+	}
+	for i := 2; i < items; i++ {
+		if i%3 == 0 {
+			c.send(item(i)) // a command's goroutine answering meanwhile
+			continue
+		}
+		complete(i)
+	}
+
+	rd := pdu.Reader{R: bufio.NewReader(client), MaxData: 8 << 20}
+	client.SetReadDeadline(time.Now().Add(30 * time.Second))
+	for i := range items {
+		var p pdu.PDU
+		if err := rd.ReadPDU(&p); err != nil {
+			t.Fatalf("response %d: %v", i, err)
+		}
+		d, _ := pdu.ParseDataIn(&p.BHS)
+		if d.ITT != uint32(i) || d.StatSN != uint32(i) {
+			t.Fatalf("response %d came as ITT %d StatSN %d", i, d.ITT, d.StatSN)
+		}
+		if len(p.Data) == 0 || !bytes.Equal(p.Data, bytes.Repeat([]byte{byte(i)}, len(p.Data))) {
+			t.Fatalf("response %d: data of %d bytes not its own", i, len(p.Data))
+		}
+	}
+	c.running.Wait()
+	close(c.out)
+	<-c.writerDone
+	for i := range items {
+		if n := released[i].Load(); n != 1 {
+			t.Fatalf("response %d released %d times", i, n)
+		}
+	}
+	if c.rest != nil || c.restItems != nil || c.queuedItems.Load() != 0 {
+		t.Fatalf("left behind: rest %d buffers, %d items, %d queued", len(c.rest), len(c.restItems), c.queuedItems.Load())
 	}
 }

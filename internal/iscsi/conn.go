@@ -10,11 +10,13 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/diskless-boot/diskless/internal/disk"
 	"github.com/diskless-boot/diskless/internal/iscsi/pdu"
@@ -30,7 +32,9 @@ const loginMaxData = 8192
 // goroutine of their own. Every write happens under wmu, which stamps
 // StatSN in the order responses reach the socket: by the writer goroutine
 // (writeLoop) for what is queued, by a sender directly when nothing is
-// (send), or by the reader for the responses it held back (hold).
+// (send), by the reader for the responses it held back (hold), or by a
+// device's completion as far as the socket takes it without waiting
+// (enqueue), the writer sending the rest.
 type conn struct {
 	srv *Server
 	nc  net.Conn
@@ -65,8 +69,14 @@ type conn struct {
 	batch       []*outItem
 	frames      []byte
 	iov         [][]byte
-	wbufs       net.Buffers // writeIOV's argument to WriteTo
+	wbufs       net.Buffers  // writeIOV's argument to WriteTo
+	iovecs      []unix.Iovec // writeNow's argument to writev
 	wfailed     bool
+	// rest is what a write that could not wait (enqueue) left unwritten,
+	// and restItems the items it belongs to: the writer sends it before
+	// anything else, then releases them.
+	rest      [][]byte
+	restItems []*outItem
 
 	// CmdSN window (RFC 7143 4.2.2.1). expCmdSN is advanced by the
 	// reader only; maxCmdSN also moves as tasks complete.
@@ -648,13 +658,47 @@ func (c *conn) sendBatch(items []*outItem) {
 	}
 }
 
-// enqueue hands item to the writer goroutine and never waits: it runs in
-// a device's completion, on a thread that completes other disks' I/O
-// too. When the queue is full (a slow initiator) a goroutine of its own
-// waits to add it, counted in running so the queue is not closed under
-// it.
+// enqueue hands item to the write side and never waits: it runs in a
+// device's completion, on a thread that completes other disks' I/O too.
+// When nothing is queued or being written it writes item itself, as far
+// as the socket takes it without waiting (tryWriteLocked): that spares
+// a hand-off to the writer goroutine, and the thread wake-up it costs,
+// per READ. What the socket did not take waits in c.rest for the writer,
+// which sends it before anything queued after it. Otherwise item joins
+// the writer's queue; when that is full (a slow initiator) a goroutine of
+// its own waits to add it, counted in running so the queue is not closed
+// under it.
 func (c *conn) enqueue(item *outItem) {
+	if c.rawConn != nil && !item.hasFile() && c.queuedItems.Load() == 0 && c.wmu.TryLock() {
+		if c.queuedItems.Load() != 0 {
+			c.wmu.Unlock()
+		} else {
+			c.batch = append(c.batch[:0], item)
+			if c.tryWriteLocked() {
+				c.wmu.Unlock()
+				if item.release != nil {
+					item.release()
+				}
+				return
+			}
+			// Counted until the writer has taken wakeWriter: senders
+			// queue behind the rest meanwhile.
+			c.queuedItems.Add(1)
+			c.wmu.Unlock()
+			c.queue(wakeWriter)
+			return
+		}
+	}
 	c.queuedItems.Add(1)
+	c.queue(item)
+}
+
+// wakeWriter is queued to make the writer send c.rest; it carries nothing.
+var wakeWriter = &outItem{}
+
+// queue adds an item counted in queuedItems to the writer's queue without
+// waiting (enqueue).
+func (c *conn) queue(item *outItem) {
 	select {
 	case c.out <- item:
 	default:
@@ -664,6 +708,17 @@ func (c *conn) enqueue(item *outItem) {
 			c.out <- item
 		}()
 	}
+}
+
+// hasFile reports whether item sends data from a file (sendfile), which
+// only a write that may wait can do.
+func (item *outItem) hasFile() bool {
+	for i := range item.pdus {
+		if item.pdus[i].file.Len > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // writeLoop writes what send queued: it takes everything waiting and
@@ -687,16 +742,45 @@ func (c *conn) writeLoop() {
 			}
 		}
 		c.wmu.Lock()
+		rest := c.writeRestLocked()
 		c.batch = append(c.batch[:0], batch...)
 		c.writeBatchLocked()
 		c.queuedItems.Add(-int32(len(batch)))
 		c.wmu.Unlock()
+		for _, it := range rest {
+			if it.release != nil {
+				it.release()
+			}
+		}
 		for _, it := range batch {
 			if it.release != nil {
 				it.release()
 			}
 		}
 	}
+}
+
+// writeRestLocked writes what tryWriteLocked left, waiting as a write may,
+// and returns the items to release once wmu is released. Called by the
+// writer with c.wmu held.
+func (c *conn) writeRestLocked() []*outItem {
+	items := c.restItems
+	if items == nil {
+		return nil
+	}
+	if !c.wfailed {
+		err := c.writeIOV(c.rest)
+		if err == nil && c.cmds != nil {
+			c.countAnswered(items)
+		}
+		if err != nil {
+			c.wfailed = true
+			c.abort(err)
+		}
+	}
+	clear(c.rest)
+	c.rest, c.restItems = nil, nil
+	return items
 }
 
 // writeBatchLocked stamps the sequence numbers of c.batch and writes it
@@ -706,6 +790,44 @@ func (c *conn) writeBatchLocked() {
 	if c.wfailed {
 		return
 	}
+	iov, err := c.frameBatchLocked(true)
+	if err == nil {
+		err = c.writeIOV(iov)
+	}
+	c.endBatchLocked(iov, err)
+}
+
+// tryWriteLocked writes c.batch, which sends no file data, as far as the
+// socket takes it without waiting. It reports whether the batch is done
+// with (written, or the connection failed); if not, the rest is in c.rest
+// and c.restItems for the writer, and the items must not be released.
+// Called with c.wmu held and nothing queued.
+func (c *conn) tryWriteLocked() bool {
+	if c.wfailed {
+		clear(c.batch)
+		return true
+	}
+	iov, _ := c.frameBatchLocked(false)
+	n, err := c.writeNow(iov)
+	if err != nil || n == iovLen(iov) {
+		c.endBatchLocked(iov, err)
+		return true
+	}
+	// The rest points into c.frames and c.iov: they go with it, and the
+	// next batch takes new ones.
+	c.rest = skipBytes(iov, n)
+	c.restItems = append([]*outItem(nil), c.batch...)
+	c.frames, c.iov = nil, nil
+	clear(c.batch)
+	return false
+}
+
+// frameBatchLocked stamps the sequence numbers of c.batch and returns the
+// buffers to write: frames for the headers, digests and padding, and the
+// items' data. With sendFiles it writes what comes before each PDU whose
+// data is in a file, then the file data (sendfile); without, the batch
+// must have no file data. Called with c.wmu held.
+func (c *conn) frameBatchLocked(sendFiles bool) (iov [][]byte, err error) {
 	hd, dd := c.params.HeaderDigest, c.params.DataDigest
 	n := 0
 	for _, it := range c.batch {
@@ -717,9 +839,8 @@ func (c *conn) writeBatchLocked() {
 		c.frames = make([]byte, 0, n*64)
 	}
 	frames := c.frames[:0]
-	iov := c.iov[:0]
+	iov = c.iov[:0]
 	exp, max := c.expCmdSN.Load(), c.maxCmdSN.Load()
-	var err error
 	for _, it := range c.batch {
 		for i := range it.pdus {
 			op := &it.pdus[i]
@@ -744,7 +865,7 @@ func (c *conn) writeBatchLocked() {
 				frames = binary.LittleEndian.AppendUint32(frames, pdu.Digest(h[:]))
 			}
 			iov = append(iov, frames[start:len(frames):len(frames)])
-			if op.file.Len > 0 && err == nil {
+			if op.file.Len > 0 && sendFiles && err == nil {
 				// Headers so far go out first, then the kernel
 				// sends the data from the page cache.
 				err = c.writeIOV(iov)
@@ -765,11 +886,15 @@ func (c *conn) writeBatchLocked() {
 			}
 		}
 	}
-	if err == nil {
-		err = c.writeIOV(iov)
-	}
+	c.frames = frames
+	return iov, err
+}
+
+// endBatchLocked ends the write of c.batch through iov: counts what it
+// answered, or fails the connection. Called with c.wmu held.
+func (c *conn) endBatchLocked(iov [][]byte, err error) {
 	if err == nil && c.cmds != nil {
-		c.countAnswered()
+		c.countAnswered(c.batch)
 	}
 	clear(iov)
 	c.iov = iov[:0]
@@ -780,11 +905,11 @@ func (c *conn) writeBatchLocked() {
 	}
 }
 
-// countAnswered counts the commands whose responses c.batch carried, now
-// on the wire: one clock read for the batch. Called with c.wmu held.
-func (c *conn) countAnswered() {
+// countAnswered counts the commands whose responses items carried, now on
+// the wire: one clock read for them all. Called with c.wmu held.
+func (c *conn) countAnswered(items []*outItem) {
 	var now int64
-	for _, it := range c.batch {
+	for _, it := range items {
 		if !it.answered.counted {
 			continue
 		}
@@ -810,6 +935,72 @@ func (c *conn) writeIOV(iov [][]byte) error {
 	_, err := c.wbufs.WriteTo(c.nc)
 	c.wbufs = nil
 	return err
+}
+
+// maxIOV is the most buffers one writev takes (IOV_MAX).
+const maxIOV = 1024
+
+// writeNow writes iov with one writev that does not wait for room in the
+// socket, and returns how many bytes the socket took. Called with wmu held.
+func (c *conn) writeNow(iov [][]byte) (int, error) {
+	if len(iov) == 0 {
+		return 0, nil
+	}
+	iov = iov[:min(len(iov), maxIOV)]
+	vecs := c.iovecs[:0]
+	for _, b := range iov {
+		v := unix.Iovec{Base: unsafe.SliceData(b)}
+		v.SetLen(len(b))
+		vecs = append(vecs, v)
+	}
+	c.iovecs = vecs
+	// An expired deadline of an earlier write would fail this one.
+	c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
+	var (
+		n     uintptr
+		errno unix.Errno
+	)
+	err := c.rawConn.Write(func(fd uintptr) bool {
+		for {
+			n, _, errno = unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&vecs[0])), uintptr(len(vecs)))
+			if errno != unix.EINTR {
+				return true // written or not, never wait for the poller
+			}
+		}
+	})
+	runtime.KeepAlive(iov)
+	clear(vecs)
+	switch {
+	case err != nil:
+		return 0, err
+	case errno == unix.EAGAIN:
+		return 0, nil
+	case errno != 0:
+		return 0, errno
+	}
+	return int(n), nil
+}
+
+// iovLen is the number of bytes in iov.
+func iovLen(iov [][]byte) int {
+	n := 0
+	for _, b := range iov {
+		n += len(b)
+	}
+	return n
+}
+
+// skipBytes returns iov without its first n bytes; it reuses iov's array.
+func skipBytes(iov [][]byte, n int) [][]byte {
+	for len(iov) > 0 && n >= len(iov[0]) {
+		n -= len(iov[0])
+		iov[0] = nil
+		iov = iov[1:]
+	}
+	if len(iov) > 0 {
+		iov[0] = iov[0][n:]
+	}
+	return iov
 }
 
 // sendFile sends a file range on the socket with sendfile(2), waiting on
