@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -111,6 +112,27 @@ func stopOSD(t *testing.T, c *ceph.Cluster) (start func()) {
 func TestRBDConformance(t *testing.T) {
 	c := ceph.Shared(t)
 	runBackendSuite(t, func(t *testing.T) Backend { return newRBD(t, c, "", RBDOptions{}) })
+}
+
+// procsAtStart is GOMAXPROCS before any test opened a cluster.
+var procsAtStart = runtime.GOMAXPROCS(0)
+
+// Opening a cluster adds one Go P per librbd completion thread, once per
+// process (reserveCallbackProcs), unless GOMAXPROCS is set.
+func TestRBDCallbackProcs(t *testing.T) {
+	if os.Getenv("GOMAXPROCS") != "" {
+		t.Skip("GOMAXPROCS is set in the environment: left as it is")
+	}
+	c := ceph.Shared(t)
+	b := newRBD(t, c, "", RBDOptions{})
+	newRBD(t, c, "", RBDOptions{})
+	threads := callbackThreads(b.conn)
+	if threads < 1 {
+		t.Fatalf("%d librbd completion threads", threads)
+	}
+	if got := runtime.GOMAXPROCS(0); got != procsAtStart+threads {
+		t.Fatalf("GOMAXPROCS %d, want %d + %d completion threads", got, procsAtStart, threads)
+	}
 }
 
 // rbdInfo is `rbd info` / `rbd du` of an image of b's namespace.
