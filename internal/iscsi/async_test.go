@@ -204,10 +204,11 @@ func TestEnqueueNeverWaits(t *testing.T) {
 }
 
 // A completion writes its response itself when nothing else is queued,
-// and never waits for the socket: what a full socket does not take is
-// sent by the writer before anything queued after it. Responses reach the
-// initiator whole, in order, with StatSN in that order, and every item is
-// released once.
+// and never waits for the socket: what a full socket does not take, or
+// what is beyond one writev's buffers (IOV_MAX), is sent by the writer
+// before anything queued after it. Responses reach the initiator whole,
+// with their digests, in order, with StatSN in that order, and every item
+// is released once.
 func TestEnqueueWritesWithoutWaiting(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -225,28 +226,41 @@ func TestEnqueueWritesWithoutWaiting(t *testing.T) {
 	}
 	defer server.Close()
 	server.(*net.TCPConn).SetWriteBuffer(16 << 10)
-	client.(*net.TCPConn).SetReadBuffer(16 << 10)
 	rc, err := server.(*net.TCPConn).SyscallConn()
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := &conn{srv: &Server{cfg: Config{WriteTimeout: 30 * time.Second}}, nc: server, rawConn: rc,
+		params: Params{HeaderDigest: true, DataDigest: true},
 		closed: make(chan struct{}), out: make(chan *outItem, 64), writerDone: make(chan struct{})}
 	go c.writeLoop()
 
-	// Item i is one Data-In with status whose data is i repeated; item 1
-	// is far larger than the socket's buffers.
+	// Item i is Data-In whose data is i repeated, the last PDU with
+	// status. Item 1 is 1500 PDUs of 13 bytes (4500 buffers with their
+	// digests and padding, more than one writev takes); item 2 is far
+	// larger than the socket's buffers.
 	const items = 24
 	var released [items]atomic.Int32
 	item := func(i int) *outItem {
-		size := 4096
-		if i == 1 {
+		size, pdus := 4096, 1
+		switch i {
+		case 1:
+			size, pdus = 13, 1500
+		case 2:
 			size = 4 << 20
 		}
-		op := outPDU{data: bytes.Repeat([]byte{byte(i)}, size), sn: snAdvance}
-		m := pdu.DataIn{Final: true, HasStatus: true, ITT: uint32(i), TTT: pdu.ReservedTag}
-		m.Marshal(&op.bhs)
-		return &outItem{pdus: []outPDU{op}, release: func() { released[i].Add(1) }}
+		it := &outItem{release: func() { released[i].Add(1) }}
+		for k := range pdus {
+			last := k == pdus-1
+			op := outPDU{data: bytes.Repeat([]byte{byte(i)}, size), sn: snNone}
+			m := pdu.DataIn{Final: last, HasStatus: last, ITT: uint32(i), TTT: pdu.ReservedTag, DataSN: uint32(k)}
+			if last {
+				op.sn = snAdvance
+			}
+			m.Marshal(&op.bhs)
+			it.pdus = append(it.pdus, op)
+		}
+		return it
 	}
 	complete := func(i int) { // as a device completion does (finish)
 		c.running.Add(1)
@@ -266,11 +280,12 @@ func TestEnqueueWritesWithoutWaiting(t *testing.T) {
 	if released[0].Load() != 1 {
 		t.Fatal("the first response, with nothing queued, was not written by its completion")
 	}
-	complete(1) // the socket takes part of it: the writer has the rest
-	if released[1].Load() != 0 {
+	complete(1) // one writev takes part of it: the writer has the rest
+	complete(2) // the socket takes part of it, or all is queued
+	if released[2].Load() != 0 {
 		t.Fatal("a response was released before all of it was written")
 	}
-	for i := 2; i < items; i++ {
+	for i := 3; i < items; i++ {
 		if i%3 == 0 {
 			c.send(item(i)) // a command's goroutine answering meanwhile
 			continue
@@ -278,19 +293,27 @@ func TestEnqueueWritesWithoutWaiting(t *testing.T) {
 		complete(i)
 	}
 
-	rd := pdu.Reader{R: bufio.NewReader(client), MaxData: 8 << 20}
+	rd := pdu.Reader{R: bufio.NewReader(client), MaxData: 8 << 20, HeaderDigest: true, DataDigest: true}
 	client.SetReadDeadline(time.Now().Add(30 * time.Second))
 	for i := range items {
-		var p pdu.PDU
-		if err := rd.ReadPDU(&p); err != nil {
-			t.Fatalf("response %d: %v", i, err)
-		}
-		d, _ := pdu.ParseDataIn(&p.BHS)
-		if d.ITT != uint32(i) || d.StatSN != uint32(i) {
-			t.Fatalf("response %d came as ITT %d StatSN %d", i, d.ITT, d.StatSN)
-		}
-		if len(p.Data) == 0 || !bytes.Equal(p.Data, bytes.Repeat([]byte{byte(i)}, len(p.Data))) {
-			t.Fatalf("response %d: data of %d bytes not its own", i, len(p.Data))
+		for {
+			var p pdu.PDU
+			if err := rd.ReadPDU(&p); err != nil {
+				t.Fatalf("response %d: %v", i, err)
+			}
+			d, _ := pdu.ParseDataIn(&p.BHS)
+			if d.ITT != uint32(i) {
+				t.Fatalf("response %d: a PDU of ITT %d", i, d.ITT)
+			}
+			if len(p.Data) == 0 || !bytes.Equal(p.Data, bytes.Repeat([]byte{byte(i)}, len(p.Data))) {
+				t.Fatalf("response %d: data of %d bytes not its own", i, len(p.Data))
+			}
+			if d.HasStatus {
+				if d.StatSN != uint32(i) {
+					t.Fatalf("response %d came with StatSN %d", i, d.StatSN)
+				}
+				break
+			}
 		}
 	}
 	c.running.Wait()

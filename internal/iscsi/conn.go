@@ -795,6 +795,9 @@ func (c *conn) writeBatchLocked() {
 		err = c.writeIOV(iov)
 	}
 	c.endBatchLocked(iov, err)
+	if err != nil {
+		c.abort(err)
+	}
 }
 
 // tryWriteLocked writes c.batch, which sends no file data, as far as the
@@ -811,6 +814,11 @@ func (c *conn) tryWriteLocked() bool {
 	n, err := c.writeNow(iov)
 	if err != nil || n == iovLen(iov) {
 		c.endBatchLocked(iov, err)
+		if err != nil {
+			// Closing the socket waits for the reader to let go of
+			// it: not on a device's completion thread.
+			go c.abort(err)
+		}
 		return true
 	}
 	// The rest points into c.frames and c.iov: they go with it, and the
@@ -891,7 +899,8 @@ func (c *conn) frameBatchLocked(sendFiles bool) (iov [][]byte, err error) {
 }
 
 // endBatchLocked ends the write of c.batch through iov: counts what it
-// answered, or fails the connection. Called with c.wmu held.
+// answered, or marks the write side failed, for the caller to abort the
+// connection. Called with c.wmu held.
 func (c *conn) endBatchLocked(iov [][]byte, err error) {
 	if err == nil && c.cmds != nil {
 		c.countAnswered(c.batch)
@@ -901,7 +910,6 @@ func (c *conn) endBatchLocked(iov [][]byte, err error) {
 	clear(c.batch)
 	if err != nil {
 		c.wfailed = true
-		c.abort(err)
 	}
 }
 
