@@ -175,9 +175,6 @@ func OpenRBD(opts RBDOptions) (*RBD, error) {
 	if err := conn.Connect(); err != nil {
 		return fail(fmt.Errorf("connect as client.%s (%s): %w", opts.User, opts.CephConf, err))
 	}
-	if n := callbackThreads(conn); n > 0 {
-		reserveCallbackProcs(n, opts.Logger)
-	}
 	ioctx, err := conn.OpenIOContext(opts.Pool)
 	if err != nil {
 		return fail(fmt.Errorf("pool %s: %w", opts.Pool, err))
@@ -191,6 +188,9 @@ func OpenRBD(opts RBDOptions) (*RBD, error) {
 	b := &RBD{clientID: rbdClientAddr(addrs), conn: conn, ioctx: ioctx, opts: opts, log: opts.Logger, files: files,
 		versions: map[VersionRef]*rbdShared{}, open: map[string]*rbdOpen{},
 		boot: rbdBootFiles{pieceSize: rbdBootPieceSize, checked: map[bootKey]string{}}}
+	if n := callbackThreads(conn); n > 0 {
+		reserveCallbackProcs(n, opts.Logger)
+	}
 	return b, nil
 }
 
@@ -219,10 +219,11 @@ var callbackProcs sync.Once
 // the CPU count those are the Ps the connections' goroutines need, so
 // Go's sysmon wakes every 20 µs to take them back and hand them on. With
 // a P each they keep theirs between completions: 4 KiB QD32 reads cost
-// ~20 % less server CPU (BENCHMARKS.md, 2026-12-06). More Ps than cores
-// can let more Go threads run at once than there are cores, as librbd's
-// threads already do; the kernel shares the cores out. A GOMAXPROCS set
-// in the environment is left as it is.
+// a fifth to a quarter less server CPU (BENCHMARKS.md, 2026-12-06). More
+// Ps than cores let more Go threads run at once than there are cores, as
+// librbd's threads already do; the kernel shares the cores out. Setting
+// GOMAXPROCS ends Go's own updates of it from a cgroup CPU limit; a
+// GOMAXPROCS set in the environment is left as it is.
 func reserveCallbackProcs(threads int, log *slog.Logger) {
 	if os.Getenv("GOMAXPROCS") != "" {
 		return

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -122,6 +123,9 @@ var procsAtStart = runtime.GOMAXPROCS(0)
 func TestRBDCallbackProcs(t *testing.T) {
 	if os.Getenv("GOMAXPROCS") != "" {
 		t.Skip("GOMAXPROCS is set in the environment: left as it is")
+	}
+	if f := flag.Lookup("test.cpu"); f != nil && f.Value.String() != "" {
+		t.Skip("-cpu sets GOMAXPROCS for each run")
 	}
 	c := ceph.Shared(t)
 	b := newRBD(t, c, "", RBDOptions{})
