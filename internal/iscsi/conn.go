@@ -638,19 +638,12 @@ func (c *conn) send(item *outItem) {
 // caller never waits for another's write. Either way StatSN is stamped
 // under wmu, in the order PDUs reach the socket.
 func (c *conn) sendBatch(items []*outItem) {
-	if c.queuedItems.Load() == 0 && c.wmu.TryLock() {
-		if c.queuedItems.Load() == 0 {
-			c.batch = append(c.batch[:0], items...)
-			c.writeBatchLocked()
-			c.wmu.Unlock()
-			for _, it := range items {
-				if it.release != nil {
-					it.release()
-				}
-			}
-			return
-		}
+	if c.lockIdle() {
+		c.batch = append(c.batch[:0], items...)
+		c.writeBatchLocked()
 		c.wmu.Unlock()
+		release(items)
+		return
 	}
 	c.queuedItems.Add(int32(len(items)))
 	for _, it := range items {
@@ -669,28 +662,44 @@ func (c *conn) sendBatch(items []*outItem) {
 // its own waits to add it, counted in running so the queue is not closed
 // under it.
 func (c *conn) enqueue(item *outItem) {
-	if c.rawConn != nil && !item.hasFile() && c.queuedItems.Load() == 0 && c.wmu.TryLock() {
-		if c.queuedItems.Load() != 0 {
-			c.wmu.Unlock()
-		} else {
-			c.batch = append(c.batch[:0], item)
-			if c.tryWriteLocked() {
-				c.wmu.Unlock()
-				if item.release != nil {
-					item.release()
-				}
-				return
-			}
-			// Counted until the writer has taken wakeWriter: senders
-			// queue behind the rest meanwhile.
-			c.queuedItems.Add(1)
-			c.wmu.Unlock()
-			c.queue(wakeWriter)
-			return
+	if c.rawConn == nil || item.hasFile() || !c.lockIdle() {
+		c.queuedItems.Add(1)
+		c.queue(item)
+		return
+	}
+	c.batch = append(c.batch[:0], item)
+	if c.tryWriteLocked() {
+		c.wmu.Unlock()
+		release([]*outItem{item})
+		return
+	}
+	// Counted until the writer has taken wakeWriter: senders queue
+	// behind the rest meanwhile.
+	c.queuedItems.Add(1)
+	c.wmu.Unlock()
+	c.queue(wakeWriter)
+}
+
+// lockIdle takes wmu when nothing is queued or being written, so that the
+// caller may write at once; it never waits.
+func (c *conn) lockIdle() bool {
+	if c.queuedItems.Load() != 0 || !c.wmu.TryLock() {
+		return false
+	}
+	if c.queuedItems.Load() != 0 {
+		c.wmu.Unlock()
+		return false
+	}
+	return true
+}
+
+// release releases items once written (or never to be).
+func release(items []*outItem) {
+	for _, it := range items {
+		if it.release != nil {
+			it.release()
 		}
 	}
-	c.queuedItems.Add(1)
-	c.queue(item)
 }
 
 // wakeWriter is queued to make the writer send c.rest; it carries nothing.
@@ -747,16 +756,8 @@ func (c *conn) writeLoop() {
 		c.writeBatchLocked()
 		c.queuedItems.Add(-int32(len(batch)))
 		c.wmu.Unlock()
-		for _, it := range rest {
-			if it.release != nil {
-				it.release()
-			}
-		}
-		for _, it := range batch {
-			if it.release != nil {
-				it.release()
-			}
-		}
+		release(rest)
+		release(batch)
 	}
 }
 
@@ -769,12 +770,7 @@ func (c *conn) writeRestLocked() []*outItem {
 		return nil
 	}
 	if !c.wfailed {
-		err := c.writeIOV(c.rest)
-		if err == nil && c.cmds != nil {
-			c.countAnswered(items)
-		}
-		if err != nil {
-			c.wfailed = true
+		if err := c.writeIOV(c.rest); !c.wroteLocked(items, err) {
 			c.abort(err)
 		}
 	}
@@ -794,8 +790,7 @@ func (c *conn) writeBatchLocked() {
 	if err == nil {
 		err = c.writeIOV(iov)
 	}
-	c.endBatchLocked(iov, err)
-	if err != nil {
+	if !c.endBatchLocked(iov, err) {
 		c.abort(err)
 	}
 }
@@ -813,8 +808,7 @@ func (c *conn) tryWriteLocked() bool {
 	iov, _ := c.frameBatchLocked(false)
 	n, err := c.writeNow(iov)
 	if err != nil || n == iovLen(iov) {
-		c.endBatchLocked(iov, err)
-		if err != nil {
+		if !c.endBatchLocked(iov, err) {
 			// Closing the socket waits for the reader to let go of
 			// it: not on a device's completion thread.
 			go c.abort(err)
@@ -898,19 +892,28 @@ func (c *conn) frameBatchLocked(sendFiles bool) (iov [][]byte, err error) {
 	return iov, err
 }
 
-// endBatchLocked ends the write of c.batch through iov: counts what it
-// answered, or marks the write side failed, for the caller to abort the
-// connection. Called with c.wmu held.
-func (c *conn) endBatchLocked(iov [][]byte, err error) {
-	if err == nil && c.cmds != nil {
-		c.countAnswered(c.batch)
-	}
+// endBatchLocked ends the write of c.batch through iov (wroteLocked) and
+// keeps iov's array for the next batch. Called with c.wmu held.
+func (c *conn) endBatchLocked(iov [][]byte, err error) bool {
+	ok := c.wroteLocked(c.batch, err)
 	clear(iov)
 	c.iov = iov[:0]
 	clear(c.batch)
+	return ok
+}
+
+// wroteLocked ends a write of items' PDUs that returned err: it counts
+// what they answered, or marks the write side failed and reports false,
+// for the caller to abort the connection. Called with c.wmu held.
+func (c *conn) wroteLocked(items []*outItem, err error) bool {
 	if err != nil {
 		c.wfailed = true
+		return false
 	}
+	if c.cmds != nil {
+		c.countAnswered(items)
+	}
+	return true
 }
 
 // countAnswered counts the commands whose responses items carried, now on
@@ -962,17 +965,18 @@ func (c *conn) writeNow(iov [][]byte) (int, error) {
 		vecs = append(vecs, v)
 	}
 	c.iovecs = vecs
-	// An expired deadline of an earlier write would fail this one.
-	c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
+	// Control, not Write: this write never waits for the poller, so it
+	// needs no deadline (an expired one of an earlier write would fail
+	// Write), and wmu already keeps other writers off the socket.
 	var (
 		n     uintptr
 		errno unix.Errno
 	)
-	err := c.rawConn.Write(func(fd uintptr) bool {
+	err := c.rawConn.Control(func(fd uintptr) {
 		for {
 			n, _, errno = unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&vecs[0])), uintptr(len(vecs)))
 			if errno != unix.EINTR {
-				return true // written or not, never wait for the poller
+				return
 			}
 		}
 	})
