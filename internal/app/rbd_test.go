@@ -37,8 +37,8 @@ func TestDegradedCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	const opTimeout = 4 * time.Second
-	s := startSite(t, data, fmt.Sprintf("storage: {backend: rbd, rbd: {pool: %s, ceph_conf: %s, user: %s, keyring: %s, op_timeout: %v}}\n"+
-		"images:\n  - {name: golden, import: %s}\n", cl.Pool, cl.Conf, cl.User, cl.Keyring, opTimeout, img))
+	s := startSite(t, data, cl.StorageConfig(fmt.Sprintf("op_timeout: %v", opTimeout))+
+		fmt.Sprintf("images:\n  - {name: golden, import: %s}\n", img))
 	var hosts [2]api.HostView
 	var secrets [2]string
 	var sess [2]*iscsiclient.Session

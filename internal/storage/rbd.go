@@ -188,9 +188,7 @@ func OpenRBD(opts RBDOptions) (*RBD, error) {
 	b := &RBD{clientID: rbdClientAddr(addrs), conn: conn, ioctx: ioctx, opts: opts, log: opts.Logger, files: files,
 		versions: map[VersionRef]*rbdShared{}, open: map[string]*rbdOpen{},
 		boot: rbdBootFiles{pieceSize: rbdBootPieceSize, checked: map[bootKey]string{}}}
-	if n := callbackThreads(conn); n > 0 {
-		reserveCallbackProcs(n, opts.Logger)
-	}
+	reserveCallbackProcs(conn, opts.Logger)
 	return b, nil
 }
 
@@ -224,11 +222,15 @@ var callbackProcs sync.Once
 // librbd's threads already do; the kernel shares the cores out. Setting
 // GOMAXPROCS ends Go's own updates of it from a cgroup CPU limit; a
 // GOMAXPROCS set in the environment is left as it is.
-func reserveCallbackProcs(threads int, log *slog.Logger) {
+func reserveCallbackProcs(conn *rados.Conn, log *slog.Logger) {
 	if os.Getenv("GOMAXPROCS") != "" {
 		return
 	}
 	callbackProcs.Do(func() {
+		threads := callbackThreads(conn)
+		if threads < 1 {
+			return
+		}
 		was := runtime.GOMAXPROCS(0)
 		runtime.GOMAXPROCS(was + threads)
 		if log != nil {

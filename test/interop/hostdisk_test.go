@@ -25,11 +25,7 @@ import (
 // host (iscsi-test-cu -i and -I both set to its initiator name: a second
 // path of the same initiator).
 func TestConformanceHostDisks(t *testing.T) {
-	needPeers(t, "iscsi-test-cu", "python3")
-	tool := sharedTool(t, "iscsi-conformance")
-	if disklessBin == "" {
-		t.Fatalf("no diskless binary: %v", disklessBuild)
-	}
+	tool := conformanceTool(t)
 	site := served.New(t, disklessBin)
 	site.CLI("image", "create", "scratch", "--size", "1G")
 	disks := []string{"persistent", "volatile"}
@@ -60,6 +56,18 @@ func TestConformanceHostDisks(t *testing.T) {
 	for _, d := range []string{"persistent", "volatile"} {
 		noWorseThan(t, d, verdicts[d], base)
 	}
+}
+
+// conformanceTool is ../shared/tools/iscsi-conformance for a test that
+// runs it on the disks of `diskless serve` (the package's binary).
+func conformanceTool(t *testing.T) string {
+	t.Helper()
+	needPeers(t, "iscsi-test-cu", "python3")
+	tool := sharedTool(t, "iscsi-conformance")
+	if disklessBin == "" {
+		t.Fatalf("no diskless binary: %v", disklessBuild)
+	}
+	return tool
 }
 
 // conformanceAsHost runs the conformance suite, with a second session, on

@@ -86,8 +86,7 @@ func TestRBDBench(t *testing.T) {
 	writeRandom(t, golden, size)
 
 	site := served.New(t, disklessBin)
-	appendFile(t, site.Config, fmt.Sprintf("storage: {backend: rbd, rbd: {pool: %s, ceph_conf: %s, user: %s, keyring: %s}}\n",
-		cl.Pool, cl.Conf, cl.User, cl.Keyring))
+	appendFile(t, site.Config, cl.StorageConfig())
 	srv := site.Start()
 	t0 := time.Now()
 	site.CLI("image", "import", "golden", golden)

@@ -4,7 +4,6 @@ package interop
 
 import (
 	"encoding/json"
-	"fmt"
 	"strings"
 	"testing"
 
@@ -23,15 +22,10 @@ import (
 // no read-ahead to ask for, so the command is reported unsupported and
 // libiscsi skips its tests.
 func TestConformanceRBDDisk(t *testing.T) {
-	needPeers(t, "iscsi-test-cu", "python3")
-	tool := sharedTool(t, "iscsi-conformance")
-	if disklessBin == "" {
-		t.Fatalf("no diskless binary: %v", disklessBuild)
-	}
+	tool := conformanceTool(t)
 	cl := ceph.Start(t)
 	site := served.New(t, disklessBin)
-	appendFile(t, site.Config, fmt.Sprintf("storage: {backend: rbd, rbd: {pool: %s, ceph_conf: %s, user: %s, keyring: %s}}\n",
-		cl.Pool, cl.Conf, cl.User, cl.Keyring))
+	appendFile(t, site.Config, cl.StorageConfig())
 	site.Start()
 	site.CLI("image", "create", "scratch", "--size", "1G")
 	var ch api.HostChange

@@ -323,7 +323,7 @@ func waitBoot(t *testing.T, v *qemu.VM, name string, from int) (e2eBoot, int) {
 			markers = append(markers, "Welcome to")
 		}
 		i, d, end, err := v.WaitForFrom(from, 8*time.Minute, markers...)
-		if err == nil && i == 5 {
+		if err == nil && markers[i] == "Welcome to" && s != "Welcome to" {
 			stages = append(stages, s+" (line cut by kernel output)")
 			continue
 		}

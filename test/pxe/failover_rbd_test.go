@@ -4,7 +4,6 @@ package pxe
 
 import (
 	"context"
-	"fmt"
 	"regexp"
 	"strings"
 	"testing"
@@ -31,8 +30,7 @@ func TestFailoverRBD(t *testing.T) {
 	var cl *ceph.Cluster
 	c := newClusterSite(t, func(c *clusterSite) string {
 		cl = ceph.StartIn(t, c.storNS, failoverStorage)
-		return fmt.Sprintf("storage: {backend: rbd, rbd: {pool: %s, ceph_conf: %s, user: %s, keyring: %s}}\n",
-			cl.Pool, cl.Conf, cl.User, cl.Keyring)
+		return cl.StorageConfig()
 	})
 	c.storageName = "rbd"
 	c.startA(true)

@@ -316,6 +316,14 @@ func (c *Cluster) OSDPid() int {
 	return c.osd.Pid()
 }
 
+// StorageConfig is the line of diskless' config that keeps its images and
+// host disks on c (storage.backend rbd, c's pool, ceph.conf and user);
+// extra fields, such as "op_timeout: 4s", join the rbd section.
+func (c *Cluster) StorageConfig(extra ...string) string {
+	fields := append([]string{"pool: " + c.Pool, "ceph_conf: " + c.Conf, "user: " + c.User, "keyring: " + c.Keyring}, extra...)
+	return "storage: {backend: rbd, rbd: {" + strings.Join(fields, ", ") + "}}\n"
+}
+
 // Dir is the cluster's directory: ceph.conf, the daemons' data, their
 // admin sockets under run/ and logs under log/.
 func (c *Cluster) Dir() string { return c.dir }
