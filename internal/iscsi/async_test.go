@@ -328,3 +328,56 @@ func TestEnqueueWritesWithoutWaiting(t *testing.T) {
 		t.Fatalf("left behind: rest %d buffers, %d items, %d queued", len(c.rest), len(c.restItems), c.queuedItems.Load())
 	}
 }
+
+// A completion whose write fails (the initiator reset the connection)
+// releases its response, does not wait, and the connection is aborted
+// with that error; later responses are released unwritten.
+func TestEnqueueWriteFails(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	client.(*net.TCPConn).SetLinger(0)
+	client.Close() // an RST: the next write fails
+	time.Sleep(50 * time.Millisecond)
+	rc, err := server.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &conn{srv: &Server{cfg: Config{WriteTimeout: 30 * time.Second}}, nc: server, rawConn: rc,
+		closed: make(chan struct{}), out: make(chan *outItem, 4), writerDone: make(chan struct{})}
+	var released atomic.Int32
+	item := func() *outItem {
+		op := outPDU{data: make([]byte, 4096), sn: snAdvance}
+		m := pdu.DataIn{Final: true, HasStatus: true, TTT: pdu.ReservedTag}
+		m.Marshal(&op.bhs)
+		return &outItem{pdus: []outPDU{op}, release: func() { released.Add(1) }}
+	}
+	c.enqueue(item())
+	select {
+	case <-c.closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a failed write did not abort the connection")
+	}
+	c.mu.Lock()
+	why := c.closeErr
+	c.mu.Unlock()
+	if why == nil {
+		t.Fatal("aborted without the write's error")
+	}
+	c.enqueue(item())
+	if n := released.Load(); n != 2 {
+		t.Fatalf("%d of 2 responses released", n)
+	}
+	t.Logf("aborted: %v", why)
+}
